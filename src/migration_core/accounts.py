@@ -1,0 +1,136 @@
+"""Accounts: registration, password checks, tokens and the login throttle."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from typing import Protocol
+
+import attrs
+
+from .entities import User
+from .errors import AuthenticationFailed, Conflict, InvalidInput, NotFound, Throttled
+from .ports import Clock, PasswordHasher, Storage
+
+USERNAME_MAX = 150
+PASSWORD_MIN = 8
+_USERNAME = re.compile(r"[\w.@+-]+")
+
+
+@attrs.frozen
+class TokenPair:
+    access: str
+    refresh: str = attrs.field(repr=False)
+
+
+class TokenIssuer(Protocol):
+    """Signs and checks tokens. `subject` raises AuthenticationFailed for a token
+    that is malformed, forged, expired or of the other kind."""
+
+    def issue(self, user_id: int) -> TokenPair: ...
+
+    def access_from_refresh(self, refresh_token: str) -> str: ...
+
+    def subject(self, access_token: str) -> int: ...
+
+
+def check_username(username: str) -> None:
+    if not (0 < len(username) <= USERNAME_MAX and _USERNAME.fullmatch(username)):
+        raise InvalidInput.field(
+            "username",
+            f"Use 1 to {USERNAME_MAX} characters: letters, digits and @ . + - _ only.",
+        )
+
+
+def register_user(storage: Storage, hasher: PasswordHasher, username: str, password: str) -> User:
+    """Create an account. Hashing is slow on purpose: call this off an event loop."""
+    check_username(username)
+    if len(password) < PASSWORD_MIN:
+        raise InvalidInput.field("password", f"Use at least {PASSWORD_MIN} characters.")
+    user = User(username, hasher.hash(password))
+    try:
+        with storage.unit_of_work() as uow:
+            stored = uow.users.add(user)
+            uow.commit()
+    except Conflict:
+        raise InvalidInput.field("username", "This username is already taken.") from None
+    return stored
+
+
+class LoginThrottle:
+    """After `limit` failed logins for one username within `window` seconds,
+    every login for it is refused until the oldest failure leaves the window."""
+
+    def __init__(self, clock: Clock, limit: int = 10, window: float = 60.0) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, username: str, now: float) -> deque[float]:
+        failures = self._failures.get(username, deque())
+        while failures and failures[0] <= now - self._window:
+            failures.popleft()
+        if not failures:
+            self._failures.pop(username, None)
+        return failures
+
+    def check(self, username: str) -> None:
+        now = self._clock.now().timestamp()
+        with self._lock:
+            failures = self._recent(username, now)
+            if len(failures) >= self._limit:
+                retry_after = max(1, int(failures[0] + self._window - now + 0.999))
+                raise Throttled(
+                    "Too many failed logins for this username; try again later.", retry_after
+                )
+
+    def failed(self, username: str) -> None:
+        now = self._clock.now().timestamp()
+        with self._lock:
+            failures = self._recent(username, now)
+            failures.append(now)
+            self._failures[username] = failures
+
+
+def authenticate(
+    storage: Storage,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    username: str,
+    password: str,
+) -> User:
+    """The user with this username and password. Slow: call it off an event loop."""
+    throttle.check(username)
+    with storage.unit_of_work(write=False) as uow:
+        user = uow.users.by_username(username)
+    if user is None:
+        hasher.hash(password)  # as slow as a check, so timing does not tell which names exist
+    if user is None or not hasher.verify(user.password_hash, password):
+        throttle.failed(username)
+        raise AuthenticationFailed("No active account with this username and password.")
+    return user
+
+
+def login(
+    storage: Storage,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    tokens: TokenIssuer,
+    username: str,
+    password: str,
+) -> TokenPair:
+    user = authenticate(storage, hasher, throttle, username, password)
+    return tokens.issue(user.id)
+
+
+def user_from_token(storage: Storage, tokens: TokenIssuer, access_token: str) -> User:
+    """The live user an access token speaks for; a deleted user's token fails."""
+    user_id = tokens.subject(access_token)
+    try:
+        with storage.unit_of_work(write=False) as uow:
+            return uow.users.get(user_id)
+    except NotFound:
+        raise AuthenticationFailed("The user of this token no longer exists.") from None

@@ -1,0 +1,208 @@
+"""Entities and value objects. Validators hold every invariant that one object
+can check alone, so an invalid entity cannot be built; rules that need other
+objects (ownership, references, uniqueness) live in the use cases and storage."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from datetime import datetime
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from .errors import InvalidInput
+
+UNSAVED = 0  # the id of an entity storage has not yet assigned one
+
+
+class CloudType(str, enum.Enum):
+    AWS = "aws"
+    AZURE = "azure"
+    VSPHERE = "vsphere"
+    VCLOUD = "vcloud"
+
+
+class MigrationState(str, enum.Enum):
+    NOT_STARTED = "not_started"
+    RUNNING = "running"
+    ERROR = "error"
+    SUCCESS = "success"
+
+    @property
+    def finished(self) -> bool:
+        return self in (MigrationState.SUCCESS, MigrationState.ERROR)
+
+
+def volume_key(name: str) -> str:
+    """The identity of a volume name: `C:\\`, `c:` and `c:/` are one volume."""
+    stripped = name.rstrip("\\/")
+    return (stripped or name[:1]).casefold()
+
+
+SYSTEM_VOLUME = volume_key("C:\\")
+
+
+def canonical_ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput.field("ip", "Must be a string holding an IPv4 or IPv6 address.")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise InvalidInput.field("ip", f"{value!r} is not a valid IPv4 or IPv6 address.") from None
+
+
+def _non_empty(field: str) -> Any:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or not value:
+            raise InvalidInput.field(field, "Must be a non-empty string.")
+
+    return check
+
+
+def _string(field: str) -> Any:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not isinstance(value, str):
+            raise InvalidInput.field(field, "Must be a string.")
+
+    return check
+
+
+def _size(_instance: Any, _attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput.field("size", "Must be an integer >= 0 (bytes).")
+
+
+def _distinct_ids(field: str, *, allow_empty: bool) -> Any:
+    def check(_instance: Any, _attribute: Any, value: tuple[int, ...]) -> None:
+        if not allow_empty and not value:
+            raise InvalidInput.field(field, "Select at least one mount point.")
+        seen: set[int] = set()
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise InvalidInput.field(field, f"{item!r} is not an id.")
+            if item in seen:
+                raise InvalidInput.field(field, f"Mount point {item} is listed more than once.")
+            seen.add(item)
+
+    return check
+
+
+def _ids(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+def _volumes(value: Iterable[Volume]) -> tuple[Volume, ...]:
+    return tuple(value)
+
+
+def _cloud_type(value: Any) -> CloudType:
+    try:
+        return CloudType(value)
+    except ValueError:
+        allowed = ", ".join(t.value for t in CloudType)
+        raise InvalidInput.field("cloud_type", f"Must be one of: {allowed}.") from None
+
+
+@attrs.frozen
+class User:
+    username: str
+    password_hash: str = attrs.field(repr=False)
+    id: int = UNSAVED
+
+
+@attrs.frozen
+class Login:
+    """A username, password and domain: what credentials hold, and what a
+    target VM keeps as its copy of the source's login."""
+
+    username: str = attrs.field(validator=_non_empty("username"))
+    password: str = attrs.field(validator=_non_empty("password"), repr=False)
+    domain: str = attrs.field(default="", validator=_string("domain"))
+
+
+@attrs.frozen
+class Credentials:
+    owner_id: int
+    username: str = attrs.field(validator=_non_empty("username"))
+    password: str = attrs.field(validator=_non_empty("password"), repr=False)
+    domain: str = attrs.field(default="", validator=_string("domain"))
+    id: int = UNSAVED
+
+    @property
+    def login(self) -> Login:
+        return Login(self.username, self.password, self.domain)
+
+
+@attrs.frozen
+class MountPoint:
+    owner_id: int
+    name: str = attrs.field(validator=_non_empty("name"))
+    size: int = attrs.field(validator=_size)
+    id: int = UNSAVED
+
+    @property
+    def key(self) -> str:
+        return volume_key(self.name)
+
+
+@attrs.frozen
+class Volume:
+    """A mount point as copied into a target VM: name and size, no identity."""
+
+    name: str = attrs.field(validator=_non_empty("name"))
+    size: int = attrs.field(validator=_size)
+
+
+@attrs.frozen
+class Workload:
+    owner_id: int
+    ip: str = attrs.field(converter=canonical_ip)
+    credentials_id: int
+    mount_point_ids: tuple[int, ...] = attrs.field(
+        default=(), converter=_ids, validator=_distinct_ids("storage", allow_empty=True)
+    )
+    id: int = UNSAVED
+
+
+@attrs.frozen
+class TargetVm:
+    """What a successful migration leaves in its target: a copy of the source
+    holding only the selected volumes, in the source's order."""
+
+    ip: str = attrs.field(converter=canonical_ip)
+    credentials: Login
+    storage: tuple[Volume, ...] = attrs.field(converter=_volumes)
+
+
+@attrs.frozen
+class MigrationTarget:
+    owner_id: int
+    cloud_type: CloudType = attrs.field(converter=_cloud_type)
+    cloud_credentials_id: int
+    target_vm: TargetVm | None = None
+    id: int = UNSAVED
+
+
+def _progress(_instance: Any, _attribute: Any, value: int) -> None:
+    if not 0 <= value <= 100:
+        raise ValueError(f"progress {value} is outside 0..100")
+
+
+@attrs.frozen
+class Migration:
+    owner_id: int
+    source_id: int
+    migration_target_id: int
+    selected_mount_point_ids: tuple[int, ...] = attrs.field(
+        converter=_ids, validator=_distinct_ids("selected_mount_points", allow_empty=False)
+    )
+    state: MigrationState = attrs.field(default=MigrationState.NOT_STARTED, converter=MigrationState)
+    progress: int = attrs.field(default=0, validator=_progress)
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # The source as it was when the current run started; what success copies.
+    snapshot: TargetVm | None = None
+    id: int = UNSAVED

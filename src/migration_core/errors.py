@@ -1,0 +1,44 @@
+"""The core's own errors. Adapters translate their failures into these, and the
+HTTP edge maps each kind to one status in a single table."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(DomainError):
+    """Values that break a rule; `errors` maps each field to its messages."""
+
+    def __init__(self, errors: dict[str, list[str]], message: str = "Invalid input.") -> None:
+        super().__init__(message)
+        self.errors = errors
+
+    @classmethod
+    def field(cls, name: str, message: str) -> InvalidInput:
+        return cls({name: [message]})
+
+
+class NotFound(DomainError):
+    """Missing, or owned by someone else: the two are indistinguishable on purpose."""
+
+
+class Conflict(DomainError):
+    """The request is valid but clashes with the current state."""
+
+
+class AuthenticationFailed(DomainError):
+    """Wrong username or password, or an unusable token."""
+
+
+class Throttled(DomainError):
+    """Too many failed logins; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,474 @@
+"""Use cases for the five owned kinds: create, read, update, delete, list.
+Each is one transaction; every rule that spans objects is checked here, and
+storage backs the uniqueness rules with its own constraints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import attrs
+
+from .entities import (
+    Credentials,
+    Migration,
+    MigrationState,
+    MigrationTarget,
+    MountPoint,
+    Workload,
+    canonical_ip,
+)
+from .errors import Conflict, InvalidInput, NotFound
+from .ports import ListQuery, Page, Repository, Storage, UnitOfWork
+
+E = TypeVar("E")
+
+Pick = Callable[[UnitOfWork], Repository[E]]
+
+
+def _credentials(uow: UnitOfWork) -> Repository[Credentials]:
+    return uow.credentials
+
+
+def _mount_points(uow: UnitOfWork) -> Repository[MountPoint]:
+    return uow.mount_points
+
+
+def _workloads(uow: UnitOfWork) -> Repository[Workload]:
+    return uow.workloads
+
+
+def _migration_targets(uow: UnitOfWork) -> Repository[MigrationTarget]:
+    return uow.migration_targets
+
+
+def _migrations(uow: UnitOfWork) -> Repository[Migration]:
+    return uow.migrations
+
+
+def _read(storage: Storage, pick: Pick[E], owner_id: int, entity_id: int) -> E:
+    with storage.unit_of_work(write=False) as uow:
+        return pick(uow).get(owner_id, entity_id)
+
+
+def _list(storage: Storage, pick: Pick[E], owner_id: int, query: ListQuery) -> Page[E]:
+    with storage.unit_of_work(write=False) as uow:
+        count, items = pick(uow).find(owner_id, query)
+    return Page(count, items)
+
+
+def _referenced(repo: Repository[E], owner_id: int, entity_id: int, field: str, noun: str) -> E:
+    """A referenced object of the same owner; a dangling reference is bad input."""
+    try:
+        return repo.get(owner_id, entity_id)
+    except NotFound:
+        raise InvalidInput.field(field, f"{noun} {entity_id} does not exist.") from None
+
+
+def _refuse_if_referenced(what: str, referrers: Iterable[tuple[str, list[int]]]) -> None:
+    users = [f"{noun} {', '.join(map(str, ids))}" for noun, ids in referrers if ids]
+    if users:
+        raise Conflict(f"{what} is still referred to by {'; '.join(users)}.")
+
+
+def _plural(noun: str, ids: list[int]) -> tuple[str, list[int]]:
+    return (noun if len(ids) == 1 else noun + "s", ids)
+
+
+# --- credentials -------------------------------------------------------------
+
+
+def create_credentials(
+    storage: Storage, owner_id: int, *, username: str, password: str, domain: str = ""
+) -> Credentials:
+    credentials = Credentials(owner_id, username, password, domain)
+    with storage.unit_of_work() as uow:
+        stored = uow.credentials.add(credentials)
+        uow.commit()
+    return stored
+
+
+def get_credentials(storage: Storage, owner_id: int, credentials_id: int) -> Credentials:
+    return _read(storage, _credentials, owner_id, credentials_id)
+
+
+def list_credentials(storage: Storage, owner_id: int, query: ListQuery) -> Page[Credentials]:
+    return _list(storage, _credentials, owner_id, query)
+
+
+def update_credentials(
+    storage: Storage,
+    owner_id: int,
+    credentials_id: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    domain: str | None = None,
+) -> Credentials:
+    """Change the given fields; a field left as None keeps its value."""
+    with storage.unit_of_work() as uow:
+        current = uow.credentials.get(owner_id, credentials_id)
+        changed = attrs.evolve(
+            current,
+            username=current.username if username is None else username,
+            password=current.password if password is None else password,
+            domain=current.domain if domain is None else domain,
+        )
+        stored = uow.credentials.update(changed)
+        uow.commit()
+    return stored
+
+
+def delete_credentials(storage: Storage, owner_id: int, credentials_id: int) -> None:
+    with storage.unit_of_work() as uow:
+        uow.credentials.get(owner_id, credentials_id)
+        _refuse_if_referenced(
+            f"Credentials {credentials_id}",
+            [
+                _plural("workload", uow.workloads.referrers("credentials_id", credentials_id)),
+                _plural(
+                    "migration target",
+                    uow.migration_targets.referrers("cloud_credentials_id", credentials_id),
+                ),
+            ],
+        )
+        uow.credentials.delete(owner_id, credentials_id)
+        uow.commit()
+
+
+# --- mount points ------------------------------------------------------------
+
+
+def create_mount_point(storage: Storage, owner_id: int, *, name: str, size: int) -> MountPoint:
+    mount_point = MountPoint(owner_id, name, size)
+    with storage.unit_of_work() as uow:
+        stored = uow.mount_points.add(mount_point)
+        uow.commit()
+    return stored
+
+
+def get_mount_point(storage: Storage, owner_id: int, mount_point_id: int) -> MountPoint:
+    return _read(storage, _mount_points, owner_id, mount_point_id)
+
+
+def list_mount_points(storage: Storage, owner_id: int, query: ListQuery) -> Page[MountPoint]:
+    return _list(storage, _mount_points, owner_id, query)
+
+
+def update_mount_point(
+    storage: Storage,
+    owner_id: int,
+    mount_point_id: int,
+    *,
+    name: str | None = None,
+    size: int | None = None,
+) -> MountPoint:
+    with storage.unit_of_work() as uow:
+        current = uow.mount_points.get(owner_id, mount_point_id)
+        changed = attrs.evolve(
+            current,
+            name=current.name if name is None else name,
+            size=current.size if size is None else size,
+        )
+        if changed.key != current.key:
+            # A renamed volume must stay distinct within the workload that holds it.
+            for workload_id in uow.workloads.referrers("mount_point_ids", mount_point_id):
+                workload = uow.workloads.get(owner_id, workload_id)
+                siblings = [
+                    uow.mount_points.get(owner_id, i)
+                    for i in workload.mount_point_ids
+                    if i != mount_point_id
+                ]
+                _check_distinct_volumes([*siblings, changed], field="name")
+        stored = uow.mount_points.update(changed)
+        uow.commit()
+    return stored
+
+
+def delete_mount_point(storage: Storage, owner_id: int, mount_point_id: int) -> None:
+    with storage.unit_of_work() as uow:
+        uow.mount_points.get(owner_id, mount_point_id)
+        _refuse_if_referenced(
+            f"Mount point {mount_point_id}",
+            [
+                _plural("workload", uow.workloads.referrers("mount_point_ids", mount_point_id)),
+                _plural(
+                    "migration",
+                    uow.migrations.referrers("selected_mount_point_ids", mount_point_id),
+                ),
+            ],
+        )
+        uow.mount_points.delete(owner_id, mount_point_id)
+        uow.commit()
+
+
+def _check_distinct_volumes(mount_points: Sequence[MountPoint], *, field: str) -> None:
+    seen: dict[str, MountPoint] = {}
+    for mount_point in mount_points:
+        other = seen.setdefault(mount_point.key, mount_point)
+        if other is not mount_point:
+            raise InvalidInput.field(
+                field,
+                f"{other.name!r} and {mount_point.name!r} name the same volume;"
+                " a workload holds each volume once.",
+            )
+
+
+# --- workloads ---------------------------------------------------------------
+
+
+def _check_workload(uow: UnitOfWork, workload: Workload) -> None:
+    owner_id = workload.owner_id
+    _referenced(uow.credentials, owner_id, workload.credentials_id, "credentials", "Credentials")
+    mount_points = [
+        _referenced(uow.mount_points, owner_id, i, "storage", "Mount point")
+        for i in workload.mount_point_ids
+    ]
+    _check_distinct_volumes(mount_points, field="storage")
+    _, same_ip = uow.workloads.find(owner_id, ListQuery(filters={"ip": workload.ip}, limit=1))
+    if same_ip and same_ip[0].id != workload.id:
+        raise Conflict(f"Workload {same_ip[0].id} already has ip {workload.ip}.")
+    for mount_point_id in workload.mount_point_ids:
+        holders = [
+            i for i in uow.workloads.referrers("mount_point_ids", mount_point_id) if i != workload.id
+        ]
+        if holders:
+            raise Conflict(
+                f"Mount point {mount_point_id} already belongs to workload {holders[0]}."
+            )
+
+
+def create_workload(
+    storage: Storage,
+    owner_id: int,
+    *,
+    ip: str,
+    credentials_id: int,
+    mount_point_ids: Sequence[int] = (),
+) -> Workload:
+    workload = Workload(owner_id, ip, credentials_id, tuple(mount_point_ids))
+    with storage.unit_of_work() as uow:
+        _check_workload(uow, workload)
+        stored = uow.workloads.add(workload)
+        uow.commit()
+    return stored
+
+
+def get_workload(storage: Storage, owner_id: int, workload_id: int) -> Workload:
+    return _read(storage, _workloads, owner_id, workload_id)
+
+
+def list_workloads(storage: Storage, owner_id: int, query: ListQuery) -> Page[Workload]:
+    if "ip" in query.filters:
+        # Filter by the canonical form, as stored; a malformed ip matches nothing.
+        try:
+            ip = canonical_ip(query.filters["ip"])
+        except InvalidInput:
+            return Page(0, [])
+        query = attrs.evolve(query, filters={**query.filters, "ip": ip})
+    return _list(storage, _workloads, owner_id, query)
+
+
+def update_workload(
+    storage: Storage,
+    owner_id: int,
+    workload_id: int,
+    *,
+    ip: str | None = None,
+    credentials_id: int | None = None,
+    mount_point_ids: Sequence[int] | None = None,
+) -> Workload:
+    """`ip` may be given only as the workload's own: it never changes."""
+    with storage.unit_of_work() as uow:
+        current = uow.workloads.get(owner_id, workload_id)
+        if ip is not None and canonical_ip(ip) != current.ip:
+            raise InvalidInput.field("ip", "The ip of a workload cannot change after creation.")
+        changed = attrs.evolve(
+            current,
+            credentials_id=current.credentials_id if credentials_id is None else credentials_id,
+            mount_point_ids=current.mount_point_ids
+            if mount_point_ids is None
+            else tuple(mount_point_ids),
+        )
+        _check_workload(uow, changed)
+        stored = uow.workloads.update(changed)
+        uow.commit()
+    return stored
+
+
+def delete_workload(storage: Storage, owner_id: int, workload_id: int) -> None:
+    with storage.unit_of_work() as uow:
+        uow.workloads.get(owner_id, workload_id)
+        _refuse_if_referenced(
+            f"Workload {workload_id}",
+            [_plural("migration", uow.migrations.referrers("source_id", workload_id))],
+        )
+        uow.workloads.delete(owner_id, workload_id)
+        uow.commit()
+
+
+# --- migration targets -------------------------------------------------------
+
+
+def create_migration_target(
+    storage: Storage, owner_id: int, *, cloud_type: str, cloud_credentials_id: int
+) -> MigrationTarget:
+    target = MigrationTarget(owner_id, cloud_type, cloud_credentials_id)
+    with storage.unit_of_work() as uow:
+        _referenced(
+            uow.credentials, owner_id, cloud_credentials_id, "cloud_credentials", "Credentials"
+        )
+        stored = uow.migration_targets.add(target)
+        uow.commit()
+    return stored
+
+
+def get_migration_target(storage: Storage, owner_id: int, target_id: int) -> MigrationTarget:
+    return _read(storage, _migration_targets, owner_id, target_id)
+
+
+def list_migration_targets(
+    storage: Storage, owner_id: int, query: ListQuery
+) -> Page[MigrationTarget]:
+    return _list(storage, _migration_targets, owner_id, query)
+
+
+def update_migration_target(
+    storage: Storage,
+    owner_id: int,
+    target_id: int,
+    *,
+    cloud_type: str | None = None,
+    cloud_credentials_id: int | None = None,
+) -> MigrationTarget:
+    """`target_vm` is not writable: only a successful migration replaces it."""
+    with storage.unit_of_work() as uow:
+        current = uow.migration_targets.get(owner_id, target_id)
+        changed = attrs.evolve(
+            current,
+            cloud_type=current.cloud_type if cloud_type is None else cloud_type,
+            cloud_credentials_id=current.cloud_credentials_id
+            if cloud_credentials_id is None
+            else cloud_credentials_id,
+        )
+        _referenced(
+            uow.credentials,
+            owner_id,
+            changed.cloud_credentials_id,
+            "cloud_credentials",
+            "Credentials",
+        )
+        stored = uow.migration_targets.update(changed)
+        uow.commit()
+    return stored
+
+
+def delete_migration_target(storage: Storage, owner_id: int, target_id: int) -> None:
+    with storage.unit_of_work() as uow:
+        uow.migration_targets.get(owner_id, target_id)
+        _refuse_if_referenced(
+            f"Migration target {target_id}",
+            [_plural("migration", uow.migrations.referrers("migration_target_id", target_id))],
+        )
+        uow.migration_targets.delete(owner_id, target_id)
+        uow.commit()
+
+
+# --- migrations --------------------------------------------------------------
+
+
+def _check_migration(uow: UnitOfWork, migration: Migration) -> None:
+    owner_id = migration.owner_id
+    source = _referenced(uow.workloads, owner_id, migration.source_id, "source", "Workload")
+    _referenced(
+        uow.migration_targets,
+        owner_id,
+        migration.migration_target_id,
+        "migration_target",
+        "Migration target",
+    )
+    for mount_point_id in migration.selected_mount_point_ids:
+        _referenced(
+            uow.mount_points, owner_id, mount_point_id, "selected_mount_points", "Mount point"
+        )
+        if mount_point_id not in source.mount_point_ids:
+            raise InvalidInput.field(
+                "selected_mount_points",
+                f"Mount point {mount_point_id} is not in the storage of workload {source.id}.",
+            )
+
+
+def create_migration(
+    storage: Storage,
+    owner_id: int,
+    *,
+    source_id: int,
+    migration_target_id: int,
+    selected_mount_point_ids: Sequence[int],
+) -> Migration:
+    migration = Migration(owner_id, source_id, migration_target_id, tuple(selected_mount_point_ids))
+    with storage.unit_of_work() as uow:
+        _check_migration(uow, migration)
+        stored = uow.migrations.add(migration)
+        uow.commit()
+    return stored
+
+
+def get_migration(storage: Storage, owner_id: int, migration_id: int) -> Migration:
+    return _read(storage, _migrations, owner_id, migration_id)
+
+
+def list_migrations(storage: Storage, owner_id: int, query: ListQuery) -> Page[Migration]:
+    return _list(storage, _migrations, owner_id, query)
+
+
+def update_migration(
+    storage: Storage,
+    owner_id: int,
+    migration_id: int,
+    *,
+    source_id: int | None = None,
+    migration_target_id: int | None = None,
+    selected_mount_point_ids: Sequence[int] | None = None,
+) -> Migration:
+    """A changed migration is a new plan: it returns to `not_started`."""
+    with storage.unit_of_work() as uow:
+        current = uow.migrations.get(owner_id, migration_id)
+        if current.state is MigrationState.RUNNING:
+            raise Conflict(f"Migration {migration_id} is running and cannot be edited.")
+        changed = attrs.evolve(
+            current,
+            source_id=current.source_id if source_id is None else source_id,
+            migration_target_id=current.migration_target_id
+            if migration_target_id is None
+            else migration_target_id,
+            selected_mount_point_ids=current.selected_mount_point_ids
+            if selected_mount_point_ids is None
+            else tuple(selected_mount_point_ids),
+        )
+        if changed == current:
+            return current
+        _check_migration(uow, changed)
+        reset = attrs.evolve(
+            changed,
+            state=MigrationState.NOT_STARTED,
+            progress=0,
+            error=None,
+            started_at=None,
+            finished_at=None,
+            snapshot=None,
+        )
+        stored = uow.migrations.update_if(
+            reset, expected=(MigrationState.NOT_STARTED, MigrationState.ERROR, MigrationState.SUCCESS)
+        )
+        uow.commit()
+    return stored
+
+
+def delete_migration(storage: Storage, owner_id: int, migration_id: int) -> None:
+    with storage.unit_of_work() as uow:
+        current = uow.migrations.get(owner_id, migration_id)
+        if current.state is MigrationState.RUNNING:
+            raise Conflict(f"Migration {migration_id} is running and cannot be deleted.")
+        uow.migrations.delete(owner_id, migration_id)
+        uow.commit()

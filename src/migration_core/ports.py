@@ -1,0 +1,139 @@
+"""The ports: what the core needs from the world, as Protocols. Adapters satisfy
+them structurally, without inheriting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
+
+import attrs
+
+from .entities import Credentials, Migration, MigrationState, MigrationTarget, MountPoint, User, Workload
+
+E = TypeVar("E")
+E_co = TypeVar("E_co", covariant=True)
+
+FilterValue = str | int
+
+
+@attrs.frozen
+class ListQuery:
+    """Exact-value filters (entity field names), order by id, and a page."""
+
+    filters: Mapping[str, FilterValue] = attrs.field(factory=dict)
+    descending: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
+@attrs.frozen
+class Page(Generic[E_co]):
+    """The number of entities matching a query, and one page of them."""
+
+    count: int
+    items: Sequence[E_co]
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware, in UTC."""
+        ...
+
+
+class PasswordHasher(Protocol):
+    def hash(self, password: str) -> str: ...
+
+    def verify(self, password_hash: str, password: str) -> bool: ...
+
+
+class Repository(Protocol[E]):
+    """One kind of owned entity. `get`, `update` and `delete` raise NotFound for
+    a missing id or another owner's; `add` and `update` raise Conflict where a
+    uniqueness constraint is broken, and return the entity as stored."""
+
+    def add(self, entity: E) -> E: ...
+
+    def get(self, owner_id: int, entity_id: int) -> E: ...
+
+    def update(self, entity: E) -> E: ...
+
+    def delete(self, owner_id: int, entity_id: int) -> None: ...
+
+    def find(self, owner_id: int, query: ListQuery) -> tuple[int, list[E]]:
+        """The number of matching entities, and the requested page of them."""
+        ...
+
+    def referrers(self, field: str, entity_id: int) -> list[int]:
+        """Ids of entities whose `field` is, or (for a list field) holds, `entity_id`."""
+        ...
+
+
+class UserRepository(Protocol):
+    def add(self, user: User) -> User:
+        """Raises Conflict when the username is taken."""
+        ...
+
+    def get(self, user_id: int) -> User: ...
+
+    def by_username(self, username: str) -> User | None: ...
+
+    def delete(self, user_id: int) -> None: ...
+
+
+class MigrationRepository(Repository[Migration], Protocol):
+    def update_if(self, migration: Migration, expected: Sequence[MigrationState]) -> Migration:
+        """Store `migration` only while the stored state is one of `expected`
+        (a compare-and-set); raise Conflict otherwise. Storage also refuses a
+        second running migration into one target."""
+        ...
+
+    def running(self) -> list[Migration]:
+        """Every running migration, of every owner."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction. Leaving the `with` block without `commit()` rolls back."""
+
+    users: UserRepository
+    credentials: Repository[Credentials]
+    mount_points: Repository[MountPoint]
+    workloads: Repository[Workload]
+    migration_targets: Repository[MigrationTarget]
+    migrations: MigrationRepository
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class Storage(Protocol):
+    def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
+        """A new transaction; `write=False` promises it only reads, which lets
+        storage run it alongside writers."""
+        ...
+
+    def check(self) -> None:
+        """Raise when storage does not answer."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Runner(Protocol):
+    """Carries out the copy of a migration the core has just started."""
+
+    def launch(self, migration: Migration) -> None: ...
+
+    def cancel(self, migration_id: int) -> None:
+        """Stop the copy of a migration the core has just cancelled, promptly."""
+        ...
