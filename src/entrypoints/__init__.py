@@ -1,0 +1,1 @@
+"""Entrypoints: the aiohttp REST service and the command line."""
