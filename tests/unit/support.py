@@ -1,0 +1,133 @@
+"""Fakes and builders shared by the unit properties: a controllable clock, a
+runner that leaves the copy to the test, and a small inventory to run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
+import attrs
+from hypothesis import strategies as st
+
+import migration_core as core
+from adapters.memory import MemoryStorage
+
+EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, start: datetime = EPOCH) -> None:
+        self.current = start
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+class ManualRunner:
+    """Leaves a started run `running`; the test plays the copy's part."""
+
+    def __init__(self) -> None:
+        self.launched: list[int] = []
+        self.cancelled: list[int] = []
+
+    def launch(self, migration: core.Migration) -> None:
+        self.launched.append(migration.id)
+
+    def cancel(self, migration_id: int) -> None:
+        self.cancelled.append(migration_id)
+
+
+@attrs.frozen
+class Volume:
+    name: str
+    size: int
+
+
+@attrs.define
+class Inventory:
+    """One owner's credentials, a workload holding `mount_points` in order, and a target."""
+
+    storage: MemoryStorage
+    owner_id: int
+    credentials: core.Credentials
+    mount_points: list[core.MountPoint]
+    workload: core.Workload
+    target: core.MigrationTarget
+
+    def ids_named(self, *names: str) -> list[int]:
+        by_name = {mp.name: mp.id for mp in self.mount_points}
+        return [by_name[name] for name in names]
+
+    def migration(self, selected: Sequence[int] | None = None) -> core.Migration:
+        return core.create_migration(
+            self.storage,
+            self.owner_id,
+            source_id=self.workload.id,
+            migration_target_id=self.target.id,
+            selected_mount_point_ids=[mp.id for mp in self.mount_points]
+            if selected is None
+            else selected,
+        )
+
+
+def build_inventory(
+    storage: MemoryStorage | None = None,
+    *,
+    owner_id: int = 1,
+    volumes: Sequence[Volume] = (Volume("C:\\", 100), Volume("D:\\", 300)),
+    ip: str = "10.0.0.1",
+    cloud_type: str = "aws",
+) -> Inventory:
+    storage = MemoryStorage() if storage is None else storage
+    credentials = core.create_credentials(
+        storage, owner_id, username="admin", password="s3cret!", domain="corp"
+    )
+    mount_points = [
+        core.create_mount_point(storage, owner_id, name=v.name, size=v.size) for v in volumes
+    ]
+    workload = core.create_workload(
+        storage,
+        owner_id,
+        ip=ip,
+        credentials_id=credentials.id,
+        mount_point_ids=[mp.id for mp in mount_points],
+    )
+    target = core.create_migration_target(
+        storage, owner_id, cloud_type=cloud_type, cloud_credentials_id=credentials.id
+    )
+    return Inventory(storage, owner_id, credentials, mount_points, workload, target)
+
+
+def field_errors(error: core.InvalidInput) -> set[str]:
+    return set(error.errors)
+
+
+# --- volume names ----------------------------------------------------------------
+
+SEPARATORS = "\\/"
+# ASCII only: its case mapping is one-to-one, so "same ignoring case" is plain
+# `lower()` and the test's notion of a volume does not borrow the core's.
+STEM_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-" + SEPARATORS
+
+
+def volume_identity(name: str) -> str:
+    """The test's own reading of SPEC 2.1: case and trailing separators do not count."""
+    return name.rstrip(SEPARATORS).lower()
+
+
+stems = st.text(STEM_CHARS, min_size=1, max_size=8).filter(lambda s: s[-1] not in SEPARATORS)
+
+
+@st.composite
+def spellings(draw: st.DrawFn, stem: str) -> str:
+    """Another way to write the volume `stem`: any case, any trailing separators."""
+    cased = "".join(draw(st.sampled_from([c.lower(), c.upper()])) for c in stem)
+    return cased + draw(st.text(SEPARATORS, max_size=3))
+
+
+system_volume_spellings = spellings("c:")
