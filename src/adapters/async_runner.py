@@ -1,0 +1,334 @@
+"""The asyncio runner: carries out the simulated copies of many migrations in
+one event loop without per-migration tasks.
+
+One ticker task wakes every `tick` seconds (or sooner, when a run is due),
+computes every active run's progress from monotonic time, and persists all of
+it in one `advance_runs` transaction; runs whose duration has elapsed are
+completed in the same job. Storage is synchronous, so every storage call runs
+in the runner's own one-thread executor: the event loop never waits on it, the
+ticker's writes are serialised, and HTTP requests using the loop's default
+executor never queue behind the ticker (nor the ticker behind them).
+
+Threading: `launch` and `cancel` are called from worker threads (the core calls
+them after committing a start or a cancel). The table of active runs is guarded
+by `_table_lock`, held only for dictionary operations, so the loop never waits
+on a transaction. `_carry_lock` is held by the executor around each storage
+write on behalf of runs, and by `cancel`/`launch` while they mark a run
+stopped: once `cancel` returns, no write for the stopped run can still be in
+flight, so a run cancelled and started again at once is never completed (or
+advanced) by its predecessor's pending work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import attrs
+
+from migration_core import (
+    INTERRUPTED,
+    Clock,
+    DomainError,
+    Migration,
+    NotFound,
+    RunRef,
+    Storage,
+    Volume,
+    advance_runs,
+    complete_run,
+    copy_progress,
+    fail_run,
+    mark_interrupted,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A completion that keeps failing is retried on this many ticks, then the run
+# is failed so that it can be run again.
+COMPLETION_ATTEMPTS = 3
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One run being carried out. Compared by identity: a migration run again
+    after a cancel is a new `_Run`, even with the same RunRef."""
+
+    ref: RunRef
+    volumes: tuple[Volume, ...]
+    started: float  # monotonic
+    stopped: bool = False  # set under _carry_lock
+    failed_completions: int = 0
+
+
+@attrs.frozen
+class _Outcome:
+    """What one executor job learnt about the runs it wrote for."""
+
+    ended: list[_Run]  # completed, failed, or no longer running in storage
+    unfinished: bool  # the time budget ran out before every due run was tried
+
+
+class AsyncRunner:
+    """Satisfies `migration_core.Runner`. Use `await start()` once in the loop
+    that will carry the runs, and `await stop()` before the loop ends."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Clock,
+        duration: float,
+        *,
+        tick: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
+        completion_budget: float | None = None,
+    ) -> None:
+        if duration < 0:
+            raise ValueError(f"duration must be >= 0 seconds, not {duration}")
+        if not 0 < tick <= 1:
+            raise ValueError(f"tick must be in (0, 1] seconds, not {tick}")
+        self._storage = storage
+        self._clock = clock
+        self._duration = duration
+        self._tick = tick
+        self._monotonic = monotonic
+        # Completions in one job stop after this long, so progress of the other
+        # runs is still written about once a tick during a burst of completions.
+        self._completion_budget = tick / 2 if completion_budget is None else completion_budget
+        self._runs: dict[int, _Run] = {}
+        self._table_lock = threading.Lock()
+        self._carry_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake: asyncio.Event | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    # -- lifecycle (on the event loop) ------------------------------------
+
+    async def start(self) -> None:
+        """Mark runs left `running` by a stopped or crashed process as
+        interrupted, then start carrying out new runs."""
+        if self._loop is not None:
+            raise RuntimeError("the runner is already started")
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migration-runner")
+        interrupted = await self._in_executor(mark_interrupted, self._storage, self._clock)
+        if interrupted:
+            log.warning(
+                "marked %d migration(s) left running as interrupted: %s",
+                len(interrupted),
+                ", ".join(map(str, interrupted)),
+            )
+        self._wake = asyncio.Event()
+        self._ticker = asyncio.create_task(self._tick_forever(), name="migration-runner-ticker")
+        with self._table_lock:
+            self._accepting = True
+
+    async def stop(self) -> None:
+        """Stop the ticker and mark every run still being carried out as
+        interrupted, so it can be run again after a restart."""
+        with self._table_lock:
+            self._accepting = False
+            left = list(self._runs.values())
+            self._runs.clear()
+            for run in left:
+                run.stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._executor is None:
+            return
+        if left:
+            # Queued behind any job the ticker left running: the executor has one thread.
+            await self._in_executor(self._interrupt, left)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+        self._loop = None
+
+    # -- the Runner port (any thread) -------------------------------------
+
+    def launch(self, migration: Migration) -> None:
+        if migration.snapshot is None:
+            raise ValueError(f"migration {migration.id} was started without its snapshot")
+        run = _Run(RunRef.of(migration), migration.snapshot.storage, self._monotonic())
+        with self._carry_lock, self._table_lock:
+            if not self._accepting or self._loop is None:
+                raise RuntimeError("the migration runner is not running")
+            previous = self._runs.get(migration.id)
+            if previous is not None:
+                previous.stopped = True
+            self._runs[migration.id] = run
+            loop = self._loop
+        if self._duration < self._tick:
+            # Due before the next regular tick: let the ticker plan its sleep again.
+            loop.call_soon_threadsafe(self._wake_ticker)
+
+    def cancel(self, migration_id: int) -> None:
+        with self._carry_lock, self._table_lock:
+            run = self._runs.pop(migration_id, None)
+            if run is not None:
+                run.stopped = True
+
+    @property
+    def active(self) -> frozenset[int]:
+        """Ids of the migrations being carried out."""
+        with self._table_lock:
+            return frozenset(self._runs)
+
+    # -- the ticker (on the event loop) -----------------------------------
+
+    def _wake_ticker(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _tick_forever(self) -> None:
+        assert self._loop is not None and self._wake is not None
+        while True:
+            next_tick = self._loop.time() + self._tick
+            try:
+                unfinished = await self._step()
+            except Exception:
+                log.exception("the migration runner's tick failed; retrying at the next tick")
+                unfinished = False
+            if unfinished:
+                await asyncio.sleep(0)  # completions left over: go on, but let others run
+                continue
+            await self._sleep_until(next_tick)
+
+    async def _sleep_until(self, next_tick: float) -> None:
+        """Sleep until the next tick, or until the earliest run is due if that
+        is sooner. A launch wakes this to plan again; it never forces a step."""
+        assert self._loop is not None and self._wake is not None
+        while True:
+            delay = next_tick - self._loop.time()
+            earliest = self._earliest_due()
+            if earliest is not None:
+                delay = min(delay, earliest - self._monotonic())
+            if delay <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _earliest_due(self) -> float | None:
+        with self._table_lock:
+            starts = [run.started for run in self._runs.values()]
+        return min(starts) + self._duration if starts else None
+
+    async def _step(self) -> bool:
+        """Write the progress of every active run and complete the due ones.
+        True when due runs were left for an immediate next step."""
+        now = self._monotonic()
+        with self._table_lock:
+            runs = list(self._runs.values())
+        if not runs:
+            return False
+        due = [run for run in runs if now - run.started >= self._duration]
+        progress = {
+            run: copy_progress(run.volumes, now - run.started, self._duration)
+            for run in runs
+            if now - run.started < self._duration
+        }
+        outcome = await self._in_executor(self._persist, progress, due)
+        self._forget(outcome.ended)
+        return outcome.unfinished
+
+    def _forget(self, ended: Iterable[_Run]) -> None:
+        with self._table_lock:
+            for run in ended:
+                run.stopped = True
+                if self._runs.get(run.ref.migration_id) is run:
+                    del self._runs[run.ref.migration_id]
+
+    # -- storage work (in the executor) -----------------------------------
+
+    async def _in_executor(self, call: Callable[..., T], *args: object) -> T:
+        assert self._loop is not None and self._executor is not None
+        return await self._loop.run_in_executor(self._executor, call, *args)
+
+    def _persist(self, progress: dict[_Run, int], due: Sequence[_Run]) -> _Outcome:
+        ended: list[_Run] = []
+        if progress:
+            try:
+                ended.extend(self._advance(progress))
+            except Exception:
+                log.exception("could not record the progress of %d run(s)", len(progress))
+        deadline = time.monotonic() + self._completion_budget
+        for tried, run in enumerate(due, start=1):
+            if self._complete(run):
+                ended.append(run)
+            if tried < len(due) and time.monotonic() >= deadline:
+                return _Outcome(ended, unfinished=True)
+        return _Outcome(ended, unfinished=False)
+
+    def _advance(self, progress: dict[_Run, int]) -> list[_Run]:
+        """Runs that ended in storage (cancelled elsewhere, interrupted, gone)."""
+        with self._carry_lock:
+            carried = {run: percent for run, percent in progress.items() if not run.stopped}
+            by_ref = {run.ref: percent for run, percent in carried.items()}
+            try:
+                still_running = advance_runs(self._storage, by_ref)
+            except DomainError:
+                # One run's migration is gone; write the others one by one.
+                still_running = set()
+                for ref, percent in by_ref.items():
+                    with contextlib.suppress(NotFound):
+                        still_running |= advance_runs(self._storage, {ref: percent})
+        return [run for run in carried if run.ref not in still_running]
+
+    def _complete(self, run: _Run) -> bool:
+        """Complete one due run; True when it is over (whatever the reason)."""
+        with self._carry_lock:
+            if run.stopped:
+                return True
+            try:
+                complete_run(self._storage, self._clock, run.ref)
+                return True
+            except NotFound:
+                return True
+            except Exception as exc:
+                run.failed_completions += 1
+                if run.failed_completions < COMPLETION_ATTEMPTS:
+                    log.warning(
+                        "could not complete migration %d (attempt %d): %s",
+                        run.ref.migration_id,
+                        run.failed_completions,
+                        exc,
+                    )
+                    return False
+                log.exception("giving up completing migration %d", run.ref.migration_id)
+                try:
+                    fail_run(
+                        self._storage,
+                        self._clock,
+                        run.ref,
+                        f"The copy could not be completed: {exc}",
+                    )
+                except NotFound:
+                    pass
+                except Exception:
+                    log.exception("could not fail migration %d either", run.ref.migration_id)
+                    return False
+                return True
+
+    def _interrupt(self, runs: Sequence[_Run]) -> None:
+        for run in runs:
+            try:
+                fail_run(self._storage, self._clock, run.ref, INTERRUPTED)
+            except NotFound:
+                pass
+            except Exception:
+                # Left `running`: the next start marks it interrupted.
+                log.exception("could not mark migration %d interrupted", run.ref.migration_id)
