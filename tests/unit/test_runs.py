@@ -1,0 +1,192 @@
+"""SPEC 2.2: the life of a run. Random sequences of every operation that can
+touch a migration's state are checked against a model of the allowed moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import migration_core as core
+
+from .support import FakeClock, ManualRunner, Volume, build_inventory
+
+State = core.MigrationState
+NOT_STARTED, RUNNING, ERROR, SUCCESS = State.NOT_STARTED, State.RUNNING, State.ERROR, State.SUCCESS
+
+
+@attrs.define
+class Expected:
+    state: State = NOT_STARTED
+    progress: int = 0
+    error: str | None = None
+
+
+operations = st.one_of(
+    st.tuples(st.just("run"), st.integers(0, 1)),
+    st.tuples(st.just("cancel"), st.integers(0, 1)),
+    st.tuples(st.just("complete"), st.integers(0, 1)),
+    st.tuples(st.just("fail"), st.integers(0, 1)),
+    st.tuples(st.just("advance"), st.integers(0, 1), st.integers(-5, 150)),
+    st.tuples(st.just("edit"), st.integers(0, 1)),
+    st.tuples(st.just("interrupt")),
+)
+
+
+@given(st.lists(operations, max_size=25))
+def test_a_migration_moves_only_along_the_allowed_transitions(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    """Two migrations into one target; each operation either makes exactly the
+    move SPEC 2.2 allows, or is refused (Conflict) / ignored and changes nothing."""
+    inventory = build_inventory(volumes=[Volume("C:\\", 10), Volume("D:\\", 30)])
+    storage, owner = inventory.storage, inventory.owner_id
+    clock, runner = FakeClock(), ManualRunner()
+    migrations = [inventory.migration(), inventory.migration()]
+    ids = [m.id for m in migrations]
+    model = [Expected(), Expected()]
+    everything = [mp.id for mp in inventory.mount_points]
+    system_only = inventory.ids_named("C:\\")
+
+    for step in steps:
+        clock.advance(1)
+        name = step[0]
+        before = [core.get_migration(storage, owner, i) for i in ids]
+        if name == "interrupt":
+            expected_ids = [i for i, m in zip(ids, model) if m.state is RUNNING]
+            assert core.mark_interrupted(storage, clock) == expected_ids
+            for m in model:
+                if m.state is RUNNING:
+                    m.state, m.error = ERROR, core.INTERRUPTED
+        else:
+            index = step[1]
+            mine, other = model[index], model[1 - index]
+            ref = core.RunRef(owner, ids[index])
+            if name == "run":
+                allowed = mine.state in (NOT_STARTED, ERROR) and other.state is not RUNNING
+                if allowed:
+                    core.run_migration(storage, clock, runner, owner, ids[index])
+                    mine.state, mine.progress, mine.error = RUNNING, 0, None
+                else:
+                    with pytest.raises(core.Conflict):
+                        core.run_migration(storage, clock, runner, owner, ids[index])
+            elif name == "cancel":
+                if mine.state is RUNNING:
+                    core.cancel_run(storage, clock, runner, owner, ids[index])
+                    mine.state, mine.error = ERROR, core.CANCELLED
+                else:
+                    with pytest.raises(core.Conflict):
+                        core.cancel_run(storage, clock, runner, owner, ids[index])
+            elif name in ("complete", "fail"):
+                finished = (
+                    core.complete_run(storage, clock, ref)
+                    if name == "complete"
+                    else core.fail_run(storage, clock, ref, "disk unreadable")
+                )
+                assert (finished is not None) == (mine.state is RUNNING)
+                if mine.state is RUNNING and name == "complete":
+                    mine.state, mine.progress = SUCCESS, 100
+                elif mine.state is RUNNING:
+                    mine.state, mine.error = ERROR, "disk unreadable"
+            elif name == "advance":
+                still = core.advance_runs(storage, {ref: step[2]})
+                assert still == ({ref} if mine.state is RUNNING else set())
+                if mine.state is RUNNING:
+                    mine.progress = max(mine.progress, min(99, step[2]))
+            elif name == "edit":
+                # Switch between two valid selections, so each edit is a change.
+                current = list(before[index].selected_mount_point_ids)
+                selection = system_only if current == everything else everything
+                if mine.state is RUNNING:
+                    with pytest.raises(core.Conflict):
+                        core.update_migration(
+                            storage, owner, ids[index], selected_mount_point_ids=selection
+                        )
+                else:
+                    core.update_migration(
+                        storage, owner, ids[index], selected_mount_point_ids=selection
+                    )
+                    mine.state, mine.progress, mine.error = NOT_STARTED, 0, None
+
+        for migration_id, expected, previous in zip(ids, model, before):
+            actual = core.get_migration(storage, owner, migration_id)
+            assert (actual.state, actual.progress, actual.error) == (
+                expected.state,
+                expected.progress,
+                expected.error,
+            ), step
+            assert (actual.progress == 100) == (actual.state is SUCCESS)
+            assert (actual.finished_at is not None) == actual.state.finished
+            if name not in ("edit", "run") and actual.state is previous.state:
+                assert actual.progress >= previous.progress
+
+
+@given(st.sampled_from(["run", "cancel", "delete", "edit"]))
+def test_a_running_migration_cannot_be_run_edited_or_deleted(action: str) -> None:
+    inventory = build_inventory()
+    storage, owner = inventory.storage, inventory.owner_id
+    migration = inventory.migration()
+    clock, runner = FakeClock(), ManualRunner()
+    running = core.run_migration(storage, clock, runner, owner, migration.id)
+    if action == "cancel":
+        # The one thing a running migration allows besides finishing.
+        assert core.cancel_run(storage, clock, runner, owner, migration.id).state is ERROR
+        assert runner.cancelled == [migration.id]
+        return
+    with pytest.raises(core.Conflict):
+        if action == "run":
+            core.run_migration(storage, clock, runner, owner, migration.id)
+        elif action == "delete":
+            core.delete_migration(storage, owner, migration.id)
+        else:
+            core.update_migration(
+                storage, owner, migration.id, selected_mount_point_ids=inventory.ids_named("C:\\")
+            )
+    assert core.get_migration(storage, owner, migration.id) == running
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=6), st.floats(0.001, 1e4), st.data())
+def test_copy_progress_never_goes_down_and_reaches_100_only_at_the_end(
+    sizes: list[int], duration: float, data: st.DataObject
+) -> None:
+    volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(sizes)]
+    times = sorted(data.draw(st.lists(st.floats(-1.0, duration * 2), min_size=2, max_size=10)))
+    progress = [core.copy_progress(volumes, t, duration) for t in times]
+    assert progress == sorted(progress)
+    for elapsed, percent in zip(times, progress):
+        assert 0 <= percent <= 100
+        assert (percent == 100) == (elapsed >= duration)
+    assert core.copy_progress(volumes, 0.0, duration) == 0
+
+
+@given(st.lists(st.integers(1, 1000), min_size=2, max_size=5), st.data())
+def test_copy_progress_is_weighted_by_size(sizes: list[int], data: st.DataObject) -> None:
+    """When the time of the first k volumes has passed, their share of the bytes is copied."""
+    volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(sizes)]
+    k = data.draw(st.integers(1, len(sizes) - 1))
+    share = sum(sizes[:k]) / sum(sizes)
+    progress = core.copy_progress(volumes, share * 100.0, 100.0)
+    assert abs(progress - 100 * share) <= 1
+    assert progress <= 99
+
+
+@given(st.lists(st.integers(-10, 200), max_size=12))
+def test_recorded_progress_never_goes_down_and_stays_below_100_until_success(
+    reports: list[int],
+) -> None:
+    inventory = build_inventory()
+    storage, owner = inventory.storage, inventory.owner_id
+    clock = FakeClock()
+    migration = core.run_migration(storage, clock, ManualRunner(), owner, inventory.migration().id)
+    ref = core.RunRef.of(migration)
+    seen = [0]
+    for report in reports:
+        core.advance_runs(storage, {ref: report})
+        seen.append(core.get_migration(storage, owner, migration.id).progress)
+    assert seen == sorted(seen)
+    assert max(seen) == max([0, *(min(99, r) for r in reports)])
+    core.complete_run(storage, clock, ref)
+    assert core.get_migration(storage, owner, migration.id).progress == 100
