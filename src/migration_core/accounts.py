@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import deque
@@ -82,7 +83,10 @@ class LoginThrottle:
         with self._lock:
             failures = self._recent(username, now)
             if len(failures) >= self._limit:
-                retry_after = max(1, int(failures[0] + self._window - now + 0.999))
+                # Let in again once fewer than `limit` failures remain in the window;
+                # concurrent logins may have pushed the count past the limit.
+                released = failures[-self._limit] + self._window
+                retry_after = max(1, math.ceil(released - now))
                 raise Throttled(
                     "Too many failed logins for this username; try again later.", retry_after
                 )
