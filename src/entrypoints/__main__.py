@@ -1,0 +1,7 @@
+"""`python -m entrypoints serve` does what `migration-api serve` does."""
+
+import sys
+
+from entrypoints.cli import main
+
+sys.exit(main())

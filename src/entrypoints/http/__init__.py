@@ -1,0 +1,5 @@
+"""The aiohttp REST service."""
+
+from .app import create_app
+
+__all__ = ["create_app"]

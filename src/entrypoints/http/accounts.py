@@ -1,0 +1,103 @@
+"""Registration, log-in and token refresh (the public part of the API), and health."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp_apigami import docs
+
+from migration_core import login, register_user
+
+from .openapi import WRITE_ERRORS, answers
+from .requests import BODY, call, json_body, services
+from .routes import Route
+from .schemas import (
+    AccessTokenSchema,
+    ErrorSchema,
+    HealthSchema,
+    LoginSchema,
+    RefreshSchema,
+    RegisterSchema,
+    TokenPairSchema,
+    UserSchema,
+)
+
+TAG = "accounts"
+
+log = logging.getLogger(__name__)
+
+
+@docs(
+    tags=[TAG],
+    summary="Create an account",
+    operation_id="register",
+    security=[],
+    responses=answers({201: (UserSchema, "The new account.")}, *WRITE_ERRORS),
+)
+@json_body(RegisterSchema())
+async def register(request: web.Request) -> web.Response:
+    found = services(request)
+    body = request[BODY]
+    user = await call(register_user, found.storage, found.hasher, body["username"], body["password"])
+    return web.json_response(UserSchema().dump(user), status=201)
+
+
+@docs(
+    tags=[TAG],
+    summary="Log in: get an access and a refresh token",
+    description="After 10 failed logins for one username within 60 seconds, every"
+    " login for it answers 429 until the window has passed.",
+    operation_id="obtainTokens",
+    security=[],
+    responses=answers({200: (TokenPairSchema, "A token pair.")}, *WRITE_ERRORS, 401, 429),
+)
+@json_body(LoginSchema())
+async def obtain_tokens(request: web.Request) -> web.Response:
+    found = services(request)
+    body = request[BODY]
+    pair = await call(
+        login, found.storage, found.hasher, found.throttle, found.tokens,
+        body["username"], body["password"],
+    )
+    return web.json_response(TokenPairSchema().dump(pair))
+
+
+@docs(
+    tags=[TAG],
+    summary="Trade a refresh token for a new access token",
+    operation_id="refreshToken",
+    security=[],
+    responses=answers({200: (AccessTokenSchema, "A new access token.")}, *WRITE_ERRORS, 401),
+)
+@json_body(RefreshSchema())
+async def refresh_token(request: web.Request) -> web.Response:
+    access = services(request).tokens.access_from_refresh(request[BODY]["refresh"])
+    return web.json_response(AccessTokenSchema().dump({"access": access}))
+
+
+@docs(
+    tags=["health"],
+    summary="Whether the service and its storage answer",
+    operation_id="health",
+    security=[],
+    responses={
+        200: {"schema": HealthSchema, "description": "Storage answers."},
+        503: {"schema": ErrorSchema, "description": "Storage does not answer."},
+    },
+)
+async def health(request: web.Request) -> web.Response:
+    try:
+        await call(services(request).storage.check)
+    except Exception as error:
+        log.warning("Health check: storage does not answer (%s)", type(error).__name__)
+        return web.json_response({"detail": "Storage does not answer."}, status=503)
+    return web.json_response(HealthSchema().dump({"status": "ok"}))
+
+
+ROUTES = [
+    Route("POST", "/api/v1/auth/", register, public=True),
+    Route("POST", "/api/v1/token/", obtain_tokens, public=True),
+    Route("POST", "/api/v1/token/refresh/", refresh_token, public=True),
+    Route("GET", "/health", health, public=True),
+]

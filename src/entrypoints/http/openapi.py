@@ -1,0 +1,134 @@
+"""The OpenAPI 3 document (aiohttp-apigami builds it from the routes' schemas),
+the Swagger UI from the distribution files apigami ships (served locally, no
+CDN), and the answers each operation documents."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Mapping
+from string import Template
+from typing import Any
+
+from aiohttp import web
+from aiohttp_apigami import AiohttpApiSpec
+from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES  # the Swagger UI dist, as local files
+from apispec.ext.marshmallow import common
+from marshmallow import Schema
+
+from .schemas import ErrorSchema, ValidationErrorSchema
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+SWAGGER_PATH = "/swagger/"
+SWAGGER_STATIC_PATH = "/swagger/static"
+SECURITY_SCHEME = "bearerAuth"
+TITLE = "Migration service"
+VERSION = "1.0.0"
+DESCRIPTION = (
+    "Keep an inventory of workloads, their mount points and credentials, describe"
+    " cloud migration targets, and run migrations. Register at /api/v1/auth/, get"
+    " a token pair at /api/v1/token/, then send `Authorization: Bearer <access>`."
+    " Every path also answers without its trailing slash."
+)
+
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+
+_STRING_HEADER = {"schema": {"type": "string"}}
+_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"schema": ValidationErrorSchema, "description": "Invalid input: see `errors` per field."},
+    401: {
+        "schema": ErrorSchema,
+        "description": "No, or no valid, access token.",
+        "headers": {"WWW-Authenticate": {**_STRING_HEADER, "description": "Bearer"}},
+    },
+    404: {"schema": ErrorSchema, "description": "Not found, or not yours."},
+    409: {"schema": ErrorSchema, "description": "Conflicts with the current state."},
+    413: {"schema": ErrorSchema, "description": "The body is too large."},
+    415: {"schema": ErrorSchema, "description": "The body is not application/json."},
+    429: {
+        "schema": ErrorSchema,
+        "description": "Too many failed logins for this username.",
+        "headers": {"Retry-After": {**_STRING_HEADER, "description": "Seconds to wait."}},
+    },
+    500: {"schema": ErrorSchema, "description": "Unexpected error."},
+}
+WRITE_ERRORS = (400, 413, 415)
+
+
+def answers(
+    success: Mapping[int, tuple[Schema | type[Schema] | None, str]], *errors: int
+) -> dict[int, dict[str, Any]]:
+    """The documented answers of one operation: its successes, the errors it
+    names, and 500, which any operation may answer."""
+    documented: dict[int, dict[str, Any]] = {}
+    for code, (schema, description) in success.items():
+        documented[code] = (
+            {"schema": schema, "description": description} if schema else {"description": description}
+        )
+    for code in sorted({*errors, 500}):
+        documented[code] = dict(_ERRORS[code])
+    return documented
+
+
+def schema_name(schema: Any) -> str:
+    """`CredentialsSchema` is documented as `Credentials`, its partial form
+    (the body of a PATCH) as `CredentialsPatch`."""
+    instance = common.resolve_schema_instance(schema)
+    resolved = common.resolve_schema_cls(schema)
+    schema_class = resolved[0] if isinstance(resolved, list) else resolved
+    name = schema_class.__name__.removesuffix("Schema") or schema_class.__name__
+    return name + "Patch" if instance.partial else name
+
+
+def _without_swagger2_keys(document: dict[str, Any]) -> dict[str, Any]:
+    """apigami's `docs` adds Swagger 2's `produces` to every operation; OpenAPI 3
+    has no such key (the media types are under `content`)."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                operation.pop("produces", None)
+                operation.pop("consumes", None)
+    return document
+
+
+def setup_openapi(app: web.Application) -> dict[str, Any]:
+    """Document every route registered so far; call it after the last one."""
+    api = AiohttpApiSpec(
+        url="",  # the document and the UI are served below
+        openapi_version="3.0.3",
+        schema_name_resolver=schema_name,
+        title=TITLE,
+        version=VERSION,
+        info={"description": DESCRIPTION},
+        security=[{SECURITY_SCHEME: []}],
+    )
+    api.spec.components.security_scheme(
+        SECURITY_SCHEME, {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    with warnings.catch_warnings():
+        # apigami also keeps the document under a plain string key.
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        api.register(app, in_place=True)
+    document = _without_swagger2_keys(api.swagger_dict())
+    app[OPENAPI] = document
+    app.router.add_get(OPENAPI_PATH, _serve_document, allow_head=False)
+    app.router.add_static(SWAGGER_STATIC_PATH, SWAGGER_UI_STATIC_FILES)
+    for path in (SWAGGER_PATH, SWAGGER_PATH.removesuffix("/")):
+        app.router.add_get(path, _serve_swagger_ui, allow_head=False)
+    return document
+
+
+async def _serve_document(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+@functools.cache
+def _swagger_page() -> str:
+    template = Template((SWAGGER_UI_STATIC_FILES / "index.html").read_text(encoding="utf-8"))
+    return template.substitute(
+        path=OPENAPI_PATH, static=SWAGGER_STATIC_PATH, layout="StandaloneLayout"
+    )
+
+
+async def _serve_swagger_ui(_request: web.Request) -> web.Response:
+    return web.Response(text=_swagger_page(), content_type="text/html")

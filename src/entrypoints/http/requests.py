@@ -1,0 +1,123 @@
+"""Reading requests: the typed keys, JSON bodies and query strings checked
+against their schemas, and bearer authentication.
+
+`json_body` and `query` both validate and document: they register the schema
+with aiohttp-apigami, so the OpenAPI document shows exactly what is checked."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from aiohttp import web
+from aiohttp_apigami import request_schema
+from marshmallow import Schema, ValidationError
+
+from migration_core import AuthenticationFailed, InvalidInput, User, user_from_token
+
+from entrypoints.bootstrap import Services
+
+from .schemas import flatten_messages
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SERVICES = web.AppKey("services", Services)
+USER = web.RequestKey("user", User)
+BODY = web.RequestKey("body", dict[str, Any])
+QUERY = web.RequestKey("query", dict[str, Any])
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _load(schema: Schema, data: Any) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = schema.load(data)
+    except ValidationError as error:
+        messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+        raise InvalidInput(flatten_messages(messages)) from None
+    return loaded
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; 415, 400 or 413 (raised while reading) otherwise."""
+    if not _is_json(request.content_type):
+        raise web.HTTPUnsupportedMediaType(reason="Send the body as application/json.")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise web.HTTPBadRequest(reason="The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(reason="The body must be a JSON object.")
+    return data
+
+
+def json_body(schema: Schema) -> Callable[[Handler], Handler]:
+    """Check the body against `schema` (a partial one for PATCH) and put the
+    loaded values in request[BODY]."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def with_body(request: web.Request) -> web.StreamResponse:
+            request[BODY] = _load(schema, await read_json_object(request))
+            return await handler(request)
+
+        return request_schema(schema, required=True)(with_body)
+
+    return decorate
+
+
+def query(schema: Schema) -> Callable[[Handler], Handler]:
+    """Check the query string against `schema`, values in request[QUERY]."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def with_query(request: web.Request) -> web.StreamResponse:
+            repeated = {key for key in request.query if len(request.query.getall(key)) > 1}
+            if repeated:
+                raise InvalidInput({key: ["Give this parameter once."] for key in sorted(repeated)})
+            request[QUERY] = _load(schema, dict(request.query))
+            return await handler(request)
+
+        return request_schema(schema, location="querystring")(with_query)
+
+    return decorate
+
+
+def _bearer_token(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Send an access token: Authorization: Bearer <access>.")
+    return token.strip()
+
+
+def authenticated(handler: Handler) -> Handler:
+    """Refuse the request (401) unless it carries a valid, unexpired access
+    token of a live user, who is then in request[USER]."""
+
+    @functools.wraps(handler)
+    async def with_user(request: web.Request) -> web.StreamResponse:
+        token = _bearer_token(request)
+        found = services(request)
+        request[USER] = await call(user_from_token, found.storage, found.tokens, token)
+        return await handler(request)
+
+    return with_user
+
+
+async def call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a synchronous use case (storage, hashing) in a worker thread, off the event loop."""
+    return await asyncio.to_thread(function, *args, **kwargs)

@@ -1,0 +1,338 @@
+"""The five owned resources: list, create, read, replace, patch, delete, and the
+migration actions. One factory builds the six operations of each resource from
+its schemas and the core's use cases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from aiohttp import web
+from aiohttp_apigami import docs
+from marshmallow import Schema
+
+import migration_core as core
+from migration_core import ListQuery, NotFound, Page
+
+from .openapi import WRITE_ERRORS, answers
+from .requests import BODY, QUERY, USER, call, json_body, query, services
+from .routes import Route
+from .schemas import (
+    MAX_ID,
+    CredentialsQuerySchema,
+    CredentialsSchema,
+    MigrationQuerySchema,
+    MigrationSchema,
+    MigrationStateSchema,
+    MigrationTargetQuerySchema,
+    MigrationTargetSchema,
+    MountPointQuerySchema,
+    MountPointSchema,
+    WorkloadQuerySchema,
+    WorkloadReplaceSchema,
+    WorkloadSchema,
+    page_schema,
+)
+
+ID_PARAMETER = {
+    "in": "path",
+    "name": "id",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+}
+
+
+@attrs.frozen
+class Resource:
+    """One kind of owned object, as the API shows it and as the core handles it."""
+
+    path: str  # e.g. /api/v1/credentials/
+    tag: str
+    noun: str  # one object, for summaries
+    name: str  # PascalCase, for operation ids and the page schema
+    schema: type[Schema]
+    replace_schema: type[Schema]
+    query_schema: type[Schema]
+    create: Callable[..., Any]
+    get: Callable[[core.Storage, int, int], Any]
+    find: Callable[[core.Storage, int, ListQuery], Page[Any]]
+    update: Callable[..., Any]
+    delete: Callable[[core.Storage, int, int], None]
+
+
+def object_id(request: web.Request) -> int:
+    """The `{id}` of the path: the route admits only digits, and an id beyond
+    the range of ids is as missing as any other."""
+    value = int(request.match_info["id"])
+    if not 1 <= value <= MAX_ID:
+        raise NotFound("Not found.")
+    return value
+
+
+def _link(request: web.Request, limit: int, offset: int) -> str:
+    """This list's URL at another page, keeping its filters and ordering."""
+    return str(request.url.update_query(limit=str(limit), offset=str(offset)))
+
+
+def page_body(request: web.Request, page: Page[Any], schema: Schema, limit: int, offset: int) -> dict[str, Any]:
+    following = offset + limit
+    return {
+        "count": page.count,
+        "next": _link(request, limit, following) if following < page.count else None,
+        "previous": _link(request, limit, max(0, offset - limit)) if offset > 0 else None,
+        "results": schema.dump(page.items, many=True),
+    }
+
+
+def resource_routes(resource: Resource) -> list[Route]:
+    schema = resource.schema()
+    page = page_schema(resource.schema, f"{resource.name}Page")
+    item_path = resource.path + "{id:\\d+}/"
+    tags = [resource.tag]
+
+    @docs(
+        tags=tags,
+        summary=f"List your {resource.tag}",
+        description="Paged (`limit`, at most 1000, and `offset`), filtered by exact"
+        " values, ordered by `id` or `-id`.",
+        operation_id=f"list{resource.name}",
+        responses=answers({200: (page, "One page of the list.")}, 400, 401),
+    )
+    @query(resource.query_schema())
+    async def list_objects(request: web.Request) -> web.Response:
+        filters = dict(request[QUERY])
+        limit: int = filters.pop("limit")
+        offset: int = filters.pop("offset")
+        descending = filters.pop("ordering") == "-id"
+        found = await call(
+            resource.find,
+            services(request).storage,
+            request[USER].id,
+            ListQuery(filters=filters, descending=descending, limit=limit, offset=offset),
+        )
+        return web.json_response(page_body(request, found, schema, limit, offset))
+
+    @docs(
+        tags=tags,
+        summary=f"Create {resource.noun}",
+        operation_id=f"create{resource.name}",
+        responses=answers({201: (schema, "Created.")}, *WRITE_ERRORS, 401, 409),
+    )
+    @json_body(schema)
+    async def create_object(request: web.Request) -> web.Response:
+        created = await call(_create, resource, request)
+        return web.json_response(schema.dump(created), status=201)
+
+    @docs(
+        tags=tags,
+        summary=f"Read {resource.noun}",
+        operation_id=f"get{resource.name}",
+        parameters=[ID_PARAMETER],
+        responses=answers({200: (schema, "Found.")}, 401, 404),
+    )
+    async def read_object(request: web.Request) -> web.Response:
+        found = await call(resource.get, services(request).storage, request[USER].id, object_id(request))
+        return web.json_response(schema.dump(found))
+
+    @docs(
+        tags=tags,
+        summary=f"Replace {resource.noun}: every writable field",
+        operation_id=f"replace{resource.name}",
+        parameters=[ID_PARAMETER],
+        responses=answers({200: (schema, "Replaced.")}, *WRITE_ERRORS, 401, 404, 409),
+    )
+    @json_body(resource.replace_schema())
+    async def replace_object(request: web.Request) -> web.Response:
+        updated = await call(_update, resource, request)
+        return web.json_response(schema.dump(updated))
+
+    @docs(
+        tags=tags,
+        summary=f"Change some fields of {resource.noun}",
+        operation_id=f"patch{resource.name}",
+        parameters=[ID_PARAMETER],
+        responses=answers({200: (schema, "Changed.")}, *WRITE_ERRORS, 401, 404, 409),
+    )
+    @json_body(resource.schema(partial=True))
+    async def patch_object(request: web.Request) -> web.Response:
+        updated = await call(_update, resource, request)
+        return web.json_response(schema.dump(updated))
+
+    @docs(
+        tags=tags,
+        summary=f"Delete {resource.noun}",
+        description="Refused (409) while anything still refers to it.",
+        operation_id=f"delete{resource.name}",
+        parameters=[ID_PARAMETER],
+        responses=answers({204: (None, "Deleted.")}, 401, 404, 409),
+    )
+    async def delete_object(request: web.Request) -> web.Response:
+        await call(resource.delete, services(request).storage, request[USER].id, object_id(request))
+        return web.Response(status=204)
+
+    return [
+        Route("GET", resource.path, list_objects),
+        Route("POST", resource.path, create_object),
+        Route("GET", item_path, read_object),
+        Route("PUT", item_path, replace_object),
+        Route("PATCH", item_path, patch_object),
+        Route("DELETE", item_path, delete_object),
+    ]
+
+
+def _create(resource: Resource, request: web.Request) -> Any:
+    return resource.create(services(request).storage, request[USER].id, **request[BODY])
+
+
+def _update(resource: Resource, request: web.Request) -> Any:
+    return resource.update(
+        services(request).storage, request[USER].id, object_id(request), **request[BODY]
+    )
+
+
+RESOURCES = [
+    Resource(
+        path="/api/v1/credentials/",
+        tag="credentials",
+        noun="credentials",
+        name="Credentials",
+        schema=CredentialsSchema,
+        replace_schema=CredentialsSchema,
+        query_schema=CredentialsQuerySchema,
+        create=core.create_credentials,
+        get=core.get_credentials,
+        find=core.list_credentials,
+        update=core.update_credentials,
+        delete=core.delete_credentials,
+    ),
+    Resource(
+        path="/api/v1/mount_points/",
+        tag="mount points",
+        noun="a mount point",
+        name="MountPoint",
+        schema=MountPointSchema,
+        replace_schema=MountPointSchema,
+        query_schema=MountPointQuerySchema,
+        create=core.create_mount_point,
+        get=core.get_mount_point,
+        find=core.list_mount_points,
+        update=core.update_mount_point,
+        delete=core.delete_mount_point,
+    ),
+    Resource(
+        path="/api/v1/work_loads/",
+        tag="workloads",
+        noun="a workload",
+        name="Workload",
+        schema=WorkloadSchema,
+        replace_schema=WorkloadReplaceSchema,
+        query_schema=WorkloadQuerySchema,
+        create=core.create_workload,
+        get=core.get_workload,
+        find=core.list_workloads,
+        update=core.update_workload,
+        delete=core.delete_workload,
+    ),
+    Resource(
+        path="/api/v1/migration_targets/",
+        tag="migration targets",
+        noun="a migration target",
+        name="MigrationTarget",
+        schema=MigrationTargetSchema,
+        replace_schema=MigrationTargetSchema,
+        query_schema=MigrationTargetQuerySchema,
+        create=core.create_migration_target,
+        get=core.get_migration_target,
+        find=core.list_migration_targets,
+        update=core.update_migration_target,
+        delete=core.delete_migration_target,
+    ),
+    Resource(
+        path="/api/v1/migrations/",
+        tag="migrations",
+        noun="a migration",
+        name="Migration",
+        schema=MigrationSchema,
+        replace_schema=MigrationSchema,
+        query_schema=MigrationQuerySchema,
+        create=core.create_migration,
+        get=core.get_migration,
+        find=core.list_migrations,
+        update=core.update_migration,
+        delete=core.delete_migration,
+    ),
+]
+
+
+# --- migration actions -------------------------------------------------------
+
+MIGRATION_ACTIONS = "migrations"
+
+
+def _state_body(migration: core.Migration) -> Mapping[str, Any]:
+    return MigrationStateSchema().dump(
+        {
+            "state": migration.state,
+            "progress": migration.progress,
+            "error": migration.error,
+            "finished": migration.state.finished,
+        }
+    )
+
+
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="Run a migration",
+    description="From `not_started` or `error` (a retry). Refused (409) while it runs,"
+    " once it has succeeded, when volume C:\\ is not selected, when the selection is no"
+    " longer in the source, or while another migration runs into the same target.",
+    operation_id="runMigration",
+    parameters=[ID_PARAMETER],
+    responses=answers({202: (MigrationSchema, "Started: state `running`.")}, 401, 404, 409),
+)
+async def run_migration(request: web.Request) -> web.Response:
+    found = services(request)
+    started = await call(
+        core.run_migration, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+    )
+    return web.json_response(MigrationSchema().dump(started), status=202)
+
+
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="Cancel a running migration",
+    operation_id="cancelMigration",
+    parameters=[ID_PARAMETER],
+    responses=answers(
+        {200: (MigrationSchema, "Cancelled: state `error`, error `cancelled`.")}, 401, 404, 409
+    ),
+)
+async def cancel_migration(request: web.Request) -> web.Response:
+    found = services(request)
+    cancelled = await call(
+        core.cancel_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+    )
+    return web.json_response(MigrationSchema().dump(cancelled))
+
+
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="The state and progress of a migration",
+    operation_id="getMigrationState",
+    parameters=[ID_PARAMETER],
+    responses=answers({200: (MigrationStateSchema, "Its state.")}, 401, 404),
+)
+async def migration_state(request: web.Request) -> web.Response:
+    migration = await call(
+        core.get_migration, services(request).storage, request[USER].id, object_id(request)
+    )
+    return web.json_response(_state_body(migration))
+
+
+def routes() -> list[Route]:
+    return [route for resource in RESOURCES for route in resource_routes(resource)] + [
+        Route("POST", "/api/v1/migrations/{id:\\d+}/run/", run_migration),
+        Route("POST", "/api/v1/migrations/{id:\\d+}/cancel/", cancel_migration),
+        Route("GET", "/api/v1/migrations/{id:\\d+}/state/", migration_state),
+    ]

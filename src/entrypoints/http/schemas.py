@@ -1,0 +1,309 @@
+"""The shapes on the wire: marshmallow schemas for bodies, queries and answers.
+
+They live at the HTTP edge only. Loading a body yields the core's keyword
+arguments (a wire name such as `credentials` loads as `credentials_id` through
+`attribute=`), and dumping an entity yields its wire form. The rules of the
+domain stay in the core; these schemas check types and bounds, and document them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import RAISE, Schema, fields, pre_load, validate
+
+from migration_core import CloudType, MigrationState
+
+MAX_ID = 2**63 - 1
+MAX_SIZE = 2**63 - 1
+NAME_MAX = 255
+PASSWORD_MAX = 1024
+USERNAME_MAX = 150
+IP_MAX = 45  # the longest textual IPv6 address (with an embedded IPv4 part)
+TOKEN_MAX = 4096
+LIST_MAX = 1000
+LIMIT_DEFAULT = 100
+LIMIT_MAX = 1000
+
+CLOUD_TYPES = [t.value for t in CloudType]
+STATES = [s.value for s in MigrationState]
+
+
+def Id(*, strict: bool = True, **kwargs: Any) -> fields.Integer:
+    """An object id: a JSON integer in a body, digits in a query string."""
+    return fields.Integer(strict=strict, validate=validate.Range(1, MAX_ID), **kwargs)
+
+
+def Text(*, max_length: int = NAME_MAX, min_length: int | None = None, **kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(min=min_length, max=max_length), **kwargs)
+
+
+class UtcDateTime(fields.DateTime):
+    """ISO 8601 in UTC, with its offset."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return aware.astimezone(timezone.utc).isoformat()
+
+
+class Body(Schema):
+    """A request body: unknown fields are an error, read-only ones are ignored."""
+
+    class Meta:
+        unknown = RAISE
+
+    @pre_load
+    def _ignore_read_only(self, data: Any, **_kwargs: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        read_only = {field.data_key or name for name, field in self.fields.items() if field.dump_only}
+        return {key: value for key, value in data.items() if key not in read_only}
+
+
+# --- errors ------------------------------------------------------------------
+
+
+class ErrorSchema(Schema):
+    detail = fields.String(required=True, metadata={"example": "Not found."})
+
+
+class ValidationErrorSchema(Schema):
+    detail = fields.String(required=True, metadata={"example": "Invalid input."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={
+            "description": "Messages per field; for a list field they name the offending item.",
+            "example": {"size": ["Not a valid integer."]},
+        },
+    )
+
+
+def flatten_messages(messages: Mapping[str, Any]) -> dict[str, list[str]]:
+    """marshmallow's nested messages ({"storage": {0: [...]}}) as lists of
+    strings per field, each naming its item."""
+    return {str(field): list(_lines(value, "")) for field, value in messages.items()}
+
+
+def _lines(value: Any, prefix: str) -> Iterator[str]:
+    if isinstance(value, str):
+        yield prefix + value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            label = f"item {key}" if isinstance(key, int) else str(key)
+            yield from _lines(inner, f"{prefix}{label}: ")
+    else:
+        for inner in value:
+            yield from _lines(inner, prefix)
+
+
+# --- accounts ----------------------------------------------------------------
+
+
+class RegisterSchema(Body):
+    username = Text(
+        required=True,
+        max_length=USERNAME_MAX,
+        metadata={"description": "1 to 150 letters, digits and @ . + - _", "example": "alice"},
+    )
+    password = Text(
+        required=True,
+        load_only=True,
+        max_length=PASSWORD_MAX,
+        metadata={"description": "At least 8 characters.", "example": "correct horse battery"},
+    )
+
+
+class UserSchema(Schema):
+    id = Id(dump_only=True)
+    username = fields.String(dump_only=True)
+
+
+class LoginSchema(Body):
+    username = Text(required=True, max_length=USERNAME_MAX, metadata={"example": "alice"})
+    password = Text(
+        required=True, load_only=True, max_length=PASSWORD_MAX,
+        metadata={"example": "correct horse battery"},
+    )
+
+
+class TokenPairSchema(Schema):
+    access = fields.String(dump_only=True, metadata={"description": "Send as `Authorization: Bearer <access>`."})
+    refresh = fields.String(dump_only=True, metadata={"description": "Trade for a new access token."})
+
+
+class RefreshSchema(Body):
+    refresh = Text(required=True, max_length=TOKEN_MAX)
+
+
+class AccessTokenSchema(Schema):
+    access = fields.String(dump_only=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(dump_only=True, metadata={"example": "ok"})
+
+
+# --- resources ---------------------------------------------------------------
+
+
+class CredentialsSchema(Body):
+    id = Id(dump_only=True)
+    username = Text(required=True, min_length=1, metadata={"example": "administrator"})
+    password = Text(
+        required=True,
+        min_length=1,
+        max_length=PASSWORD_MAX,
+        load_only=True,
+        metadata={"description": "Write-only: stored encrypted, never returned.", "example": "s3cret!"},
+    )
+    domain = Text(load_default="", metadata={"example": "CORP"})
+
+
+class MountPointSchema(Body):
+    id = Id(dump_only=True)
+    name = Text(required=True, min_length=1, metadata={"example": "C:\\"})
+    size = fields.Integer(
+        strict=True,
+        required=True,
+        validate=validate.Range(0, MAX_SIZE),
+        metadata={"description": "Bytes.", "example": 107374182400},
+    )
+
+
+def _ids_list(**kwargs: Any) -> fields.List:
+    return fields.List(Id(), validate=validate.Length(max=LIST_MAX), **kwargs)
+
+
+class WorkloadSchema(Body):
+    id = Id(dump_only=True)
+    ip = Text(
+        required=True,
+        max_length=IP_MAX,
+        metadata={"description": "IPv4 or IPv6; set on create, never changed.", "example": "10.0.0.5"},
+    )
+    credentials = Id(required=True, attribute="credentials_id", metadata={"description": "Credentials id."})
+    storage = _ids_list(
+        load_default=list,
+        attribute="mount_point_ids",
+        metadata={"description": "Mount point ids, each in one workload at most."},
+    )
+
+
+class WorkloadReplaceSchema(WorkloadSchema):
+    """A workload's ip is set on create: a replacement may repeat it, or leave it out."""
+
+    ip = Text(
+        max_length=IP_MAX,
+        metadata={"description": "Optional; when given it must equal the current ip."},
+    )
+
+
+class LoginOutSchema(Schema):
+    username = fields.String(dump_only=True)
+    domain = fields.String(dump_only=True)
+
+
+class VolumeSchema(Schema):
+    name = fields.String(dump_only=True)
+    size = fields.Integer(dump_only=True)
+
+
+class TargetVmSchema(Schema):
+    ip = fields.String(dump_only=True)
+    credentials = fields.Nested(LoginOutSchema, dump_only=True)
+    storage = fields.List(fields.Nested(VolumeSchema), dump_only=True)
+
+
+class MigrationTargetSchema(Body):
+    id = Id(dump_only=True)
+    cloud_type = fields.Enum(
+        CloudType, by_value=True, required=True, metadata={"example": "aws"}
+    )
+    cloud_credentials = Id(
+        required=True, attribute="cloud_credentials_id", metadata={"description": "Credentials id."}
+    )
+    target_vm = fields.Nested(
+        TargetVmSchema,
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "null until a migration into this target succeeds."},
+    )
+
+
+class MigrationSchema(Body):
+    id = Id(dump_only=True)
+    source = Id(required=True, attribute="source_id", metadata={"description": "Workload id."})
+    migration_target = Id(
+        required=True, attribute="migration_target_id", metadata={"description": "Migration target id."}
+    )
+    selected_mount_points = fields.List(
+        Id(),
+        required=True,
+        validate=validate.Length(min=1, max=LIST_MAX),
+        attribute="selected_mount_point_ids",
+        metadata={"description": "Mount point ids of the source; C:\\ must be among them to run."},
+    )
+    state = fields.Enum(MigrationState, by_value=True, dump_only=True)
+    progress = fields.Integer(dump_only=True, metadata={"description": "0 to 100."})
+    error = fields.String(dump_only=True, allow_none=True)
+    started_at = UtcDateTime(dump_only=True, allow_none=True)
+    finished_at = UtcDateTime(dump_only=True, allow_none=True)
+
+
+class MigrationStateSchema(Schema):
+    state = fields.Enum(MigrationState, by_value=True, dump_only=True)
+    progress = fields.Integer(dump_only=True)
+    error = fields.String(dump_only=True, allow_none=True)
+    finished = fields.Boolean(dump_only=True, metadata={"description": "state is success or error."})
+
+
+# --- lists -------------------------------------------------------------------
+
+
+class ListQuerySchema(Body):
+    """Paging and ordering; each resource adds its exact-value filters."""
+
+    limit = fields.Integer(load_default=LIMIT_DEFAULT, validate=validate.Range(1, LIMIT_MAX))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, MAX_ID))
+    ordering = fields.String(load_default="id", validate=validate.OneOf(["id", "-id"]))
+
+
+class CredentialsQuerySchema(ListQuerySchema):
+    username = Text()
+    domain = Text()
+
+
+class MountPointQuerySchema(ListQuerySchema):
+    name = Text()
+
+
+class WorkloadQuerySchema(ListQuerySchema):
+    ip = Text(max_length=IP_MAX)
+
+
+class MigrationTargetQuerySchema(ListQuerySchema):
+    cloud_type = fields.String(validate=validate.OneOf(CLOUD_TYPES))
+
+
+class MigrationQuerySchema(ListQuerySchema):
+    state = fields.String(validate=validate.OneOf(STATES))
+    source = Id(strict=False, attribute="source_id")
+    migration_target = Id(strict=False, attribute="migration_target_id")
+
+
+def page_schema(item: type[Schema], name: str) -> type[Schema]:
+    """The answer of a list: `{count, next, previous, results}`."""
+    return Schema.from_dict(
+        {
+            "count": fields.Integer(required=True),
+            "next": fields.Url(allow_none=True, required=True),
+            "previous": fields.Url(allow_none=True, required=True),
+            "results": fields.List(fields.Nested(item), required=True),
+        },
+        name=name,
+    )
