@@ -1,0 +1,100 @@
+"""Crash safety with a real process: a writer acknowledges each object once its
+use case has returned, is killed with SIGKILL in the middle of its stream, and
+the file it leaves holds every acknowledged object and passes SQLite's own
+integrity check."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import migration_core as core
+from adapters.sqlite import SqliteStorage
+
+SECRET = b"crash-suite-secret-key-of-32-byte"
+ACKNOWLEDGED_BEFORE_KILL = 150
+
+WRITER = """
+import itertools, sys
+from pathlib import Path
+import migration_core as core
+from adapters.sqlite import SqliteStorage
+
+storage = SqliteStorage(Path(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+with storage.unit_of_work() as uow:
+    owner = uow.users.add(core.User("writer", "not-a-real-hash")).id
+    uow.commit()
+print("owner", owner, owner, flush=True)
+for i in itertools.count():
+    c = core.create_credentials(storage, owner, username=f"user{i}", password=f"pw{i}")
+    print("credentials", c.id, i, flush=True)
+    m = core.create_mount_point(storage, owner, name=f"vol{i}", size=i)
+    print("mount_point", m.id, i, flush=True)
+    ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+    w = core.create_workload(storage, owner, ip=ip, credentials_id=c.id, mount_point_ids=[m.id])
+    print("workload", w.id, i, flush=True)
+"""
+
+
+def _lines(stream: "subprocess.IO[str]", into: queue.Queue[str | None]) -> None:
+    for line in stream:
+        into.put(line)
+    into.put(None)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_killed_writer_loses_no_acknowledged_object(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), SECRET.hex()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_lines, args=(writer.stdout, lines), daemon=True).start()
+    acknowledged: list[tuple[str, int, int]] = []
+    try:
+        while len(acknowledged) < ACKNOWLEDGED_BEFORE_KILL:
+            line = lines.get(timeout=60)
+            assert line is not None, f"the writer stopped on its own: {writer.stderr.read()}"  # type: ignore[union-attr]
+            kind, entity_id, i = line.split()
+            acknowledged.append((kind, int(entity_id), int(i)))
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    # Whatever it printed before dying was acknowledged too.
+    while (line := lines.get(timeout=30)) is not None:
+        kind, entity_id, i = line.split()
+        acknowledged.append((kind, int(entity_id), int(i)))
+    assert writer.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+    raw.close()
+
+    storage = SqliteStorage(path, SECRET)
+    try:
+        (_, owner, _), *objects = acknowledged
+        for kind, entity_id, i in objects:
+            if kind == "credentials":
+                stored = core.get_credentials(storage, owner, entity_id)
+                assert (stored.username, stored.password) == (f"user{i}", f"pw{i}")
+            elif kind == "mount_point":
+                assert core.get_mount_point(storage, owner, entity_id).name == f"vol{i}"
+            else:
+                workload = core.get_workload(storage, owner, entity_id)
+                assert len(workload.mount_point_ids) == 1
+                assert core.get_mount_point(storage, owner, workload.mount_point_ids[0]).size == i
+    finally:
+        storage.close()
