@@ -1,0 +1,130 @@
+"""Secrets at rest: no password is written to the database file or its WAL in a
+readable form, yet the storage gives each one back, and only with the secret
+key it was written with."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import migration_core as core
+from adapters.clock import SystemClock
+from adapters.passwords import ScryptHasher
+from adapters.runners import BlockingRunner
+from adapters.secrets import SecretBox, SecretError
+from adapters.sqlite import SqliteStorage
+
+SECRET = b"secrets-suite-secret-key-32-bytes"
+
+
+def on_disk(path: Path) -> bytes:
+    return b"".join(
+        p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists()
+    )
+
+
+def readable_forms(password: str) -> list[bytes]:
+    raw = password.encode()
+    return [raw, base64.b64encode(raw), password.encode("utf-16-le")]
+
+
+def test_passwords_are_unreadable_on_disk_and_read_back_through_the_storage(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "secrets.db"
+    user_password = "user-" + secrets.token_hex(16)
+    credentials_password = "cred-" + secrets.token_hex(16)
+    storage = SqliteStorage(path, SECRET)
+    hasher = ScryptHasher(n=2**12)
+    try:
+        user = core.register_user(storage, hasher, "keeper", user_password)
+        credentials = core.create_credentials(
+            storage, user.id, username="admin", password=credentials_password
+        )
+        system = core.create_mount_point(storage, user.id, name="C:\\", size=1)
+        workload = core.create_workload(
+            storage, user.id, ip="10.0.0.1", credentials_id=credentials.id, mount_point_ids=[system.id]
+        )
+        target = core.create_migration_target(
+            storage, user.id, cloud_type="aws", cloud_credentials_id=credentials.id
+        )
+        migration = core.create_migration(
+            storage,
+            user.id,
+            source_id=workload.id,
+            migration_target_id=target.id,
+            selected_mount_point_ids=[system.id],
+        )
+        clock = SystemClock()
+        # Success copies the source's login into the target VM, via the run's snapshot.
+        done = core.run_migration(storage, clock, BlockingRunner(storage, clock, 0), user.id, migration.id)
+        assert done.state is core.MigrationState.SUCCESS
+
+        assert path.with_name(path.name + "-wal").stat().st_size > 0, "the WAL is checked too"
+        written = on_disk(path)
+        for password in (user_password, credentials_password):
+            for form in readable_forms(password):
+                assert form not in written
+
+        assert core.get_credentials(storage, user.id, credentials.id).password == credentials_password
+        vm = core.get_migration_target(storage, user.id, target.id).target_vm
+        assert vm is not None and vm.credentials.password == credentials_password
+        snapshot = core.get_migration(storage, user.id, migration.id).snapshot
+        assert snapshot is not None and snapshot.credentials.password == credentials_password
+        assert core.authenticate(
+            storage, hasher, core.LoginThrottle(clock), "keeper", user_password
+        ) == user
+    finally:
+        storage.close()
+
+    # Closed and checkpointed into the main file: still nothing readable.
+    written = on_disk(path)
+    for password in (user_password, credentials_password):
+        for form in readable_forms(password):
+            assert form not in written
+    with sqlite3.connect(path) as raw:
+        (password_hash,) = raw.execute("SELECT password_hash FROM users").fetchone()
+    raw.close()
+    assert password_hash.startswith("scrypt$")
+
+
+def test_reopening_with_the_same_key_reads_the_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.db"
+    storage = SqliteStorage(path, SECRET)
+    with storage.unit_of_work() as uow:
+        owner = uow.users.add(core.User("keeper", "h")).id
+        uow.commit()
+    credentials = core.create_credentials(storage, owner, username="admin", password="kept")
+    storage.close()
+
+    reopened = SqliteStorage(path, SECRET)
+    try:
+        assert core.get_credentials(reopened, owner, credentials.id) == credentials
+    finally:
+        reopened.close()
+
+
+def test_another_secret_key_is_refused_when_the_file_opens(tmp_path: Path) -> None:
+    path = tmp_path / "keyed.db"
+    SqliteStorage(path, SECRET).close()
+    with pytest.raises(SecretError, match="another secret key"):
+        SqliteStorage(path, b"some-other-secret-key-of-32-bytes")
+
+
+def test_a_sealed_value_opens_only_with_its_key_and_in_its_place() -> None:
+    box = SecretBox(SECRET)
+    sealed = box.seal("hunter2", b"credentials.password")
+    assert b"hunter2" not in sealed
+    assert box.open(sealed, b"credentials.password") == "hunter2"
+    assert box.seal("hunter2", b"credentials.password") != sealed  # a fresh nonce each time
+    with pytest.raises(SecretError):
+        box.open(sealed, b"login.password")
+    with pytest.raises(SecretError):
+        SecretBox(b"another-key").open(sealed, b"credentials.password")
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(SecretError):
+        box.open(tampered, b"credentials.password")
