@@ -256,7 +256,7 @@ class SqliteStorage:
         self._busy_timeout = busy_timeout
         self._codec = _Codec(SecretBox(secret_key))
         self._local = threading.local()
-        self._connections: weakref.WeakSet[Database] = weakref.WeakSet()
+        self._connections: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._registry_lock = threading.Lock()
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,13 +314,13 @@ class SqliteStorage:
         """This thread's connection, opened on first use."""
         if self._closed:
             raise StorageFailure("The storage is closed.")
-        db: Database | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
+        held: _ThreadConnection | None = getattr(self._local, "connection", None)
+        if held is None:
+            held = _ThreadConnection(self._connect())
+            self._local.connection = held
             with self._registry_lock:
-                self._connections.add(db)
-        return db
+                self._connections.add(held)
+        return held.db
 
     def unit_of_work(self, *, write: bool = True) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(self, self._codec, write=write)
@@ -334,8 +334,22 @@ class SqliteStorage:
         with self._registry_lock:
             open_now = list(self._connections)
             self._connections.clear()
-        for db in open_now:
-            db.close()
+        for held in open_now:
+            held.close()
+
+
+class _ThreadConnection:
+    """One thread's connection. The thread's locals hold the only strong
+    reference, so the connection closes as soon as its thread ends."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __del__(self) -> None:
+        self.db.close()
 
 
 class SqliteUnitOfWork:

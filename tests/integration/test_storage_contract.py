@@ -418,6 +418,18 @@ def test_a_unit_of_work_left_without_commit_rolls_back(world: World) -> None:
     assert read(world.storage, "migrations", world.alice, world.migration.id) == world.migration
 
 
+def test_a_unit_inside_another_rolls_back_alone(world: World) -> None:
+    with world.storage.unit_of_work() as outer:
+        kept = outer.mount_points.add(MountPoint(world.alice, "E:\\", 1))
+        with world.storage.unit_of_work() as inner:
+            inner.mount_points.add(MountPoint(world.alice, "F:\\", 1))
+        with world.storage.unit_of_work() as inner:
+            also_kept = inner.mount_points.add(MountPoint(world.alice, "G:\\", 1))
+            inner.commit()
+        outer.commit()
+    assert find(world.storage, "mount_points", world.alice)[1][2:] == [kept, also_kept]
+
+
 def test_committed_work_is_seen_by_later_units(world: World) -> None:
     with world.storage.unit_of_work() as uow:
         added = uow.mount_points.add(MountPoint(world.alice, "E:\\", 1))
