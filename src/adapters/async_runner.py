@@ -200,7 +200,8 @@ class AsyncRunner:
                 unfinished = await self._step()
             except Exception:
                 log.exception("the migration runner's tick failed; retrying at the next tick")
-                unfinished = False
+                await asyncio.sleep(self._tick)
+                continue
             if unfinished:
                 await asyncio.sleep(0)  # completions left over: go on, but let others run
                 continue
@@ -223,8 +224,10 @@ class AsyncRunner:
                     await self._wake.wait()
 
     def _earliest_due(self) -> float | None:
+        """When the first run not yet tried becomes due. A run whose completion
+        failed waits for the next regular tick instead of spinning."""
         with self._table_lock:
-            starts = [run.started for run in self._runs.values()]
+            starts = [run.started for run in self._runs.values() if not run.failed_completions]
         return min(starts) + self._duration if starts else None
 
     async def _step(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -85,6 +86,7 @@ class WatchedStorage:
         self.unavailable = False
         self.refused = 0
         self.target_update_error: str | None = None
+        self.refused_target_updates: list[float] = []  # time.monotonic() of each
 
     def unit_of_work(self, *, write: bool = True) -> _WatchedUnitOfWork:
         if self.unavailable:
@@ -159,6 +161,7 @@ class _WatchedTargets:
 
     def update(self, target: core.MigrationTarget) -> core.MigrationTarget:
         if self._storage.target_update_error is not None:
+            self._storage.refused_target_updates.append(time.monotonic())
             raise RuntimeError(self._storage.target_update_error)
         updated: core.MigrationTarget = self._inner.update(target)
         return updated
@@ -243,12 +246,8 @@ class Harness:
         self.clock = SteppingClock()
         self.time = FakeMonotonic()
 
-    def runner(self, duration: float = DURATION, *, fake_time: bool = True) -> AsyncRunner:
-        if fake_time:
-            return AsyncRunner(
-                self.storage, self.clock, duration, tick=TICK, monotonic=self.time
-            )
-        return AsyncRunner(self.storage, self.clock, duration, tick=TICK)
+    def runner(self, duration: float = DURATION) -> AsyncRunner:
+        return AsyncRunner(self.storage, self.clock, duration, tick=TICK, monotonic=self.time)
 
     async def migration(self, *selected: str) -> core.Migration:
         return await off_loop(new_migration, self.storage, self.inv, *selected)
@@ -570,8 +569,9 @@ async def test_a_storage_outage_does_not_stop_the_ticker(
 async def test_a_completion_that_keeps_failing_fails_the_run_readably(
     harness: Harness, runner: AsyncRunner
 ) -> None:
-    """When the target cannot be written, the run ends in error with a message
-    a person can read, the target keeps its old VM, and it can run again."""
+    """When the target cannot be written, completion is retried at later ticks
+    (not in a busy loop), then the run ends in error with a message a person
+    can read; the target keeps its old VM, and the run can be run again."""
     migration = await harness.migration("C:\\")
     await harness.run(runner, migration.id)
     harness.storage.target_update_error = "the target cloud refused the disk"
@@ -581,6 +581,9 @@ async def test_a_completion_that_keeps_failing_fails_the_run_readably(
         migration.id, lambda m: m.state is MigrationState.ERROR, "fails"
     )
     assert failed.error == "The copy could not be completed: the target cloud refused the disk"
+    attempts = harness.storage.refused_target_updates
+    assert len(attempts) >= 2
+    assert all(later - earlier >= TICK / 2 for earlier, later in zip(attempts, attempts[1:]))
     assert failed.progress < 100
     assert await harness.target_vm(migration) is None
     assert migration.id not in runner.active
