@@ -121,7 +121,12 @@ class AsyncRunner:
             raise RuntimeError("the runner is already started")
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migration-runner")
-        interrupted = await self._in_executor(mark_interrupted, self._storage, self._clock)
+        try:
+            interrupted = await self._in_executor(mark_interrupted, self._storage, self._clock)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor, self._loop = None, None
+            raise
         if interrupted:
             log.warning(
                 "marked %d migration(s) left running as interrupted: %s",
@@ -172,7 +177,9 @@ class AsyncRunner:
             loop = self._loop
         if self._duration < self._tick:
             # Due before the next regular tick: let the ticker plan its sleep again.
-            loop.call_soon_threadsafe(self._wake_ticker)
+            # A loop closed meanwhile was stopped, and stop() interrupted this run.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_ticker)
 
     def cancel(self, migration_id: int) -> None:
         with self._carry_lock, self._table_lock:

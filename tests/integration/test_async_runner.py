@@ -531,6 +531,28 @@ async def test_start_marks_runs_left_running_as_interrupted(harness: Harness) ->
         await runner.stop()
 
 
+async def test_a_start_that_cannot_reach_storage_can_be_tried_again(
+    harness: Harness,
+) -> None:
+    """A failed start leaves the runner stopped, not half started."""
+    migration = await harness.migration("C:\\")
+    await off_loop(
+        core.start_run, harness.storage, harness.clock, harness.inv.owner_id, migration.id
+    )
+    runner = harness.runner()
+    harness.storage.unavailable = True
+    with pytest.raises(RuntimeError, match="storage unavailable"):
+        await runner.start()
+    harness.storage.unavailable = False
+
+    await runner.start()
+    try:
+        interrupted = await harness.get(migration.id)
+        assert (interrupted.state, interrupted.error) == (MigrationState.ERROR, core.INTERRUPTED)
+    finally:
+        await runner.stop()
+
+
 async def test_a_zero_duration_run_succeeds(harness: Harness) -> None:
     """With no copy time at all the run still goes through the core to success."""
     runner = AsyncRunner(harness.storage, harness.clock, 0, tick=1.0)
