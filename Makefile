@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint clean
+.PHONY: test run bench clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/mypy --strict src/migration_core
 	$(BIN)/python -m pytest -q
+
+# Figures only, no pass or fail: see docs/benchmarks.md. Uses wrk when installed.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis

@@ -1,0 +1,313 @@
+"""Benchmark: the service against a bare aiohttp process (the ceiling).
+
+Starts both on loopback, drives each phase with the same load generator, and
+prints one line per phase and repetition, then the medians. Bounded: every
+phase runs for a fixed number of seconds; the whole run takes a few minutes.
+
+    python bench/run.py [--seconds 5] [--repeat 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import loadgen
+
+HERE = Path(__file__).resolve().parent
+PASSWORD = "bench password 1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url} exited with {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer within {seconds} s")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Api:
+    """A tiny synchronous client for setting the stage (not for measuring)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.token: str | None = None
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        request = urllib.request.Request(
+            self.base + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                raw = answer.read()
+                return answer.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def ok(self, method: str, path: str, body: object = None) -> dict[str, object]:
+        status, answer = self.call(method, path, body)
+        if status >= 300:
+            raise SystemExit(f"{method} {path} answered {status}: {answer}")
+        assert isinstance(answer, dict)
+        return answer
+
+    def sign_up(self, username: str) -> int:
+        user = self.ok("POST", "/api/v1/auth/", {"username": username, "password": PASSWORD})
+        self.token = str(
+            self.ok("POST", "/api/v1/token/", {"username": username, "password": PASSWORD})[
+                "access"
+            ]
+        )
+        return int(user["id"])  # type: ignore[call-overload]
+
+
+def parallel(jobs: list[Callable[[], object]], workers: int = 16) -> list[object]:
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+class Stage:
+    """The service, the ceiling and the data every phase needs."""
+
+    def __init__(self, workdir: Path, runs: int, deep_rows: int) -> None:
+        self.workdir = workdir
+        self.secret = secrets.token_hex(32)
+        self.db = workdir / "bench.db"
+        self.ceiling_port = free_port()
+        self.service_port = free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.ceiling = subprocess.Popen(
+            [sys.executable, str(HERE / "ceiling.py"), str(self.ceiling_port)], env=env
+        )
+        self.service = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "entrypoints",
+                "serve",
+                "--port",
+                str(self.service_port),
+                "--storage",
+                f"sqlite:///{self.db}",
+                "--secret-key",
+                self.secret,
+                "--run-seconds",
+                "3600",  # runs stay running for as long as a phase needs them
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.ceiling_base = f"http://127.0.0.1:{self.ceiling_port}"
+        self.base = f"http://127.0.0.1:{self.service_port}"
+        wait_until_up(self.ceiling_base + "/item", self.ceiling)
+        wait_until_up(self.base + "/health", self.service)
+        self.api = Api(self.base)
+        self.api.sign_up("bench")
+        self.token = self.api.token
+        credentials = parallel(
+            [
+                lambda i=i: self.api.ok(
+                    "POST", "/api/v1/credentials/", {"username": f"user{i}", "password": "pw"}
+                )
+                for i in range(100)
+            ]
+        )
+        self.detail_paths = [f"/api/v1/credentials/{c['id']}/" for c in credentials]  # type: ignore[index]
+        self.migration_ids = self._migrations(runs, credentials[0]["id"])  # type: ignore[index]
+        self.deep_token, self.deep_rows = self._deep_table(deep_rows)
+
+    def _migrations(self, count: int, credentials_id: int) -> list[int]:
+        def one(i: int) -> int:
+            mount_point = self.api.ok("POST", "/api/v1/mount_points/", {"name": "C:\\", "size": 1})
+            workload = self.api.ok(
+                "POST",
+                "/api/v1/work_loads/",
+                {
+                    "ip": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+                    "credentials": credentials_id,
+                    "storage": [mount_point["id"]],
+                },
+            )
+            target = self.api.ok(
+                "POST",
+                "/api/v1/migration_targets/",
+                {"cloud_type": "aws", "cloud_credentials": credentials_id},
+            )
+            migration = self.api.ok(
+                "POST",
+                "/api/v1/migrations/",
+                {
+                    "source": workload["id"],
+                    "migration_target": target["id"],
+                    "selected_mount_points": [mount_point["id"]],
+                },
+            )
+            return int(migration["id"])  # type: ignore[call-overload]
+
+        return [int(i) for i in parallel([lambda i=i: one(i) for i in range(count)])]  # type: ignore[call-overload]
+
+    def _deep_table(self, rows: int) -> tuple[str | None, int]:
+        """A second user owning `rows` credentials, written straight into the
+        database (through the storage adapter) to save minutes of POSTs."""
+        import migration_core as core
+        from entrypoints.bootstrap import Settings, bootstrap
+
+        deep = Api(self.base)
+        owner = deep.sign_up("deep")
+        settings = Settings(storage=f"sqlite:///{self.db}", secret_key=self.secret)
+        storage = bootstrap(settings).storage
+        try:
+            with storage.unit_of_work() as uow:
+                for i in range(rows):
+                    uow.credentials.add(core.Credentials(owner, f"deep{i}", "pw", ""))
+                uow.commit()
+        finally:
+            storage.close()
+        return deep.token, rows
+
+    def run_all(self, action: str) -> None:
+        parallel([lambda i=i: self.api.ok("POST", f"/api/v1/migrations/{i}/{action}/") for i in self.migration_ids])
+
+    def close(self) -> None:
+        for process in (self.service, self.ceiling):
+            process.send_signal(signal.SIGTERM)
+        for process in (self.service, self.ceiling):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+class Logins:
+    """Eight clients that keep logging in until stopped."""
+
+    def __init__(self, base: str, clients: int = 8) -> None:
+        self._stop = threading.Event()
+        self.count = 0
+        self._threads = [threading.Thread(target=self._loop, args=(base,)) for _ in range(clients)]
+
+    def _loop(self, base: str) -> None:
+        api = Api(base)
+        while not self._stop.is_set():
+            api.ok("POST", "/api/v1/token/", {"username": "bench", "password": PASSWORD})
+            self.count += 1
+
+    def __enter__(self) -> Logins:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=1000, help="migrations running in detail-under-runs")
+    parser.add_argument("--deep-rows", type=int, default=100_000)
+    args = parser.parse_args()
+    generator = "wrk" if loadgen.wrk_available() else "python aiohttp client"
+    print(f"# load generator: {generator}; {args.connections} connections, {args.seconds:g} s a measurement, "
+          f"{args.repeat} interleaved repetitions; {os.cpu_count()} cores", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="migration-bench-") as tmp:
+        stage = Stage(Path(tmp), args.runs, args.deep_rows)
+        try:
+            measure(stage, args)
+        finally:
+            stage.close()
+
+
+def measure(stage: Stage, args: argparse.Namespace) -> None:
+    results: dict[str, list[loadgen.Result]] = defaultdict(list)
+    extra: dict[str, list[float]] = defaultdict(list)
+
+    def go(name: str, load: loadgen.Load, connections: int | None = None) -> loadgen.Result:
+        result = loadgen.run(load, seconds=args.seconds, connections=connections or args.connections)
+        results[name].append(result)
+        print(f"{name:28s} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+              f"errors {result.errors}", flush=True)
+        return result
+
+    detail = loadgen.Load(stage.base, stage.detail_paths, token=stage.token)
+    last_offset = max(0, stage.deep_rows - 100)
+    for repetition in range(1, args.repeat + 1):
+        print(f"# repetition {repetition}", flush=True)
+        go("ceiling", loadgen.Load(stage.ceiling_base, ["/item"]))
+        go("detail", detail)
+        go("list", loadgen.Load(stage.base, ["/api/v1/credentials/?limit=100"], token=stage.token))
+        go("create", loadgen.Load(stage.base, ["/api/v1/credentials/"], method="POST",
+                                  body={"username": "created", "password": "pw"}, token=stage.token))
+        stage.run_all("run")
+        go("detail-under-runs", detail)
+        stage.run_all("cancel")
+        with Logins(stage.base) as logins:
+            go("detail-under-logins", detail)
+        extra["logins"].append(logins.count / args.seconds)
+        go("deep-page first", loadgen.Load(stage.base, ["/api/v1/credentials/?limit=100&offset=0"], token=stage.deep_token))
+        go("deep-page last", loadgen.Load(stage.base, [f"/api/v1/credentials/?limit=100&offset={last_offset}"],
+                                          token=stage.deep_token))
+        extra["rss"].append(rss_mb(stage.service.pid))
+
+    def med(name: str, field: str) -> float:
+        return statistics.median(getattr(r, field) for r in results[name])
+
+    ceiling = med("ceiling", "rps")
+    print("\n# medians; ratio = requests per second / ceiling's")
+    for name in results:
+        print(f"{name:28s} {med(name, 'rps'):9.0f} req/s  p50 {med(name, 'p50_ms'):7.2f} ms  "
+              f"p99 {med(name, 'p99_ms'):7.2f} ms  errors {sum(r.errors for r in results[name])}  "
+              f"ratio {med(name, 'rps') / ceiling:5.2f}")
+    print(f"detail-under-runs / detail: {med('detail-under-runs', 'rps') / med('detail', 'rps'):.2f}")
+    print(f"deep-page last p50 / first p50: {med('deep-page last', 'p50_ms') / med('deep-page first', 'p50_ms'):.2f}")
+    print(f"logins per second during detail-under-logins: {statistics.median(extra['logins']):.1f}")
+    print(f"service memory (RSS) after the deep pages: {max(extra['rss']):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
