@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import migration_core as core
@@ -25,8 +25,12 @@ class Expected:
     error: str | None = None
 
 
+# Runs are drawn more often than the rest, so sequences reach `running` and
+# spend time there.
 operations = st.one_of(
     st.tuples(st.just("run"), st.integers(0, 1)),
+    st.tuples(st.just("run"), st.integers(0, 1)),
+    st.tuples(st.just("advance"), st.integers(0, 1), st.integers(-5, 150)),
     st.tuples(st.just("cancel"), st.integers(0, 1)),
     st.tuples(st.just("complete"), st.integers(0, 1)),
     st.tuples(st.just("fail"), st.integers(0, 1)),
@@ -36,7 +40,7 @@ operations = st.one_of(
 )
 
 
-@given(st.lists(operations, max_size=25))
+@given(st.lists(operations, max_size=40))
 def test_a_migration_moves_only_along_the_allowed_transitions(
     steps: list[tuple[Any, ...]],
 ) -> None:
@@ -64,6 +68,7 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
         else:
             index = step[1]
             mine, other = model[index], model[1 - index]
+            event(f"{name} from {mine.state.value}")
             ref = core.RunRef(owner, ids[index])
             if name == "run":
                 allowed = mine.state in (NOT_STARTED, ERROR) and other.state is not RUNNING
@@ -122,6 +127,38 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
             assert (actual.finished_at is not None) == actual.state.finished
             if name not in ("edit", "run") and actual.state is previous.state:
                 assert actual.progress >= previous.progress
+
+
+@given(st.sampled_from(["complete", "fail", "cancel", "interrupt"]), st.booleans())
+def test_editing_a_finished_migration_makes_it_a_new_plan_not_started(
+    ending: str, change_target: bool
+) -> None:
+    inventory = build_inventory()
+    storage, owner = inventory.storage, inventory.owner_id
+    clock, runner = FakeClock(), ManualRunner()
+    migration = core.run_migration(storage, clock, runner, owner, inventory.migration().id)
+    ref = core.RunRef.of(migration)
+    {
+        "complete": lambda: core.complete_run(storage, clock, ref),
+        "fail": lambda: core.fail_run(storage, clock, ref, "disk unreadable"),
+        "cancel": lambda: core.cancel_run(storage, clock, runner, owner, migration.id),
+        "interrupt": lambda: core.mark_interrupted(storage, clock),
+    }[ending]()
+    assert core.get_migration(storage, owner, migration.id).state.finished
+    if change_target:
+        other = core.create_migration_target(
+            storage, owner, cloud_type="vsphere", cloud_credentials_id=inventory.credentials.id
+        )
+        edited = core.update_migration(storage, owner, migration.id, migration_target_id=other.id)
+    else:
+        edited = core.update_migration(
+            storage, owner, migration.id, selected_mount_point_ids=inventory.ids_named("C:\\")
+        )
+    stored = core.get_migration(storage, owner, migration.id)
+    assert stored == edited
+    assert (stored.state, stored.progress, stored.error) == (NOT_STARTED, 0, None)
+    assert (stored.started_at, stored.finished_at) == (None, None)
+    assert core.run_migration(storage, clock, runner, owner, migration.id).state is RUNNING
 
 
 @given(st.sampled_from(["run", "cancel", "delete", "edit"]))
@@ -190,3 +227,98 @@ def test_recorded_progress_never_goes_down_and_stays_below_100_until_success(
     assert max(seen) == max([0, *(min(99, r) for r in reports)])
     core.complete_run(storage, clock, ref)
     assert core.get_migration(storage, owner, migration.id).progress == 100
+
+
+STARTS = ["not_started", "running", "success", "failed", "cancelled", "interrupted", "target_busy"]
+ACTIONS = ["run", "cancel", "complete", "fail", "advance", "interrupt", "edit", "delete"]
+# What each action makes of a migration in each state: (state, error) after it,
+# "refused" (Conflict, nothing changes), or "same" (ignored, nothing changes).
+STARTABLE_FROM = {"not_started", "failed", "cancelled", "interrupted"}
+
+
+def _expected(start: str, action: str) -> tuple[State, str | None] | str | None:
+    running = start == "running"
+    if action == "run":
+        return (RUNNING, None) if start in STARTABLE_FROM else "refused"
+    if action == "cancel":
+        return (ERROR, core.CANCELLED) if running else "refused"
+    if action in ("complete", "fail", "advance", "interrupt"):
+        if not running:
+            return "same"
+        return {
+            "complete": (SUCCESS, None),
+            "fail": (ERROR, "disk unreadable"),
+            "advance": (RUNNING, None),
+            "interrupt": (ERROR, core.INTERRUPTED),
+        }[action]
+    if action == "edit":
+        return "refused" if running else (NOT_STARTED, None)
+    return "refused" if running else None  # delete: gone
+
+
+@given(st.sampled_from(STARTS), st.sampled_from(ACTIONS))
+def test_each_action_from_each_state_makes_exactly_the_allowed_move(
+    start: str, action: str
+) -> None:
+    """The whole table of SPEC 2.2, one cell per example."""
+    inventory = build_inventory()
+    storage, owner = inventory.storage, inventory.owner_id
+    clock, runner = FakeClock(), ManualRunner()
+    migration, rival = inventory.migration(), inventory.migration()
+    ref = core.RunRef.of(migration)
+    if start == "target_busy":
+        core.run_migration(storage, clock, runner, owner, rival.id)
+    elif start != "not_started":
+        core.run_migration(storage, clock, runner, owner, migration.id)
+        core.advance_runs(storage, {ref: 30})
+        if start == "success":
+            core.complete_run(storage, clock, ref)
+        elif start == "failed":
+            core.fail_run(storage, clock, ref, "network down")
+        elif start == "cancelled":
+            core.cancel_run(storage, clock, runner, owner, migration.id)
+        elif start == "interrupted":
+            core.mark_interrupted(storage, clock)
+    before = core.get_migration(storage, owner, migration.id)
+    clock.advance(5)
+
+    def act() -> object:
+        if action == "run":
+            return core.run_migration(storage, clock, runner, owner, migration.id)
+        if action == "cancel":
+            return core.cancel_run(storage, clock, runner, owner, migration.id)
+        if action == "complete":
+            return core.complete_run(storage, clock, ref)
+        if action == "fail":
+            return core.fail_run(storage, clock, ref, "disk unreadable")
+        if action == "advance":
+            return core.advance_runs(storage, {ref: 60})
+        if action == "interrupt":
+            return core.mark_interrupted(storage, clock)
+        if action == "edit":
+            return core.update_migration(
+                storage, owner, migration.id, selected_mount_point_ids=inventory.ids_named("C:\\")
+            )
+        return core.delete_migration(storage, owner, migration.id)
+
+    expected = _expected(start, action)
+    if expected == "refused":
+        with pytest.raises(core.Conflict):
+            act()
+    else:
+        act()
+    if expected is None:
+        with pytest.raises(core.NotFound):
+            core.get_migration(storage, owner, migration.id)
+        return
+    after = core.get_migration(storage, owner, migration.id)
+    if expected in ("refused", "same"):
+        assert after == before
+        return
+    assert isinstance(expected, tuple)
+    assert (after.state, after.error) == expected
+    assert after.progress == {NOT_STARTED: 0, SUCCESS: 100}.get(
+        after.state, 60 if action == "advance" else 0 if action == "run" else before.progress
+    )
+    assert (after.finished_at == clock.now()) == after.state.finished
+    assert (after.started_at == clock.now()) == (action == "run")
