@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench clean
+.PHONY: test run schema bench clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/mypy --strict src/migration_core
 	$(BIN)/python -m pytest -q
+
+# Serve the API on http://127.0.0.1:8080, data in ./data/ (see "Configuration" in README.md).
+run: $(STAMP)
+	$(BIN)/migration-api serve
+
+# Rewrite schema.yaml from the served OpenAPI document; a test fails while they differ.
+schema: $(STAMP)
+	$(BIN)/python -m entrypoints.http.schema_file schema.yaml
 
 # Figures only, no pass or fail: see docs/benchmarks.md. Uses wrk when installed.
 bench: $(STAMP)

@@ -14,7 +14,6 @@ from .requests import BODY, call, json_body, services
 from .routes import Route
 from .schemas import (
     AccessTokenSchema,
-    ErrorSchema,
     HealthSchema,
     LoginSchema,
     RefreshSchema,
@@ -81,10 +80,7 @@ async def refresh_token(request: web.Request) -> web.Response:
     summary="Whether the service and its storage answer",
     operation_id="health",
     security=[],
-    responses={
-        200: {"schema": HealthSchema, "description": "Storage answers."},
-        503: {"schema": ErrorSchema, "description": "Storage does not answer."},
-    },
+    responses=answers({200: (HealthSchema, "Storage answers.")}, 503),
 )
 async def health(request: web.Request) -> web.Response:
     try:

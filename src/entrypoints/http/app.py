@@ -12,10 +12,15 @@ from entrypoints.bootstrap import Services
 from . import accounts, resources
 from .errors import json_errors
 from .openapi import setup_openapi
-from .requests import SERVICES
+from .requests import BODY_TIMEOUT, SERVICES
 from .routes import add_routes
 
 MAX_BODY_BYTES = 64 * 1024
+DEFAULT_IDLE_TIMEOUT = 15.0
+DEFAULT_BODY_TIMEOUT = 30.0
+# How long a connection may keep sending a body nobody reads (after a 408, 413
+# or 415) before it is closed; aiohttp's default is 10 seconds.
+LINGER_SECONDS = 2.0
 
 
 async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -30,9 +35,17 @@ async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
         found.storage.close()
 
 
-def create_app(services: Services) -> web.Application:
+def server_options(idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> dict[str, float]:
+    """Connection limits for `web.run_app` or `web.AppRunner`: a connection that
+    sends no request, or no complete headers, is closed after `idle_timeout`
+    seconds (aiohttp's keep-alive timer also runs from the connection's start)."""
+    return {"keepalive_timeout": idle_timeout, "lingering_time": LINGER_SECONDS}
+
+
+def create_app(services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
+    app[BODY_TIMEOUT] = body_timeout
     app.cleanup_ctx.append(_services_lifetime)
     add_routes(app.router, accounts.ROUTES + resources.routes())
     setup_openapi(app)

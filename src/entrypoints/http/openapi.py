@@ -5,6 +5,7 @@ CDN), and the answers each operation documents."""
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from collections.abc import Mapping
 from string import Template
@@ -51,6 +52,7 @@ _ERRORS: dict[int, dict[str, Any]] = {
         "headers": {"Retry-After": {**_STRING_HEADER, "description": "Seconds to wait."}},
     },
     500: {"schema": ErrorSchema, "description": "Unexpected error."},
+    503: {"schema": ErrorSchema, "description": "Storage does not answer."},
 }
 WRITE_ERRORS = (400, 413, 415)
 
@@ -109,10 +111,11 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         # apigami also keeps the document under a plain string key.
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         api.register(app, in_place=True)
-    document = _without_swagger2_keys(api.swagger_dict())
+    # Through JSON once, so the document is exactly what clients read (string keys).
+    document = json.loads(json.dumps(_without_swagger2_keys(api.swagger_dict())))
     app[OPENAPI] = document
     app.router.add_get(OPENAPI_PATH, _serve_document, allow_head=False)
-    app.router.add_static(SWAGGER_STATIC_PATH, SWAGGER_UI_STATIC_FILES)
+    app.router.add_get(SWAGGER_STATIC_PATH + "/{name}", _serve_swagger_file, allow_head=False)
     for path in (SWAGGER_PATH, SWAGGER_PATH.removesuffix("/")):
         app.router.add_get(path, _serve_swagger_ui, allow_head=False)
     return document
@@ -128,6 +131,19 @@ def _swagger_page() -> str:
     return template.substitute(
         path=OPENAPI_PATH, static=SWAGGER_STATIC_PATH, layout="StandaloneLayout"
     )
+
+
+@functools.cache
+def _swagger_files() -> frozenset[str]:
+    return frozenset(path.name for path in SWAGGER_UI_STATIC_FILES.iterdir() if path.is_file())
+
+
+async def _serve_swagger_file(request: web.Request) -> web.FileResponse:
+    # Only the files of the distribution, so a miss is a JSON 404 like any other.
+    name = request.match_info["name"]
+    if name not in _swagger_files():
+        raise web.HTTPNotFound()
+    return web.FileResponse(SWAGGER_UI_STATIC_FILES / name)
 
 
 async def _serve_swagger_ui(_request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ SERVICES = web.AppKey("services", Services)
 USER = web.RequestKey("user", User)
 BODY = web.RequestKey("body", dict[str, Any])
 QUERY = web.RequestKey("query", dict[str, Any])
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
 
 
 def services(request: web.Request) -> Services:
@@ -51,11 +52,21 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+async def _read_within_deadline(request: web.Request) -> bytes:
+    """The whole body, or 408 when it takes longer than the app allows: a client
+    dribbling bytes must not hold a handler for ever."""
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="The request body did not arrive in time.") from None
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; 415, 400 or 413 (raised while reading) otherwise."""
     if not _is_json(request.content_type):
         raise web.HTTPUnsupportedMediaType(reason="Send the body as application/json.")
-    raw = await request.read()
+    raw = await _read_within_deadline(request)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):

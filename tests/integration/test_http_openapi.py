@@ -1,0 +1,171 @@
+"""SPEC 3.5: the OpenAPI 3 document describes every path, body and answer and
+the bearer scheme; Swagger UI is served from local files; schema.yaml at the
+repository root is the served document."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient
+
+from .http_client import make_app
+
+ROOT = Path(__file__).resolve().parents[2]
+PUBLIC_OPERATIONS = {("post", "/api/v1/auth/"), ("post", "/api/v1/token/"), ("post", "/api/v1/token/refresh/"), ("get", "/health")}
+RESOURCES = ["credentials", "mount_points", "work_loads", "migration_targets", "migrations"]
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient[Any, Any]:
+    return await aiohttp_client(make_app())
+
+
+@pytest.fixture
+async def document(client: TestClient[Any, Any]) -> dict[str, Any]:
+    answer = await client.get("/api/v1/openapi.json")
+    assert answer.status == 200
+    return await answer.json()  # type: ignore[no-any-return]
+
+
+def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            yield method, path, operation
+
+
+def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return document["components"]["schemas"][name]  # type: ignore[no-any-return]
+    return schema
+
+
+async def test_the_document_is_openapi_3_and_needs_no_token(document: dict[str, Any]) -> None:
+    assert document["openapi"] == "3.0.3"
+    assert document["info"]["title"] and document["info"]["version"]
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+    }
+    assert document["security"] == [{"bearerAuth": []}]
+
+
+async def test_every_path_and_method_of_the_spec_is_documented(document: dict[str, Any]) -> None:
+    expected = {("post", "/api/v1/auth/"), ("post", "/api/v1/token/"), ("post", "/api/v1/token/refresh/"), ("get", "/health")}
+    for resource in RESOURCES:
+        expected |= {("get", f"/api/v1/{resource}/"), ("post", f"/api/v1/{resource}/")}
+        expected |= {(m, f"/api/v1/{resource}/{{id}}/") for m in ("get", "put", "patch", "delete")}
+    expected |= {("post", "/api/v1/migrations/{id}/run/"), ("post", "/api/v1/migrations/{id}/cancel/"),
+                 ("get", "/api/v1/migrations/{id}/state/")}
+    assert {(method, path) for method, path, _ in _operations(document)} == expected
+
+
+async def test_every_operation_documents_its_answers_bodies_and_security(document: dict[str, Any]) -> None:
+    operation_ids = set()
+    for method, path, operation in _operations(document):
+        operation_ids.add(operation["operationId"])
+        responses = operation["responses"]
+        assert any(code.startswith("2") for code in responses), (method, path)
+        assert "500" in responses
+        for code, response in responses.items():
+            assert response["description"], (method, path, code)
+            if code != "204":
+                assert "application/json" in response["content"], (method, path, code)
+        if (method, path) in PUBLIC_OPERATIONS:
+            assert operation["security"] == [], (method, path)
+        else:
+            assert "security" not in operation  # the document's default: bearer
+            assert "WWW-Authenticate" in responses["401"]["headers"]
+        if method in ("post", "put", "patch") and "/run/" not in path and "/cancel/" not in path:
+            assert operation["requestBody"]["required"] is True
+            assert {"400", "413", "415"} <= set(responses)
+            assert _resolve(document, responses["400"]["content"]["application/json"]["schema"])["properties"].keys() == {"detail", "errors"}
+        if "{id}" in path:
+            assert {"404", "401"} <= set(responses)
+            assert [p["schema"]["type"] for p in operation["parameters"] if p["in"] == "path"] == ["integer"]
+    assert "Retry-After" in document["paths"]["/api/v1/token/"]["post"]["responses"]["429"]["headers"]
+    assert len(operation_ids) == len(list(_operations(document)))
+
+
+async def test_lists_document_paging_filters_and_ordering(document: dict[str, Any]) -> None:
+    filters = {
+        "credentials": {"username", "domain"}, "mount_points": {"name"}, "work_loads": {"ip"},
+        "migration_targets": {"cloud_type"}, "migrations": {"state", "source", "migration_target"},
+    }
+    for resource, names in filters.items():
+        parameters = {p["name"]: p for p in document["paths"][f"/api/v1/{resource}/"]["get"]["parameters"]}
+        assert set(parameters) == {"limit", "offset", "ordering"} | names
+        assert parameters["limit"]["schema"]["maximum"] == 1000
+        assert parameters["ordering"]["schema"]["enum"] == ["id", "-id"]
+        answer = document["paths"][f"/api/v1/{resource}/"]["get"]["responses"]["200"]["content"]["application/json"]
+        assert set(_resolve(document, answer["schema"])["properties"]) == {"count", "next", "previous", "results"}
+
+
+async def test_wire_fields_are_documented_and_the_password_is_write_only(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert schemas["Credentials"]["properties"]["password"]["writeOnly"] is True
+    wire = {
+        "Credentials": {"id", "username", "password", "domain"},
+        "MountPoint": {"id", "name", "size"},
+        "Workload": {"id", "ip", "credentials", "storage"},
+        "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm"},
+        "Migration": {"id", "source", "migration_target", "selected_mount_points", "state", "progress",
+                      "error", "started_at", "finished_at"},
+    }
+    for name, fields in wire.items():
+        assert set(schemas[name]["properties"]) == fields, name
+        assert schemas[name]["properties"]["id"]["readOnly"] is True
+    assert "password" not in str(schemas["TargetVm"])
+
+
+async def test_every_writable_string_has_a_max_length_and_every_integer_bounds(document: dict[str, Any]) -> None:
+    def check(schema: dict[str, Any], where: str) -> None:
+        if schema.get("readOnly"):
+            return
+        if schema.get("type") == "string" and "enum" not in schema:
+            assert "maxLength" in schema, where
+        if schema.get("type") == "integer":
+            assert "minimum" in schema and "maximum" in schema, where
+        for name, inner in schema.get("properties", {}).items():
+            check(inner, f"{where}.{name}")
+        if "items" in schema:
+            check(schema["items"], f"{where}[]")
+
+    requests = set()
+    for method, path, operation in _operations(document):
+        if "requestBody" in operation:
+            requests.add(operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1])
+        for parameter in operation["parameters"]:
+            check(parameter["schema"], f"{method} {path} ?{parameter['name']}")
+    assert {"Register", "Login", "Refresh", "Credentials", "CredentialsPatch", "WorkloadReplace"} <= requests
+    for name in requests:
+        check(document["components"]["schemas"][name], name)
+
+
+async def test_swagger_ui_is_served_from_local_files(client: TestClient[Any, Any]) -> None:
+    for path in ("/swagger/", "/swagger"):
+        answer = await client.get(path, allow_redirects=False)
+        assert answer.status == 200
+        assert answer.content_type == "text/html"
+    page = await (await client.get("/swagger/")).text()
+    assert "/api/v1/openapi.json" in page
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets and all(asset.startswith("/swagger/static/") for asset in assets), assets
+    for asset in assets:
+        assert (await client.get(asset)).status == 200, asset
+
+
+async def test_schema_yaml_is_the_served_document(document: dict[str, Any]) -> None:
+    committed = yaml.safe_load((ROOT / "schema.yaml").read_text(encoding="utf-8"))
+    assert committed == document, "schema.yaml is stale: run `make schema`"
+
+
+async def test_the_document_is_valid_against_the_openapi_3_0_meta_schema(document: dict[str, Any]) -> None:
+    import jsonschema_rs
+    from schemathesis.specs.openapi.definitions import OPENAPI_30
+
+    errors = [f"{list(e.instance_path)}: {e.message[:200]}" for e in jsonschema_rs.validator_for(OPENAPI_30).iter_errors(document)]
+    assert errors == []
