@@ -67,6 +67,10 @@ SETTINGS = [
             "lifetime of access tokens, in seconds"),
     Setting("refresh_ttl", "MIGRATION_REFRESH_TTL", "--refresh-ttl", "604800",
             "lifetime of refresh tokens, in seconds"),
+    Setting("idle_timeout", "MIGRATION_IDLE_TIMEOUT", "--idle-timeout", "15",
+            "seconds a connection may stay silent (no request, or headers unfinished) before it is closed"),
+    Setting("body_timeout", "MIGRATION_BODY_TIMEOUT", "--body-timeout", "30",
+            "seconds a request body may take to arrive in full; a slower one answers 408"),
     Setting("secret_key", "MIGRATION_SECRET_KEY", "--secret-key", None,
             f"key that signs tokens and encrypts stored passwords, at least {MIN_KEY_BYTES} bytes;"
             f" default: generated once and kept in {SECRET_KEY_FILE} beside the database"),
@@ -99,6 +103,13 @@ def _seconds(name: str, raw: str) -> float:
     return value
 
 
+def _positive_seconds(name: str, raw: str) -> float:
+    value = _seconds(name, raw)
+    if value == 0:
+        raise BadSetting(f"{_label(name)}: {raw!r} must be more than 0 seconds")
+    return value
+
+
 @attrs.frozen
 class Settings:
     storage: str = "sqlite:///./data/migration.db"
@@ -107,6 +118,8 @@ class Settings:
     run_seconds: float = 60.0
     access_ttl: int = 86400
     refresh_ttl: int = 604800
+    idle_timeout: float = 15.0
+    body_timeout: float = 30.0
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -150,6 +163,8 @@ class Settings:
             run_seconds=_seconds("run_seconds", text("run_seconds")),
             access_ttl=_integer("access_ttl", text("access_ttl"), low=1),
             refresh_ttl=_integer("refresh_ttl", text("refresh_ttl"), low=1),
+            idle_timeout=_positive_seconds("idle_timeout", text("idle_timeout")),
+            body_timeout=_positive_seconds("body_timeout", text("body_timeout")),
             secret_key=secret_key,
         )
 

@@ -44,14 +44,16 @@ def serve(flags: dict[str, str | None]) -> int:
         return 2
 
     from entrypoints.http import create_app
+    from entrypoints.http.app import server_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         web.run_app(
-            create_app(services),
+            create_app(services, body_timeout=settings.body_timeout),
             host=settings.host,
             port=settings.port,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            **server_options(settings.idle_timeout),
             print=lambda _banner: print(
                 f"{PROG}: serving on http://{settings.host}:{settings.port} (Ctrl+C to stop)",
                 flush=True,
