@@ -110,17 +110,26 @@ def start_run(storage: Storage, clock: Clock, owner_id: int, migration_id: int) 
     return started
 
 
-def run_migration(
+def launch_run(
     storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int
 ) -> Migration:
-    """Start a run and hand it to the runner. A blocking runner returns when the
-    copy is over; the migration returned is the one read after `launch`."""
+    """Start a run and hand it to the runner; the migration as started (state
+    `running`), whatever a background runner has done with it since."""
     started = start_run(storage, clock, owner_id, migration_id)
     try:
         runner.launch(started)
     except Exception as exc:
         fail_run(storage, clock, RunRef.of(started), f"The copy could not start: {exc}")
         raise
+    return started
+
+
+def run_migration(
+    storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int
+) -> Migration:
+    """Start a run and hand it to the runner. A blocking runner returns when the
+    copy is over; the migration returned is the one read after `launch`."""
+    launch_run(storage, clock, runner, owner_id, migration_id)
     return get_migration(storage, owner_id, migration_id)
 
 

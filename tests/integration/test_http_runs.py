@@ -131,6 +131,19 @@ async def test_run_answers_202_at_once_then_success_leaves_only_the_selected_vol
     }
 
 
+async def test_with_a_copy_of_zero_seconds_run_still_answers_the_migration_as_started(
+    make_client: MakeClient,
+) -> None:
+    """The copy may be over before the answer is written; the 202 still shows
+    the migration as it started, never a later state."""
+    user = await User(await make_client(0), "instant").sign_up()
+    for host in range(1, 21):
+        plan = await user.plan(ip=f"10.0.1.{host}")
+        running = await user.call("POST", migration_path(plan["migration"], "run"), 202)
+        assert (running["state"], running["progress"], running["finished_at"]) == ("running", 0, None)
+        assert (await finished(user, plan["migration"]))["state"] == "success"
+
+
 async def test_a_later_success_replaces_the_target_vm_and_a_run_in_progress_leaves_it_untouched(
     quick: User,
 ) -> None:

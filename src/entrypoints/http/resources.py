@@ -293,8 +293,10 @@ def _state_body(migration: core.Migration) -> Mapping[str, Any]:
 )
 async def run_migration(request: web.Request) -> web.Response:
     found = services(request)
+    # The migration as started: the answer says `running` even when a very short
+    # copy has already finished in the background.
     started = await call(
-        core.run_migration, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.launch_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
     )
     return web.json_response(MigrationSchema().dump(started), status=202)
 
