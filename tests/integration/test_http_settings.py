@@ -1,0 +1,88 @@
+"""SPEC 4.2: every setting is a variable and a `serve` flag (the flag wins), a
+bad value stops the start with one line naming it, and the secret key is
+generated once beside the database."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap, load_or_create_secret_key
+from entrypoints.cli import main
+
+
+def test_defaults_are_those_of_the_spec() -> None:
+    assert Settings.from_sources({}, {}) == Settings(
+        storage="sqlite:///./data/migration.db", host="127.0.0.1", port=8080, run_seconds=60,
+        access_ttl=86400, refresh_ttl=604800, secret_key=None,
+    )
+
+
+def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
+    environ = {
+        "MIGRATION_STORAGE": "memory://", "MIGRATION_HOST": "0.0.0.0", "MIGRATION_PORT": "9000",
+        "MIGRATION_RUN_SECONDS": "0", "MIGRATION_ACCESS_TTL": "60", "MIGRATION_REFRESH_TTL": "120",
+        "MIGRATION_SECRET_KEY": "e" * 32,
+    }
+    assert Settings.from_sources(environ, {}) == Settings(
+        storage="memory://", host="0.0.0.0", port=9000, run_seconds=0.0, access_ttl=60, refresh_ttl=120,
+        secret_key="e" * 32,
+    )
+    flags = {"storage": "sqlite:////tmp/x.db", "host": "::1", "port": "9001", "run_seconds": "2.5",
+             "access_ttl": "61", "refresh_ttl": "121", "secret_key": "f" * 32}
+    assert Settings.from_sources(environ, flags) == Settings(
+        storage="sqlite:////tmp/x.db", host="::1", port=9001, run_seconds=2.5, access_ttl=61, refresh_ttl=121,
+        secret_key="f" * 32,
+    )
+    assert {"--" + name.replace("_", "-") for name in flags} <= {s.flag for s in SETTINGS}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MIGRATION_PORT", "http"), ("MIGRATION_PORT", "0"), ("MIGRATION_PORT", "65536"),
+        ("MIGRATION_RUN_SECONDS", "-1"), ("MIGRATION_RUN_SECONDS", "soon"), ("MIGRATION_RUN_SECONDS", "inf"),
+        ("MIGRATION_ACCESS_TTL", "0"), ("MIGRATION_REFRESH_TTL", "1.5"), ("MIGRATION_SECRET_KEY", "short"),
+        ("MIGRATION_STORAGE", "postgres://db"), ("MIGRATION_STORAGE", "sqlite:///"), ("MIGRATION_HOST", " "),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_setting(variable: str, value: str) -> None:
+    with pytest.raises(BadSetting, match=variable):
+        Settings.from_sources({variable: value}, {})
+
+
+def test_serve_with_a_bad_value_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGRATION_STORAGE", "memory://")
+    assert main(["serve", "--port", "eighty"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--port" in err and "MIGRATION_PORT" in err and "Traceback" not in err
+
+
+def test_the_secret_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "secret.key"
+    key = load_or_create_secret_key(path)
+    assert len(key) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret_key(path) == key
+    assert [p.name for p in path.parent.iterdir()] == ["secret.key"]
+
+
+def test_sqlite_storage_keeps_its_key_beside_the_database(tmp_path: Path) -> None:
+    settings = Settings(storage=f"sqlite:///{tmp_path}/db/migration.db")
+    services = bootstrap(settings)
+    services.storage.close()
+    first = (tmp_path / "db" / "secret.key").read_text()
+    services = bootstrap(settings)
+    services.storage.close()
+    assert (tmp_path / "db" / "secret.key").read_text() == first
+
+
+def test_a_database_written_with_another_key_is_a_bad_setting(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/migration.db"
+    bootstrap(Settings(storage=url, secret_key="a" * 32)).storage.close()
+    with pytest.raises(BadSetting, match="MIGRATION_STORAGE"):
+        bootstrap(Settings(storage=url, secret_key="b" * 32))
