@@ -59,6 +59,10 @@ class Resource:
     find: Callable[[core.Storage, int, ListQuery], Page[Any]]
     update: Callable[..., Any]
     delete: Callable[[core.Storage, int, int], None]
+    # Whether a create, or a replace or patch, can clash with other objects
+    # (409); only what the core can refuse is documented.
+    create_conflicts: bool = False
+    update_conflicts: bool = False
 
 
 def object_id(request: web.Request) -> int:
@@ -90,6 +94,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     page = page_schema(resource.schema, f"{resource.name}Page")
     item_path = resource.path + "{id:\\d+}/"
     tags = [resource.tag]
+    update_conflict = [409] if resource.update_conflicts else []
 
     @docs(
         tags=tags,
@@ -117,7 +122,9 @@ def resource_routes(resource: Resource) -> list[Route]:
         tags=tags,
         summary=f"Create {resource.noun}",
         operation_id=f"create{resource.name}",
-        responses=answers({201: (schema, "Created.")}, *WRITE_ERRORS, 401, 409),
+        responses=answers(
+            {201: (schema, "Created.")}, *WRITE_ERRORS, 401, *([409] if resource.create_conflicts else [])
+        ),
     )
     @json_body(schema)
     async def create_object(request: web.Request) -> web.Response:
@@ -140,7 +147,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Replace {resource.noun}: every writable field",
         operation_id=f"replace{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Replaced.")}, *WRITE_ERRORS, 401, 404, 409),
+        responses=answers({200: (schema, "Replaced.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
@@ -152,7 +159,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Change some fields of {resource.noun}",
         operation_id=f"patch{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Changed.")}, *WRITE_ERRORS, 401, 404, 409),
+        responses=answers({200: (schema, "Changed.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
     @json_body(resource.schema(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
@@ -233,6 +240,8 @@ RESOURCES = [
         find=core.list_workloads,
         update=core.update_workload,
         delete=core.delete_workload,
+        create_conflicts=True,  # a duplicate ip, a mount point held by another workload
+        update_conflicts=True,
     ),
     Resource(
         path="/api/v1/migration_targets/",
@@ -261,6 +270,7 @@ RESOURCES = [
         find=core.list_migrations,
         update=core.update_migration,
         delete=core.delete_migration,
+        update_conflicts=True,  # while it runs
     ),
 ]
 
