@@ -112,7 +112,7 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         api.register(app, in_place=True)
     # Through JSON once, so the document is exactly what clients read (string keys).
-    document = json.loads(json.dumps(_without_swagger2_keys(api.swagger_dict())))
+    document: dict[str, Any] = json.loads(json.dumps(_without_swagger2_keys(api.swagger_dict())))
     app[OPENAPI] = document
     app.router.add_get(OPENAPI_PATH, _serve_document, allow_head=False)
     app.router.add_get(SWAGGER_STATIC_PATH + "/{name}", _serve_swagger_file, allow_head=False)
