@@ -138,11 +138,11 @@ def test_a_mount_point_needs_a_name_and_a_whole_size_of_zero_or_more(
     storage = build_inventory().storage
     valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
     if name and valid_size:
-        created = core.create_mount_point(storage, 1, name=name, size=size)  # type: ignore[arg-type]
+        created = core.create_mount_point(storage, 1, name=name, size=size)
         assert (created.name, created.size) == (name, size)
     else:
         broken = {"name"} if not name else set()
         broken |= set() if valid_size else {"size"}
         with pytest.raises(core.InvalidInput) as refused:
-            core.create_mount_point(storage, 1, name=name, size=size)  # type: ignore[arg-type]
+            core.create_mount_point(storage, 1, name=name, size=size)
         assert field_errors(refused.value) <= broken

@@ -20,7 +20,7 @@ NOT_STARTED, RUNNING, ERROR, SUCCESS = State.NOT_STARTED, State.RUNNING, State.E
 
 @attrs.define
 class Expected:
-    state: State = NOT_STARTED
+    state: core.MigrationState = NOT_STARTED
     progress: int = 0
     error: str | None = None
 
@@ -236,7 +236,7 @@ ACTIONS = ["run", "cancel", "complete", "fail", "advance", "interrupt", "edit", 
 STARTABLE_FROM = {"not_started", "failed", "cancelled", "interrupted"}
 
 
-def _expected(start: str, action: str) -> tuple[State, str | None] | str | None:
+def _expected(start: str, action: str) -> tuple[core.MigrationState, str | None] | str | None:
     running = start == "running"
     if action == "run":
         return (RUNNING, None) if start in STARTABLE_FROM else "refused"

@@ -104,10 +104,13 @@ def test_a_workload_holds_each_volume_once_however_it_is_spelled(
     storage, owner = inventory.storage, inventory.owner_id
     mount_points = [core.create_mount_point(storage, owner, name=n, size=1) for n in spelled]
     distinct = len({volume_identity(n) for n in spelled}) == len(spelled)
-    create = lambda: core.create_workload(  # noqa: E731
-        storage, owner, ip="10.1.1.1", credentials_id=inventory.credentials.id,
-        mount_point_ids=[mp.id for mp in mount_points],
-    )
+
+    def create() -> core.Workload:
+        return core.create_workload(
+            storage, owner, ip="10.1.1.1", credentials_id=inventory.credentials.id,
+            mount_point_ids=[mp.id for mp in mount_points],
+        )
+
     if distinct:
         assert create().mount_point_ids == tuple(mp.id for mp in mount_points)
     else:
