@@ -106,7 +106,8 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @query(resource.query_schema())
     async def list_objects(request: web.Request) -> web.Response:
-        filters = dict(request[QUERY])
+        loaded: dict[str, Any] = request[QUERY]
+        filters = dict(loaded)
         limit: int = filters.pop("limit")
         offset: int = filters.pop("offset")
         descending = filters.pop("ordering") == "-id"
@@ -281,7 +282,7 @@ MIGRATION_ACTIONS = "migrations"
 
 
 def _state_body(migration: core.Migration) -> Mapping[str, Any]:
-    return MigrationStateSchema().dump(
+    body: Mapping[str, Any] = MigrationStateSchema().dump(
         {
             "state": migration.state,
             "progress": migration.progress,
@@ -289,6 +290,7 @@ def _state_body(migration: core.Migration) -> Mapping[str, Any]:
             "finished": migration.state.finished,
         }
     )
+    return body
 
 
 @docs(
