@@ -63,10 +63,12 @@ def _start(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int) -> M
     source = uow.workloads.get(owner_id, migration.source_id)
     gone = [i for i in migration.selected_mount_point_ids if i not in source.mount_point_ids]
     if gone:
-        raise Conflict(
-            f"Selected mount points {', '.join(map(str, gone))} are no longer in the"
-            f" storage of workload {source.id}."
+        which = (
+            f"mount point {gone[0]} is"
+            if len(gone) == 1
+            else f"mount points {', '.join(map(str, gone))} are"
         )
+        raise Conflict(f"Selected {which} no longer in the storage of workload {source.id}.")
     selected = [
         uow.mount_points.get(owner_id, i)
         for i in source.mount_point_ids

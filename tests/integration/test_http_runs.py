@@ -244,7 +244,8 @@ async def test_run_is_refused_when_the_selection_left_the_source_since_the_migra
     await slow.call("PATCH", f"{API}/work_loads/{source['workload']}/", 200, json={"storage": [volumes["C:\\"]]})
 
     detail = await refused(slow, "POST", migration_path(migration["id"], "run"))
-    assert "no longer" in detail and str(volumes["D:\\"]) in detail
+    gone, workload = volumes["D:\\"], source["workload"]
+    assert detail == f"Selected mount point {gone} is no longer in the storage of workload {workload}."
     assert (await state_of(slow, migration["id"]))["state"] == "not_started"
 
     # Once the volume is back in the source, the same migration runs.
