@@ -49,6 +49,7 @@ CHECKS = [
 EXPLAINED_ABSENCES: dict[int, str] = {
     500: "never expected: not_a_server_error fails the fuzz run if one appears",
     503: "storage down: test_http_errors.py closes the storage under /health",
+    408: "the fuzzer sends whole bodies at once: test_slow_clients.py dribbles one",
     413: "the generated bodies stay small: test_hostile_inputs.py sends oversize ones to every write",
     415: "the fuzzer sends the documented media type: test_hostile_inputs.py sends others",
     429: "needs ten failed logins for one username within a minute: test_http_accounts.py",

@@ -43,6 +43,7 @@ _ERRORS: dict[int, dict[str, Any]] = {
         "headers": {"WWW-Authenticate": {**_STRING_HEADER, "description": "Bearer"}},
     },
     404: {"schema": ErrorSchema, "description": "Not found, or not yours."},
+    408: {"schema": ErrorSchema, "description": "The body did not arrive in full in time."},
     409: {"schema": ErrorSchema, "description": "Conflicts with the current state."},
     413: {"schema": ErrorSchema, "description": "The body is too large."},
     415: {"schema": ErrorSchema, "description": "The body is not application/json."},
@@ -54,7 +55,7 @@ _ERRORS: dict[int, dict[str, Any]] = {
     500: {"schema": ErrorSchema, "description": "Unexpected error."},
     503: {"schema": ErrorSchema, "description": "Storage does not answer."},
 }
-WRITE_ERRORS = (400, 413, 415)
+WRITE_ERRORS = (400, 408, 413, 415)
 
 
 def answers(

@@ -68,12 +68,50 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise web.HTTPUnsupportedMediaType(reason="Send the body as application/json.")
     raw = await _read_within_deadline(request)
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_object_without_repeated_keys)
+    except _RepeatedKey as repeated:
+        raise InvalidInput({repeated.key: ["Give this field once."]}) from None
     except (ValueError, RecursionError):
         raise web.HTTPBadRequest(reason="The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(reason="The body must be a JSON object.")
+    unstorable = sorted(key for key, value in data.items() if not _storable(value))
+    if unstorable or not all(map(_storable_text, data)):
+        fields = unstorable or ["_schema"]
+        raise InvalidInput({field: ["Text must not hold NUL characters or lone surrogates."] for field in fields})
     return data
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are distinct: with a repeated key, which value
+    counts would depend on the parser, so it is refused."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(key)
+        found[key] = value
+    return found
+
+
+def _storable_text(text: str) -> bool:
+    # NUL ends strings in C, and lone surrogates (valid JSON escapes) cannot be UTF-8.
+    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, str):
+        return _storable_text(value)
+    if isinstance(value, list):
+        return all(map(_storable, value))
+    if isinstance(value, dict):
+        return all(_storable_text(key) and _storable(inner) for key, inner in value.items())
+    return True
 
 
 def json_body(schema: Schema) -> Callable[[Handler], Handler]:
