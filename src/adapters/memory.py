@@ -69,6 +69,8 @@ class _Tables:
 
 
 class MemoryStorage:
+    reads_never_wait = False  # a read waits for the lock a writing unit holds
+
     def __init__(self) -> None:
         self._tables = _Tables()
         self._lock = threading.RLock()

@@ -249,6 +249,8 @@ def _marks(count: int) -> str:
 
 
 class SqliteStorage:
+    reads_never_wait = True  # WAL: a read is a snapshot no writer blocks
+
     def __init__(
         self, path: Path, secret_key: bytes, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS
     ) -> None:

@@ -117,6 +117,10 @@ class UnitOfWork(Protocol):
 
 
 class Storage(Protocol):
+    # True where a read-only unit never waits for a writer (SQLite's WAL
+    # snapshots), so an event loop may run short reads itself.
+    reads_never_wait: bool
+
     def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
         """A new transaction; `write=False` promises it only reads, which lets
         storage run it alongside writers."""

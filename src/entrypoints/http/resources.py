@@ -15,9 +15,11 @@ from marshmallow import Schema
 import migration_core as core
 from migration_core import ListQuery, NotFound, Page
 
+from . import views
 from .openapi import WRITE_ERRORS, answers
-from .requests import BODY, QUERY, USER, call, json_body, query, services
+from .requests import BODY, QUERY, USER, call, json_body, query, read, services
 from .routes import Route
+from .views import View
 from .schemas import (
     MAX_ID,
     CredentialsQuerySchema,
@@ -52,6 +54,7 @@ class Resource:
     noun: str  # one object, for summaries
     name: str  # PascalCase, for operation ids and the page schema
     schema: type[Schema]
+    view: Callable[[Any], View]  # the entity as the schema shows it, built directly
     replace_schema: type[Schema]
     query_schema: type[Schema]
     create: Callable[..., Any]
@@ -79,13 +82,13 @@ def _link(request: web.Request, limit: int, offset: int) -> str:
     return str(request.url.update_query(limit=str(limit), offset=str(offset)))
 
 
-def page_body(request: web.Request, page: Page[Any], schema: Schema, limit: int, offset: int) -> dict[str, Any]:
+def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int) -> dict[str, Any]:
     following = offset + limit
     return {
         "count": page.count,
         "next": _link(request, limit, following) if following < page.count else None,
         "previous": _link(request, limit, max(0, offset - limit)) if offset > 0 else None,
-        "results": schema.dump(page.items, many=True),
+        "results": [view(item) for item in page.items],
     }
 
 
@@ -111,13 +114,14 @@ def resource_routes(resource: Resource) -> list[Route]:
         limit: int = filters.pop("limit")
         offset: int = filters.pop("offset")
         descending = filters.pop("ordering") == "-id"
-        found = await call(
+        found = await read(
+            request,
             resource.find,
             services(request).storage,
             request[USER].id,
             ListQuery(filters=filters, descending=descending, limit=limit, offset=offset),
         )
-        return web.json_response(page_body(request, found, schema, limit, offset))
+        return web.json_response(page_body(request, found, resource.view, limit, offset))
 
     @docs(
         tags=tags,
@@ -130,7 +134,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @json_body(schema)
     async def create_object(request: web.Request) -> web.Response:
         created = await call(_create, resource, request)
-        return web.json_response(schema.dump(created), status=201)
+        return web.json_response(resource.view(created), status=201)
 
     @docs(
         tags=tags,
@@ -140,8 +144,8 @@ def resource_routes(resource: Resource) -> list[Route]:
         responses=answers({200: (schema, "Found.")}, 401, 404),
     )
     async def read_object(request: web.Request) -> web.Response:
-        found = await call(resource.get, services(request).storage, request[USER].id, object_id(request))
-        return web.json_response(schema.dump(found))
+        found = await read(request, resource.get, services(request).storage, request[USER].id, object_id(request))
+        return web.json_response(resource.view(found))
 
     @docs(
         tags=tags,
@@ -153,7 +157,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
         updated = await call(_update, resource, request)
-        return web.json_response(schema.dump(updated))
+        return web.json_response(resource.view(updated))
 
     @docs(
         tags=tags,
@@ -165,7 +169,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @json_body(resource.schema(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
         updated = await call(_update, resource, request)
-        return web.json_response(schema.dump(updated))
+        return web.json_response(resource.view(updated))
 
     @docs(
         tags=tags,
@@ -206,6 +210,7 @@ RESOURCES = [
         noun="credentials",
         name="Credentials",
         schema=CredentialsSchema,
+        view=views.credentials_view,
         replace_schema=CredentialsSchema,
         query_schema=CredentialsQuerySchema,
         create=core.create_credentials,
@@ -220,6 +225,7 @@ RESOURCES = [
         noun="a mount point",
         name="MountPoint",
         schema=MountPointSchema,
+        view=views.mount_point_view,
         replace_schema=MountPointSchema,
         query_schema=MountPointQuerySchema,
         create=core.create_mount_point,
@@ -234,6 +240,7 @@ RESOURCES = [
         noun="a workload",
         name="Workload",
         schema=WorkloadSchema,
+        view=views.workload_view,
         replace_schema=WorkloadReplaceSchema,
         query_schema=WorkloadQuerySchema,
         create=core.create_workload,
@@ -250,6 +257,7 @@ RESOURCES = [
         noun="a migration target",
         name="MigrationTarget",
         schema=MigrationTargetSchema,
+        view=views.migration_target_view,
         replace_schema=MigrationTargetSchema,
         query_schema=MigrationTargetQuerySchema,
         create=core.create_migration_target,
@@ -264,6 +272,7 @@ RESOURCES = [
         noun="a migration",
         name="Migration",
         schema=MigrationSchema,
+        view=views.migration_view,
         replace_schema=MigrationSchema,
         query_schema=MigrationQuerySchema,
         create=core.create_migration,
@@ -279,18 +288,6 @@ RESOURCES = [
 # --- migration actions -------------------------------------------------------
 
 MIGRATION_ACTIONS = "migrations"
-
-
-def _state_body(migration: core.Migration) -> Mapping[str, Any]:
-    body: Mapping[str, Any] = MigrationStateSchema().dump(
-        {
-            "state": migration.state,
-            "progress": migration.progress,
-            "error": migration.error,
-            "finished": migration.state.finished,
-        }
-    )
-    return body
 
 
 @docs(
@@ -310,7 +307,7 @@ async def run_migration(request: web.Request) -> web.Response:
     started = await call(
         core.launch_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
     )
-    return web.json_response(MigrationSchema().dump(started), status=202)
+    return web.json_response(views.migration_view(started), status=202)
 
 
 @docs(
@@ -327,7 +324,7 @@ async def cancel_migration(request: web.Request) -> web.Response:
     cancelled = await call(
         core.cancel_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
     )
-    return web.json_response(MigrationSchema().dump(cancelled))
+    return web.json_response(views.migration_view(cancelled))
 
 
 @docs(
@@ -338,10 +335,10 @@ async def cancel_migration(request: web.Request) -> web.Response:
     responses=answers({200: (MigrationStateSchema, "Its state.")}, 401, 404),
 )
 async def migration_state(request: web.Request) -> web.Response:
-    migration = await call(
-        core.get_migration, services(request).storage, request[USER].id, object_id(request)
+    migration = await read(
+        request, core.get_migration, services(request).storage, request[USER].id, object_id(request)
     )
-    return web.json_response(_state_body(migration))
+    return web.json_response(views.migration_state_view(migration))
 
 
 def routes() -> list[Route]:

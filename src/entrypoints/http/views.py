@@ -1,0 +1,77 @@
+"""Entities in their wire form. The marshmallow schemas document these shapes
+and check what comes in; what goes out is built here directly, because dumping
+through a schema costs more than the rest of a read (see docs/benchmarks.md).
+A test holds each view equal to its schema's dump."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from migration_core import Credentials, Migration, MigrationTarget, MountPoint, TargetVm, Workload
+
+View = dict[str, Any]
+
+
+def _utc(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat()
+
+
+def credentials_view(credentials: Credentials) -> View:
+    # The password is write-only: it never leaves the service.
+    return {"id": credentials.id, "username": credentials.username, "domain": credentials.domain}
+
+
+def mount_point_view(mount_point: MountPoint) -> View:
+    return {"id": mount_point.id, "name": mount_point.name, "size": mount_point.size}
+
+
+def workload_view(workload: Workload) -> View:
+    return {
+        "id": workload.id,
+        "ip": workload.ip,
+        "credentials": workload.credentials_id,
+        "storage": list(workload.mount_point_ids),
+    }
+
+
+def target_vm_view(vm: TargetVm | None) -> View | None:
+    if vm is None:
+        return None
+    return {
+        "ip": vm.ip,
+        "credentials": {"username": vm.credentials.username, "domain": vm.credentials.domain},
+        "storage": [{"name": volume.name, "size": volume.size} for volume in vm.storage],
+    }
+
+
+def migration_target_view(target: MigrationTarget) -> View:
+    return {
+        "id": target.id,
+        "cloud_type": target.cloud_type.value,
+        "cloud_credentials": target.cloud_credentials_id,
+        "target_vm": target_vm_view(target.target_vm),
+    }
+
+
+def migration_view(migration: Migration) -> View:
+    return {
+        "id": migration.id,
+        "source": migration.source_id,
+        "migration_target": migration.migration_target_id,
+        "selected_mount_points": list(migration.selected_mount_point_ids),
+        "state": migration.state.value,
+        "progress": migration.progress,
+        "error": migration.error,
+        "started_at": _utc(migration.started_at),
+        "finished_at": _utc(migration.finished_at),
+    }
+
+
+def migration_state_view(migration: Migration) -> View:
+    return {
+        "state": migration.state.value,
+        "progress": migration.progress,
+        "error": migration.error,
+        "finished": migration.state.finished,
+    }

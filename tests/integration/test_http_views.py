@@ -1,0 +1,100 @@
+"""The views build answers directly; the schemas document them. Each view must
+give exactly what its schema's dump gives, for any entity."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from migration_core import (
+    CloudType,
+    Credentials,
+    Login,
+    Migration,
+    MigrationState,
+    MigrationTarget,
+    MountPoint,
+    TargetVm,
+    Volume,
+    Workload,
+)
+from entrypoints.http import views
+from entrypoints.http.schemas import (
+    CredentialsSchema,
+    MigrationSchema,
+    MigrationStateSchema,
+    MigrationTargetSchema,
+    MountPointSchema,
+    WorkloadSchema,
+)
+
+ids = st.integers(1, 2**63 - 1)
+text = st.text(min_size=1, max_size=20)
+sizes = st.integers(0, 2**63 - 1)
+moments = st.none() | st.datetimes(timezones=st.just(timezone.utc))
+ips = st.ip_addresses().map(str)
+id_lists = st.lists(ids, min_size=1, max_size=5, unique=True)
+
+credentials = st.builds(Credentials, owner_id=ids, username=text, password=text, domain=st.text(max_size=10), id=ids)
+mount_points = st.builds(MountPoint, owner_id=ids, name=text, size=sizes, id=ids)
+workloads = st.builds(Workload, owner_id=ids, ip=ips, credentials_id=ids, mount_point_ids=st.lists(ids, max_size=5, unique=True), id=ids)
+target_vms = st.builds(
+    TargetVm,
+    ip=ips,
+    credentials=st.builds(Login, username=text, password=text, domain=st.text(max_size=10)),
+    storage=st.lists(st.builds(Volume, name=text, size=sizes), max_size=4),
+)
+targets = st.builds(
+    MigrationTarget,
+    owner_id=ids,
+    cloud_type=st.sampled_from(CloudType),
+    cloud_credentials_id=ids,
+    target_vm=st.none() | target_vms,
+    id=ids,
+)
+migrations = st.builds(
+    Migration,
+    owner_id=ids,
+    source_id=ids,
+    migration_target_id=ids,
+    selected_mount_point_ids=id_lists,
+    state=st.sampled_from(MigrationState),
+    progress=st.integers(0, 100),
+    error=st.none() | text,
+    started_at=moments,
+    finished_at=moments,
+    id=ids,
+)
+
+
+@given(credentials)
+def test_credentials_view_is_the_schema_dump_without_the_password(entity: Credentials) -> None:
+    assert views.credentials_view(entity) == CredentialsSchema().dump(entity)
+    assert "password" not in views.credentials_view(entity)
+
+
+@given(mount_points)
+def test_mount_point_view_is_the_schema_dump(entity: MountPoint) -> None:
+    assert views.mount_point_view(entity) == MountPointSchema().dump(entity)
+
+
+@given(workloads)
+def test_workload_view_is_the_schema_dump(entity: Workload) -> None:
+    assert views.workload_view(entity) == WorkloadSchema().dump(entity)
+
+
+@given(targets)
+def test_migration_target_view_is_the_schema_dump_without_passwords(entity: MigrationTarget) -> None:
+    view = views.migration_target_view(entity)
+    assert view == MigrationTargetSchema().dump(entity)
+    if view["target_vm"] is not None:
+        assert "password" not in view["target_vm"]["credentials"]
+
+
+@given(migrations)
+def test_migration_views_are_the_schema_dumps(entity: Migration) -> None:
+    assert views.migration_view(entity) == MigrationSchema().dump(entity)
+    state = {"state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished}
+    assert views.migration_state_view(entity) == MigrationStateSchema().dump(state)
