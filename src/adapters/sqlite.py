@@ -6,7 +6,8 @@ Each thread gets its own connection to the file, opened lazily the first time
 that thread starts a unit of work; a connection is never shared between
 threads. The aiohttp service runs every use case in a worker thread (an
 asyncio executor), so the event loop never waits on the disk, and many threads
-use one `SqliteStorage` at once. `close()` closes every connection still open;
+use one `SqliteStorage` at once. Reads, which never wait under WAL, may also
+run on the event loop's own thread (`reads_never_wait`). `close()` closes every connection still open;
 a connection of a thread that has ended is closed when that thread goes away.
 A unit of work belongs to the thread that entered it.
 
@@ -17,7 +18,11 @@ it takes the database's write lock up front, waiting up to the busy timeout for
 it. A deferred `BEGIN` (what sqlite-utils' `db.atomic()` issues) would start as
 a reader and try to upgrade at its first write; under WAL that upgrade fails at
 once with SQLITE_BUSY when another writer committed meanwhile, whatever the
-busy timeout. Read-only units use a deferred `BEGIN`: they see one consistent
+busy timeout. Writers of one process first queue on a Python lock, so only one
+of them at a time contends for the file: SQLite's busy handler waits by
+sleeping in growing steps (up to 100 ms), which under contention turned a
+1 ms commit into a tail of over a second; the lock hands over at once. Other
+processes still meet the busy timeout. Read-only units use a deferred `BEGIN`: they see one consistent
 snapshot and never block writers. Leaving the unit without `commit()` rolls back.
 A unit entered inside another on the same thread becomes a savepoint of it.
 
@@ -173,6 +178,10 @@ class _Kind:
     secret_column: str | None = None  # sealed with SecretBox
     json_column: str | None = None  # a TargetVm, as JSON
     unfilterable: frozenset[str] = frozenset()
+    # Every column is a str or int the entity takes as it is: rows become
+    # entities by a plain call, without the converter's per-field dispatch
+    # (the cost that dominated a 100-row page; see docs/benchmarks.md).
+    plain: bool = False
 
 
 CREDENTIALS = _Kind(
@@ -184,6 +193,7 @@ CREDENTIALS = _Kind(
     (),
     secret_column="password",
     unfilterable=frozenset({"password"}),
+    plain=True,
 )
 MOUNT_POINTS = _Kind(
     "mount_points",
@@ -192,6 +202,7 @@ MOUNT_POINTS = _Kind(
     ("owner_id", "name", "size"),
     frozenset({"owner_id", "size"}),
     (),
+    plain=True,
 )
 WORKLOADS = _Kind(
     "workloads",
@@ -201,6 +212,7 @@ WORKLOADS = _Kind(
     frozenset({"owner_id", "credentials_id"}),
     (("credentials_id", "credentials"),),
     _ListField("mount_point_ids", "workload_mount_points", "workload_id", "mount_points"),
+    plain=True,
 )
 MIGRATION_TARGETS = _Kind(
     "migration_targets",
@@ -260,6 +272,7 @@ class SqliteStorage:
         self._local = threading.local()
         self._connections: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._registry_lock = threading.Lock()
+        self.write_lock = threading.Lock()  # one writing unit of this process at a time
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._prepare()
@@ -362,12 +375,32 @@ class SqliteUnitOfWork:
         self._db: Database | None = None
         self._savepoint: str | None = None
         self._committed = False
-        self.users = _Users(self)
-        self.credentials: _Repository[Credentials] = _Repository(self, CREDENTIALS)
-        self.mount_points: _Repository[MountPoint] = _Repository(self, MOUNT_POINTS)
-        self.workloads = _Workloads(self, WORKLOADS)
-        self.migration_targets: _Repository[MigrationTarget] = _Repository(self, MIGRATION_TARGETS)
-        self.migrations = _Migrations(self, MIGRATIONS)
+        self._holds_write_lock = False
+
+    # Repositories are made on first use: most units touch one or two of them.
+    @functools.cached_property
+    def users(self) -> _Users:
+        return _Users(self)
+
+    @functools.cached_property
+    def credentials(self) -> _Repository[Credentials]:
+        return _Repository(self, CREDENTIALS)
+
+    @functools.cached_property
+    def mount_points(self) -> _Repository[MountPoint]:
+        return _Repository(self, MOUNT_POINTS)
+
+    @functools.cached_property
+    def workloads(self) -> _Workloads:
+        return _Workloads(self, WORKLOADS)
+
+    @functools.cached_property
+    def migration_targets(self) -> _Repository[MigrationTarget]:
+        return _Repository(self, MIGRATION_TARGETS)
+
+    @functools.cached_property
+    def migrations(self) -> _Migrations:
+        return _Migrations(self, MIGRATIONS)
 
     @property
     def db(self) -> Database:
@@ -384,9 +417,17 @@ class SqliteUnitOfWork:
         db = self._storage.database()
         if db.conn.in_transaction:
             self._savepoint = f"unit_{id(self)}"
-            db.execute(f"SAVEPOINT {self._savepoint}")
+            db.conn.execute(f"SAVEPOINT {self._savepoint}")
+        elif self._write:
+            self._storage.write_lock.acquire()
+            try:
+                db.conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self._storage.write_lock.release()
+                raise
+            self._holds_write_lock = True
         else:
-            db.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+            db.conn.execute("BEGIN")
         self._db = db
         self._committed = False
         return self
@@ -399,21 +440,26 @@ class SqliteUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         db, self._db = self.db, None
-        if self._committed:
-            return
-        if self._savepoint is not None:
-            if db.conn.in_transaction:
-                db.execute(f"ROLLBACK TO {self._savepoint}")
-                db.execute(f"RELEASE {self._savepoint}")
-        elif db.conn.in_transaction:
-            db.execute("ROLLBACK")
+        try:
+            if self._committed:
+                return
+            if self._savepoint is not None:
+                if db.conn.in_transaction:
+                    db.conn.execute(f"ROLLBACK TO {self._savepoint}")
+                    db.conn.execute(f"RELEASE {self._savepoint}")
+            elif db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
+        finally:
+            if self._holds_write_lock:
+                self._holds_write_lock = False
+                self._storage.write_lock.release()
 
     @_translated
     def commit(self) -> None:
         if self._savepoint is not None:
-            self.db.execute(f"RELEASE {self._savepoint}")
+            self.db.conn.execute(f"RELEASE {self._savepoint}")
         elif self.db.conn.in_transaction:
-            self.db.execute("COMMIT")
+            self.db.conn.execute("COMMIT")
         self._committed = True
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -471,19 +517,22 @@ class _Users:
             raise Conflict(f"User {user_id} still owns {', '.join(owned)}.") from None
 
 
+@functools.cache
+def _statements(kind: _Kind) -> tuple[str, str, str]:
+    """SELECT, INSERT and UPDATE of a kind, built once."""
+    return (
+        f"SELECT id, {', '.join(kind.columns)} FROM {kind.table}",
+        f"INSERT INTO {kind.table} ({', '.join(kind.columns)}) VALUES ({_marks(len(kind.columns))})",
+        f"UPDATE {kind.table} SET {', '.join(f'{c} = ?' for c in kind.columns)}"
+        " WHERE id = ? AND owner_id = ?",
+    )
+
+
 class _Repository(Generic[E]):
     def __init__(self, uow: SqliteUnitOfWork, kind: _Kind) -> None:
         self._uow = uow
         self._kind = kind
-        self._select = f"SELECT id, {', '.join(kind.columns)} FROM {kind.table}"
-        self._insert = (
-            f"INSERT INTO {kind.table} ({', '.join(kind.columns)})"
-            f" VALUES ({_marks(len(kind.columns))})"
-        )
-        self._update = (
-            f"UPDATE {kind.table} SET {', '.join(f'{c} = ?' for c in kind.columns)}"
-            " WHERE id = ? AND owner_id = ?"
-        )
+        self._select, self._insert, self._update = _statements(kind)
 
     # -- the port --
 
@@ -634,15 +683,16 @@ class _Repository(Generic[E]):
         codec: _Codec = self._uow.codec
         lists = self._lists([row[0] for row in rows])
         entities = []
+        names = ("id", *kind.columns)
         for row in rows:
-            values = dict(zip(("id", *kind.columns), row))
+            values = dict(zip(names, row))
             if kind.secret_column is not None:
                 values[kind.secret_column] = codec.box.open(values[kind.secret_column], _PASSWORD)
             if kind.json_column is not None and values[kind.json_column] is not None:
                 values[kind.json_column] = json.loads(values[kind.json_column])
             if kind.list_field is not None:
                 values[kind.list_field.field] = lists.get(values["id"], [])
-            entities.append(codec.entity(values, kind.entity))
+            entities.append(kind.entity(**values) if kind.plain else codec.entity(values, kind.entity))
         return entities
 
     def _lists(self, parent_ids: Sequence[int]) -> dict[int, list[int]]:
