@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/mypy --strict src/migration_core
+	$(BIN)/mypy --strict src
 	$(BIN)/python -m pytest -q
 
 # Serve the API on http://127.0.0.1:8080, data in ./data/ (see "Configuration" in README.md).

@@ -7,6 +7,7 @@ import hmac
 import os
 import secrets
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -229,6 +230,9 @@ class Services:
     tokens: TokenIssuer
     runner: ServiceRunner
     throttle: LoginThrottle
+    # Where writes run: SQLite batches them into shared commits; None means a
+    # worker thread each. The app shuts it down before storage closes.
+    write_executor: Executor | None = None
 
 
 RunnerFactory = Callable[[Storage, Clock, float], ServiceRunner]
@@ -290,4 +294,15 @@ def bootstrap(
         tokens=tokens,
         runner=runner,
         throttle=LoginThrottle(clock),
+        write_executor=_write_executor(storage),
     )
+
+
+def _write_executor(storage: Storage) -> Executor | None:
+    from adapters.sqlite import SqliteStorage
+
+    if isinstance(storage, SqliteStorage):
+        from adapters.sqlite_group_commit import GroupCommitExecutor
+
+        return GroupCommitExecutor(storage)
+    return None

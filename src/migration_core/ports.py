@@ -97,12 +97,23 @@ class MigrationRepository(Repository[Migration], Protocol):
 class UnitOfWork(Protocol):
     """One transaction. Leaving the `with` block without `commit()` rolls back."""
 
-    users: UserRepository
-    credentials: Repository[Credentials]
-    mount_points: Repository[MountPoint]
-    workloads: Repository[Workload]
-    migration_targets: Repository[MigrationTarget]
-    migrations: MigrationRepository
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def credentials(self) -> Repository[Credentials]: ...
+
+    @property
+    def mount_points(self) -> Repository[MountPoint]: ...
+
+    @property
+    def workloads(self) -> Repository[Workload]: ...
+
+    @property
+    def migration_targets(self) -> Repository[MigrationTarget]: ...
+
+    @property
+    def migrations(self) -> MigrationRepository: ...
 
     def __enter__(self) -> UnitOfWork: ...
 

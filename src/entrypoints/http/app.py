@@ -4,6 +4,7 @@ lifetime of the services (runner started once the loop runs, storage closed last
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 from aiohttp import web
 
@@ -32,10 +33,17 @@ async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
         finally:
             await found.runner.stop()
     finally:
+        if found.write_executor is not None:
+            found.write_executor.shutdown()
         found.storage.close()
 
 
-def server_options(idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> dict[str, float]:
+class ServerOptions(TypedDict):
+    keepalive_timeout: float
+    lingering_time: float
+
+
+def server_options(idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> ServerOptions:
     """Connection limits for `web.run_app` or `web.AppRunner`: a connection that
     sends no request, or no complete headers, is closed after `idle_timeout`
     seconds (aiohttp's keep-alive timer also runs from the connection's start)."""

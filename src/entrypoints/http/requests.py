@@ -176,6 +176,14 @@ async def read(request: web.Request, function: Callable[P, T], *args: P.args, **
     return await call(function, *args, **kwargs)
 
 
+async def write(request: web.Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a use case that writes and touches nothing but storage, on the
+    storage's write executor (SQLite: commits shared between requests)."""
+    executor = services(request).write_executor
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
+
+
 async def call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a synchronous use case (storage, hashing) in a worker thread, off the event loop."""
     return await asyncio.to_thread(function, *args, **kwargs)

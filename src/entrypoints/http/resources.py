@@ -17,7 +17,7 @@ from migration_core import ListQuery, NotFound, Page
 
 from . import views
 from .openapi import WRITE_ERRORS, answers
-from .requests import BODY, QUERY, USER, call, json_body, query, read, services
+from .requests import BODY, QUERY, USER, call, json_body, query, read, services, write
 from .routes import Route
 from .views import View
 from .schemas import (
@@ -133,7 +133,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @json_body(schema)
     async def create_object(request: web.Request) -> web.Response:
-        created = await call(_create, resource, request)
+        created = await write(request, _create, resource, request)
         return web.json_response(resource.view(created), status=201)
 
     @docs(
@@ -156,7 +156,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
-        updated = await call(_update, resource, request)
+        updated = await write(request, _update, resource, request)
         return web.json_response(resource.view(updated))
 
     @docs(
@@ -168,7 +168,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @json_body(resource.schema(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
-        updated = await call(_update, resource, request)
+        updated = await write(request, _update, resource, request)
         return web.json_response(resource.view(updated))
 
     @docs(
@@ -180,7 +180,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         responses=answers({204: (None, "Deleted.")}, 401, 404, 409),
     )
     async def delete_object(request: web.Request) -> web.Response:
-        await call(resource.delete, services(request).storage, request[USER].id, object_id(request))
+        await write(request, resource.delete, services(request).storage, request[USER].id, object_id(request))
         return web.Response(status=204)
 
     return [
