@@ -7,7 +7,7 @@ import hmac
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -233,6 +233,9 @@ class Services:
     # Where writes run: SQLite batches them into shared commits; None means a
     # worker thread each. The app shuts it down before storage closes.
     write_executor: Executor | None = None
+    # Where password hashing runs: slow on purpose, and given fewer threads than
+    # there are cores, so logins never take the event loop's core.
+    password_executor: Executor = attrs.field(factory=lambda: _password_executor())
 
 
 RunnerFactory = Callable[[Storage, Clock, float], ServiceRunner]
@@ -296,6 +299,10 @@ def bootstrap(
         throttle=LoginThrottle(clock),
         write_executor=_write_executor(storage),
     )
+
+
+def _password_executor() -> Executor:
+    return ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="passwords")
 
 
 def _write_executor(storage: Storage) -> Executor | None:

@@ -10,6 +10,7 @@ from .accounts import (
     TokenPair,
     authenticate,
     login,
+    refresh_access,
     register_user,
     user_from_token,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "list_workloads",
     "login",
     "mark_interrupted",
+    "refresh_access",
     "register_user",
     "run_migration",
     "start_run",

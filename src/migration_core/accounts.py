@@ -130,6 +130,13 @@ def login(
     return tokens.issue(user.id)
 
 
+def refresh_access(storage: Storage, tokens: TokenIssuer, refresh_token: str) -> str:
+    """A new access token for a valid refresh token of a user who still exists."""
+    access = tokens.access_from_refresh(refresh_token)
+    user_from_token(storage, tokens, access)
+    return access
+
+
 def user_from_token(storage: Storage, tokens: TokenIssuer, access_token: str) -> User:
     """The live user an access token speaks for; a deleted user's token fails."""
     user_id = tokens.subject(access_token)

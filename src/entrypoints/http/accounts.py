@@ -7,10 +7,10 @@ import logging
 from aiohttp import web
 from aiohttp_apigami import docs
 
-from migration_core import login, register_user
+from migration_core import login, refresh_access, register_user
 
 from .openapi import WRITE_ERRORS, answers
-from .requests import BODY, call, json_body, services
+from .requests import BODY, call, hashing, json_body, read, services
 from .routes import Route
 from .schemas import (
     AccessTokenSchema,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 async def register(request: web.Request) -> web.Response:
     found = services(request)
     body = request[BODY]
-    user = await call(register_user, found.storage, found.hasher, body["username"], body["password"])
+    user = await hashing(request, register_user, found.storage, found.hasher, body["username"], body["password"])
     return web.json_response(UserSchema().dump(user), status=201)
 
 
@@ -55,7 +55,8 @@ async def register(request: web.Request) -> web.Response:
 async def obtain_tokens(request: web.Request) -> web.Response:
     found = services(request)
     body = request[BODY]
-    pair = await call(
+    pair = await hashing(
+        request,
         login, found.storage, found.hasher, found.throttle, found.tokens,
         body["username"], body["password"],
     )
@@ -71,7 +72,8 @@ async def obtain_tokens(request: web.Request) -> web.Response:
 )
 @json_body(RefreshSchema())
 async def refresh_token(request: web.Request) -> web.Response:
-    access = services(request).tokens.access_from_refresh(request[BODY]["refresh"])
+    found = services(request)
+    access = await read(request, refresh_access, found.storage, found.tokens, request[BODY]["refresh"])
     return web.json_response(AccessTokenSchema().dump({"access": access}))
 
 

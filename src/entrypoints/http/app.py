@@ -35,6 +35,7 @@ async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
     finally:
         if found.write_executor is not None:
             found.write_executor.shutdown()
+        found.password_executor.shutdown()
         found.storage.close()
 
 

@@ -184,6 +184,13 @@ async def write(request: web.Request, function: Callable[P, T], *args: P.args, *
     return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
 
 
+async def hashing(request: web.Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a use case that hashes or checks a password on the password threads."""
+    loop = asyncio.get_running_loop()
+    executor = services(request).password_executor
+    return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
+
+
 async def call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a synchronous use case (storage, hashing) in a worker thread, off the event loop."""
     return await asyncio.to_thread(function, *args, **kwargs)
