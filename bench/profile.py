@@ -9,6 +9,7 @@ Needs py-spy (`pip install py-spy`) and permission to trace a child process.
 from __future__ import annotations
 
 import argparse
+import os
 import collections
 import shutil
 import subprocess
@@ -60,7 +61,7 @@ def main() -> None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     with tempfile.TemporaryDirectory(prefix="migration-profile-") as tmp:
         stage = run.Stage(Path(tmp), runs=0, deep_rows=0)
-        raw = Path(tmp) / "profile.txt"
+        raw = Path(os.environ.get("PROFILE_RAW", Path(tmp) / "profile.txt"))
         try:
             recorder = subprocess.Popen(
                 [spy, "record", "-p", str(stage.service.pid), "-d", str(int(args.seconds) + 1),

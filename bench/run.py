@@ -108,7 +108,7 @@ def parallel(jobs: list[Callable[[], object]], workers: int = 16) -> list[object
 class Stage:
     """The service, the ceiling and the data every phase needs."""
 
-    def __init__(self, workdir: Path, runs: int, deep_rows: int) -> None:
+    def __init__(self, workdir: Path, runs: int, deep_rows: int, access_log: str = "off") -> None:
         self.workdir = workdir
         self.secret = secrets.token_hex(32)
         self.db = workdir / "bench.db"
@@ -132,6 +132,8 @@ class Stage:
                 self.secret,
                 "--run-seconds",
                 "3600",  # runs stay running for as long as a phase needs them
+                "--access-log",
+                access_log,
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -250,13 +252,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--runs", type=int, default=1000, help="migrations running in detail-under-runs")
     parser.add_argument("--deep-rows", type=int, default=100_000)
+    parser.add_argument("--access-log", choices=["on", "off"], default="off",
+                        help="the service's access log (its default is on; off as behind a logging proxy)")
     args = parser.parse_args()
     generator = "wrk" if loadgen.wrk_available() else "python aiohttp client"
     print(f"# load generator: {generator}; {args.connections} connections, {args.seconds:g} s a measurement, "
-          f"{args.repeat} interleaved repetitions; {os.cpu_count()} cores", flush=True)
+          f"{args.repeat} interleaved repetitions; {os.cpu_count()} cores; service access log {args.access_log}",
+          flush=True)
 
     with tempfile.TemporaryDirectory(prefix="migration-bench-") as tmp:
-        stage = Stage(Path(tmp), args.runs, args.deep_rows)
+        stage = Stage(Path(tmp), args.runs, args.deep_rows, args.access_log)
         try:
             measure(stage, args)
         finally:

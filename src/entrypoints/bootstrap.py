@@ -72,6 +72,9 @@ SETTINGS = [
             "seconds a connection may stay silent (no request, or headers unfinished) before it is closed"),
     Setting("body_timeout", "MIGRATION_BODY_TIMEOUT", "--body-timeout", "30",
             "seconds a request body may take to arrive in full; a slower one answers 408"),
+    Setting("access_log", "MIGRATION_ACCESS_LOG", "--access-log", "on",
+            "log one line per request: on or off (off saves about a third of a simple"
+            " read's cost; see docs/benchmarks.md)"),
     Setting("secret_key", "MIGRATION_SECRET_KEY", "--secret-key", None,
             f"key that signs tokens and encrypts stored passwords, at least {MIN_KEY_BYTES} bytes;"
             f" default: generated once and kept in {SECRET_KEY_FILE} beside the database"),
@@ -104,6 +107,13 @@ def _seconds(name: str, raw: str) -> float:
     return value
 
 
+def _switch(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise BadSetting(f"{_label(name)}: {raw!r} is neither on nor off")
+    return value == "on"
+
+
 def _positive_seconds(name: str, raw: str) -> float:
     value = _seconds(name, raw)
     if value == 0:
@@ -121,6 +131,7 @@ class Settings:
     refresh_ttl: int = 604800
     idle_timeout: float = 15.0
     body_timeout: float = 30.0
+    access_log: bool = True
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -166,6 +177,7 @@ class Settings:
             refresh_ttl=_integer("refresh_ttl", text("refresh_ttl"), low=1),
             idle_timeout=_positive_seconds("idle_timeout", text("idle_timeout")),
             body_timeout=_positive_seconds("body_timeout", text("body_timeout")),
+            access_log=_switch("access_log", text("access_log")),
             secret_key=secret_key,
         )
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from aiohttp import web
+from aiohttp.log import access_logger
 
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap
 
@@ -53,6 +54,7 @@ def serve(flags: dict[str, str | None]) -> int:
             host=settings.host,
             port=settings.port,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            access_log=access_logger if settings.access_log else None,
             **server_options(settings.idle_timeout),
             print=lambda _banner: print(
                 f"{PROG}: serving on http://{settings.host}:{settings.port} (Ctrl+C to stop)",
