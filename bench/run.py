@@ -297,6 +297,9 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
         go("deep-page first", loadgen.Load(stage.base, ["/api/v1/credentials/?limit=100&offset=0"], token=stage.deep_token))
         go("deep-page last", loadgen.Load(stage.base, [f"/api/v1/credentials/?limit=100&offset={last_offset}"],
                                           token=stage.deep_token))
+        # Not a target: the page farthest from both ends, the worst case.
+        go("deep-page middle", loadgen.Load(stage.base, [f"/api/v1/credentials/?limit=100&offset={last_offset // 2}"],
+                                            token=stage.deep_token))
         extra["rss"].append(rss_mb(stage.service.pid))
 
     def med(name: str, field: str) -> float:

@@ -574,22 +574,41 @@ class _Repository(Generic[E]):
         where, params = self._where(owner_id, query)
         if where is None:
             return 0, []
-        (count,) = self._uow.execute(
-            f"SELECT count(*) FROM {self._kind.table} WHERE {where}", params
-        ).fetchone()
+        count = self._count(owner_id, where, params, query)
         if count == 0 or query.limit <= 0 or query.offset >= count:
             return count, []
-        order = "DESC" if query.descending else "ASC"
+        # A deep page is walked to from whichever end of the index is nearer:
+        # the last page costs what the first does (the middle one, the most).
+        descending = query.descending
+        skip, take = query.offset, query.limit
+        from_end = count - query.offset - query.limit
+        if from_end < query.offset:
+            descending = not descending
+            skip, take = max(from_end, 0), min(query.limit, count - query.offset)
         # The page's ids come from the (owner_id, ...) index alone, so skipping
-        # a deep offset walks index entries, not rows.
+        # index entries never reads the rows themselves.
         rows = self._uow.execute(
             f"{self._select} WHERE id IN ("
             f" SELECT id FROM {self._kind.table} WHERE {where}"
-            f" ORDER BY id {order} LIMIT ? OFFSET ?"
-            f") ORDER BY id {order}",
-            [*params, query.limit, max(query.offset, 0)],
+            f" ORDER BY id {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?"
+            f") ORDER BY id {'DESC' if query.descending else 'ASC'}",
+            [*params, take, skip],
         ).fetchall()
         return count, self._entities(rows)
+
+    def _count(self, owner_id: int, where: str, params: list[Any], query: ListQuery) -> int:
+        if query.filters:
+            (count,) = self._uow.execute(
+                f"SELECT count(*) FROM {self._kind.table} WHERE {where}", params
+            ).fetchone()
+        else:
+            found = self._uow.execute(
+                "SELECT rows FROM owned_counts WHERE table_name = ? AND owner_id = ?",
+                [self._kind.table, owner_id],
+            ).fetchone()
+            count = found[0] if found else 0
+        assert isinstance(count, int)
+        return count
 
     @_translated
     def referrers(self, field: str, entity_id: int) -> list[int]:

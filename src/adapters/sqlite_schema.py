@@ -169,7 +169,48 @@ def _index_list_filters(db: Database) -> None:
         db.table(table).create_index(["owner_id", column], index_name=f"{table}_by_{column}")
 
 
-STEPS: list[Step] = [_create_tables, _index_list_filters]
+OWNED_TABLES = ["credentials", "mount_points", "workloads", "migration_targets", "migrations"]
+
+
+def _count_owned_rows(db: Database) -> None:
+    """Step 3: each owner's number of rows per table, kept by triggers, so an
+    unfiltered list knows its `count` without counting (an owner's rows are
+    never moved to another owner, so updates need no trigger)."""
+    db.execute(
+        """
+        CREATE TABLE owned_counts (
+            table_name TEXT NOT NULL,
+            owner_id INTEGER NOT NULL,
+            rows INTEGER NOT NULL CHECK (rows >= 0),
+            PRIMARY KEY (table_name, owner_id)
+        ) WITHOUT ROWID
+        """
+    )
+    for table in OWNED_TABLES:
+        db.execute(
+            f"""
+            CREATE TRIGGER {table}_counted_insert AFTER INSERT ON {table} BEGIN
+                INSERT INTO owned_counts (table_name, owner_id, rows)
+                VALUES ('{table}', NEW.owner_id, 1)
+                ON CONFLICT (table_name, owner_id) DO UPDATE SET rows = rows + 1;
+            END
+            """
+        )
+        db.execute(
+            f"""
+            CREATE TRIGGER {table}_counted_delete AFTER DELETE ON {table} BEGIN
+                UPDATE owned_counts SET rows = rows - 1
+                WHERE table_name = '{table}' AND owner_id = OLD.owner_id;
+            END
+            """
+        )
+        db.execute(
+            f"INSERT INTO owned_counts (table_name, owner_id, rows)"
+            f" SELECT '{table}', owner_id, count(*) FROM {table} GROUP BY owner_id"
+        )
+
+
+STEPS: list[Step] = [_create_tables, _index_list_filters, _count_owned_rows]
 LATEST_VERSION = len(STEPS)
 
 

@@ -77,9 +77,15 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
         page = core.list_migrations(storage, 1, core.ListQuery(filters={"state": "not_started"}))
         assert [m.id for m in page.items] == [1]
 
+        # Unfiltered counts come from the counts the upgrade filled in.
+        everything = core.ListQuery(limit=1000)
+        assert core.list_mount_points(storage, 1, everything).count == 2
+        assert core.list_credentials(storage, 1, everything).count == 1
+
         # It works, not merely reads: new objects, and a run to success.
         added = core.create_mount_point(storage, 1, name="E:\\", size=5)
         assert added.id == 3
+        assert core.list_mount_points(storage, 1, everything).count == 3
         clock = SystemClock()
         core.start_run(storage, clock, 1, 1)
         finished = core.complete_run(storage, clock, core.RunRef(1, 1))
@@ -88,7 +94,7 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
         storage.close()
 
     db = Database(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 3
     assert {f"{t}_by_{c}" for t, c in FILTER_INDEXES} <= index_names(db)
     plan = " ".join(
         str(row[-1])

@@ -458,6 +458,29 @@ def test_find_orders_by_id_either_way(world: World, many: list[MountPoint]) -> N
     assert count == 12 and [m.id for m in descending] == ids[::-1]
 
 
+def test_every_page_either_way_is_a_slice_of_the_whole_list(world: World, many: list[MountPoint]) -> None:
+    # Deletes and a rolled-back add must leave the count right too.
+    with world.storage.unit_of_work() as uow:
+        for gone in (many[3], many[-1]):
+            uow.mount_points.delete(world.alice, gone.id)
+        uow.commit()
+    with world.storage.unit_of_work() as uow:
+        uow.mount_points.add(MountPoint(world.alice, "never", 1))  # rolled back
+    ids = [m.id for m in many if m not in (many[3], many[-1])]
+    for descending in (False, True):
+        ordered = ids[::-1] if descending else ids
+        for filters in ({}, {"name": "data"}):
+            expected = [i for i in ordered if not filters or read(world.storage, "mount_points", world.alice, i).name == "data"]
+            for limit in range(1, len(ids) + 2):
+                for offset in range(len(ids) + 2):
+                    count, page = find(
+                        world.storage, "mount_points", world.alice,
+                        filters=filters, limit=limit, offset=offset, descending=descending,
+                    )
+                    assert count == len(expected)
+                    assert [m.id for m in page] == expected[offset : offset + limit], (limit, offset, descending)
+
+
 def test_find_pages(world: World, many: list[MountPoint]) -> None:
     assert find(world.storage, "mount_points", world.alice, limit=5, offset=0) == (12, many[:5])
     assert find(world.storage, "mount_points", world.alice, limit=5, offset=10) == (12, many[10:])
