@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run schema bench clean
+.PHONY: test run schema bench profile clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -24,9 +24,17 @@ run: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m entrypoints.http.schema_file schema.yaml
 
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 # Figures only, no pass or fail: see docs/benchmarks.md. Uses wrk when installed.
-bench: $(STAMP)
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Where the service spends a phase's time: make profile PHASE=list
+profile: $(VENV)/.bench-installed
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/profile.py $(PHASE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
