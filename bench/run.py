@@ -196,15 +196,18 @@ class Stage:
 
         deep = Api(self.base)
         owner = deep.sign_up("deep")
-        settings = Settings(storage=f"sqlite:///{self.db}", secret_key=self.secret)
-        storage = bootstrap(settings).storage
+        # The service's own composition root, so the key is derived as it derives it.
+        services = bootstrap(Settings(storage=f"sqlite:///{self.db}", secret_key=self.secret))
         try:
-            with storage.unit_of_work() as uow:
+            with services.storage.unit_of_work() as uow:
                 for i in range(rows):
                     uow.credentials.add(core.Credentials(owner, f"deep{i}", "pw", ""))
                 uow.commit()
         finally:
-            storage.close()
+            for executor in (services.write_executor, services.password_executor):
+                if executor is not None:
+                    executor.shutdown()
+            services.storage.close()
         return deep.token, rows
 
     def run_all(self, action: str) -> None:
