@@ -230,7 +230,10 @@ class _Repository(Generic[E]):
         return self._name.replace("_", " ").capitalize()
 
     def _check(self, entity: E) -> None:
-        """The constraints a database would enforce: references must exist."""
+        """The constraints a database would enforce: the owner and every
+        referenced row must exist."""
+        if entity.owner_id not in self._uow.table("users"):
+            raise Conflict(f"{self._noun} refer to a missing user {entity.owner_id}.")
         for table, field, referred in REFERENCES:
             if table != self._name:
                 continue

@@ -550,3 +550,11 @@ def test_referrers_name_the_objects_that_point_at_one(world: World) -> None:
             second.id,
         ]
         assert uow.workloads.referrers("credentials_id", world.bobs_credentials.id) == []
+
+
+def test_an_owner_must_be_a_user(storage: Storage) -> None:
+    with storage.unit_of_work() as uow:
+        with pytest.raises(Conflict):
+            uow.credentials.add(Credentials(424242, "admin", "pw"))
+    with storage.unit_of_work(write=False) as uow:
+        assert uow.credentials.find(424242, ListQuery()) == (0, [])

@@ -75,6 +75,20 @@ class Inventory:
         )
 
 
+OWNERS = 5
+
+
+def owned_storage(owners: int = OWNERS) -> MemoryStorage:
+    """In-memory storage with users 1 to `owners`, the owners tests act for:
+    like SQLite, it refuses objects of an owner who is not a user."""
+    storage = MemoryStorage()
+    with storage.unit_of_work() as uow:
+        for number in range(1, owners + 1):
+            uow.users.add(core.User(f"owner{number}", "not-a-real-hash"))
+        uow.commit()
+    return storage
+
+
 def build_inventory(
     storage: MemoryStorage | None = None,
     *,
@@ -83,7 +97,7 @@ def build_inventory(
     ip: str = "10.0.0.1",
     cloud_type: str = "aws",
 ) -> Inventory:
-    storage = MemoryStorage() if storage is None else storage
+    storage = owned_storage() if storage is None else storage
     credentials = core.create_credentials(
         storage, owner_id, username="admin", password="s3cret!", domain="corp"
     )

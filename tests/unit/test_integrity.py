@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 import migration_core as core
 from adapters.memory import MemoryStorage
 
+from .support import owned_storage
+
 OWNER = 1
 DRIVES = ["C:\\", "D:\\", "E:\\", "/var", "/home"]
 
@@ -163,7 +165,7 @@ def _named_referrers(message: str) -> set[tuple[str, int]]:
 def test_a_referenced_object_is_never_deleted_and_the_refusal_names_its_referrers(
     plan: Plan, kind: str, index: int
 ) -> None:
-    storage = MemoryStorage()
+    storage = owned_storage()
     built = _build(storage, plan)
     if not built.ids[kind]:
         return
@@ -189,7 +191,7 @@ def test_a_referenced_object_is_never_deleted_and_the_refusal_names_its_referrer
 @given(plans())
 def test_everything_deletes_once_its_referrers_are_gone(plan: Plan) -> None:
     """Deleting in reverse order of reference always succeeds and empties the owner."""
-    storage = MemoryStorage()
+    storage = owned_storage()
     built = _build(storage, plan)
     for kind in ["migration", "migration target", "workload", "mount point", "credentials"]:
         for entity_id in built.ids[kind]:
@@ -211,7 +213,7 @@ SIX_REFERENCES = [
 @given(st.sampled_from(SIX_REFERENCES))
 def test_each_kind_of_reference_blocks_the_delete_of_what_it_points_at(reference: str) -> None:
     """Each reference alone, so every one is exercised on every run."""
-    storage = MemoryStorage()
+    storage = owned_storage()
     credentials = [
         core.create_credentials(storage, OWNER, username=f"u{i}", password="pw").id
         for i in range(2)

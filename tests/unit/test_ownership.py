@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import migration_core as core
 from adapters.memory import MemoryStorage
 
-from .support import FakeClock, Inventory, ManualRunner, build_inventory, field_errors
+from .support import FakeClock, Inventory, ManualRunner, build_inventory, field_errors, owned_storage
 
 KINDS = ["credentials", "mount_point", "workload", "migration_target", "migration"]
 
@@ -56,7 +56,7 @@ def _everything(storage: MemoryStorage, owner: int) -> list[list[Any]]:
 
 @given(st.sampled_from(KINDS), st.sampled_from(["get", "update", "delete"]))
 def test_another_owners_object_cannot_be_read_changed_or_deleted(kind: str, action: str) -> None:
-    storage = MemoryStorage()
+    storage = owned_storage()
     victim, intruder, ids = _world(storage)
     before = _everything(storage, victim.owner_id)
     with pytest.raises(core.NotFound):
@@ -75,7 +75,7 @@ def test_another_owners_object_cannot_be_read_changed_or_deleted(kind: str, acti
 
 @given(st.integers(1, 4), st.sampled_from(["username", "name", "ip", "cloud_type", "state"]))
 def test_lists_hold_only_the_callers_objects(owners: int, filtered_on: str) -> None:
-    storage = MemoryStorage()
+    storage = owned_storage()
     for owner in range(1, owners + 1):
         build_inventory(storage, owner_id=owner).migration()
     filters = {
@@ -96,7 +96,7 @@ def test_lists_hold_only_the_callers_objects(owners: int, filtered_on: str) -> N
 
 @given(st.sampled_from(["run", "cancel"]))
 def test_another_owners_migration_cannot_be_run_or_cancelled(action: str) -> None:
-    storage = MemoryStorage()
+    storage = owned_storage()
     victim, intruder, ids = _world(storage)
     clock, runner = FakeClock(), ManualRunner()
     if action == "cancel":
@@ -169,7 +169,7 @@ def _refer(storage: MemoryStorage, me: Inventory, other: Inventory, reference: s
 def test_a_reference_to_another_owners_object_is_invalid_input_naming_the_field(
     reference: str, update: bool
 ) -> None:
-    storage = MemoryStorage()
+    storage = owned_storage()
     victim, intruder, _ = _world(storage)
     before = _everything(storage, victim.owner_id)
     with pytest.raises(core.InvalidInput) as refused:

@@ -10,9 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
-from adapters.memory import MemoryStorage
 
-from .support import Volume, build_inventory, field_errors, spellings, stems, volume_identity
+from .support import Volume, build_inventory, field_errors, owned_storage, spellings, stems, volume_identity
 
 
 def _spellings_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st.SearchStrategy[str]:
@@ -58,7 +57,7 @@ def test_two_workloads_of_one_owner_never_share_an_ip(
 def test_workloads_of_different_owners_may_share_an_ip(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, owners: int
 ) -> None:
-    storage = MemoryStorage()
+    storage = owned_storage()
     workloads = [
         build_inventory(storage, owner_id=owner, ip=str(address)).workload
         for owner in range(1, owners + 1)
