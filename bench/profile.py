@@ -9,7 +9,6 @@ Needs py-spy (`pip install py-spy`) and permission to trace a child process.
 from __future__ import annotations
 
 import argparse
-import os
 import collections
 import shutil
 import subprocess
@@ -55,13 +54,14 @@ def main() -> None:
     parser.add_argument("phase", choices=["detail", "list", "create", "detail-under-logins"])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks in this file")
     args = parser.parse_args()
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     with tempfile.TemporaryDirectory(prefix="migration-profile-") as tmp:
         stage = run.Stage(Path(tmp), runs=0, deep_rows=0)
-        raw = Path(os.environ.get("PROFILE_RAW", Path(tmp) / "profile.txt"))
+        raw = args.raw or Path(tmp) / "profile.txt"
         try:
             recorder = subprocess.Popen(
                 [spy, "record", "-p", str(stage.service.pid), "-d", str(int(args.seconds) + 1),

@@ -4,11 +4,12 @@ Threading model
 ---------------
 Each thread gets its own connection to the file, opened lazily the first time
 that thread starts a unit of work; a connection is never shared between
-threads. The aiohttp service runs every use case in a worker thread (an
-asyncio executor), so the event loop never waits on the disk, and many threads
-use one `SqliteStorage` at once. Reads, which never wait under WAL, may also
-run on the event loop's own thread (`reads_never_wait`). `close()` closes every connection still open;
-a connection of a thread that has ended is closed when that thread goes away.
+threads, and many threads use one `SqliteStorage` at once. The aiohttp service
+runs reads on the event loop's own thread (`reads_never_wait`: a WAL read never
+waits for a writer), resource writes on the group-commit thread
+(`sqlite_group_commit`), and other use cases in worker threads. `close()`
+closes every connection still open; a connection of a thread that has ended is
+closed when that thread goes away.
 A unit of work belongs to the thread that entered it.
 
 Transactions

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
@@ -179,18 +180,20 @@ async def read(request: web.Request, function: Callable[P, T], *args: P.args, **
 async def write(request: web.Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a use case that writes and touches nothing but storage, on the
     storage's write executor (SQLite: commits shared between requests)."""
-    executor = services(request).write_executor
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
+    return await _on(services(request).write_executor, function, *args, **kwargs)
 
 
 async def hashing(request: web.Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a use case that hashes or checks a password on the password threads."""
-    loop = asyncio.get_running_loop()
-    executor = services(request).password_executor
-    return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
+    return await _on(services(request).password_executor, function, *args, **kwargs)
 
 
 async def call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a synchronous use case (storage, hashing) in a worker thread, off the event loop."""
-    return await asyncio.to_thread(function, *args, **kwargs)
+    """Run any other synchronous use case in a worker thread, off the event loop."""
+    return await _on(None, function, *args, **kwargs)
+
+
+async def _on(executor: Executor | None, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`function` on `executor` (None: the loop's default one)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(function, *args, **kwargs))
