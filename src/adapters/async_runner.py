@@ -1,5 +1,6 @@
 """The asyncio runner: carries out the simulated copies of many migrations in
-one event loop without per-migration tasks.
+one event loop without per-migration tasks, as one service instance among
+those sharing the storage (`adapters.instances`).
 
 One ticker task wakes every `tick` seconds (or sooner, when a run is due),
 computes every active run's progress from monotonic time, and persists all of
@@ -8,6 +9,12 @@ completed in the same job. Storage is synchronous, so every storage call runs
 in the runner's own one-thread executor: the event loop never waits on it, the
 ticker's writes are serialised, and HTTP requests using the loop's default
 executor never queue behind the ticker (nor the ticker behind them).
+
+Instances: `start` registers this instance and marks interrupted the runs of
+instances that are gone (never those of a live one); the ticker renews the
+lease three times a lease period and looks for runs of gone instances once a
+lease period, so a run whose instance vanished is interrupted within two lease
+periods; `stop` marks only this instance's own runs interrupted.
 
 Threading: `launch` and `cancel` are called from worker threads (the core calls
 them after committing a start or a cancel). The table of active runs is guarded
@@ -47,6 +54,8 @@ from migration_core import (
     fail_run,
     mark_interrupted,
 )
+
+from .instances import Instance, InstanceRegistry, MemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,8 @@ class AsyncRunner:
         tick: float = 0.5,
         monotonic: Callable[[], float] = time.monotonic,
         completion_budget: float | None = None,
+        registry: InstanceRegistry | None = None,
+        instance: Instance | None = None,
     ) -> None:
         if duration < 0:
             raise ValueError(f"duration must be >= 0 seconds, not {duration}")
@@ -103,6 +114,10 @@ class AsyncRunner:
         # Completions in one job stop after this long, so progress of the other
         # runs is still written about once a tick during a burst of completions.
         self._completion_budget = tick / 2 if completion_budget is None else completion_budget
+        self._registry: InstanceRegistry = registry or MemoryRegistry()
+        self._instance = instance or Instance.this_process(lease_seconds=15.0)
+        self._renewed_at = 0.0  # monotonic
+        self._scanned_at = 0.0  # monotonic
         self._runs: dict[int, _Run] = {}
         self._table_lock = threading.Lock()
         self._carry_lock = threading.Lock()
@@ -114,33 +129,31 @@ class AsyncRunner:
 
     # -- lifecycle (on the event loop) ------------------------------------
 
+    @property
+    def instance_id(self) -> str:
+        return self._instance.id
+
     async def start(self) -> None:
-        """Mark runs left `running` by a stopped or crashed process as
+        """Register this instance, mark the runs of instances that are gone as
         interrupted, then start carrying out new runs."""
         if self._loop is not None:
             raise RuntimeError("the runner is already started")
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migration-runner")
         try:
-            interrupted = await self._in_executor(mark_interrupted, self._storage, self._clock)
+            await self._in_executor(self._keep_lease, True)
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor, self._loop = None, None
             raise
-        if interrupted:
-            log.warning(
-                "marked %d migration(s) left running as interrupted: %s",
-                len(interrupted),
-                ", ".join(map(str, interrupted)),
-            )
         self._wake = asyncio.Event()
         self._ticker = asyncio.create_task(self._tick_forever(), name="migration-runner-ticker")
         with self._table_lock:
             self._accepting = True
 
-    async def stop(self) -> None:
-        """Stop the ticker and mark every run still being carried out as
-        interrupted, so it can be run again after a restart."""
+    async def stop(self) -> int:
+        """Stop the ticker and mark every run this instance still carries as
+        interrupted, so it can be run again; how many were."""
         with self._table_lock:
             self._accepting = False
             left = list(self._runs.values())
@@ -153,13 +166,13 @@ class AsyncRunner:
                 await self._ticker
             self._ticker = None
         if self._executor is None:
-            return
-        if left:
-            # Queued behind any job the ticker left running: the executor has one thread.
-            await self._in_executor(self._interrupt, left)
+            return 0
+        # Queued behind any job the ticker left running: the executor has one thread.
+        interrupted = await self._in_executor(self._leave, left)
         self._executor.shutdown(wait=True)
         self._executor = None
         self._loop = None
+        return interrupted
 
     # -- the Runner port (any thread) -------------------------------------
 
@@ -238,9 +251,14 @@ class AsyncRunner:
         return min(starts) + self._duration if starts else None
 
     async def _step(self) -> bool:
-        """Write the progress of every active run and complete the due ones.
-        True when due runs were left for an immediate next step."""
+        """Keep the lease, write the progress of every active run and complete
+        the due ones. True when due runs were left for an immediate next step."""
         now = self._monotonic()
+        if now - self._renewed_at >= self._instance.lease_seconds / 3:
+            try:
+                await self._in_executor(self._keep_lease, False)
+            except Exception:
+                log.exception("could not renew this instance's lease; retrying at the next tick")
         with self._table_lock:
             runs = list(self._runs.values())
         if not runs:
@@ -333,12 +351,46 @@ class AsyncRunner:
                     return False
                 return True
 
-    def _interrupt(self, runs: Sequence[_Run]) -> None:
-        for run in runs:
-            try:
-                fail_run(self._storage, self._clock, run.ref, INTERRUPTED)
-            except NotFound:
-                pass
-            except Exception:
-                # Left `running`: the next start marks it interrupted.
-                log.exception("could not mark migration %d interrupted", run.ref.migration_id)
+    def _keep_lease(self, starting: bool) -> None:
+        """Register or renew this instance; once a lease period (and at start),
+        mark interrupted the runs of instances that are gone."""
+        now = self._monotonic()
+        wall = self._clock.now().timestamp()
+        if starting:
+            self._registry.register(self._instance, wall)
+        else:
+            self._registry.renew(self._instance, wall)
+        self._renewed_at = now
+        if starting or now - self._scanned_at >= self._instance.lease_seconds:
+            self._scanned_at = now
+            self._interrupt_orphans(wall)
+
+    def _interrupt_orphans(self, wall: float) -> None:
+        with self._storage.unit_of_work(write=False) as uow:
+            carrying = uow.migrations.running_instances() - {self._instance.id}
+        gone = self._registry.gone(carrying, wall) if carrying else set()
+        if not gone:
+            return
+        with self._carry_lock:
+            interrupted = mark_interrupted(self._storage, self._clock, gone)
+        if interrupted:
+            log.warning(
+                "marked %d migration(s) of instances that are gone as interrupted: %s",
+                len(interrupted),
+                ", ".join(map(str, interrupted)),
+            )
+
+    def _leave(self, runs: Sequence[_Run]) -> int:
+        """Mark this instance's runs interrupted (those carried, and any other
+        storage says it carries), then leave the register."""
+        interrupted = 0
+        try:
+            interrupted = len(mark_interrupted(self._storage, self._clock, {self._instance.id}))
+        except Exception:
+            # Left `running`: the other instances, or the next start, mark them.
+            log.exception("could not mark %d run(s) of this instance interrupted", len(runs))
+        try:
+            self._registry.deregister(self._instance)
+        except Exception:
+            log.exception("could not leave the register of instances")
+        return interrupted

@@ -2,33 +2,37 @@
 
 One lock serialises units of work, so it is safe from many threads; each unit
 keeps an undo log and rolls its changes back unless committed. It enforces the
-same constraints as the SQLite schema (unique ip per owner, a mount point in one
+same constraints as the SQL schema (unique ip per owner, a mount point in one
 workload, one running migration per target, unique usernames, references that
-must exist and that block deletes), so the two behave alike."""
+must exist and that block deletes), and refuses in the same words
+(`refusals`), so they behave alike. A unit entered inside another on the same
+thread is a savepoint of it, as in SQL: when the outer unit rolls back, what
+the inner one committed goes too."""
 
 from __future__ import annotations
 
 import enum
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import attrs
 
 from migration_core import (
-    Conflict,
     Credentials,
     ListQuery,
     Migration,
     MigrationState,
     MigrationTarget,
     MountPoint,
-    NotFound,
     User,
     Workload,
 )
+
+from . import refusals
+from .instances import MemoryRegistry
 
 E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration)
 
@@ -63,20 +67,24 @@ class _Tables:
                 "workloads",
                 "migration_targets",
                 "migrations",
+                "login_failures",
             )
         }
         self.ids = {name: itertools.count(1) for name in self.rows}
 
 
 class MemoryStorage:
-    reads_never_wait = False  # a read waits for the lock a writing unit holds
-
     def __init__(self) -> None:
         self._tables = _Tables()
         self._lock = threading.RLock()
+        self._open = threading.local()  # this thread's units, outermost first
+        self._registry = MemoryRegistry()
 
     def unit_of_work(self, *, write: bool = True) -> MemoryUnitOfWork:
-        return MemoryUnitOfWork(self._tables, self._lock)
+        return MemoryUnitOfWork(self._tables, self._lock, self._open)
+
+    def instance_registry(self) -> MemoryRegistry:
+        return self._registry
 
     def check(self) -> None:
         """Memory always answers."""
@@ -86,9 +94,10 @@ class MemoryStorage:
 
 
 class MemoryUnitOfWork:
-    def __init__(self, tables: _Tables, lock: threading.RLock) -> None:
+    def __init__(self, tables: _Tables, lock: threading.RLock, open_units: threading.local) -> None:
         self._tables = tables
         self._lock = lock
+        self._open_units = open_units
         self._undo: list[tuple[str, int, Any]] = []
         self._committed = False
         self.users = _Users(self)
@@ -97,12 +106,21 @@ class MemoryUnitOfWork:
         self.workloads = _Workloads(self, "workloads")
         self.migration_targets: _Repository[MigrationTarget] = _Repository(self, "migration_targets")
         self.migrations = _Migrations(self, "migrations")
+        self.login_failures = _LoginFailures(self)
 
     def __enter__(self) -> MemoryUnitOfWork:
         self._lock.acquire()
         self._undo.clear()
         self._committed = False
+        self._stack.append(self)
         return self
+
+    @property
+    def _stack(self) -> list[MemoryUnitOfWork]:
+        stack: list[MemoryUnitOfWork] | None = getattr(self._open_units, "stack", None)
+        if stack is None:
+            stack = self._open_units.stack = []
+        return stack
 
     def __exit__(
         self,
@@ -119,10 +137,15 @@ class MemoryUnitOfWork:
                         self._tables.rows[table][row_id] = previous
             self._undo.clear()
         finally:
+            self._stack.pop()
             self._lock.release()
 
     def commit(self) -> None:
         self._committed = True
+        stack = self._stack
+        if len(stack) > 1:
+            # A savepoint released: its changes become the outer unit's to undo.
+            stack[-2]._undo.extend(self._undo)
         self._undo.clear()
 
     # -- used by the repositories --
@@ -148,7 +171,7 @@ class _Users:
 
     def add(self, user: User) -> User:
         if self.by_username(user.username) is not None:
-            raise Conflict(f"The username {user.username!r} is taken.")
+            raise refusals.username_taken(user.username)
         stored = attrs.evolve(user, id=self._uow.next_id("users"))
         self._uow.write("users", stored.id, stored)
         return stored
@@ -156,7 +179,7 @@ class _Users:
     def get(self, user_id: int) -> User:
         user: User | None = self._uow.table("users").get(user_id)
         if user is None:
-            raise NotFound(f"User {user_id} not found.")
+            raise refusals.not_found("users", user_id)
         return user
 
     def by_username(self, username: str) -> User | None:
@@ -170,7 +193,7 @@ class _Users:
             if name != "users" and any(row.owner_id == user_id for row in rows.values())
         ]
         if owned:
-            raise Conflict(f"User {user_id} still owns {', '.join(owned)}.")
+            raise refusals.still_owns(user_id, owned)
         self._uow.write("users", user_id, None)
 
 
@@ -192,7 +215,7 @@ class _Repository(Generic[E]):
     def get(self, owner_id: int, entity_id: int) -> E:
         entity = self._rows.get(entity_id)
         if entity is None or entity.owner_id != owner_id:
-            raise NotFound(f"{self._noun} {entity_id} not found.")
+            raise refusals.not_found(self._name, entity_id)
         return entity
 
     def update(self, entity: E) -> E:
@@ -205,7 +228,7 @@ class _Repository(Generic[E]):
         self.get(owner_id, entity_id)
         for table, field, referred in REFERENCES:
             if referred == self._name and self._referrers_in(table, field, entity_id):
-                raise Conflict(f"{self._noun} {entity_id} is still referred to by {table}.")
+                raise refusals.still_referred(self._name, entity_id, table)
         self._uow.write(self._name, entity_id, None)
 
     def find(self, owner_id: int, query: ListQuery) -> tuple[int, list[E]]:
@@ -225,22 +248,18 @@ class _Repository(Generic[E]):
         rows: dict[int, Any] = self._uow.table(table)
         return sorted(i for i, row in rows.items() if entity_id in _ids_in(row, field))
 
-    @property
-    def _noun(self) -> str:
-        return self._name.replace("_", " ").capitalize()
-
     def _check(self, entity: E) -> None:
         """The constraints a database would enforce: the owner and every
         referenced row must exist."""
         if entity.owner_id not in self._uow.table("users"):
-            raise Conflict(f"{self._noun} refer to a missing user {entity.owner_id}.")
+            raise refusals.missing_owner(entity.owner_id)
         for table, field, referred in REFERENCES:
             if table != self._name:
                 continue
             rows = self._uow.table(referred)
             for ref in _ids_in(entity, field):
                 if ref not in rows or rows[ref].owner_id != entity.owner_id:
-                    raise Conflict(f"{field} refers to a missing {referred} row {ref}.")
+                    raise refusals.missing_reference(field, referred, ref)
 
 
 class _Workloads(_Repository[Workload]):
@@ -250,23 +269,29 @@ class _Workloads(_Repository[Workload]):
             if other.id == entity.id or other.owner_id != entity.owner_id:
                 continue
             if other.ip == entity.ip:
-                raise Conflict(f"Workload {other.id} already has ip {entity.ip}.")
+                raise refusals.ip_taken(other.id, entity.ip)
             shared = set(other.mount_point_ids) & set(entity.mount_point_ids)
             if shared:
-                raise Conflict(
-                    f"Mount point {min(shared)} already belongs to workload {other.id}."
-                )
+                raise refusals.mount_point_taken(min(shared), other.id)
 
 
 class _Migrations(_Repository[Migration]):
     def update_if(self, migration: Migration, expected: Sequence[MigrationState]) -> Migration:
         current = self.get(migration.owner_id, migration.id)
         if current.state not in expected:
-            raise Conflict(f"Migration {migration.id} is {current.state.value}.")
+            raise refusals.not_in_state(migration.id, current.state.value)
         return self.update(migration)
 
-    def running(self) -> list[Migration]:
-        return [m for m in self._rows.values() if m.state is MigrationState.RUNNING]
+    def running(self, instance_ids: Collection[str | None] | None = None) -> list[Migration]:
+        return [
+            m
+            for m in sorted(self._rows.values(), key=lambda m: m.id)
+            if m.state is MigrationState.RUNNING
+            and (instance_ids is None or m.instance_id in instance_ids)
+        ]
+
+    def running_instances(self) -> set[str | None]:
+        return {m.instance_id for m in self.running()}
 
     def _check(self, entity: Migration) -> None:
         super()._check(entity)
@@ -277,9 +302,23 @@ class _Migrations(_Repository[Migration]):
                     and other.state is MigrationState.RUNNING
                     and other.migration_target_id == entity.migration_target_id
                 ):
-                    raise Conflict(
-                        f"Migration target {entity.migration_target_id} is busy"
-                        f" with migration {other.id}."
-                    )
+                    raise refusals.target_busy(entity.migration_target_id, other.id)
 
 
+
+
+class _LoginFailures:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def add(self, username: str, at: float) -> None:
+        self._uow.write("login_failures", self._uow.next_id("login_failures"), (username, at))
+
+    def since(self, username: str, moment: float) -> list[float]:
+        rows: dict[int, tuple[str, float]] = self._uow.table("login_failures")
+        return sorted(at for name, at in rows.values() if name == username and at > moment)
+
+    def forget(self, username: str, before: float) -> None:
+        rows: dict[int, tuple[str, float]] = self._uow.table("login_failures")
+        for row_id in [i for i, (name, at) in rows.items() if name == username and at <= before]:
+            self._uow.write("login_failures", row_id, None)

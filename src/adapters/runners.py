@@ -10,6 +10,8 @@ from migration_core import Clock, Migration, RunRef, Storage, advance_runs, comp
 
 
 class BlockingRunner:
+    instance_id: str | None = None  # no service instance: the calling program carries the run
+
     def __init__(
         self,
         storage: Storage,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections import deque
 from typing import Protocol
 
 import attrs
@@ -61,42 +59,34 @@ def register_user(storage: Storage, hasher: PasswordHasher, username: str, passw
 
 class LoginThrottle:
     """After `limit` failed logins for one username within `window` seconds,
-    every login for it is refused until the oldest failure leaves the window."""
+    every login for it is refused until the oldest failure leaves the window.
+    Failures are kept in storage, so every instance sharing it counts them."""
 
-    def __init__(self, clock: Clock, limit: int = 10, window: float = 60.0) -> None:
+    def __init__(self, storage: Storage, clock: Clock, limit: int = 10, window: float = 60.0) -> None:
+        self._storage = storage
         self._clock = clock
         self._limit = limit
         self._window = window
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, username: str, now: float) -> deque[float]:
-        failures = self._failures.get(username, deque())
-        while failures and failures[0] <= now - self._window:
-            failures.popleft()
-        if not failures:
-            self._failures.pop(username, None)
-        return failures
 
     def check(self, username: str) -> None:
         now = self._clock.now().timestamp()
-        with self._lock:
-            failures = self._recent(username, now)
-            if len(failures) >= self._limit:
-                # Let in again once fewer than `limit` failures remain in the window;
-                # concurrent logins may have pushed the count past the limit.
-                released = failures[-self._limit] + self._window
-                retry_after = max(1, math.ceil(released - now))
-                raise Throttled(
-                    "Too many failed logins for this username; try again later.", retry_after
-                )
+        with self._storage.unit_of_work(write=False) as uow:
+            failures = uow.login_failures.since(username, now - self._window)
+        if len(failures) >= self._limit:
+            # Let in again once fewer than `limit` failures remain in the window;
+            # concurrent logins may have pushed the count past the limit.
+            released = failures[-self._limit] + self._window
+            retry_after = max(1, math.ceil(released - now))
+            raise Throttled(
+                "Too many failed logins for this username; try again later.", retry_after
+            )
 
     def failed(self, username: str) -> None:
         now = self._clock.now().timestamp()
-        with self._lock:
-            failures = self._recent(username, now)
-            failures.append(now)
-            self._failures[username] = failures
+        with self._storage.unit_of_work() as uow:
+            uow.login_failures.forget(username, now - self._window)
+            uow.login_failures.add(username, now)
+            uow.commit()
 
 
 def authenticate(

@@ -205,4 +205,6 @@ class Migration:
     finished_at: datetime | None = None
     # The source as it was when the current run started; what success copies.
     snapshot: TargetVm | None = None
+    # The service instance carrying the current (or last) run.
+    instance_id: str | None = None
     id: int = UNSAVED

@@ -3,7 +3,7 @@ them structurally, without inheriting."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
@@ -82,6 +82,21 @@ class UserRepository(Protocol):
     def delete(self, user_id: int) -> None: ...
 
 
+class LoginFailureRepository(Protocol):
+    """Failed logins, as seconds since the epoch, kept where every instance
+    of the service sees them."""
+
+    def add(self, username: str, at: float) -> None: ...
+
+    def since(self, username: str, moment: float) -> list[float]:
+        """The failures of `username` after `moment`, oldest first."""
+        ...
+
+    def forget(self, username: str, before: float) -> None:
+        """Drop the failures of `username` at or before `before`."""
+        ...
+
+
 class MigrationRepository(Repository[Migration], Protocol):
     def update_if(self, migration: Migration, expected: Sequence[MigrationState]) -> Migration:
         """Store `migration` only while the stored state is one of `expected`
@@ -89,8 +104,13 @@ class MigrationRepository(Repository[Migration], Protocol):
         second running migration into one target."""
         ...
 
-    def running(self) -> list[Migration]:
-        """Every running migration, of every owner."""
+    def running(self, instance_ids: Collection[str | None] | None = None) -> list[Migration]:
+        """Every running migration, of every owner, in id order; only those
+        carried by one of `instance_ids` when given."""
+        ...
+
+    def running_instances(self) -> set[str | None]:
+        """The instances carrying running migrations (None: not recorded)."""
         ...
 
 
@@ -115,6 +135,9 @@ class UnitOfWork(Protocol):
     @property
     def migrations(self) -> MigrationRepository: ...
 
+    @property
+    def login_failures(self) -> LoginFailureRepository: ...
+
     def __enter__(self) -> UnitOfWork: ...
 
     def __exit__(
@@ -128,10 +151,6 @@ class UnitOfWork(Protocol):
 
 
 class Storage(Protocol):
-    # True where a read-only unit never waits for a writer (SQLite's WAL
-    # snapshots), so an event loop may run short reads itself.
-    reads_never_wait: bool
-
     def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
         """A new transaction; `write=False` promises it only reads, which lets
         storage run it alongside writers."""
@@ -146,6 +165,12 @@ class Storage(Protocol):
 
 class Runner(Protocol):
     """Carries out the copy of a migration the core has just started."""
+
+    @property
+    def instance_id(self) -> str | None:
+        """The service instance this runner belongs to, recorded with each run
+        it starts (None: none, as in a program that embeds the core)."""
+        ...
 
     def launch(self, migration: Migration) -> None: ...
 

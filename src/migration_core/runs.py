@@ -5,7 +5,7 @@ copy (`complete_run`, `fail_run`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import attrs
 
@@ -54,7 +54,9 @@ def copy_progress(volumes: Sequence[Volume], elapsed: float, duration: float) ->
     return min(99, math.floor(100 * copied / total))
 
 
-def _start(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int) -> Migration:
+def _start(
+    uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int, instance_id: str | None
+) -> Migration:
     migration = uow.migrations.get(owner_id, migration_id)
     if migration.state is RUNNING:
         raise Conflict(f"Migration {migration_id} is already running.")
@@ -99,15 +101,24 @@ def _start(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int) -> M
         started_at=clock.now(),
         finished_at=None,
         snapshot=snapshot,
+        instance_id=instance_id,
     )
     return uow.migrations.update_if(started, expected=STARTABLE)
 
 
-def start_run(storage: Storage, clock: Clock, owner_id: int, migration_id: int) -> Migration:
-    """Move a migration to `running`, or raise Conflict saying why it may not.
-    Storage makes the move a compare-and-set, so of concurrent starts one wins."""
+def start_run(
+    storage: Storage,
+    clock: Clock,
+    owner_id: int,
+    migration_id: int,
+    *,
+    instance_id: str | None = None,
+) -> Migration:
+    """Move a migration to `running`, carried by the instance `instance_id`,
+    or raise Conflict saying why it may not. Storage makes the move a
+    compare-and-set, so of concurrent starts one wins."""
     with storage.unit_of_work() as uow:
-        started = _start(uow, clock, owner_id, migration_id)
+        started = _start(uow, clock, owner_id, migration_id, instance_id)
         uow.commit()
     return started
 
@@ -117,7 +128,7 @@ def launch_run(
 ) -> Migration:
     """Start a run and hand it to the runner; the migration as started (state
     `running`), whatever a background runner has done with it since."""
-    started = start_run(storage, clock, owner_id, migration_id)
+    started = start_run(storage, clock, owner_id, migration_id, instance_id=runner.instance_id)
     try:
         runner.launch(started)
     except Exception as exc:
@@ -210,13 +221,16 @@ def cancel_run(
     return cancelled
 
 
-def mark_interrupted(storage: Storage, clock: Clock) -> list[int]:
-    """At start-up: runs left `running` by a process that stopped or crashed
-    become `error` / `interrupted`, so they can be run again."""
+def mark_interrupted(
+    storage: Storage, clock: Clock, instance_ids: Collection[str | None] | None = None
+) -> list[int]:
+    """Runs left `running` by an instance that stopped or crashed (by any,
+    when `instance_ids` is None) become `error` / `interrupted`, so they can
+    be run again; their ids."""
     with storage.unit_of_work() as uow:
         interrupted = [
             migration.id
-            for migration in uow.migrations.running()
+            for migration in uow.migrations.running(instance_ids)
             if _finish(uow, clock, RunRef.of(migration), error=INTERRUPTED) is not None
         ]
         uow.commit()

@@ -427,6 +427,8 @@ async def test_a_run_cancelled_and_run_again_keeps_only_the_new_run_s_time(
 class ElsewhereRunner:
     """Another process's runner: it does not carry this process's runs."""
 
+    instance_id = "elsewhere"
+
     def launch(self, migration: core.Migration) -> None:
         raise AssertionError("runs are launched in this process only")
 

@@ -141,10 +141,6 @@ class BreakableStorage:
     inner: Storage
     broken: bool = False
 
-    @property
-    def reads_never_wait(self) -> bool:
-        return self.inner.reads_never_wait
-
     def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
         if self.broken:
             raise RuntimeError("disk I/O error near /var/lib/secret-path")

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 import migration_core as core
 from adapters.async_runner import AsyncRunner
 from adapters.passwords import ScryptHasher
+from adapters.instances import Instance, InstanceRegistry
 from entrypoints.bootstrap import Services, ServiceRunner, Settings, bootstrap
 from entrypoints.http import create_app
 from migration_core import Clock, Storage
@@ -36,8 +37,10 @@ PATIENCE = 20.0
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
-def _quick_runner(storage: Storage, clock: Clock, duration: float) -> ServiceRunner:
-    return AsyncRunner(storage, clock, duration, tick=TICK)
+def _quick_runner(
+    storage: Storage, clock: Clock, duration: float, registry: InstanceRegistry, instance: Instance
+) -> ServiceRunner:
+    return AsyncRunner(storage, clock, duration, tick=TICK, registry=registry, instance=instance)
 
 
 def make_services(run_seconds: float, storage: str = "memory://") -> Services:

@@ -76,7 +76,7 @@ def test_passwords_are_unreadable_on_disk_and_read_back_through_the_storage(
         snapshot = core.get_migration(storage, user.id, migration.id).snapshot
         assert snapshot is not None and snapshot.credentials.password == credentials_password
         assert core.authenticate(
-            storage, hasher, core.LoginThrottle(clock), "keeper", user_password
+            storage, hasher, core.LoginThrottle(storage, clock), "keeper", user_password
         ) == user
     finally:
         storage.close()

@@ -13,7 +13,8 @@ import migration_core as core
 from adapters.clock import SystemClock
 from adapters.secrets import SecretBox
 from adapters.sqlite import SqliteStorage
-from adapters.sqlite_schema import FILTER_INDEXES, LATEST_VERSION, SchemaTooNew, upgrade
+from adapters.sql.schema import FILTER_INDEXES, LATEST_VERSION, SchemaTooNew
+from adapters.sqlite import upgrade
 
 SECRET = b"upgrade-suite-secret-key-32-bytes"
 
@@ -94,7 +95,7 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
         storage.close()
 
     db = Database(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 4
     assert {f"{t}_by_{c}" for t, c in FILTER_INDEXES} <= index_names(db)
     plan = " ".join(
         str(row[-1])

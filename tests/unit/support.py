@@ -31,6 +31,8 @@ class FakeClock:
 class ManualRunner:
     """Leaves a started run `running`; the test plays the copy's part."""
 
+    instance_id = "manual"
+
     def __init__(self) -> None:
         self.launched: list[int] = []
         self.cancelled: list[int] = []

@@ -48,7 +48,7 @@ def test_a_valid_username_and_password_register_and_then_authenticate(
     user = core.register_user(storage, HASHER, username, password)
     assert user.username == username
     assert password not in user.password_hash
-    throttle = core.LoginThrottle(FakeClock())
+    throttle = core.LoginThrottle(storage, FakeClock())
     assert core.authenticate(storage, HASHER, throttle, username, password) == user
     with pytest.raises(core.AuthenticationFailed):
         core.authenticate(storage, HASHER, throttle, username, password + "x")
@@ -80,7 +80,7 @@ def test_a_taken_username_is_refused_as_invalid_input(
     with pytest.raises(core.InvalidInput) as refused:
         core.register_user(storage, HASHER, username, second)
     assert field_errors(refused.value) == {"username"}
-    throttle = core.LoginThrottle(FakeClock())
+    throttle = core.LoginThrottle(storage, FakeClock())
     assert core.authenticate(storage, HASHER, throttle, username, first) == original
 
 
@@ -102,7 +102,7 @@ def test_ten_failures_within_60_seconds_throttle_that_username_until_the_window_
     steps: list[tuple[str, int, int, int]],
 ) -> None:
     clock = FakeClock()
-    throttle = core.LoginThrottle(clock)
+    throttle = core.LoginThrottle(MemoryStorage(), clock)
     started = clock.now()
     failures: dict[str, list[float]] = {user: [] for user in USERS}
 
@@ -141,7 +141,7 @@ def test_waiting_retry_after_seconds_always_lets_the_username_in_again(
     """Failures at any microsecond within one window, maybe more than the limit
     (concurrent logins can overshoot it): `retry_after` is always long enough."""
     clock = FakeClock()
-    throttle = core.LoginThrottle(clock)
+    throttle = core.LoginThrottle(MemoryStorage(), clock)
     start = clock.now()
     for offset in sorted(offsets):
         clock.current = start + timedelta(microseconds=offset)
@@ -157,7 +157,7 @@ def test_failed_logins_through_authenticate_are_throttled(username: str, passwor
     storage = MemoryStorage()
     core.register_user(storage, HASHER, username, password)
     clock = FakeClock()
-    throttle = core.LoginThrottle(clock)
+    throttle = core.LoginThrottle(storage, clock)
     for _ in range(LIMIT):
         with pytest.raises(core.AuthenticationFailed):
             core.authenticate(storage, HASHER, throttle, username, password + "!")

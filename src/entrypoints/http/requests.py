@@ -169,10 +169,11 @@ def authenticated(handler: Handler) -> Handler:
 
 
 async def read(request: web.Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a read-only use case. Where storage reads never wait for writers, a
-    read is a few tens of microseconds of work: cheaper on the loop than the
-    hop to a worker thread and back. Elsewhere it goes to a worker thread."""
-    if services(request).storage.reads_never_wait:
+    """Run a read-only use case. Where storage reads never wait for writers
+    (the composition root says so), a read is a few tens of microseconds of
+    work: cheaper on the loop than the hop to a worker thread and back.
+    Elsewhere it goes to a worker thread."""
+    if services(request).reads_on_loop:
         return function(*args, **kwargs)
     return await call(function, *args, **kwargs)
 

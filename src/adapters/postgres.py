@@ -1,0 +1,294 @@
+"""PostgreSQL storage: for several instances of the service on several machines
+sharing one database, through psycopg 3 and a connection pool.
+
+The mapping of entities to rows, the statements, the schema steps and the
+refusals are shared with SQLite (`adapters.sql`); this module keeps
+PostgreSQL's connections, transactions, placeholders and the translation of
+psycopg's errors. No psycopg exception leaves it: a broken constraint becomes
+the core's `Conflict` (in the in-memory storage's words), any other failure
+`StorageFailure`.
+
+Every call is a network round trip: none of it may run on an event loop, and
+the storage does not claim `reads_never_wait`.
+
+Transactions
+------------
+Connections are in autocommit mode and each unit of work says BEGIN, COMMIT
+and ROLLBACK itself, as on SQLite. A writing unit runs at READ COMMITTED: the
+rules that span rows are constraints (unique ip, one running migration per
+target, ...), and a compare-and-set such as `update_if` re-reads the row it
+waits for. A read-only unit is REPEATABLE READ, READ ONLY: a count and its
+page come from one snapshot. A unit entered inside another on the same thread
+uses the outer one's connection, as a savepoint.
+
+Schema upgrades hold a transaction-level advisory lock, so instances that
+start together upgrade one after another. Each live instance holds a
+session-level advisory lock on a connection of its own: when its process or
+its connection dies, PostgreSQL drops the lock and the others know at once."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .secrets import SecretBox
+from .sql.instances import SqlInstanceRegistry
+from .sql.mapping import (
+    Codec,
+    ConstraintViolation,
+    NestedTransactions,
+    SqlUnitOfWork,
+    StorageFailure,
+    savepoint_on,
+)
+from .sql.schema import POSTGRES, upgrade
+
+__all__ = ["PostgresStorage", "StorageFailure"]
+
+POOL_TIMEOUT_SECONDS = 30.0
+# Advisory lock keys are (class, object) pairs of int4; this class is ours.
+_LOCK_CLASS = 0x4D47  # "MG"
+_UPGRADE_LOCK = 1
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """psycopg's errors in the adapters' terms."""
+    try:
+        yield
+    except psycopg.IntegrityError as exc:
+        raise ConstraintViolation(str(exc)) from exc
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise StorageFailure(f"The database failed: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def _placeholders(sql: str) -> str:
+    """The mapping's `?` as psycopg's `%s` (no statement holds a literal ? or %)."""
+    return sql.replace("?", "%s")
+
+
+class PostgresStorage:
+    """Satisfies `migration_core.Storage`."""
+
+    def __init__(self, url: str, secret_key: bytes, *, max_connections: int = 16) -> None:
+        self.url = url
+        self._codec = Codec(SecretBox(secret_key))
+        self._local = threading.local()  # the connection of this thread's open unit
+        with _driver_errors():
+            self._pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max_connections,
+                kwargs={"autocommit": True},
+                timeout=POOL_TIMEOUT_SECONDS,
+                open=False,
+                name="migration-storage",
+            )
+            self._pool.open(wait=True, timeout=POOL_TIMEOUT_SECONDS)
+        try:
+            self._prepare()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _prepare(self) -> None:
+        """Bring the database to the latest schema and check the secret key."""
+        with self.unit_of_work() as uow:
+            with _driver_errors():
+                uow.execute("SELECT pg_advisory_xact_lock(?, ?)", [_LOCK_CLASS, _UPGRADE_LOCK])
+                uow.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = uow.execute("SELECT version FROM schema_version").fetchone()
+                current = 0 if row is None else int(row[0])
+                applied = upgrade(lambda sql: uow.execute(sql), POSTGRES, current)
+                if row is None:
+                    uow.execute("INSERT INTO schema_version (version) VALUES (?)", [current])
+                if applied:
+                    uow.execute("UPDATE schema_version SET version = ?", [applied[-1]])
+            self._codec.check_key(uow, "The database")
+            uow.commit()
+
+    def unit_of_work(self, *, write: bool = True) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(self, self._codec, write=write)
+
+    def check(self) -> None:
+        with self.unit_of_work(write=False) as uow:
+            uow.execute("SELECT 1").fetchone()
+
+    def instance_registry(self) -> SqlInstanceRegistry:
+        """Instances sharing this database: rows in it, and advisory locks."""
+        return SqlInstanceRegistry(self.unit_of_work, AdvisoryLockWitness(self.url))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- connections of units --
+
+    def acquire(self) -> tuple[psycopg.Connection[Any], bool]:
+        """This thread's open connection, or one from the pool; and whether it
+        came from the pool (then the unit gives it back when it ends)."""
+        held: psycopg.Connection[Any] | None = getattr(self._local, "connection", None)
+        if held is not None:
+            return held, False
+        with _driver_errors():
+            connection = self._pool.getconn()
+        self._local.connection = connection
+        return connection, True
+
+    def give_back(self, connection: psycopg.Connection[Any]) -> None:
+        self._local.connection = None
+        self._pool.putconn(connection)
+
+
+class PostgresUnitOfWork(SqlUnitOfWork):
+    """One transaction; also the `Session` its repositories run statements through."""
+
+    kept_counts = POSTGRES.keeps_counts
+
+    def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool) -> None:
+        self._storage = storage
+        self.codec = codec
+        self._write = write
+        self._connection: psycopg.Connection[Any] | None = None
+        self._pooled = False
+        self._transactions: NestedTransactions | None = None
+        self.session = self
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._connection is None:
+            raise RuntimeError("Use the unit of work inside a `with` block.")
+        return self._connection
+
+    def __enter__(self) -> PostgresUnitOfWork:
+        connection, pooled = self._storage.acquire()
+        transactions = NestedTransactions(
+            connection.execute,
+            lambda: connection.info.transaction_status != pq.TransactionStatus.IDLE,
+        )
+        try:
+            with _driver_errors():
+                transactions.begin(
+                    "BEGIN" if self._write else "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                )
+        except BaseException:
+            if pooled:
+                self._storage.give_back(connection)
+            raise
+        self._connection, self._pooled, self._transactions = connection, pooled, transactions
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self.connection, None
+        assert self._transactions is not None
+        try:
+            with _driver_errors():
+                self._transactions.end()
+        finally:
+            if self._pooled:
+                self._storage.give_back(connection)
+
+    def commit(self) -> None:
+        assert self._transactions is not None, "commit inside the `with` block"
+        with _driver_errors():
+            self._transactions.commit()
+
+    # -- the Session of the shared repositories --
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        with _driver_errors():
+            return self.connection.execute(_placeholders(sql), parameters)
+
+    def insert(self, sql: str, parameters: Sequence[Any]) -> int:
+        row = self.execute(f"{sql} RETURNING id", parameters).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with _driver_errors():
+            with self.connection.cursor() as cursor:
+                cursor.executemany(_placeholders(sql), rows)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        with _driver_errors(), savepoint_on(self.connection.execute, f"write_{id(self)}"):
+            yield
+
+
+def _lock_key(instance_id: str) -> int:
+    """An int4 for the instance's advisory lock, from its (hexadecimal) id."""
+    return int(instance_id[:7], 16)
+
+
+class AdvisoryLockWitness:
+    """A session-level advisory lock per live instance, held on a connection of
+    its own: PostgreSQL drops it when that session ends, however it ends."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection: psycopg.Connection[Any] | None = None
+        self._held: set[str] = set()
+
+    def _session(self) -> psycopg.Connection[Any]:
+        connection = self._connection
+        if connection is not None and not connection.closed:
+            try:
+                connection.execute("SELECT 1")
+                return connection
+            except psycopg.Error:
+                connection.close()
+        # A new session holds no lock yet: every lock is taken again.
+        self._connection = psycopg.connect(self._url, autocommit=True)
+        self._held.clear()
+        return self._connection
+
+    def hold(self, instance_id: str) -> None:
+        with _driver_errors():
+            session = self._session()
+            if instance_id in self._held:
+                return
+            taken = session.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, _lock_key(instance_id)]
+            ).fetchone()
+        if not (taken and taken[0]):
+            raise StorageFailure(f"The lock of instance {instance_id} is held by another session.")
+        self._held.add(instance_id)
+
+    def release(self, instance_id: str) -> None:
+        if instance_id not in self._held or self._connection is None:
+            return
+        self._held.discard(instance_id)
+        with _driver_errors():
+            self._connection.execute(
+                "SELECT pg_advisory_unlock(%s, %s)", [_LOCK_CLASS, _lock_key(instance_id)]
+            )
+            if not self._held:
+                self._connection.close()
+                self._connection = None
+
+    def held(self, instance_ids: Collection[str]) -> set[str]:
+        if not instance_ids:
+            return set()
+        with _driver_errors(), psycopg.connect(self._url, autocommit=True) as connection:
+            locked = {
+                row[0]
+                for row in connection.execute(
+                    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND classid::bigint = %s AND objsubid = 2 AND granted",
+                    [_LOCK_CLASS],
+                )
+            }
+        return {i for i in instance_ids if _lock_key(i) in locked}

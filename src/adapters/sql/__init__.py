@@ -1,0 +1,1 @@
+"""What the SQL adapters share: the mapping, the schema steps and the errors."""

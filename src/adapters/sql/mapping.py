@@ -1,0 +1,773 @@
+"""The relational mapping shared by the SQL adapters: which table holds which
+entity, how entities become rows and back, the statements, the repositories and
+the words of every refusal. A dialect adapter (`adapters.sqlite`,
+`adapters.postgres`) supplies only a `Session`: its connection, its
+transactions, its placeholders and the translation of its driver's errors into
+`ConstraintViolation` and `StorageFailure`. Statements here use `?`."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+
+import attrs
+import cattrs
+
+from migration_core import (
+    CloudType,
+    Conflict,
+    Credentials,
+    ListQuery,
+    Login,
+    Migration,
+    MigrationState,
+    MigrationTarget,
+    MountPoint,
+    User,
+    Workload,
+)
+
+from .. import refusals
+from ..secrets import SecretBox, SecretError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration)
+
+_PASSWORD = b"credentials.password"
+_LOGIN_PASSWORD = b"login.password"
+_KEY_CHECK = b"settings.key_check"
+_KEY_CHECK_TEXT = "the secret key this database was written with"
+
+# SQLite allows at most 32766 bound parameters per statement; PostgreSQL 65535.
+_IN_CHUNK = 500
+
+
+class StorageFailure(RuntimeError):
+    """The database could not do what was asked: locked too long, unreachable,
+    closed, or out of space. Not the caller's fault; worth retrying later."""
+
+
+class ConstraintViolation(Exception):
+    """A statement broke a constraint of the schema. Raised by a session in
+    place of its driver's integrity error; never leaves the SQL adapters."""
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Session(Protocol):
+    """One open transaction of a dialect, as the repositories use it."""
+
+    codec: Codec
+    kept_counts: bool  # owned_counts is maintained (SQLite), else rows are counted
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor: ...
+
+    def insert(self, sql: str, parameters: Sequence[Any]) -> int:
+        """Run an INSERT of one row; its new id."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested transaction: what fails inside it is undone, and the
+        failure (a ConstraintViolation, say) goes on to the caller."""
+        ...
+
+
+def translated(method: Callable[P, R]) -> Callable[P, R]:
+    """A constraint a repository has not explained is still a Conflict."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except ConstraintViolation as exc:
+            raise Conflict("The change conflicts with data already stored.") from exc
+
+    return wrapper
+
+
+# --- entities <-> rows ------------------------------------------------------------
+
+
+def _iso_utc(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("Storage keeps timezone-aware datetimes only.")
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def _enum_value(member: enum.Enum) -> Any:
+    return member.value
+
+
+class Codec:
+    """cattrs at the storage edge: entities to column values and back. Enums are
+    stored as their values, datetimes as ISO 8601 UTC text, a target VM as JSON
+    whose login password is sealed."""
+
+    def __init__(self, box: SecretBox) -> None:
+        self.box = box
+        converter = cattrs.Converter()
+        # str-based enums would otherwise pass through as enum members.
+        for kind in (CloudType, MigrationState):
+            converter.register_unstructure_hook(kind, _enum_value)
+        converter.register_unstructure_hook(datetime, _iso_utc)
+        converter.register_structure_hook(datetime, lambda text, _: datetime.fromisoformat(text))
+        converter.register_unstructure_hook(Login, self._seal_login)
+        converter.register_structure_hook(Login, self._open_login)
+        self.converter = converter
+
+    def _seal_login(self, login: Login) -> dict[str, str]:
+        return {
+            "username": login.username,
+            "sealed_password": self.box.seal_text(login.password, _LOGIN_PASSWORD),
+            "domain": login.domain,
+        }
+
+    def _open_login(self, value: Any, _type: Any) -> Login:
+        password = self.box.open_text(value["sealed_password"], _LOGIN_PASSWORD)
+        return Login(value["username"], password, value["domain"])
+
+    def row(self, entity: Any) -> dict[str, Any]:
+        values: dict[str, Any] = self.converter.unstructure(entity)
+        return values
+
+    def entity(self, values: dict[str, Any], kind: type[R]) -> R:
+        return self.converter.structure(values, kind)
+
+    def check_key(self, session: Session, where: str) -> None:
+        """Remember a sealed sentence on first use; later, refuse a key that
+        cannot open it: such a key could not read a stored password."""
+        row = session.execute("SELECT value FROM settings WHERE name = 'key_check'").fetchone()
+        if row is None:
+            session.execute(
+                "INSERT INTO settings (name, value) VALUES ('key_check', ?)",
+                [self.box.seal(_KEY_CHECK_TEXT, _KEY_CHECK)],
+            )
+            return
+        try:
+            self.box.open(bytes(row[0]), _KEY_CHECK)
+        except SecretError:
+            raise SecretError(
+                f"{where} was written with another secret key; its encrypted"
+                " credentials cannot be read with this one."
+            ) from None
+
+
+@attrs.frozen
+class ListField:
+    """A tuple-of-ids field kept in a join table, in the order given."""
+
+    field: str
+    table: str
+    parent_column: str
+    referred: str  # the table the ids point into
+
+
+@attrs.frozen
+class Kind:
+    table: str
+    entity: type[Any]
+    columns: tuple[str, ...]  # stored columns besides id, as named in the entity
+    int_columns: frozenset[str]
+    references: tuple[tuple[str, str], ...]  # (field, referred table) of scalar fields
+    list_field: ListField | None = None
+    secret_column: str | None = None  # sealed with SecretBox
+    json_column: str | None = None  # a TargetVm, as JSON
+    unfilterable: frozenset[str] = frozenset()
+    # Every column is a str or int the entity takes as it is: rows become
+    # entities by a plain call, without the converter's per-field dispatch
+    # (the cost that dominated a 100-row page; see docs/benchmarks.md).
+    plain: bool = False
+
+    @functools.cached_property
+    def statements(self) -> tuple[str, str, str]:
+        """SELECT, INSERT and UPDATE of the kind."""
+        marks = ", ".join("?" * len(self.columns))
+        return (
+            f"SELECT id, {', '.join(self.columns)} FROM {self.table}",
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES ({marks})",
+            f"UPDATE {self.table} SET {', '.join(f'{c} = ?' for c in self.columns)}"
+            " WHERE id = ? AND owner_id = ?",
+        )
+
+
+CREDENTIALS = Kind(
+    "credentials",
+    Credentials,
+    ("owner_id", "username", "password", "domain"),
+    frozenset({"owner_id"}),
+    (),
+    secret_column="password",
+    unfilterable=frozenset({"password"}),
+    plain=True,
+)
+MOUNT_POINTS = Kind(
+    "mount_points",
+    MountPoint,
+    ("owner_id", "name", "size"),
+    frozenset({"owner_id", "size"}),
+    (),
+    plain=True,
+)
+WORKLOADS = Kind(
+    "workloads",
+    Workload,
+    ("owner_id", "ip", "credentials_id"),
+    frozenset({"owner_id", "credentials_id"}),
+    (("credentials_id", "credentials"),),
+    ListField("mount_point_ids", "workload_mount_points", "workload_id", "mount_points"),
+    plain=True,
+)
+MIGRATION_TARGETS = Kind(
+    "migration_targets",
+    MigrationTarget,
+    ("owner_id", "cloud_type", "cloud_credentials_id", "target_vm"),
+    frozenset({"owner_id", "cloud_credentials_id"}),
+    (("cloud_credentials_id", "credentials"),),
+    json_column="target_vm",
+    unfilterable=frozenset({"target_vm"}),
+)
+MIGRATIONS = Kind(
+    "migrations",
+    Migration,
+    (
+        "owner_id",
+        "source_id",
+        "migration_target_id",
+        "state",
+        "progress",
+        "error",
+        "started_at",
+        "finished_at",
+        "snapshot",
+        "instance_id",
+    ),
+    frozenset({"owner_id", "source_id", "migration_target_id", "progress"}),
+    (("source_id", "workloads"), ("migration_target_id", "migration_targets")),
+    ListField("selected_mount_point_ids", "migration_mount_points", "migration_id", "mount_points"),
+    json_column="snapshot",
+    unfilterable=frozenset({"snapshot", "started_at", "finished_at", "instance_id"}),
+)
+KINDS = (CREDENTIALS, MOUNT_POINTS, WORKLOADS, MIGRATION_TARGETS, MIGRATIONS)
+
+
+def chunks(ids: Sequence[R]) -> Iterator[Sequence[R]]:
+    for start in range(0, len(ids), _IN_CHUNK):
+        yield ids[start : start + _IN_CHUNK]
+
+
+def marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+# --- the unit of work -------------------------------------------------------------
+
+
+class SqlUnit(Protocol):
+    """A dialect's unit of work, as code beside the repositories uses it."""
+
+    session: Session
+
+    def __enter__(self) -> SqlUnit: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class SqlUnitOfWork:
+    """The repositories of one transaction over a dialect's session, made on
+    first use: most units touch one or two of them."""
+
+    session: Session
+
+    @functools.cached_property
+    def users(self) -> Users:
+        return Users(self.session)
+
+    @functools.cached_property
+    def credentials(self) -> Repository[Credentials]:
+        return Repository(self.session, CREDENTIALS)
+
+    @functools.cached_property
+    def mount_points(self) -> Repository[MountPoint]:
+        return Repository(self.session, MOUNT_POINTS)
+
+    @functools.cached_property
+    def workloads(self) -> Workloads:
+        return Workloads(self.session, WORKLOADS)
+
+    @functools.cached_property
+    def migration_targets(self) -> Repository[MigrationTarget]:
+        return Repository(self.session, MIGRATION_TARGETS)
+
+    @functools.cached_property
+    def migrations(self) -> Migrations:
+        return Migrations(self.session, MIGRATIONS)
+
+    @functools.cached_property
+    def login_failures(self) -> LoginFailures:
+        return LoginFailures(self.session)
+
+
+class NestedTransactions:
+    """The life of a unit of work on a connection, for any dialect: the first
+    unit on a connection begins a transaction, a unit entered inside it
+    becomes a savepoint, and leaving without `commit()` undoes the unit's
+    work (and, for the outermost, all of it)."""
+
+    def __init__(self, execute: Callable[[str], object], in_transaction: Callable[[], bool]) -> None:
+        self._execute = execute
+        self._in_transaction = in_transaction
+        self.savepoint: str | None = None
+        self.committed = False
+
+    def begin(self, begin_statement: str) -> None:
+        if self._in_transaction():
+            self.savepoint = f"unit_{id(self)}"
+            self._execute(f"SAVEPOINT {self.savepoint}")
+        else:
+            self._execute(begin_statement)
+
+    @property
+    def nested(self) -> bool:
+        return self.savepoint is not None
+
+    def commit(self) -> None:
+        if self.savepoint is not None:
+            self._execute(f"RELEASE {self.savepoint}")
+        elif self._in_transaction():
+            self._execute("COMMIT")
+        self.committed = True
+
+    def end(self) -> None:
+        """Leave the unit: undo it unless it was committed."""
+        if self.committed or not self._in_transaction():
+            return
+        if self.savepoint is not None:
+            self._execute(f"ROLLBACK TO {self.savepoint}")
+            self._execute(f"RELEASE {self.savepoint}")
+        else:
+            self._execute("ROLLBACK")
+
+
+@contextmanager
+def savepoint_on(execute: Callable[[str], object], name: str) -> Iterator[None]:
+    """A savepoint that is rolled back when its block raises."""
+    execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        execute(f"ROLLBACK TO {name}")
+        execute(f"RELEASE {name}")
+        raise
+    execute(f"RELEASE {name}")
+
+
+# --- repositories -----------------------------------------------------------------
+
+
+class Users:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, user: User) -> User:
+        try:
+            with self._session.savepoint():
+                new_id = self._session.insert(
+                    "INSERT INTO users (username, password_hash) VALUES (?, ?)",
+                    [user.username, user.password_hash],
+                )
+        except ConstraintViolation:
+            raise refusals.username_taken(user.username) from None
+        return attrs.evolve(user, id=new_id)
+
+    def get(self, user_id: int) -> User:
+        row = self._session.execute(
+            "SELECT username, password_hash, id FROM users WHERE id = ?", [user_id]
+        ).fetchone()
+        if row is None:
+            raise refusals.not_found("users", user_id)
+        return User(*row)
+
+    def by_username(self, username: str) -> User | None:
+        row = self._session.execute(
+            "SELECT username, password_hash, id FROM users WHERE username = ?", [username]
+        ).fetchone()
+        return None if row is None else User(*row)
+
+    def delete(self, user_id: int) -> None:
+        self.get(user_id)
+        try:
+            with self._session.savepoint():
+                self._session.execute("DELETE FROM users WHERE id = ?", [user_id])
+        except ConstraintViolation:
+            owned = [
+                kind.table
+                for kind in KINDS
+                if self._session.execute(
+                    f"SELECT 1 FROM {kind.table} WHERE owner_id = ? LIMIT 1", [user_id]
+                ).fetchone()
+            ]
+            raise refusals.still_owns(user_id, owned) from None
+
+
+class LoginFailures:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, username: str, at: float) -> None:
+        self._session.execute(
+            "INSERT INTO login_failures (username, failed_at) VALUES (?, ?)", [username, at]
+        )
+
+    def since(self, username: str, moment: float) -> list[float]:
+        rows = self._session.execute(
+            "SELECT failed_at FROM login_failures WHERE username = ? AND failed_at > ?"
+            " ORDER BY failed_at",
+            [username, moment],
+        )
+        return [float(row[0]) for row in rows]
+
+    def forget(self, username: str, before: float) -> None:
+        self._session.execute(
+            "DELETE FROM login_failures WHERE username = ? AND failed_at <= ?", [username, before]
+        )
+
+
+class Repository(Generic[E]):
+    def __init__(self, session: Session, kind: Kind) -> None:
+        self._session = session
+        self._kind = kind
+        self._select, self._insert, self._update = kind.statements
+
+    # -- the port --
+
+    @translated
+    def add(self, entity: E) -> E:
+        with self._guarded(entity):
+            new_id = self._session.insert(self._insert, self._values(entity))
+            stored = attrs.evolve(entity, id=new_id)
+            self._write_list(stored, replace=False)
+        return stored
+
+    def get(self, owner_id: int, entity_id: int) -> E:
+        row = self._session.execute(
+            f"{self._select} WHERE id = ? AND owner_id = ?", [entity_id, owner_id]
+        ).fetchone()
+        if row is None:
+            raise refusals.not_found(self._kind.table, entity_id)
+        return self._entities([row])[0]
+
+    @translated
+    def update(self, entity: E) -> E:
+        self._store(entity, self._update, [entity.id, entity.owner_id], self._missing)
+        return entity
+
+    @translated
+    def delete(self, owner_id: int, entity_id: int) -> None:
+        self.get(owner_id, entity_id)
+        try:
+            with self._session.savepoint():
+                self._session.execute(f"DELETE FROM {self._kind.table} WHERE id = ?", [entity_id])
+        except ConstraintViolation:
+            raise self._why_referenced(entity_id) from None
+
+    def find(self, owner_id: int, query: ListQuery) -> tuple[int, list[E]]:
+        where: str | None
+        params: list[Any]
+        where, params = self._where(owner_id, query)
+        if where is None:
+            return 0, []
+        count = self._count(owner_id, where, params, query)
+        if count == 0 or query.limit <= 0 or query.offset >= count:
+            return count, []
+        # A deep page is walked to from whichever end of the index is nearer:
+        # the last page costs what the first does (the middle one, the most).
+        descending = query.descending
+        skip, take = query.offset, query.limit
+        from_end = count - query.offset - query.limit
+        if from_end < query.offset:
+            descending = not descending
+            skip, take = max(from_end, 0), min(query.limit, count - query.offset)
+        # The page's ids come from the (owner_id, ...) index alone, so skipping
+        # index entries never reads the rows themselves.
+        rows = self._session.execute(
+            f"{self._select} WHERE id IN ("
+            f" SELECT id FROM {self._kind.table} WHERE {where}"
+            f" ORDER BY id {'DESC' if descending else 'ASC'} LIMIT ? OFFSET ?"
+            f") ORDER BY id {'DESC' if query.descending else 'ASC'}",
+            [*params, take, skip],
+        ).fetchall()
+        return count, self._entities(rows)
+
+    def _count(self, owner_id: int, where: str, params: list[Any], query: ListQuery) -> int:
+        if query.filters or not self._session.kept_counts:
+            (count,) = self._session.execute(
+                f"SELECT count(*) FROM {self._kind.table} WHERE {where}", params
+            ).fetchone()
+        else:
+            found = self._session.execute(
+                "SELECT rows FROM owned_counts WHERE table_name = ? AND owner_id = ?",
+                [self._kind.table, owner_id],
+            ).fetchone()
+            count = found[0] if found else 0
+        return int(count)
+
+    def referrers(self, field: str, entity_id: int) -> list[int]:
+        listed = self._kind.list_field
+        if listed is not None and field == listed.field:
+            sql = (
+                f"SELECT {listed.parent_column} FROM {listed.table}"
+                f" WHERE mount_point_id = ? ORDER BY {listed.parent_column}"
+            )
+        elif field in self._kind.columns and field in self._kind.int_columns:
+            sql = f"SELECT id FROM {self._kind.table} WHERE {field} = ? ORDER BY id"
+        else:
+            raise ValueError(f"{self._kind.table} has no reference field {field!r}.")
+        return [row[0] for row in self._session.execute(sql, [entity_id])]
+
+    # -- writing --
+
+    def _values(self, entity: E) -> list[Any]:
+        kind = self._kind
+        codec = self._session.codec
+        row = codec.row(entity)
+        if kind.secret_column is not None:
+            row[kind.secret_column] = codec.box.seal(row[kind.secret_column], _PASSWORD)
+        if kind.json_column is not None and row[kind.json_column] is not None:
+            row[kind.json_column] = json.dumps(row[kind.json_column])
+        return [row[column] for column in kind.columns]
+
+    def _store(
+        self, entity: E, sql: str, extra: list[Any], missed: Callable[[E], Exception]
+    ) -> None:
+        """Run an UPDATE of `entity` (`extra` are the WHERE parameters). When it
+        matches no row, raise what `missed` says; a broken constraint is a Conflict."""
+        with self._guarded(entity):
+            cursor = self._session.execute(sql, [*self._values(entity), *extra])
+            if cursor.rowcount == 0:
+                raise missed(entity)
+            self._write_list(entity, replace=True)
+
+    def _missing(self, entity: E) -> Exception:
+        return refusals.not_found(self._kind.table, entity.id)
+
+    def _write_list(self, entity: E, *, replace: bool) -> None:
+        listed = self._kind.list_field
+        if listed is None:
+            return
+        if replace:
+            self._session.execute(
+                f"DELETE FROM {listed.table} WHERE {listed.parent_column} = ?", [entity.id]
+            )
+        ids: tuple[int, ...] = getattr(entity, listed.field)
+        if ids:
+            self._session.executemany(
+                f"INSERT INTO {listed.table}"
+                f" ({listed.parent_column}, position, owner_id, mount_point_id)"
+                " VALUES (?, ?, ?, ?)",
+                [(entity.id, position, entity.owner_id, i) for position, i in enumerate(ids)],
+            )
+
+    @contextmanager
+    def _guarded(self, entity: E) -> Iterator[None]:
+        """All of one write, or none of it: a refused write leaves nothing
+        behind, even when the caller goes on and commits."""
+        try:
+            with self._session.savepoint():
+                yield
+        except ConstraintViolation as exc:
+            raise self._why_refused(entity) or Conflict(f"{exc}.") from None
+
+    # -- reading --
+
+    def _where(self, owner_id: int, query: ListQuery) -> tuple[str | None, list[Any]]:
+        """SQL conditions for an owner's rows matching the filters; None when a
+        filter value cannot match (the wrong type: as in memory, 1 is not "1")."""
+        conditions: list[str] = ["owner_id = ?"]
+        params: list[Any] = [owner_id]
+        for field, value in query.filters.items():
+            if field == "id" or (
+                field in self._kind.columns and field not in self._kind.unfilterable
+            ):
+                is_int = field == "id" or field in self._kind.int_columns
+                if isinstance(value, int) != is_int:
+                    return None, []
+                conditions.append(f"{field} = ?")
+                params.append(value)
+            else:
+                raise ValueError(f"{self._kind.table} cannot be filtered by {field!r}.")
+        return " AND ".join(conditions), params
+
+    def _entities(self, rows: Sequence[Sequence[Any]]) -> list[E]:
+        kind: Kind = self._kind
+        codec: Codec = self._session.codec
+        lists = self._lists([row[0] for row in rows])
+        entities = []
+        names = ("id", *kind.columns)
+        for row in rows:
+            values = dict(zip(names, row))
+            if kind.secret_column is not None:
+                sealed = bytes(values[kind.secret_column])
+                values[kind.secret_column] = codec.box.open(sealed, _PASSWORD)
+            if kind.json_column is not None and values[kind.json_column] is not None:
+                values[kind.json_column] = json.loads(values[kind.json_column])
+            if kind.list_field is not None:
+                values[kind.list_field.field] = lists.get(values["id"], [])
+            entities.append(kind.entity(**values) if kind.plain else codec.entity(values, kind.entity))
+        return entities
+
+    def _lists(self, parent_ids: Sequence[int]) -> dict[int, list[int]]:
+        listed = self._kind.list_field
+        lists: dict[int, list[int]] = {}
+        if listed is None:
+            return lists
+        for chunk in chunks(parent_ids):
+            for parent_id, item in self._session.execute(
+                f"SELECT {listed.parent_column}, mount_point_id FROM {listed.table}"
+                f" WHERE {listed.parent_column} IN ({marks(len(chunk))})"
+                f" ORDER BY {listed.parent_column}, position",
+                chunk,
+            ):
+                lists.setdefault(parent_id, []).append(item)
+        return lists
+
+    # -- explaining refusals, in the in-memory storage's words --
+
+    def _exists(self, table: str, owner_id: int, row_id: int) -> bool:
+        return (
+            self._session.execute(
+                f"SELECT 1 FROM {table} WHERE id = ? AND owner_id = ?", [row_id, owner_id]
+            ).fetchone()
+            is not None
+        )
+
+    def _why_refused(self, entity: E) -> Conflict | None:
+        """Which constraint a refused add or update broke, checked in the order
+        the in-memory storage checks them."""
+        kind = self._kind
+        owner = self._session.execute("SELECT 1 FROM users WHERE id = ?", [entity.owner_id])
+        if owner.fetchone() is None:
+            return refusals.missing_owner(entity.owner_id)
+        for field, referred in kind.references:
+            ref = getattr(entity, field)
+            if not self._exists(referred, entity.owner_id, ref):
+                return refusals.missing_reference(field, referred, ref)
+        if kind.list_field is not None:
+            for ref in getattr(entity, kind.list_field.field):
+                if not self._exists(kind.list_field.referred, entity.owner_id, ref):
+                    return refusals.missing_reference(
+                        kind.list_field.field, kind.list_field.referred, ref
+                    )
+        return self._why_unique(entity)
+
+    def _why_unique(self, entity: E) -> Conflict | None:
+        return None
+
+    def _why_referenced(self, entity_id: int) -> Conflict:
+        for kind in KINDS:
+            for field, referred in kind.references:
+                if referred == self._kind.table and self._session.execute(
+                    f"SELECT 1 FROM {kind.table} WHERE {field} = ? LIMIT 1", [entity_id]
+                ).fetchone():
+                    return refusals.still_referred(self._kind.table, entity_id, kind.table)
+            listed = kind.list_field
+            if listed is not None and listed.referred == self._kind.table:
+                if self._session.execute(
+                    f"SELECT 1 FROM {listed.table} WHERE mount_point_id = ? LIMIT 1", [entity_id]
+                ).fetchone():
+                    return refusals.still_referred(self._kind.table, entity_id, kind.table)
+        return Conflict(f"{refusals.NOUNS[self._kind.table]} {entity_id} is still referred to.")
+
+
+class Workloads(Repository[Workload]):
+    def _why_unique(self, entity: Workload) -> Conflict | None:
+        same_ip = self._session.execute(
+            "SELECT id FROM workloads WHERE owner_id = ? AND ip = ? AND id <> ?",
+            [entity.owner_id, entity.ip, entity.id],
+        ).fetchone()
+        if same_ip is not None:
+            return refusals.ip_taken(same_ip[0], entity.ip)
+        for chunk in chunks(entity.mount_point_ids):
+            holder = self._session.execute(
+                "SELECT mount_point_id, workload_id FROM workload_mount_points"
+                f" WHERE mount_point_id IN ({marks(len(chunk))}) AND workload_id <> ?"
+                " ORDER BY workload_id, mount_point_id LIMIT 1",
+                [*chunk, entity.id],
+            ).fetchone()
+            if holder is not None:
+                return refusals.mount_point_taken(holder[0], holder[1])
+        return None
+
+
+class Migrations(Repository[Migration]):
+    @translated
+    def update_if(self, migration: Migration, expected: Sequence[MigrationState]) -> Migration:
+        states = [MigrationState(state).value for state in expected]
+        self._store(
+            migration,
+            f"{self._update} AND state IN ({marks(len(states))})",
+            [migration.id, migration.owner_id, *states],
+            self._not_in_state,
+        )
+        return migration
+
+    def running(self, instance_ids: Collection[str | None] | None = None) -> list[Migration]:
+        rows = self._session.execute(
+            f"{self._select} WHERE state = ? ORDER BY id", [MigrationState.RUNNING.value]
+        ).fetchall()
+        found = self._entities(rows)
+        if instance_ids is None:
+            return found
+        return [m for m in found if m.instance_id in instance_ids]
+
+    def running_instances(self) -> set[str | None]:
+        rows = self._session.execute(
+            "SELECT DISTINCT instance_id FROM migrations WHERE state = ?",
+            [MigrationState.RUNNING.value],
+        )
+        return {row[0] for row in rows}
+
+    def _not_in_state(self, migration: Migration) -> Exception:
+        row = self._session.execute(
+            "SELECT state FROM migrations WHERE id = ? AND owner_id = ?",
+            [migration.id, migration.owner_id],
+        ).fetchone()
+        if row is None:
+            return self._missing(migration)
+        return refusals.not_in_state(migration.id, row[0])
+
+    def _why_unique(self, entity: Migration) -> Conflict | None:
+        if entity.state is not MigrationState.RUNNING:
+            return None
+        busy = self._session.execute(
+            "SELECT id FROM migrations WHERE migration_target_id = ? AND state = ? AND id <> ?",
+            [entity.migration_target_id, MigrationState.RUNNING.value, entity.id],
+        ).fetchone()
+        if busy is None:
+            return None
+        return refusals.target_busy(entity.migration_target_id, busy[0])
+
