@@ -12,9 +12,11 @@ from aiohttp import web
 from aiohttp.log import access_logger
 
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap
+from entrypoints.workers import Supervisor, is_worker
 
 PROG = "migration-api"
 SHUTDOWN_GRACE_SECONDS = 5.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(flags: dict[str, str | None]) -> int:
     try:
         settings = Settings.from_sources(os.environ, flags)
+        if settings.workers > 1 and not is_worker():
+            logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+            return Supervisor(settings, os.environ).run()
         services = bootstrap(settings)
     except BadSetting as error:
         print(f"{PROG}: bad setting: {error}", file=sys.stderr)
@@ -47,7 +52,7 @@ def serve(flags: dict[str, str | None]) -> int:
     from entrypoints.http import create_app
     from entrypoints.http.app import server_options
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         web.run_app(
             create_app(services, body_timeout=settings.body_timeout),
@@ -55,6 +60,7 @@ def serve(flags: dict[str, str | None]) -> int:
             port=settings.port,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
             access_log=access_logger if settings.access_log else None,
+            reuse_port=is_worker(),
             **server_options(settings.idle_timeout),
             print=lambda _banner: print(
                 f"{PROG}: serving on http://{settings.host}:{settings.port} (Ctrl+C to stop)",

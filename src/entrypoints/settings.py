@@ -166,6 +166,12 @@ class Settings:
             raise BadSetting(
                 f"{label('secret_key')}: required with PostgreSQL storage, the same for every instance"
             )
+        workers = _integer("workers", text("workers"), low=1, high=64)
+        if workers > 1 and urlsplit(storage).scheme == "memory":
+            raise BadSetting(
+                f"{label('workers')}: {workers} workers cannot share memory:// storage;"
+                " use an sqlite:/// file or postgresql://"
+            )
         return cls(
             storage=storage,
             host=host,
@@ -176,7 +182,7 @@ class Settings:
             idle_timeout=_positive_seconds("idle_timeout", text("idle_timeout")),
             body_timeout=_positive_seconds("body_timeout", text("body_timeout")),
             access_log=_switch("access_log", text("access_log")),
-            workers=_integer("workers", text("workers"), low=1, high=64),
+            workers=workers,
             lease_seconds=_positive_seconds("lease_seconds", text("lease_seconds")),
             secret_key=secret_key,
         )

@@ -1,0 +1,153 @@
+"""A real `serve` process on a free loopback port, as tests of whole processes
+need it: started on any storage URL, called over HTTP, stopped by any signal.
+Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+PATIENCE = 30.0  # seconds: a bound on every wait, never an expectation
+SECRET_KEY = "multi-instance-tests-secret-key-0123456789"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], patience: float = PATIENCE) -> T:
+    """Poll `check` until it returns something other than None or False."""
+    deadline = time.monotonic() + patience
+    while True:
+        found = check()
+        if found is not None and found is not False:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class ServiceProcess:
+    """One `serve` process on `storage`; it can be started again (on a new
+    port) as often as a test asks. Its output goes to a log file per start."""
+
+    def __init__(self, storage: str, directory: Path, name: str, *args: str) -> None:
+        self.storage = storage
+        self.directory = directory
+        self.name = name
+        self.args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.name}-{self.starts}.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, *args: str) -> ServiceProcess:
+        assert self.process is None or self.process.poll() is not None
+        self.port = free_port()
+        self.starts += 1
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
+        environ["MIGRATION_SECRET_KEY"] = SECRET_KEY
+        command = [
+            sys.executable, "-m", "entrypoints", "serve",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--storage", self.storage,
+            *self.args,
+            *args,
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+        wait_for(f"{self.name} to answer /health:\n{self.log()}", self._healthy)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, f"{self.name} ended early:\n{self.log()}"
+        try:
+            return self.call("GET", "/health")[0] == 200
+        except OSError:
+            return False
+
+    def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
+        """Send `how` and wait for the process to end; its exit code."""
+        assert self.process is not None
+        self.process.send_signal(how)
+        try:
+            return self.process.wait(timeout=PATIENCE)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def call(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=PATIENCE) as answer:
+                raw = answer.read()
+                return answer.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def ok(self, method: str, path: str, body: Any = None, token: str | None = None, status: int = 200) -> Any:
+        got, answer = self.call(method, path, body, token)
+        assert got == status, (method, path, got, answer)
+        return answer
+
+
+def sign_up(service: ServiceProcess, username: str, password: str = "long enough") -> str:
+    """Register `username` and return an access token."""
+    service.ok("POST", "/api/v1/auth/", {"username": username, "password": password}, status=201)
+    return str(service.ok("POST", "/api/v1/token/", {"username": username, "password": password})["access"])
+
+
+def plan_migration(service: ServiceProcess, token: str, ip: str, volumes: Sequence[str] = ("C:\\", "D:\\")) -> int:
+    """A workload with `volumes`, a target, and a migration of them all; its id."""
+    credentials = service.ok("POST", "/api/v1/credentials/", {"username": "admin", "password": "pw"}, token, 201)
+    mount_points = [
+        service.ok("POST", "/api/v1/mount_points/", {"name": name, "size": 1000}, token, 201)["id"]
+        for name in volumes
+    ]
+    workload = service.ok(
+        "POST", "/api/v1/work_loads/",
+        {"ip": ip, "credentials": credentials["id"], "storage": mount_points}, token, 201,
+    )
+    target = service.ok(
+        "POST", "/api/v1/migration_targets/",
+        {"cloud_type": "aws", "cloud_credentials": credentials["id"]}, token, 201,
+    )
+    migration = service.ok(
+        "POST", "/api/v1/migrations/",
+        {"source": workload["id"], "migration_target": target["id"], "selected_mount_points": mount_points},
+        token, 201,
+    )
+    return int(migration["id"])
