@@ -1,9 +1,57 @@
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from .postgres_server import PostgresServer, PostgresUnavailable
 
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# A real PostgreSQL server (see tests/postgres_server.py): one per test session,
+# a fresh empty database per test.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's server. Its url() is the base URL; a module whose tests run
+    several processes against one database can take postgres_module_url, or
+    call create_database()/drop_database() itself."""
+    server = PostgresServer.from_env()
+    problem = None
+    try:
+        server.start()
+    except PostgresUnavailable as e:
+        problem = str(e)
+    if problem:  # a failure, never a skip: PostgreSQL tests must run everywhere
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _database_url(server: PostgresServer) -> Iterator[str]:
+    name = server.create_database()
+    try:
+        yield server.url(name)
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new empty database for this test alone, dropped afterwards."""
+    yield from _database_url(postgres_server)
+
+
+@pytest.fixture(scope="module")
+def postgres_module_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """One empty database shared by a whole test module, e.g. by the processes a
+    multi-process test starts; dropped after the module."""
+    yield from _database_url(postgres_server)
