@@ -79,15 +79,17 @@ def _placeholders(sql: str) -> str:
 class PostgresStorage:
     """Satisfies `migration_core.Storage`."""
 
-    def __init__(self, url: str, secret_key: bytes, *, max_connections: int = 16) -> None:
+    def __init__(
+        self, url: str, secret_key: bytes, *, min_connections: int = 2, max_connections: int = 16
+    ) -> None:
         self.url = url
         self._codec = Codec(SecretBox(secret_key))
         self._local = threading.local()  # the connection of this thread's open unit
         with _driver_errors():
             self._pool = ConnectionPool(
                 url,
-                min_size=1,
-                max_size=max_connections,
+                min_size=min_connections,
+                max_size=max(min_connections, max_connections),
                 kwargs={"autocommit": True},
                 timeout=POOL_TIMEOUT_SECONDS,
                 open=False,

@@ -1,6 +1,6 @@
 """The repository contract, run against every storage adapter: what the
-in-memory storage does, SQLite does too, so the unit tests' fake cannot drift
-from the real thing."""
+in-memory storage does, SQLite and PostgreSQL do too, so the unit tests' fake
+cannot drift from the real things."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 import attrs
 import pytest
 
-from adapters.memory import MemoryStorage
-from adapters.sqlite import SqliteStorage
+from .storages import ALL_STORAGES, open_storage
 from migration_core import (
     Conflict,
     Credentials,
@@ -35,11 +34,9 @@ SECRET = b"contract-suite-secret-key-32-byte"
 STARTED = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=ALL_STORAGES)
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    store: Storage = (
-        MemoryStorage() if request.param == "memory" else SqliteStorage(tmp_path / "contract.db", SECRET)
-    )
+    store = open_storage(request.param, request, tmp_path, SECRET)
     yield store
     store.close()
 
@@ -554,7 +551,32 @@ def test_referrers_name_the_objects_that_point_at_one(world: World) -> None:
 
 def test_an_owner_must_be_a_user(storage: Storage) -> None:
     with storage.unit_of_work() as uow:
-        with pytest.raises(Conflict):
+        with pytest.raises(Conflict) as refused:
             uow.credentials.add(Credentials(424242, "admin", "pw"))
+    # Every storage says it in the same words.
+    assert refused.value.message == "owner_id refers to a missing users row 424242."
     with storage.unit_of_work(write=False) as uow:
         assert uow.credentials.find(424242, ListQuery()) == (0, [])
+
+
+def test_a_unit_inside_another_is_undone_with_it(world: World) -> None:
+    """A nested unit is a savepoint of the outer one: what it committed goes
+    when the outer unit rolls back, and stays when the outer one commits."""
+    storage = world.storage
+    with storage.unit_of_work() as outer:
+        outer.mount_points.add(MountPoint(world.alice, "E:\\", 1))
+        with storage.unit_of_work() as inner:
+            inner.mount_points.add(MountPoint(world.alice, "F:\\", 2))
+            inner.commit()
+        # leaving without commit: the outer unit rolls back
+    with storage.unit_of_work() as outer:
+        with storage.unit_of_work() as inner:
+            inner.mount_points.add(MountPoint(world.alice, "G:\\", 3))
+            inner.commit()
+        with storage.unit_of_work() as inner:
+            inner.mount_points.add(MountPoint(world.alice, "H:\\", 4))
+            # leaving without commit: this inner unit alone is undone
+        outer.commit()
+    with storage.unit_of_work(write=False) as uow:
+        _, found = uow.mount_points.find(world.alice, ListQuery(limit=100))
+    assert sorted(mp.name for mp in found) == ["C:\\", "D:\\", "G:\\"]

@@ -1,7 +1,7 @@
 """Crash safety with a real process: a writer acknowledges each object once its
 use case has returned, is killed with SIGKILL in the middle of its stream, and
-the file it leaves holds every acknowledged object and passes SQLite's own
-integrity check."""
+the database it leaves (an SQLite file, a PostgreSQL database) holds every
+acknowledged object; the SQLite file passes SQLite's own integrity check."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 import migration_core as core
-from adapters.sqlite import SqliteStorage
+from entrypoints.bootstrap import open_storage
+
+from .storages import SQL_STORAGES, storage_url
 
 SECRET = b"crash-suite-secret-key-of-32-byte"
 ACKNOWLEDGED_BEFORE_KILL = 150
@@ -26,9 +28,9 @@ WRITER = """
 import itertools, sys
 from pathlib import Path
 import migration_core as core
-from adapters.sqlite import SqliteStorage
+from entrypoints.bootstrap import open_storage
 
-storage = SqliteStorage(Path(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+storage = open_storage(sys.argv[1], bytes.fromhex(sys.argv[2]))
 with storage.unit_of_work() as uow:
     owner = uow.users.add(core.User("writer", "not-a-real-hash")).id
     uow.commit()
@@ -50,11 +52,13 @@ def _lines(stream: "subprocess.IO[str]", into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-def test_a_killed_writer_loses_no_acknowledged_object(tmp_path: Path) -> None:
-    path = tmp_path / "crash.db"
+@pytest.mark.parametrize("kind", SQL_STORAGES)
+def test_a_killed_writer_loses_no_acknowledged_object(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = storage_url(kind, request, tmp_path)
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), SECRET.hex()],
+        [sys.executable, "-c", WRITER, url, SECRET.hex()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -78,12 +82,13 @@ def test_a_killed_writer_loses_no_acknowledged_object(tmp_path: Path) -> None:
         acknowledged.append((kind, int(entity_id), int(i)))
     assert writer.returncode == -signal.SIGKILL
 
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
-    raw.close()
+    if kind == "sqlite":
+        with sqlite3.connect(url[len("sqlite:///") :]) as raw:
+            assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+        raw.close()
 
-    storage = SqliteStorage(path, SECRET)
+    storage = open_storage(url, SECRET)
     try:
         (_, owner, _), *objects = acknowledged
         for kind, entity_id, i in objects:

@@ -1,12 +1,12 @@
-"""Secrets at rest: no password is written to the database file or its WAL in a
-readable form, yet the storage gives each one back, and only with the secret
-key it was written with."""
+"""Secrets at rest: no password is written in a readable form to an SQLite file
+or its WAL, nor to what `pg_dump` makes of a PostgreSQL database, yet the
+storage gives each one back, and only with the secret key it was written with."""
 
 from __future__ import annotations
 
 import base64
 import secrets
-import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,10 @@ from adapters.clock import SystemClock
 from adapters.passwords import ScryptHasher
 from adapters.runners import BlockingRunner
 from adapters.secrets import SecretBox, SecretError
-from adapters.sqlite import SqliteStorage
+from entrypoints.bootstrap import open_storage
+
+from ..postgres_server import find_bin_dir
+from .storages import SQL_STORAGES, storage_url
 
 SECRET = b"secrets-suite-secret-key-32-bytes"
 
@@ -27,18 +30,30 @@ def on_disk(path: Path) -> bytes:
     )
 
 
+def stored(url: str) -> bytes:
+    """Everything the database holds, as bytes: the SQLite file and its WAL, or
+    a plain `pg_dump` of the PostgreSQL database (what a backup would hold)."""
+    if url.startswith("sqlite:///"):
+        return on_disk(Path(url[len("sqlite:///") :]))
+    dump = subprocess.run(
+        [str(find_bin_dir() / "pg_dump"), "--dbname", url], capture_output=True, check=True, timeout=60
+    )
+    return dump.stdout
+
+
 def readable_forms(password: str) -> list[bytes]:
     raw = password.encode()
     return [raw, base64.b64encode(raw), password.encode("utf-16-le")]
 
 
-def test_passwords_are_unreadable_on_disk_and_read_back_through_the_storage(
-    tmp_path: Path,
+@pytest.mark.parametrize("kind", SQL_STORAGES)
+def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    path = tmp_path / "secrets.db"
+    url = storage_url(kind, request, tmp_path)
     user_password = "user-" + secrets.token_hex(16)
     credentials_password = "cred-" + secrets.token_hex(16)
-    storage = SqliteStorage(path, SECRET)
+    storage = open_storage(url, SECRET)
     hasher = ScryptHasher(n=2**12)
     try:
         user = core.register_user(storage, hasher, "keeper", user_password)
@@ -64,8 +79,11 @@ def test_passwords_are_unreadable_on_disk_and_read_back_through_the_storage(
         done = core.run_migration(storage, clock, BlockingRunner(storage, clock, 0), user.id, migration.id)
         assert done.state is core.MigrationState.SUCCESS
 
-        assert path.with_name(path.name + "-wal").stat().st_size > 0, "the WAL is checked too"
-        written = on_disk(path)
+        if kind == "sqlite":
+            wal = Path(url[len("sqlite:///") :] + "-wal")
+            assert wal.stat().st_size > 0, "the WAL is checked too"
+        written = stored(url)
+        assert credentials.username.encode() in written, "the check reads what storage holds"
         for password in (user_password, credentials_password):
             for form in readable_forms(password):
                 assert form not in written
@@ -81,38 +99,41 @@ def test_passwords_are_unreadable_on_disk_and_read_back_through_the_storage(
     finally:
         storage.close()
 
-    # Closed and checkpointed into the main file: still nothing readable.
-    written = on_disk(path)
+    # Closed (SQLite: checkpointed into the main file): still nothing readable.
+    written = stored(url)
     for password in (user_password, credentials_password):
         for form in readable_forms(password):
             assert form not in written
-    with sqlite3.connect(path) as raw:
-        (password_hash,) = raw.execute("SELECT password_hash FROM users").fetchone()
-    raw.close()
-    assert password_hash.startswith("scrypt$")
+    assert b"scrypt$" in written
 
 
-def test_reopening_with_the_same_key_reads_the_secrets(tmp_path: Path) -> None:
-    path = tmp_path / "reopen.db"
-    storage = SqliteStorage(path, SECRET)
+@pytest.mark.parametrize("kind", SQL_STORAGES)
+def test_reopening_with_the_same_key_reads_the_secrets(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = storage_url(kind, request, tmp_path)
+    storage = open_storage(url, SECRET)
     with storage.unit_of_work() as uow:
         owner = uow.users.add(core.User("keeper", "h")).id
         uow.commit()
     credentials = core.create_credentials(storage, owner, username="admin", password="kept")
     storage.close()
 
-    reopened = SqliteStorage(path, SECRET)
+    reopened = open_storage(url, SECRET)
     try:
         assert core.get_credentials(reopened, owner, credentials.id) == credentials
     finally:
         reopened.close()
 
 
-def test_another_secret_key_is_refused_when_the_file_opens(tmp_path: Path) -> None:
-    path = tmp_path / "keyed.db"
-    SqliteStorage(path, SECRET).close()
+@pytest.mark.parametrize("kind", SQL_STORAGES)
+def test_another_secret_key_is_refused_when_the_database_opens(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = storage_url(kind, request, tmp_path)
+    open_storage(url, SECRET).close()
     with pytest.raises(SecretError, match="another secret key"):
-        SqliteStorage(path, b"some-other-secret-key-of-32-bytes")
+        open_storage(url, b"some-other-secret-key-of-32-bytes")
 
 
 def test_a_sealed_value_opens_only_with_its_key_and_in_its_place() -> None:
