@@ -5,11 +5,17 @@ prints one line per phase and repetition, then the medians. Bounded: every
 phase runs for a fixed number of seconds; the whole run takes a few minutes.
 
     python bench/run.py [--seconds 5] [--repeat 3] [--connections 32]
+
+Besides the SQLite service it starts one on PostgreSQL (a server of its own,
+started as the tests start theirs, unless --postgres names one) and one with
+two workers on SQLite, and measures their reads and writes in the same
+repetitions, so the ratios between them come from one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -32,6 +38,7 @@ import loadgen
 
 HERE = Path(__file__).resolve().parent
 PASSWORD = "bench password 1"
+sys.path.insert(0, str(HERE.parent))  # the tests' PostgreSQL server
 
 
 def free_port() -> int:
@@ -105,48 +112,33 @@ def parallel(jobs: list[Callable[[], object]], workers: int = 16) -> list[object
         return list(pool.map(lambda job: job(), jobs))
 
 
-class Stage:
-    """The service, the ceiling and the data every phase needs."""
+class Service:
+    """One `serve` process on `storage`, with a user owning 100 credentials:
+    what the detail, list and create phases read and write."""
 
-    def __init__(self, workdir: Path, runs: int, deep_rows: int, access_log: str = "off") -> None:
-        self.workdir = workdir
-        self.secret = secrets.token_hex(32)
-        self.db = workdir / "bench.db"
-        self.ceiling_port = free_port()
-        self.service_port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.ceiling = subprocess.Popen(
-            [sys.executable, str(HERE / "ceiling.py"), str(self.ceiling_port)], env=env
-        )
-        self.service = subprocess.Popen(
+    def __init__(self, storage: str, secret: str, access_log: str, *extra: str) -> None:
+        self.storage = storage
+        self.port = free_port()
+        self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "entrypoints",
-                "serve",
-                "--port",
-                str(self.service_port),
-                "--storage",
-                f"sqlite:///{self.db}",
-                "--secret-key",
-                self.secret,
-                "--run-seconds",
-                "3600",  # runs stay running for as long as a phase needs them
-                "--access-log",
-                access_log,
+                sys.executable, "-m", "entrypoints", "serve",
+                "--port", str(self.port),
+                "--storage", storage,
+                "--secret-key", secret,
+                "--run-seconds", "3600",  # runs stay running for as long as a phase needs them
+                "--access-log", access_log,
+                *extra,
             ],
-            env=env,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.ceiling_base = f"http://127.0.0.1:{self.ceiling_port}"
-        self.base = f"http://127.0.0.1:{self.service_port}"
-        wait_until_up(self.ceiling_base + "/item", self.ceiling)
-        wait_until_up(self.base + "/health", self.service)
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_until_up(self.base + "/health", self.process)
         self.api = Api(self.base)
         self.api.sign_up("bench")
         self.token = self.api.token
-        credentials = parallel(
+        self.credentials = parallel(
             [
                 lambda i=i: self.api.ok(
                     "POST", "/api/v1/credentials/", {"username": f"user{i}", "password": "pw"}
@@ -154,8 +146,51 @@ class Stage:
                 for i in range(100)
             ]
         )
-        self.detail_paths = [f"/api/v1/credentials/{c['id']}/" for c in credentials]  # type: ignore[index]
-        self.migration_ids = self._migrations(runs, credentials[0]["id"])  # type: ignore[index]
+        self.detail_paths = [f"/api/v1/credentials/{c['id']}/" for c in self.credentials]  # type: ignore[index]
+
+    def loads(self) -> dict[str, loadgen.Load]:
+        return {
+            "detail": loadgen.Load(self.base, self.detail_paths, token=self.token),
+            "list": loadgen.Load(self.base, ["/api/v1/credentials/?limit=100"], token=self.token),
+            "create": loadgen.Load(self.base, ["/api/v1/credentials/"], method="POST",
+                                   body={"username": "created", "password": "pw"}, token=self.token),
+        }
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class Stage:
+    """The services, the ceiling and the data every phase needs."""
+
+    def __init__(
+        self, workdir: Path, runs: int, deep_rows: int, access_log: str = "off", postgres: str | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.secret = secrets.token_hex(32)
+        self.db = workdir / "bench.db"
+        self.ceiling_port = free_port()
+        self.ceiling = subprocess.Popen(
+            [sys.executable, str(HERE / "ceiling.py"), str(self.ceiling_port)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.ceiling_base = f"http://127.0.0.1:{self.ceiling_port}"
+        wait_until_up(self.ceiling_base + "/item", self.ceiling)
+        self.main = Service(f"sqlite:///{self.db}", self.secret, access_log)
+        self.service, self.base, self.api, self.token = (
+            self.main.process, self.main.base, self.main.api, self.main.token
+        )
+        self.detail_paths = self.main.detail_paths
+        # Measured beside the main service when a PostgreSQL database is given.
+        self.others = {} if postgres is None else {
+            "postgresql": Service(postgres, self.secret, access_log),
+            "workers-2": Service(f"sqlite:///{workdir / 'workers.db'}", self.secret, access_log, "--workers", "2"),
+        }
+        self.migration_ids = self._migrations(runs, self.main.credentials[0]["id"])  # type: ignore[index]
         self.deep_token, self.deep_rows = self._deep_table(deep_rows)
 
     def _migrations(self, count: int, credentials_id: int) -> list[int]:
@@ -214,13 +249,13 @@ class Stage:
         parallel([lambda i=i: self.api.ok("POST", f"/api/v1/migrations/{i}/{action}/") for i in self.migration_ids])
 
     def close(self) -> None:
-        for process in (self.service, self.ceiling):
-            process.send_signal(signal.SIGTERM)
-        for process in (self.service, self.ceiling):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        for service in (self.main, *self.others.values()):
+            service.stop()
+        self.ceiling.send_signal(signal.SIGTERM)
+        try:
+            self.ceiling.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.ceiling.kill()
 
 
 class Logins:
@@ -257,14 +292,22 @@ def main() -> None:
     parser.add_argument("--deep-rows", type=int, default=100_000)
     parser.add_argument("--access-log", choices=["on", "off"], default="off",
                         help="the service's access log (its default is on; off as behind a logging proxy)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="an empty PostgreSQL database to use (default: a server of its own)")
     args = parser.parse_args()
     generator = "wrk" if loadgen.wrk_available() else "python aiohttp client"
     print(f"# load generator: {generator}; {args.connections} connections, {args.seconds:g} s a measurement, "
           f"{args.repeat} interleaved repetitions; {os.cpu_count()} cores; service access log {args.access_log}",
           flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="migration-bench-") as tmp:
-        stage = Stage(Path(tmp), args.runs, args.deep_rows, args.access_log)
+    with tempfile.TemporaryDirectory(prefix="migration-bench-") as tmp, contextlib.ExitStack() as stack:
+        postgres = args.postgres
+        if postgres is None:
+            from tests.postgres_server import PostgresServer
+
+            server = stack.enter_context(PostgresServer())
+            postgres = server.url(server.create_database())
+        stage = Stage(Path(tmp), args.runs, args.deep_rows, args.access_log, postgres)
         try:
             measure(stage, args)
         finally:
@@ -282,15 +325,17 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
               f"errors {result.errors}", flush=True)
         return result
 
-    detail = loadgen.Load(stage.base, stage.detail_paths, token=stage.token)
+    main_loads = stage.main.loads()
+    detail = main_loads["detail"]
     last_offset = max(0, stage.deep_rows - 100)
     for repetition in range(1, args.repeat + 1):
         print(f"# repetition {repetition}", flush=True)
         go("ceiling", loadgen.Load(stage.ceiling_base, ["/item"]))
-        go("detail", detail)
-        go("list", loadgen.Load(stage.base, ["/api/v1/credentials/?limit=100"], token=stage.token))
-        go("create", loadgen.Load(stage.base, ["/api/v1/credentials/"], method="POST",
-                                  body={"username": "created", "password": "pw"}, token=stage.token))
+        for phase, load in main_loads.items():
+            go(phase, load)
+        for phase, load in stage.others["postgresql"].loads().items():
+            go(f"postgresql {phase}", load)
+        go("workers-2 detail", stage.others["workers-2"].loads()["detail"])
         stage.run_all("run")
         go("detail-under-runs", detail)
         stage.run_all("cancel")
@@ -315,6 +360,9 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
               f"p99 {med(name, 'p99_ms'):7.2f} ms  errors {sum(r.errors for r in results[name])}  "
               f"ratio {med(name, 'rps') / ceiling:5.2f}")
     print(f"detail-under-runs / detail: {med('detail-under-runs', 'rps') / med('detail', 'rps'):.2f}")
+    for phase in ("detail", "list", "create"):
+        print(f"postgresql {phase} / sqlite {phase}: {med(f'postgresql {phase}', 'rps') / med(phase, 'rps'):.2f}")
+    print(f"workers-2 detail / detail (one worker): {med('workers-2 detail', 'rps') / med('detail', 'rps'):.2f}")
     print(f"deep-page last p50 / first p50: {med('deep-page last', 'p50_ms') / med('deep-page first', 'p50_ms'):.2f}")
     print(f"logins per second during detail-under-logins: {statistics.median(extra['logins']):.1f}")
     print(f"service memory (RSS) after the deep pages: {max(extra['rss']):.0f} MB")

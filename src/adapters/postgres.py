@@ -31,8 +31,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from types import TracebackType
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -43,10 +42,10 @@ from .secrets import SecretBox
 from .sql.instances import SqlInstanceRegistry
 from .sql.mapping import (
     Codec,
-    ConstraintViolation,
     NestedTransactions,
     SqlUnitOfWork,
     StorageFailure,
+    driver_errors,
     savepoint_on,
 )
 from .sql.schema import POSTGRES, upgrade
@@ -59,15 +58,8 @@ _LOCK_CLASS = 0x4D47  # "MG"
 _UPGRADE_LOCK = 1
 
 
-@contextmanager
-def _driver_errors() -> Iterator[None]:
-    """psycopg's errors in the adapters' terms."""
-    try:
-        yield
-    except psycopg.IntegrityError as exc:
-        raise ConstraintViolation(str(exc)) from exc
-    except (psycopg.Error, PoolTimeout) as exc:
-        raise StorageFailure(f"The database failed: {exc}") from exc
+def _driver_errors() -> AbstractContextManager[None]:
+    return driver_errors(psycopg.IntegrityError, (psycopg.Error, PoolTimeout))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -161,7 +153,6 @@ class PostgresUnitOfWork(SqlUnitOfWork):
         self._write = write
         self._connection: psycopg.Connection[Any] | None = None
         self._pooled = False
-        self._transactions: NestedTransactions | None = None
         self.session = self
 
     @property
@@ -188,25 +179,13 @@ class PostgresUnitOfWork(SqlUnitOfWork):
         self._connection, self._pooled, self._transactions = connection, pooled, transactions
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        connection, self._connection = self.connection, None
-        assert self._transactions is not None
-        try:
-            with _driver_errors():
-                self._transactions.end()
-        finally:
-            if self._pooled:
-                self._storage.give_back(connection)
+    def _driver_errors(self) -> AbstractContextManager[None]:
+        return _driver_errors()
 
-    def commit(self) -> None:
-        assert self._transactions is not None, "commit inside the `with` block"
-        with _driver_errors():
-            self._transactions.commit()
+    def _release(self) -> None:
+        connection, self._connection = self._connection, None
+        if self._pooled and connection is not None:
+            self._storage.give_back(connection)
 
     # -- the Session of the shared repositories --
 

@@ -47,9 +47,8 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from sqlite_utils import Database
@@ -62,6 +61,7 @@ from .sql.mapping import (
     NestedTransactions,
     SqlUnitOfWork,
     StorageFailure,
+    driver_errors,
     savepoint_on,
 )
 from .sql.schema import SQLITE
@@ -72,15 +72,8 @@ __all__ = ["SqliteStorage", "SqliteUnitOfWork", "StorageFailure", "upgrade"]
 BUSY_TIMEOUT_SECONDS = 10.0
 
 
-@contextmanager
-def _driver_errors() -> Iterator[None]:
-    """sqlite3's errors in the adapters' terms."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise ConstraintViolation(str(exc)) from exc
-    except sqlite3.Error as exc:
-        raise StorageFailure(f"The database failed: {exc}") from exc
+def _driver_errors() -> AbstractContextManager[None]:
+    return driver_errors(sqlite3.IntegrityError, (sqlite3.Error,))
 
 
 def schema_version(db: Database) -> int:
@@ -207,7 +200,6 @@ class SqliteUnitOfWork(SqlUnitOfWork):
         self.codec = codec
         self._write = write
         self._db: Database | None = None
-        self._transactions: NestedTransactions | None = None
         self._holds_write_lock = False
         self.session = self
 
@@ -233,29 +225,17 @@ class SqliteUnitOfWork(SqlUnitOfWork):
         self._db, self._transactions = db, transactions
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        transactions, self._db = self._transactions, None
-        assert transactions is not None
-        try:
-            with _driver_errors():
-                transactions.end()
-        finally:
-            self._release_write_lock()
+    def _driver_errors(self) -> AbstractContextManager[None]:
+        return _driver_errors()
+
+    def _release(self) -> None:
+        self._db = None
+        self._release_write_lock()
 
     def _release_write_lock(self) -> None:
         if self._holds_write_lock:
             self._holds_write_lock = False
             self._storage.write_lock.release()
-
-    def commit(self) -> None:
-        assert self._transactions is not None, "commit inside the `with` block"
-        with _driver_errors():
-            self._transactions.commit()
 
     # -- the Session of the shared repositories --
 

@@ -46,12 +46,21 @@ def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
         ("MIGRATION_RUN_SECONDS", "-1"), ("MIGRATION_RUN_SECONDS", "soon"), ("MIGRATION_RUN_SECONDS", "inf"),
         ("MIGRATION_ACCESS_TTL", "0"), ("MIGRATION_REFRESH_TTL", "1.5"), ("MIGRATION_SECRET_KEY", "short"),
         ("MIGRATION_STORAGE", "postgres://db"), ("MIGRATION_STORAGE", "sqlite:///"), ("MIGRATION_HOST", " "),
-        ("MIGRATION_ACCESS_LOG", "yes"),
+        ("MIGRATION_ACCESS_LOG", "yes"), ("MIGRATION_WORKERS", "0"), ("MIGRATION_WORKERS", "65"),
+        ("MIGRATION_LEASE_SECONDS", "0"), ("MIGRATION_LEASE_SECONDS", "soon"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(variable: str, value: str) -> None:
     with pytest.raises(BadSetting, match=variable):
         Settings.from_sources({variable: value}, {})
+
+
+def test_postgresql_storage_needs_the_secret_key_given() -> None:
+    """Every instance must share one key, and no file beside the database holds it."""
+    url = "postgresql://migration:pw@127.0.0.1:5432/migration"
+    with pytest.raises(BadSetting, match="MIGRATION_SECRET_KEY / --secret-key: required with PostgreSQL"):
+        Settings.from_sources({"MIGRATION_STORAGE": url}, {})
+    assert Settings.from_sources({"MIGRATION_STORAGE": url, "MIGRATION_SECRET_KEY": "k" * 32}, {}).storage == url
 
 
 def test_serve_with_a_bad_value_exits_2_with_one_line(

@@ -90,6 +90,20 @@ class Session(Protocol):
         ...
 
 
+@contextmanager
+def driver_errors(
+    integrity: type[Exception], failures: tuple[type[Exception], ...]
+) -> Iterator[None]:
+    """A driver's errors in the adapters' terms: a broken constraint (the
+    driver's `integrity` error) and any other failure of the database."""
+    try:
+        yield
+    except integrity as exc:
+        raise ConstraintViolation(str(exc)) from exc
+    except failures as exc:
+        raise StorageFailure(f"The database failed: {exc}") from exc
+
+
 def translated(method: Callable[P, R]) -> Callable[P, R]:
     """A constraint a repository has not explained is still a Conflict."""
 
@@ -299,9 +313,38 @@ class SqlUnit(Protocol):
 
 class SqlUnitOfWork:
     """The repositories of one transaction over a dialect's session, made on
-    first use: most units touch one or two of them."""
+    first use: most units touch one or two of them; and the end of the unit,
+    the same in every dialect. A dialect enters the unit (setting
+    `_transactions`), says how its driver's errors translate, and what to
+    release when the unit ends."""
 
     session: Session
+    _transactions: NestedTransactions | None = None
+
+    def _driver_errors(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """What the dialect lets go of when the unit ends (a lock, a connection)."""
+
+    def commit(self) -> None:
+        assert self._transactions is not None, "commit inside the `with` block"
+        with self._driver_errors():
+            self._transactions.commit()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        transactions, self._transactions = self._transactions, None
+        assert transactions is not None
+        try:
+            with self._driver_errors():
+                transactions.end()
+        finally:
+            self._release()
 
     @functools.cached_property
     def users(self) -> Users:
