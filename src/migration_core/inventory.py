@@ -260,11 +260,9 @@ def get_workload(storage: Storage, owner_id: int, workload_id: int) -> Workload:
 
 def list_workloads(storage: Storage, owner_id: int, query: ListQuery) -> Page[Workload]:
     if "ip" in query.filters:
-        # Filter by the canonical form, as stored; a malformed ip matches nothing.
-        try:
-            ip = canonical_ip(query.filters["ip"])
-        except InvalidInput:
-            return Page(0, [])
+        # Filter by the canonical form, as stored; an ip filter that is no
+        # address is refused (InvalidInput naming `ip`), not an empty page.
+        ip = canonical_ip(query.filters["ip"])
         query = attrs.evolve(query, filters={**query.filters, "ip": ip})
     return _list(storage, _workloads, owner_id, query)
 

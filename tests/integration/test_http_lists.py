@@ -121,6 +121,8 @@ async def test_lists_show_only_the_callers_objects(client: TestClient[Any, Any],
         ("migrations/?source=0", "source"),
         ("migrations/?migration_target=1.0", "migration_target"),
         ("work_loads/?ip=" + "1" * 46, "ip"),
+        ("work_loads/?ip=10.0.0.300", "ip"),
+        ("work_loads/?ip=server-7", "ip"),
     ],
 )
 async def test_a_bad_filter_or_paging_value_is_400_naming_it(alice: User, query: str, field: str) -> None:

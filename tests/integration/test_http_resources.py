@@ -112,6 +112,30 @@ CASES = {
 }
 
 
+# What a PUT must carry (SPEC 3.2): every writable field but a credentials'
+# domain, which defaults to "", and a workload's ip, which is set on create.
+REQUIRED_ON_REPLACE = {
+    "credentials": ["username", "password"],
+    "mount_points": ["name", "size"],
+    "work_loads": ["credentials", "storage"],
+    "migration_targets": ["cloud_type", "cloud_credentials"],
+    "migrations": ["source", "migration_target", "selected_mount_points"],
+}
+
+
+@pytest.mark.parametrize("kind", CASES)
+async def test_a_put_without_a_writable_field_is_400_naming_it_and_changes_nothing(alice: User, kind: str) -> None:
+    case = await CASES[kind](alice)
+    created = await alice.call("POST", case["path"], 201, json=case["create"])
+    item = f"{case['path']}{created['id']}/"
+    assert set(REQUIRED_ON_REPLACE[kind]) <= set(case["replace"])
+    for field in REQUIRED_ON_REPLACE[kind]:
+        body = {name: value for name, value in case["replace"].items() if name != field}
+        answer = await alice.call("PUT", item, 400, json=body)
+        assert list(answer["errors"]) == [field], answer
+    assert await alice.call("GET", item, 200) == created
+
+
 @pytest.mark.parametrize("kind", CASES)
 async def test_create_read_replace_patch_list_delete(alice: User, kind: str) -> None:
     case = await CASES[kind](alice)
@@ -255,7 +279,8 @@ async def test_a_workload_ip_is_canonical_and_never_changes(alice: User) -> None
     await alice.call("PATCH", item, 200, json={"ip": "2001:db8::1"})
     await alice.call("PUT", item, 200, json={"ip": "2001:db8:0::1", "credentials": credentials, "storage": []})
     for method in ("PATCH", "PUT"):
-        answer = await alice.call(method, item, 400, json={"ip": "10.0.0.9", "credentials": credentials})
+        body = {"ip": "10.0.0.9", "credentials": credentials, "storage": []}
+        answer = await alice.call(method, item, 400, json=body)
         assert list(answer["errors"]) == ["ip"]
     answer = await alice.call("POST", f"{API}/work_loads/", 400, json={"ip": "300.1.1.1", "credentials": credentials})
     assert list(answer["errors"]) == ["ip"]

@@ -195,11 +195,18 @@ class WorkloadSchema(Body):
 
 
 class WorkloadReplaceSchema(WorkloadSchema):
-    """A workload's ip is set on create: a replacement may repeat it, or leave it out."""
+    """A workload's ip is set on create: a replacement may repeat it, or leave it
+    out. Its storage is required like every other writable field of a PUT: left
+    out, it would silently empty the workload."""
 
     ip = Text(
         max_length=IP_MAX,
         metadata={"description": "Optional; when given it must equal the current ip."},
+    )
+    storage = _ids_list(
+        required=True,
+        attribute="mount_point_ids",
+        metadata={"description": "Mount point ids, each in one workload at most; [] for none."},
     )
 
 
