@@ -138,9 +138,9 @@ class AsyncRunner:
         with self._table_lock:
             self._accepting = True
 
-    async def stop(self) -> None:
+    async def stop(self) -> int:
         """Stop the ticker and mark every run still being carried out as
-        interrupted, so it can be run again after a restart."""
+        interrupted, so it can be run again after a restart; how many there were."""
         with self._table_lock:
             self._accepting = False
             left = list(self._runs.values())
@@ -153,13 +153,14 @@ class AsyncRunner:
                 await self._ticker
             self._ticker = None
         if self._executor is None:
-            return
+            return len(left)
         if left:
             # Queued behind any job the ticker left running: the executor has one thread.
             await self._in_executor(self._interrupt, left)
         self._executor.shutdown(wait=True)
         self._executor = None
         self._loop = None
+        return len(left)
 
     # -- the Runner port (any thread) -------------------------------------
 

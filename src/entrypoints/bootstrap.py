@@ -229,7 +229,9 @@ class ServiceRunner(Runner, Protocol):
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> int:
+        """Stop, marking the runs still copying interrupted; how many there were."""
+        ...
 
 
 @attrs.frozen

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -39,8 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(flags: dict[str, str | None]) -> int:
     try:
         settings = Settings.from_sources(os.environ, flags)
+    except BadSetting as error:
+        print(f"{PROG}: bad setting: {error}", file=sys.stderr)
+        return 2
+    try:
+        sockets = _listening_sockets(settings.host, settings.port)
+    except OSError as error:
+        print(f"{PROG}: {_cannot_listen(settings, error)}", file=sys.stderr)
+        return 1
+    try:
         services = bootstrap(settings)
     except BadSetting as error:
+        _close(sockets)
         print(f"{PROG}: bad setting: {error}", file=sys.stderr)
         return 2
 
@@ -51,8 +63,7 @@ def serve(flags: dict[str, str | None]) -> int:
     try:
         web.run_app(
             create_app(services, body_timeout=settings.body_timeout),
-            host=settings.host,
-            port=settings.port,
+            sock=sockets,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
             access_log=access_logger if settings.access_log else None,
             **server_options(settings.idle_timeout),
@@ -61,11 +72,51 @@ def serve(flags: dict[str, str | None]) -> int:
                 flush=True,
             ),
         )
-    except OSError as error:
-        print(f"{PROG}: cannot listen on {settings.host}:{settings.port}: {error.strerror or error}",
-              file=sys.stderr)
-        return 1
+    finally:
+        _close(sockets)
     return 0
+
+
+def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """A socket bound to each address `host` names, as asyncio would bind them,
+    but before the service starts: a port in use must stop the start before the
+    runner marks the runs in the database interrupted."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _name, address in dict.fromkeys(found):
+            listener = socket.socket(family, kind, protocol)
+            sockets.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # one family per socket
+            listener.bind(address)
+    except OSError:
+        _close(sockets)
+        raise
+    return sockets
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for listener in sockets:
+        listener.close()
+
+
+def _cannot_listen(settings: Settings, error: OSError) -> str:
+    """Why the service cannot listen, in one line naming the setting to change."""
+    where = f"cannot listen on {settings.host}:{settings.port}"
+    if error.errno == errno.EADDRINUSE:
+        return f"{where}: the port is already in use; choose another with {_named('port')}"
+    if error.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); choose another with {_named('port')}"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return f"{where}: no such address on this machine; check {_named('host')}"
+    return f"{where}: {error.strerror or error}; check {_named('host')} and {_named('port')}"
+
+
+def _named(name: str) -> str:
+    setting = next(setting for setting in SETTINGS if setting.name == name)
+    return f"{setting.variable} / {setting.flag}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

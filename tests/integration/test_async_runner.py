@@ -470,7 +470,7 @@ async def test_stop_marks_active_runs_interrupted_and_they_can_run_again(
     harness.time.advance(DURATION / 4)
     await harness.until(second.id, lambda m: m.progress == 25, "at 25%")
 
-    await runner.stop()
+    assert await runner.stop() == 2
 
     for migration in (first, second):
         stopped = await harness.get(migration.id)

@@ -4,6 +4,7 @@ generated once beside the database."""
 
 from __future__ import annotations
 
+import socket
 import stat
 from pathlib import Path
 
@@ -61,6 +62,26 @@ def test_serve_with_a_bad_value_exits_2_with_one_line(
     assert main(["serve", "--port", "eighty"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--port" in err and "MIGRATION_PORT" in err and "Traceback" not in err
+
+
+def test_a_port_in_use_exits_1_with_one_line_naming_the_setting_before_opening_storage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.variable, raising=False)
+    database = tmp_path / "data" / "migration.db"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--storage", f"sqlite:///{database}"]) == 1
+    assert capsys.readouterr().err == (
+        f"migration-api: cannot listen on 127.0.0.1:{port}: the port is already in use;"
+        " choose another with MIGRATION_PORT / --port\n"
+    )
+    # Nothing was opened: a second process on a busy port must not mark the
+    # first one's runs interrupted.
+    assert not database.parent.exists()
 
 
 def test_the_secret_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:

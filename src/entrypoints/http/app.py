@@ -3,6 +3,7 @@ lifetime of the services (runner started once the loop runs, storage closed last
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
@@ -15,6 +16,8 @@ from .errors import json_errors
 from .openapi import setup_openapi
 from .requests import BODY_TIMEOUT, SERVICES
 from .routes import add_routes
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 15.0
@@ -31,7 +34,10 @@ async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await found.runner.stop()
+            interrupted = await found.runner.stop()
+            # The operator's one line on a stop: what it cut short, to run again.
+            runs = "1 running migration" if interrupted == 1 else f"{interrupted} running migrations"
+            log.info("Service stopped; it interrupted %s.", runs)
     finally:
         if found.write_executor is not None:
             found.write_executor.shutdown()
