@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.log import access_logger
 
+from entrypoints import package_version
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap
 
 PROG = "migration-api"
@@ -21,6 +22,7 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="The workload-migration service.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",

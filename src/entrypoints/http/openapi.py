@@ -17,6 +17,8 @@ from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES  # the Swagger UI
 from apispec.ext.marshmallow import common
 from marshmallow import Schema
 
+from entrypoints import package_version
+
 from .schemas import ErrorSchema, ValidationErrorSchema
 
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -24,7 +26,6 @@ SWAGGER_PATH = "/swagger/"
 SWAGGER_STATIC_PATH = "/swagger/static"
 SECURITY_SCHEME = "bearerAuth"
 TITLE = "Migration service"
-VERSION = "1.0.0"
 DESCRIPTION = (
     "Keep an inventory of workloads, their mount points and credentials, describe"
     " cloud migration targets, and run migrations. Register at /api/v1/auth/, get"
@@ -101,7 +102,7 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         openapi_version="3.0.3",
         schema_name_resolver=schema_name,
         title=TITLE,
-        version=VERSION,
+        version=package_version(),
         info={"description": DESCRIPTION},
         security=[{SECURITY_SCHEME: []}],
     )
