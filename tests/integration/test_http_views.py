@@ -24,7 +24,7 @@ from entrypoints.http import views
 from entrypoints.http.schemas import (
     CredentialsSchema,
     MigrationSchema,
-    MigrationStateSchema,
+    MigrationProgressSchema,
     MigrationTargetSchema,
     MountPointSchema,
     WorkloadSchema,
@@ -97,4 +97,4 @@ def test_migration_target_view_is_the_schema_dump_without_passwords(entity: Migr
 def test_migration_views_are_the_schema_dumps(entity: Migration) -> None:
     assert views.migration_view(entity) == MigrationSchema().dump(entity)
     state = {"state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished}
-    assert views.migration_state_view(entity) == MigrationStateSchema().dump(state)
+    assert views.migration_state_view(entity) == MigrationProgressSchema().dump(state)

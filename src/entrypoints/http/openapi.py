@@ -76,12 +76,15 @@ def answers(
 
 def schema_name(schema: Any) -> str:
     """`CredentialsSchema` is documented as `Credentials`, its partial form
-    (the body of a PATCH) as `CredentialsPatch`."""
+    (the body of a PATCH) as `CredentialsPatch`, and its form without the
+    write-only password (the answers: schemas.answer_form) as `CredentialsAnswer`."""
     instance = common.resolve_schema_instance(schema)
     resolved = common.resolve_schema_cls(schema)
     schema_class = resolved[0] if isinstance(resolved, list) else resolved
     name = schema_class.__name__.removesuffix("Schema") or schema_class.__name__
-    return name + "Patch" if instance.partial else name
+    if instance.partial:
+        return name + "Patch"
+    return name + "Answer" if instance.exclude else name
 
 
 def _without_swagger2_keys(document: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +96,25 @@ def _without_swagger2_keys(document: dict[str, Any]) -> dict[str, Any]:
                 operation.pop("produces", None)
                 operation.pop("consumes", None)
     return document
+
+
+# apispec writes a nullable reference (OpenAPI 3.0) as "the referenced schema or
+# any object", and client generators then make a model of that any object. The
+# alternative meant is null alone.
+_ANY_OBJECT_OR_NULL = {"type": "object", "nullable": True}
+_NULL_ONLY = {"nullable": True, "enum": [None]}
+
+
+def _null_for_any_object(node: Any) -> Any:
+    if isinstance(node, dict):
+        if "anyOf" in node:
+            node["anyOf"] = [_NULL_ONLY if choice == _ANY_OBJECT_OR_NULL else choice for choice in node["anyOf"]]
+        for value in node.values():
+            _null_for_any_object(value)
+    elif isinstance(node, list):
+        for item in node:
+            _null_for_any_object(item)
+    return node
 
 
 def setup_openapi(app: web.Application) -> dict[str, Any]:
@@ -114,7 +136,8 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         api.register(app, in_place=True)
     # Through JSON once, so the document is exactly what clients read (string keys).
-    document: dict[str, Any] = json.loads(json.dumps(_without_swagger2_keys(api.swagger_dict())))
+    built = _null_for_any_object(_without_swagger2_keys(api.swagger_dict()))
+    document: dict[str, Any] = json.loads(json.dumps(built))
     app[OPENAPI] = document
     app.router.add_get(OPENAPI_PATH, _serve_document, allow_head=False)
     app.router.add_get(SWAGGER_STATIC_PATH + "/{name}", _serve_swagger_file, allow_head=False)

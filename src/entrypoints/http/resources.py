@@ -26,7 +26,7 @@ from .schemas import (
     CredentialsSchema,
     MigrationQuerySchema,
     MigrationSchema,
-    MigrationStateSchema,
+    MigrationProgressSchema,
     MigrationTargetQuerySchema,
     MigrationTargetSchema,
     MountPointQuerySchema,
@@ -34,6 +34,7 @@ from .schemas import (
     WorkloadQuerySchema,
     WorkloadReplaceSchema,
     WorkloadSchema,
+    answer_form,
     page_schema,
 )
 
@@ -94,7 +95,8 @@ def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View]
 
 def resource_routes(resource: Resource) -> list[Route]:
     schema = resource.schema()
-    page = page_schema(resource.schema, f"{resource.name}Page")
+    answer = answer_form(resource.schema)
+    page = page_schema(answer, f"{resource.name}Page")
     item_path = resource.path + "{id:\\d+}/"
     tags = [resource.tag]
     update_conflict = [409] if resource.update_conflicts else []
@@ -128,7 +130,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Create {resource.noun}",
         operation_id=f"create{resource.name}",
         responses=answers(
-            {201: (schema, "Created.")}, *WRITE_ERRORS, 401, *([409] if resource.create_conflicts else [])
+            {201: (answer, "Created.")}, *WRITE_ERRORS, 401, *([409] if resource.create_conflicts else [])
         ),
     )
     @json_body(schema)
@@ -141,7 +143,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Read {resource.noun}",
         operation_id=f"get{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Found.")}, 401, 404),
+        responses=answers({200: (answer, "Found.")}, 401, 404),
     )
     async def read_object(request: web.Request) -> web.Response:
         found = await read(request, resource.get, services(request).storage, request[USER].id, object_id(request))
@@ -152,7 +154,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Replace {resource.noun}: every writable field",
         operation_id=f"replace{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Replaced.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
+        responses=answers({200: (answer, "Replaced.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
@@ -164,7 +166,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Change some fields of {resource.noun}",
         operation_id=f"patch{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Changed.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
+        responses=answers({200: (answer, "Changed.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
     @json_body(resource.schema(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
@@ -332,7 +334,7 @@ async def cancel_migration(request: web.Request) -> web.Response:
     summary="The state and progress of a migration",
     operation_id="getMigrationState",
     parameters=[ID_PARAMETER],
-    responses=answers({200: (MigrationStateSchema, "Its state.")}, 401, 404),
+    responses=answers({200: (MigrationProgressSchema, "Its state.")}, 401, 404),
 )
 async def migration_state(request: web.Request) -> web.Response:
     migration = await read(

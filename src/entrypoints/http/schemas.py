@@ -262,7 +262,8 @@ class MigrationSchema(Body):
     finished_at = UtcDateTime(dump_only=True, allow_none=True)
 
 
-class MigrationStateSchema(Schema):
+# Not "MigrationState": generators name the inline enum of Migration.state so.
+class MigrationProgressSchema(Schema):
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
     progress = fields.Integer(dump_only=True)
     error = fields.String(dump_only=True, allow_none=True)
@@ -303,7 +304,16 @@ class MigrationQuerySchema(ListQuerySchema):
     migration_target = Id(strict=False, attribute="migration_target_id")
 
 
-def page_schema(item: type[Schema], name: str) -> type[Schema]:
+def answer_form(schema: type[Schema]) -> Schema:
+    """`schema` as answers show it: without its write-only fields. Documented
+    apart (see openapi.schema_name), since client generators expect every
+    required field of a schema in the answers that use it."""
+    full = schema()
+    write_only = set(full.fields) - set(full.dump_fields)
+    return schema(exclude=sorted(write_only)) if write_only else full
+
+
+def page_schema(item: Schema, name: str) -> type[Schema]:
     """The answer of a list: `{count, next, previous, results}`."""
     return Schema.from_dict(
         {
