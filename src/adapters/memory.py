@@ -268,6 +268,9 @@ class _Migrations(_Repository[Migration]):
     def running(self) -> list[Migration]:
         return [m for m in self._rows.values() if m.state is MigrationState.RUNNING]
 
+    def count_in_state(self, state: MigrationState) -> int:
+        return sum(1 for m in self._rows.values() if m.state is state)
+
     def _check(self, entity: Migration) -> None:
         super()._check(entity)
         if entity.state is MigrationState.RUNNING:

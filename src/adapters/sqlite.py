@@ -822,6 +822,12 @@ class _Migrations(_Repository[Migration]):
         ).fetchall()
         return self._entities(rows)
 
+    @_translated
+    def count_in_state(self, state: MigrationState) -> int:
+        # Answered from the (owner_id, state) index alone.
+        row = self._uow.execute("SELECT count(*) FROM migrations WHERE state = ?", [state.value]).fetchone()
+        return int(row[0])
+
     def _not_in_state(self, migration: Migration) -> Exception:
         row = self._uow.execute(
             "SELECT state FROM migrations WHERE id = ? AND owner_id = ?",

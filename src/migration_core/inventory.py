@@ -420,6 +420,13 @@ def list_migrations(storage: Storage, owner_id: int, query: ListQuery) -> Page[M
     return _list(storage, _migrations, owner_id, query)
 
 
+def count_migrations_by_state(storage: Storage) -> dict[MigrationState, int]:
+    """How many migrations of all owners are in each state, from one snapshot:
+    counts only, for monitoring."""
+    with storage.unit_of_work(write=False) as uow:
+        return {state: uow.migrations.count_in_state(state) for state in MigrationState}
+
+
 def update_migration(
     storage: Storage,
     owner_id: int,

@@ -93,6 +93,10 @@ class MigrationRepository(Repository[Migration], Protocol):
         """Every running migration, of every owner."""
         ...
 
+    def count_in_state(self, state: MigrationState) -> int:
+        """How many migrations, of every owner, are in `state`: a count, not a read of rows."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """One transaction. Leaving the `with` block without `commit()` rolls back."""

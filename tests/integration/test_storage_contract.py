@@ -383,6 +383,25 @@ def test_running_lists_the_running_migrations_of_every_owner(world: World) -> No
         assert uow.migrations.running() == [alices, bobs]
 
 
+def test_count_in_state_counts_the_migrations_of_every_owner(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        bob = world.bob
+        mount_point = uow.mount_points.add(MountPoint(bob, "c:", 5))
+        workload = uow.workloads.add(Workload(bob, "10.0.0.1", world.bobs_credentials.id, (mount_point.id,)))
+        target = uow.migration_targets.add(MigrationTarget(bob, "vsphere", world.bobs_credentials.id))
+        for state in (MigrationState.ERROR, MigrationState.ERROR, MigrationState.SUCCESS):
+            uow.migrations.add(Migration(bob, workload.id, target.id, (mount_point.id,), state=state))
+        uow.commit()
+    with world.storage.unit_of_work(write=False) as uow:
+        counts = {state: uow.migrations.count_in_state(state) for state in MigrationState}
+    assert counts == {
+        MigrationState.NOT_STARTED: 1,  # alice's
+        MigrationState.RUNNING: 0,
+        MigrationState.ERROR: 2,
+        MigrationState.SUCCESS: 1,
+    }
+
+
 # --- compare-and-set ---------------------------------------------------------------
 
 
