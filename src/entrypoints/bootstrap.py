@@ -20,6 +20,7 @@ from adapters.clock import SystemClock
 from adapters.jwt_tokens import MIN_KEY_BYTES, JwtTokens
 from adapters.memory import MemoryStorage
 from adapters.passwords import ScryptHasher
+from entrypoints.logs import LOG_FORMATS
 
 SECRET_KEY_FILE = "secret.key"
 
@@ -75,6 +76,10 @@ SETTINGS = [
     Setting("access_log", "MIGRATION_ACCESS_LOG", "--access-log", "on",
             "log one line per request: on or off (off saves about a third of a simple"
             " read's cost; see docs/benchmarks.md)"),
+    Setting("metrics", "MIGRATION_METRICS", "--metrics", "on",
+            "serve Prometheus metrics at /metrics: on or off"),
+    Setting("log_format", "MIGRATION_LOG_FORMAT", "--log-format", "text",
+            "log lines as text or as one JSON object each: text or json"),
     Setting("secret_key", "MIGRATION_SECRET_KEY", "--secret-key", None,
             f"key that signs tokens and encrypts stored passwords, at least {MIN_KEY_BYTES} bytes;"
             f" default: generated once and kept in {SECRET_KEY_FILE} beside the database"),
@@ -114,6 +119,13 @@ def _switch(name: str, raw: str) -> bool:
     return value == "on"
 
 
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise BadSetting(f"{_label(name)}: {raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _positive_seconds(name: str, raw: str) -> float:
     value = _seconds(name, raw)
     if value == 0:
@@ -132,6 +144,8 @@ class Settings:
     idle_timeout: float = 15.0
     body_timeout: float = 30.0
     access_log: bool = True
+    metrics: bool = True
+    log_format: str = "text"
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -178,6 +192,8 @@ class Settings:
             idle_timeout=_positive_seconds("idle_timeout", text("idle_timeout")),
             body_timeout=_positive_seconds("body_timeout", text("body_timeout")),
             access_log=_switch("access_log", text("access_log")),
+            metrics=_switch("metrics", text("metrics")),
+            log_format=_choice("log_format", text("log_format"), LOG_FORMATS),
             secret_key=secret_key,
         )
 
@@ -231,6 +247,11 @@ class ServiceRunner(Runner, Protocol):
 
     async def stop(self) -> int:
         """Stop, marking the runs still copying interrupted; how many there were."""
+        ...
+
+    @property
+    def active(self) -> frozenset[int]:
+        """Ids of the migrations being copied now."""
         ...
 
 

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.log import access_logger
 
-from entrypoints import package_version
+from entrypoints import logs, package_version
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap
 
 PROG = "migration-api"
+log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -60,18 +61,20 @@ def serve(flags: dict[str, str | None]) -> int:
 
     from entrypoints.http import create_app
     from entrypoints.http.app import server_options
+    from entrypoints.http.request_ids import RequestIdAccessLogger
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format)
     try:
         web.run_app(
-            create_app(services, body_timeout=settings.body_timeout),
+            create_app(services, body_timeout=settings.body_timeout, metrics=settings.metrics),
             sock=sockets,
             shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
             access_log=access_logger if settings.access_log else None,
+            access_log_class=RequestIdAccessLogger,
             **server_options(settings.idle_timeout),
-            print=lambda _banner: print(
-                f"{PROG}: serving on http://{settings.host}:{settings.port} (Ctrl+C to stop)",
-                flush=True,
+            # A log line like any other, so that a JSON log stays JSON throughout.
+            print=lambda _banner: log.info(
+                "Serving on http://%s:%d (Ctrl+C to stop)", settings.host, settings.port
             ),
         )
     finally:

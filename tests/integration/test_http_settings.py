@@ -25,17 +25,19 @@ def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
     environ = {
         "MIGRATION_STORAGE": "memory://", "MIGRATION_HOST": "0.0.0.0", "MIGRATION_PORT": "9000",
         "MIGRATION_RUN_SECONDS": "0", "MIGRATION_ACCESS_TTL": "60", "MIGRATION_REFRESH_TTL": "120",
-        "MIGRATION_SECRET_KEY": "e" * 32, "MIGRATION_ACCESS_LOG": "off",
+        "MIGRATION_SECRET_KEY": "e" * 32, "MIGRATION_ACCESS_LOG": "off", "MIGRATION_METRICS": "off",
+        "MIGRATION_LOG_FORMAT": "json",
     }
     assert Settings.from_sources(environ, {}) == Settings(
         storage="memory://", host="0.0.0.0", port=9000, run_seconds=0.0, access_ttl=60, refresh_ttl=120,
-        secret_key="e" * 32, access_log=False,
+        secret_key="e" * 32, access_log=False, metrics=False, log_format="json",
     )
     flags = {"storage": "sqlite:////tmp/x.db", "host": "::1", "port": "9001", "run_seconds": "2.5",
-             "access_ttl": "61", "refresh_ttl": "121", "secret_key": "f" * 32, "access_log": "ON"}
+             "access_ttl": "61", "refresh_ttl": "121", "secret_key": "f" * 32, "access_log": "ON",
+             "metrics": "on", "log_format": "TEXT"}
     assert Settings.from_sources(environ, flags) == Settings(
         storage="sqlite:////tmp/x.db", host="::1", port=9001, run_seconds=2.5, access_ttl=61, refresh_ttl=121,
-        secret_key="f" * 32, access_log=True,
+        secret_key="f" * 32, access_log=True, metrics=True, log_format="text",
     )
     assert {"--" + name.replace("_", "-") for name in flags} <= {s.flag for s in SETTINGS}
 
@@ -47,7 +49,7 @@ def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
         ("MIGRATION_RUN_SECONDS", "-1"), ("MIGRATION_RUN_SECONDS", "soon"), ("MIGRATION_RUN_SECONDS", "inf"),
         ("MIGRATION_ACCESS_TTL", "0"), ("MIGRATION_REFRESH_TTL", "1.5"), ("MIGRATION_SECRET_KEY", "short"),
         ("MIGRATION_STORAGE", "postgres://db"), ("MIGRATION_STORAGE", "sqlite:///"), ("MIGRATION_HOST", " "),
-        ("MIGRATION_ACCESS_LOG", "yes"),
+        ("MIGRATION_ACCESS_LOG", "yes"), ("MIGRATION_METRICS", "1"), ("MIGRATION_LOG_FORMAT", "xml"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(variable: str, value: str) -> None:

@@ -36,11 +36,11 @@ class Service:
         self.port = port
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
+    def start(self, *flags: str) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "entrypoints", "serve", "--port", str(self.port),
-             "--storage", f"sqlite:///{self.database}", "--run-seconds", "0"],
+             "--storage", f"sqlite:///{self.database}", "--run-seconds", "0", *flags],
             env=environ,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
