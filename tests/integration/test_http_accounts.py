@@ -1,4 +1,4 @@
-"""SPEC 3.1: registration, tokens, refresh, the bearer challenge and the login throttle."""
+"""Accounts: registration, tokens, refresh, the bearer challenge and the login throttle."""
 
 from __future__ import annotations
 

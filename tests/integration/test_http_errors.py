@@ -1,4 +1,4 @@
-"""SPEC 3.4: every error answer is JSON with the documented status and body,
+"""Every error answer is JSON with the documented status and body,
 including aiohttp's own (404, 405, 413) and the unexpected (500); and health."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 3.3: paging, filters by exact value, ordering, and links that keep them."""
+"""Lists: paging, filters by exact value, ordering, and links that keep them."""
 
 from __future__ import annotations
 

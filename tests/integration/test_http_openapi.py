@@ -1,4 +1,4 @@
-"""SPEC 3.5: the OpenAPI 3 document describes every path, body and answer and
+"""The OpenAPI 3 document describes every path, body and answer and
 the bearer scheme; Swagger UI is served from local files; schema.yaml at the
 repository root is the served document."""
 

@@ -1,4 +1,4 @@
-"""SPEC 3.2: the five resources (create, read, replace, patch, delete, field
+"""The five resources of the API (README, "The API at a glance"): create, read, replace, patch, delete, field
 names on the wire, references, conflicts, owner isolation) and the migration
 actions."""
 
@@ -112,7 +112,7 @@ CASES = {
 }
 
 
-# What a PUT must carry (SPEC 3.2): every writable field but a credentials'
+# What a PUT must carry: every writable field but a credentials'
 # domain, which defaults to "", and a workload's ip, which is set on create.
 REQUIRED_ON_REPLACE = {
     "credentials": ["username", "password"],

@@ -1,4 +1,4 @@
-"""SPEC 2.2 and the migration actions of 3.2, through HTTP with the real asyncio
+"""Running a migration (README, "Running a migration"), through HTTP with the real asyncio
 runner: a run reaches success with the exact target VM, every refusal is a 409
 naming its reason, cancel and retry work, progress only grows and reaches 100
 exactly at success, concurrent starts start a migration once, and a thousand

@@ -1,4 +1,4 @@
-"""SPEC 4.2: every setting is a variable and a `serve` flag (the flag wins), a
+"""Configuration (README, "Configuration"): every setting is a variable and a `serve` flag (the flag wins), a
 bad value stops the start with one line naming it, and the secret key is
 generated once beside the database."""
 

@@ -1,4 +1,4 @@
-"""SPEC 3.6: /metrics is Prometheus text that parses; its request counters move
+"""/metrics (README, "Metrics") is Prometheus text that parses; its request counters move
 with traffic, by route template, method and status; it counts migrations by
 state, runs in progress and live instances; it holds no username, ip or id;
 and `metrics=False` (MIGRATION_METRICS=off) turns it off."""

@@ -1,4 +1,4 @@
-"""SPEC 3.1 as the core holds it: who may register, password checks, and the
+"""Accounts as the core holds them: who may register, password checks, and the
 login throttle (10 failures within 60 s), against a clock the test moves."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 2.1, workload rules that span objects: the ip never changes and is unique
+"""Workload rules that span objects: the ip never changes and is unique
 per owner, a mount point belongs to one workload, a workload holds each volume once."""
 
 from __future__ import annotations

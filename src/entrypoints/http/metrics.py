@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics (SPEC 3.6): requests by route template,
+"""Prometheus metrics at /metrics: requests by route template,
 method and status, with their latency; migrations by state; the runs this
 instance carries out; live instances. Counts only: a label holds a route
 template (`/api/v1/migrations/{id}`), never a username, an ip or an id.
