@@ -14,13 +14,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from migration_core import Clock, LoginThrottle, PasswordHasher, Runner, Storage, TokenIssuer
-
 from adapters.clock import SystemClock
 from adapters.jwt_tokens import MIN_KEY_BYTES, JwtTokens
 from adapters.memory import MemoryStorage
 from adapters.passwords import ScryptHasher
 from entrypoints.logs import LOG_FORMATS
+from migration_core import Clock, LoginThrottle, PasswordHasher, Runner, Storage, TokenIssuer
 
 SECRET_KEY_FILE = "secret.key"
 

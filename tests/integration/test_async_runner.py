@@ -18,9 +18,9 @@ import attrs
 import pytest
 
 import migration_core as core
-from migration_core import MigrationState, TargetVm, User, Volume
 from adapters.async_runner import AsyncRunner
 from adapters.memory import MemoryStorage
+from migration_core import MigrationState, TargetVm, User, Volume
 
 T = TypeVar("T")
 

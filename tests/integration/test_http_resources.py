@@ -92,14 +92,15 @@ async def _migration_case(user: User) -> dict[str, Any]:
     other_target = (await user.target(plan["credentials"], "vcloud"))["id"]
     c, d = plan["mount_points"]
     fresh = {"state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None}
+    source = {"source": plan["workload"]}
     return {
         "path": f"{API}/migrations/",
         "create": {"source": plan["workload"], "migration_target": plan["target"], "selected_mount_points": [c]},
-        "created": {"source": plan["workload"], "migration_target": plan["target"], "selected_mount_points": [c], **fresh},
+        "created": {**source, "migration_target": plan["target"], "selected_mount_points": [c], **fresh},
         "replace": {"source": plan["workload"], "migration_target": other_target, "selected_mount_points": [c, d]},
-        "replaced": {"source": plan["workload"], "migration_target": other_target, "selected_mount_points": [c, d], **fresh},
+        "replaced": {**source, "migration_target": other_target, "selected_mount_points": [c, d], **fresh},
         "patch": {"selected_mount_points": [d]},
-        "patched": {"source": plan["workload"], "migration_target": other_target, "selected_mount_points": [d], **fresh},
+        "patched": {**source, "migration_target": other_target, "selected_mount_points": [d], **fresh},
     }
 
 
@@ -146,7 +147,8 @@ async def test_create_read_replace_patch_list_delete(alice: User, kind: str) -> 
     assert await alice.call("GET", item, 200) == created
     assert await alice.call("GET", item.rstrip("/"), 200) == created
     assert await alice.call("PUT", item, 200, json=case["replace"]) == {"id": created["id"], **case["replaced"]}
-    assert await alice.call("PATCH", item.rstrip("/"), 200, json=case["patch"]) == {"id": created["id"], **case["patched"]}
+    patched = await alice.call("PATCH", item.rstrip("/"), 200, json=case["patch"])
+    assert patched == {"id": created["id"], **case["patched"]}
     listed = await alice.call("GET", path, 200)
     assert {"id": created["id"], **case["patched"]} in listed["results"]
     assert await alice.call("DELETE", item, 204) is None
@@ -206,9 +208,15 @@ async def test_credentials_password_is_write_only_everywhere(alice: User) -> Non
     for answer in (
         await alice.call("GET", f"{API}/credentials/{created['id']}/", 200),
         (await alice.call("GET", f"{API}/credentials/", 200))["results"][0],
-        await alice.call("PATCH", f"{API}/credentials/{created['id']}/", 200, json={"password": f"{SECRET_MARKER}-new"}),
+        await alice.call(
+            "PATCH", f"{API}/credentials/{created['id']}/", 200, json={"password": f"{SECRET_MARKER}-new"}
+        ),
     ):
         assert set(answer) == {"id", "username", "domain"}
+
+
+# A migration body whose references all resolve; each case below breaks one.
+PLANNED = {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": ["{c}"]}
 
 
 @pytest.mark.parametrize(
@@ -219,11 +227,11 @@ async def test_credentials_password_is_write_only_everywhere(alice: User) -> Non
         ("work_loads", {"ip": "10.9.9.9", "credentials": "{bob_credentials}", "storage": []}, "credentials"),
         ("work_loads", {"ip": "10.9.9.9", "credentials": "{credentials}", "storage": ["{bob_mount_point}"]}, "storage"),
         ("migration_targets", {"cloud_type": "aws", "cloud_credentials": "{bob_credentials}"}, "cloud_credentials"),
-        ("migrations", {"source": "{missing}", "migration_target": "{target}", "selected_mount_points": ["{c}"]}, "source"),
-        ("migrations", {"source": "{workload}", "migration_target": "{missing}", "selected_mount_points": ["{c}"]}, "migration_target"),
-        ("migrations", {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": ["{bob_mount_point}"]}, "selected_mount_points"),
-        ("migrations", {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": ["{loose}"]}, "selected_mount_points"),
-        ("migrations", {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": []}, "selected_mount_points"),
+        ("migrations", {**PLANNED, "source": "{missing}"}, "source"),
+        ("migrations", {**PLANNED, "migration_target": "{missing}"}, "migration_target"),
+        ("migrations", {**PLANNED, "selected_mount_points": ["{bob_mount_point}"]}, "selected_mount_points"),
+        ("migrations", {**PLANNED, "selected_mount_points": ["{loose}"]}, "selected_mount_points"),
+        ("migrations", {**PLANNED, "selected_mount_points": []}, "selected_mount_points"),
     ],
 )
 async def test_a_reference_to_a_missing_or_foreign_id_is_400_naming_the_field(
@@ -288,7 +296,10 @@ async def test_a_workload_ip_is_canonical_and_never_changes(alice: User) -> None
 
 @pytest.mark.parametrize(
     ("path", "kind"),
-    [("credentials", "credentials"), ("mount_points", "mount_points"), ("work_loads", "workload"), ("migration_targets", "target")],
+    [
+        ("credentials", "credentials"), ("mount_points", "mount_points"), ("work_loads", "workload"),
+        ("migration_targets", "target"),
+    ],
 )
 async def test_a_referenced_object_cannot_be_deleted(alice: User, path: str, kind: str) -> None:
     plan = await alice.plan()

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 import migration_core as core
 from adapters.async_runner import AsyncRunner
 from adapters.passwords import ScryptHasher
-from entrypoints.bootstrap import Services, ServiceRunner, Settings, bootstrap
+from entrypoints.bootstrap import ServiceRunner, Services, Settings, bootstrap
 from entrypoints.http import create_app
 from migration_core import Clock, Storage
 

@@ -107,7 +107,8 @@ def test_objects_and_tokens_survive_a_restart(service: Service) -> None:
     assert status == 200
     access = tokens["access"]
 
-    credentials = _created(service.call("POST", "/api/v1/credentials/", {"username": "admin", "password": "pw-SECRET"}, access))
+    login = {"username": "admin", "password": "pw-SECRET"}
+    credentials = _created(service.call("POST", "/api/v1/credentials/", login, access))
     mount_point = _created(service.call("POST", "/api/v1/mount_points/", {"name": "C:\\", "size": 1024}, access))
     workload = _created(service.call(
         "POST", "/api/v1/work_loads/",

@@ -74,10 +74,11 @@ def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(service: S
     volume = call("POST", "/api/v1/mount_points/", 201, {"name": "C:\\", "size": 10}, access)
     workload = call("POST", "/api/v1/work_loads/", 201,
                     {"ip": "192.0.2.7", "credentials": login["id"], "storage": [volume["id"]]}, access)
-    target = call("POST", "/api/v1/migration_targets/", 201, {"cloud_type": "aws", "cloud_credentials": login["id"]}, access)
-    migration = call("POST", "/api/v1/migrations/", 201,
-                     {"source": workload["id"], "migration_target": target["id"], "selected_mount_points": [volume["id"]]},
-                     access)
+    target = call(
+        "POST", "/api/v1/migration_targets/", 201, {"cloud_type": "aws", "cloud_credentials": login["id"]}, access
+    )
+    plan = {"source": workload["id"], "migration_target": target["id"], "selected_mount_points": [volume["id"]]}
+    migration = call("POST", "/api/v1/migrations/", 201, plan, access)
     call("POST", f"/api/v1/migrations/{migration['id']}/run/", 202, token=access)
     call("GET", f"/api/v1/migrations/{migration['id']}/state/", 200, token=access)
     call("GET", "/api/v1/nowhere/", 404, token=access)

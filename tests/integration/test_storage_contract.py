@@ -489,7 +489,9 @@ def test_every_page_either_way_is_a_slice_of_the_whole_list(world: World, many: 
     for descending in (False, True):
         ordered = ids[::-1] if descending else ids
         for filters in ({}, {"name": "data"}):
-            expected = [i for i in ordered if not filters or read(world.storage, "mount_points", world.alice, i).name == "data"]
+            expected = [
+                i for i in ordered if not filters or read(world.storage, "mount_points", world.alice, i).name == "data"
+            ]
             for limit in range(1, len(ids) + 2):
                 for offset in range(len(ids) + 2):
                     count, page = find(

@@ -5,6 +5,7 @@ anything unexpected becomes a bare 500 whose details go to the log only."""
 from __future__ import annotations
 
 import logging
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 

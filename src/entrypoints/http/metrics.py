@@ -64,7 +64,9 @@ class Metrics:
             ["state"], registry=self.registry,
         )
         runner = app[SERVICES].runner
-        running = Gauge("migration_runs_in_progress", "Migrations this instance is copying now.", registry=self.registry)
+        running = Gauge(
+            "migration_runs_in_progress", "Migrations this instance is copying now.", registry=self.registry
+        )
         running.set_function(lambda: len(runner.active))
         self.registry.register(_LiveInstances(app))
         ProcessCollector(registry=self.registry)

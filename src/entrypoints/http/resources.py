@@ -19,14 +19,13 @@ from . import views
 from .openapi import WRITE_ERRORS, answers
 from .requests import BODY, QUERY, USER, call, json_body, query, read, services, write
 from .routes import Route
-from .views import View
 from .schemas import (
     MAX_ID,
     CredentialsQuerySchema,
     CredentialsSchema,
+    MigrationProgressSchema,
     MigrationQuerySchema,
     MigrationSchema,
-    MigrationProgressSchema,
     MigrationTargetQuerySchema,
     MigrationTargetSchema,
     MountPointQuerySchema,
@@ -37,6 +36,7 @@ from .schemas import (
     answer_form,
     page_schema,
 )
+from .views import View
 
 ID_PARAMETER = {
     "in": "path",
@@ -83,7 +83,9 @@ def _link(request: web.Request, limit: int, offset: int) -> str:
     return str(request.url.update_query(limit=str(limit), offset=str(offset)))
 
 
-def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int) -> dict[str, Any]:
+def page_body(
+    request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int
+) -> dict[str, Any]:
     following = offset + limit
     return {
         "count": page.count,
