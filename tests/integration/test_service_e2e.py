@@ -5,6 +5,7 @@ access token still works."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,13 +86,23 @@ class Service:
             return error.code, json.loads(error.read() or b"null")
 
 
+@contextlib.contextmanager
+def running_service(directory: Path) -> Iterator[Service]:
+    """A service on a free port with its data under `directory`, killed at the
+    end if a test left it running."""
+    running = Service(directory / "data" / "migration.db", _free_port())
+    try:
+        yield running
+    finally:
+        if running.process is not None and running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    running = Service(tmp_path / "data" / "migration.db", _free_port())
-    yield running
-    if running.process is not None and running.process.poll() is None:
-        running.process.kill()
-        running.process.communicate()
+    with running_service(tmp_path) as running:
+        yield running
 
 
 def _created(answer: tuple[int, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 
 from entrypoints.logs import REQUEST_ID, log_handler
 
-from .test_service_e2e import Service, _free_port
+from .test_service_e2e import Service, running_service
 
 PASSWORD = "user-pass-5d1e8a2f"
 CREDENTIALS_PASSWORD = "cred-pass-0c7b3e91"
@@ -26,11 +26,8 @@ CREDENTIALS_PASSWORD = "cred-pass-0c7b3e91"
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    running = Service(tmp_path / "data" / "migration.db", _free_port())
-    yield running
-    if running.process is not None and running.process.poll() is None:
-        running.process.kill()
-        running.process.communicate()
+    with running_service(tmp_path) as running:
+        yield running
 
 
 def _call(service: Service, method: str, path: str, body: Any = None, *,
