@@ -342,7 +342,8 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
         with Logins(stage.base) as logins:
             go("detail-under-logins", detail)
         extra["logins"].append(logins.count / args.seconds)
-        go("deep-page first", loadgen.Load(stage.base, ["/api/v1/credentials/?limit=100&offset=0"], token=stage.deep_token))
+        first_page = ["/api/v1/credentials/?limit=100&offset=0"]
+        go("deep-page first", loadgen.Load(stage.base, first_page, token=stage.deep_token))
         go("deep-page last", loadgen.Load(stage.base, [f"/api/v1/credentials/?limit=100&offset={last_offset}"],
                                           token=stage.deep_token))
         # Not a target: the page farthest from both ends, the worst case.

@@ -211,7 +211,8 @@ async def drive(base: str, minutes: float, clients: int, seed: int, service_pid:
             await user.session.close()
 
     elapsed = time.monotonic() - started
-    print(f"duration: {elapsed:.0f} s, clients: {clients}, requests: {stats.requests} ({stats.requests / elapsed:.0f}/s)")
+    rate = stats.requests / elapsed
+    print(f"duration: {elapsed:.0f} s, clients: {clients}, requests: {stats.requests} ({rate:.0f}/s)")
     print("statuses: " + ", ".join(f"{code}: {count}" for code, count in sorted(stats.statuses.items())))
     print(f"5xx: {len(stats.server_errors)}")
     for line in stats.server_errors[:10]:
@@ -256,7 +257,8 @@ def main() -> int:
                         break
                 except OSError:
                     if service.poll() is not None:
-                        raise SystemExit(f"the service did not start:\n{(Path(directory) / 'service.log').read_text()}")
+                        log_text = (Path(directory) / "service.log").read_text()
+                        raise SystemExit(f"the service did not start:\n{log_text}") from None
                     time.sleep(0.1)
             code = asyncio.run(drive(f"http://127.0.0.1:{port}", arguments.minutes, arguments.clients,
                                      arguments.seed, service.pid))

@@ -40,7 +40,6 @@ from typing import TypeVar
 import attrs
 
 from migration_core import (
-    INTERRUPTED,
     Clock,
     DomainError,
     Migration,

@@ -293,6 +293,9 @@ class _Migrations(_Repository[Migration]):
     def running_instances(self) -> set[str | None]:
         return {m.instance_id for m in self.running()}
 
+    def count_in_state(self, state: MigrationState) -> int:
+        return sum(1 for m in self._rows.values() if m.state is state)
+
     def _check(self, entity: Migration) -> None:
         super()._check(entity)
         if entity.state is MigrationState.RUNNING:

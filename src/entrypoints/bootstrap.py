@@ -12,13 +12,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from migration_core import Clock, LoginThrottle, PasswordHasher, Runner, Storage, TokenIssuer
-
 from adapters.clock import SystemClock
 from adapters.instances import Instance, InstanceRegistry
 from adapters.jwt_tokens import JwtTokens
 from adapters.memory import MemoryStorage
 from adapters.passwords import ScryptHasher
+from migration_core import Clock, LoginThrottle, PasswordHasher, Runner, Storage, TokenIssuer
 
 from .keys import load_or_create_secret_key, master_key, subkey
 from .settings import SETTINGS, BadSetting, Settings, label
@@ -63,6 +62,11 @@ class ServiceRunner(Runner, Protocol):
 
     async def stop(self) -> int:
         """Stop, marking the runs still being carried out interrupted; how many."""
+        ...
+
+    @property
+    def active(self) -> frozenset[int]:
+        """Ids of the migrations being copied now."""
         ...
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from adapters.jwt_tokens import MIN_KEY_BYTES
+from entrypoints.logs import LOG_FORMATS
 
 SECRET_KEY_FILE = "secret.key"
 STORAGE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
@@ -50,6 +51,10 @@ SETTINGS = [
     Setting("access_log", "MIGRATION_ACCESS_LOG", "--access-log", "on",
             "log one line per request: on or off (off saves about a third of a simple"
             " read's cost; see docs/benchmarks.md)"),
+    Setting("metrics", "MIGRATION_METRICS", "--metrics", "on",
+            "serve Prometheus metrics at /metrics: on or off"),
+    Setting("log_format", "MIGRATION_LOG_FORMAT", "--log-format", "text",
+            "log lines as text or as one JSON object each: text or json"),
     Setting("workers", "MIGRATION_WORKERS", "--workers", "1",
             "processes serving the one port, each an instance (1 to 64)"),
     Setting("lease_seconds", "MIGRATION_LEASE_SECONDS", "--lease-seconds", "15",
@@ -95,6 +100,13 @@ def _switch(name: str, raw: str) -> bool:
     return value == "on"
 
 
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise BadSetting(f"{label(name)}: {raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _positive_seconds(name: str, raw: str) -> float:
     value = _seconds(name, raw)
     if value == 0:
@@ -130,6 +142,8 @@ class Settings:
     idle_timeout: float = 15.0
     body_timeout: float = 30.0
     access_log: bool = True
+    metrics: bool = True
+    log_format: str = "text"
     workers: int = 1
     lease_seconds: float = 15.0
     secret_key: str | None = attrs.field(default=None, repr=False)
@@ -182,6 +196,8 @@ class Settings:
             idle_timeout=_positive_seconds("idle_timeout", text("idle_timeout")),
             body_timeout=_positive_seconds("body_timeout", text("body_timeout")),
             access_log=_switch("access_log", text("access_log")),
+            metrics=_switch("metrics", text("metrics")),
+            log_format=_choice("log_format", text("log_format"), LOG_FORMATS),
             workers=workers,
             lease_seconds=_positive_seconds("lease_seconds", text("lease_seconds")),
             secret_key=secret_key,

@@ -72,10 +72,9 @@ class Supervisor:
             signal.signal(signum, self._stop)
         for index in range(self._settings.workers):
             self._start(index)
-        print(
-            f"migration-api: {self._settings.workers} workers serving on"
-            f" http://{self._settings.host}:{self._settings.port} (Ctrl+C to stop)",
-            flush=True,
+        log.info(
+            "%d workers serving on http://%s:%d (Ctrl+C to stop)",
+            self._settings.workers, self._settings.host, self._settings.port,
         )
         failures = 0
         while self._workers:

@@ -30,6 +30,7 @@ from .entities import (
 )
 from .errors import AuthenticationFailed, Conflict, DomainError, InvalidInput, NotFound, Throttled
 from .inventory import (
+    count_migrations_by_state,
     create_credentials,
     create_migration,
     create_migration_target,
@@ -122,6 +123,7 @@ __all__ = [
     "cancel_run",
     "complete_run",
     "copy_progress",
+    "count_migrations_by_state",
     "create_credentials",
     "create_migration",
     "create_migration_target",

@@ -77,8 +77,9 @@ class LoginThrottle:
             # concurrent logins may have pushed the count past the limit.
             released = failures[-self._limit] + self._window
             retry_after = max(1, math.ceil(released - now))
+            seconds = "1 second" if retry_after == 1 else f"{retry_after} seconds"
             raise Throttled(
-                "Too many failed logins for this username; try again later.", retry_after
+                f"Too many failed logins for this username; try again in {seconds}.", retry_after
             )
 
     def failed(self, username: str) -> None:

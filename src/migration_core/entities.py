@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from datetime import datetime
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import attrs

@@ -260,11 +260,9 @@ def get_workload(storage: Storage, owner_id: int, workload_id: int) -> Workload:
 
 def list_workloads(storage: Storage, owner_id: int, query: ListQuery) -> Page[Workload]:
     if "ip" in query.filters:
-        # Filter by the canonical form, as stored; a malformed ip matches nothing.
-        try:
-            ip = canonical_ip(query.filters["ip"])
-        except InvalidInput:
-            return Page(0, [])
+        # Filter by the canonical form, as stored; an ip filter that is no
+        # address is refused (InvalidInput naming `ip`), not an empty page.
+        ip = canonical_ip(query.filters["ip"])
         query = attrs.evolve(query, filters={**query.filters, "ip": ip})
     return _list(storage, _workloads, owner_id, query)
 
@@ -420,6 +418,13 @@ def get_migration(storage: Storage, owner_id: int, migration_id: int) -> Migrati
 
 def list_migrations(storage: Storage, owner_id: int, query: ListQuery) -> Page[Migration]:
     return _list(storage, _migrations, owner_id, query)
+
+
+def count_migrations_by_state(storage: Storage) -> dict[MigrationState, int]:
+    """How many migrations of all owners are in each state, from one snapshot:
+    counts only, for monitoring."""
+    with storage.unit_of_work(write=False) as uow:
+        return {state: uow.migrations.count_in_state(state) for state in MigrationState}
 
 
 def update_migration(

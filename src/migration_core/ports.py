@@ -113,6 +113,10 @@ class MigrationRepository(Repository[Migration], Protocol):
         """The instances carrying running migrations (None: not recorded)."""
         ...
 
+    def count_in_state(self, state: MigrationState) -> int:
+        """How many migrations, of every owner, are in `state`: a count, not a read of rows."""
+        ...
+
 
 class UnitOfWork(Protocol):
     """One transaction. Leaving the `with` block without `commit()` rolls back."""

@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import attrs
 
-from .entities import Migration, MigrationState, TargetVm, Volume, volume_key, SYSTEM_VOLUME
+from .entities import SYSTEM_VOLUME, Migration, MigrationState, TargetVm, Volume, volume_key
 from .errors import Conflict
 from .inventory import get_migration
 from .ports import Clock, ListQuery, Runner, Storage, UnitOfWork

@@ -18,9 +18,9 @@ import attrs
 import pytest
 
 import migration_core as core
-from migration_core import MigrationState, TargetVm, User, Volume
 from adapters.async_runner import AsyncRunner
 from adapters.memory import MemoryStorage
+from migration_core import MigrationState, TargetVm, User, Volume
 
 T = TypeVar("T")
 
@@ -472,7 +472,7 @@ async def test_stop_marks_active_runs_interrupted_and_they_can_run_again(
     harness.time.advance(DURATION / 4)
     await harness.until(second.id, lambda m: m.progress == 25, "at 25%")
 
-    await runner.stop()
+    assert await runner.stop() == 2
 
     for migration in (first, second):
         stopped = await harness.get(migration.id)

@@ -171,10 +171,12 @@ def _seed(base_url: str, token: str, refresh: str) -> dict[str, list[Any]]:
         "/api/v1/work_loads/",
         {"ip": f"10.{round_number // 256}.{round_number % 256}.2", "credentials": credentials[1], "storage": []},
     )
-    targets = [post("/api/v1/migration_targets/", {"cloud_type": "aws", "cloud_credentials": credentials[0]}) for _ in range(3)]
+    target = {"cloud_type": "aws", "cloud_credentials": credentials[0]}
+    targets = [post("/api/v1/migration_targets/", target) for _ in range(3)]
 
     def migration(target: int, selected: list[int]) -> int:
-        return post("/api/v1/migrations/", {"source": source, "migration_target": target, "selected_mount_points": selected})
+        body = {"source": source, "migration_target": target, "selected_mount_points": selected}
+        return post("/api/v1/migrations/", body)
 
     running = migration(targets[0], held[:2])
     post(f"/api/v1/migrations/{running}/run/", expect=202)

@@ -120,7 +120,8 @@ async def test_nul_bytes_invalid_utf8_and_lone_surrogates_are_400(
     """In every string field of every body, and in the usernames of accounts."""
     before = await _snapshot(alice, plan)
     bodies = {
-        f"{API}/credentials/": [b'{"username": %s, "password": "pw"}' % text, b'{"username": "u", "password": %s}' % text,
+        f"{API}/credentials/": [b'{"username": %s, "password": "pw"}' % text,
+                                b'{"username": "u", "password": %s}' % text,
                                 b'{"username": "u", "password": "pw", "domain": %s}' % text],
         f"{API}/mount_points/": [b'{"name": %s, "size": 1}' % text],
         f"{API}/work_loads/": [b'{"ip": %s, "credentials": %d}' % (text, plan["credentials"])],
@@ -138,7 +139,8 @@ async def test_nul_bytes_invalid_utf8_and_lone_surrogates_are_400(
         assert await _refused(alice, "PATCH", path, b'{"%s": %s}' % (field, text)) == 400
     assert await _snapshot(alice, plan) == before
     # mallory was never registered
-    answer = await alice.client.post(f"{API}/token/", json={"username": "mallory", "password": "a long enough password"})
+    login = {"username": "mallory", "password": "a long enough password"}
+    answer = await alice.client.post(f"{API}/token/", json=login)
     assert answer.status == 401
 
 
@@ -227,7 +229,8 @@ async def test_every_string_field_has_a_documented_maximum_that_is_enforced(
             checked.append(f"{name}.{field}")
     assert {"Credentials.username", "Credentials.password", "Credentials.domain", "MountPoint.name",
             "Workload.ip", "Register.username", "Register.password"} <= set(checked)
-    for kind, parameter, limit in (("credentials", "username", 255), ("mount_points", "name", 255), ("work_loads", "ip", 45)):
+    bounded = (("credentials", "username", 255), ("mount_points", "name", 255), ("work_loads", "ip", 45))
+    for kind, parameter, limit in bounded:
         answer = await alice.request("GET", f"{API}/{kind}/?{parameter}={'a' * (limit + 1)}")
         assert answer.status == 400 and parameter in (await answer.json())["errors"]
     assert await _snapshot(alice, plan) == before

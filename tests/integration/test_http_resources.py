@@ -1,4 +1,4 @@
-"""SPEC 3.2: the five resources (create, read, replace, patch, delete, field
+"""The five resources of the API (README, "The API at a glance"): create, read, replace, patch, delete, field
 names on the wire, references, conflicts, owner isolation) and the migration
 actions."""
 
@@ -92,14 +92,15 @@ async def _migration_case(user: User) -> dict[str, Any]:
     other_target = (await user.target(plan["credentials"], "vcloud"))["id"]
     c, d = plan["mount_points"]
     fresh = {"state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None}
+    source = {"source": plan["workload"]}
     return {
         "path": f"{API}/migrations/",
         "create": {"source": plan["workload"], "migration_target": plan["target"], "selected_mount_points": [c]},
-        "created": {"source": plan["workload"], "migration_target": plan["target"], "selected_mount_points": [c], **fresh},
+        "created": {**source, "migration_target": plan["target"], "selected_mount_points": [c], **fresh},
         "replace": {"source": plan["workload"], "migration_target": other_target, "selected_mount_points": [c, d]},
-        "replaced": {"source": plan["workload"], "migration_target": other_target, "selected_mount_points": [c, d], **fresh},
+        "replaced": {**source, "migration_target": other_target, "selected_mount_points": [c, d], **fresh},
         "patch": {"selected_mount_points": [d]},
-        "patched": {"source": plan["workload"], "migration_target": other_target, "selected_mount_points": [d], **fresh},
+        "patched": {**source, "migration_target": other_target, "selected_mount_points": [d], **fresh},
     }
 
 
@@ -112,6 +113,30 @@ CASES = {
 }
 
 
+# What a PUT must carry: every writable field but a credentials'
+# domain, which defaults to "", and a workload's ip, which is set on create.
+REQUIRED_ON_REPLACE = {
+    "credentials": ["username", "password"],
+    "mount_points": ["name", "size"],
+    "work_loads": ["credentials", "storage"],
+    "migration_targets": ["cloud_type", "cloud_credentials"],
+    "migrations": ["source", "migration_target", "selected_mount_points"],
+}
+
+
+@pytest.mark.parametrize("kind", CASES)
+async def test_a_put_without_a_writable_field_is_400_naming_it_and_changes_nothing(alice: User, kind: str) -> None:
+    case = await CASES[kind](alice)
+    created = await alice.call("POST", case["path"], 201, json=case["create"])
+    item = f"{case['path']}{created['id']}/"
+    assert set(REQUIRED_ON_REPLACE[kind]) <= set(case["replace"])
+    for field in REQUIRED_ON_REPLACE[kind]:
+        body = {name: value for name, value in case["replace"].items() if name != field}
+        answer = await alice.call("PUT", item, 400, json=body)
+        assert list(answer["errors"]) == [field], answer
+    assert await alice.call("GET", item, 200) == created
+
+
 @pytest.mark.parametrize("kind", CASES)
 async def test_create_read_replace_patch_list_delete(alice: User, kind: str) -> None:
     case = await CASES[kind](alice)
@@ -122,7 +147,8 @@ async def test_create_read_replace_patch_list_delete(alice: User, kind: str) -> 
     assert await alice.call("GET", item, 200) == created
     assert await alice.call("GET", item.rstrip("/"), 200) == created
     assert await alice.call("PUT", item, 200, json=case["replace"]) == {"id": created["id"], **case["replaced"]}
-    assert await alice.call("PATCH", item.rstrip("/"), 200, json=case["patch"]) == {"id": created["id"], **case["patched"]}
+    patched = await alice.call("PATCH", item.rstrip("/"), 200, json=case["patch"])
+    assert patched == {"id": created["id"], **case["patched"]}
     listed = await alice.call("GET", path, 200)
     assert {"id": created["id"], **case["patched"]} in listed["results"]
     assert await alice.call("DELETE", item, 204) is None
@@ -182,9 +208,15 @@ async def test_credentials_password_is_write_only_everywhere(alice: User) -> Non
     for answer in (
         await alice.call("GET", f"{API}/credentials/{created['id']}/", 200),
         (await alice.call("GET", f"{API}/credentials/", 200))["results"][0],
-        await alice.call("PATCH", f"{API}/credentials/{created['id']}/", 200, json={"password": f"{SECRET_MARKER}-new"}),
+        await alice.call(
+            "PATCH", f"{API}/credentials/{created['id']}/", 200, json={"password": f"{SECRET_MARKER}-new"}
+        ),
     ):
         assert set(answer) == {"id", "username", "domain"}
+
+
+# A migration body whose references all resolve; each case below breaks one.
+PLANNED = {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": ["{c}"]}
 
 
 @pytest.mark.parametrize(
@@ -195,11 +227,11 @@ async def test_credentials_password_is_write_only_everywhere(alice: User) -> Non
         ("work_loads", {"ip": "10.9.9.9", "credentials": "{bob_credentials}", "storage": []}, "credentials"),
         ("work_loads", {"ip": "10.9.9.9", "credentials": "{credentials}", "storage": ["{bob_mount_point}"]}, "storage"),
         ("migration_targets", {"cloud_type": "aws", "cloud_credentials": "{bob_credentials}"}, "cloud_credentials"),
-        ("migrations", {"source": "{missing}", "migration_target": "{target}", "selected_mount_points": ["{c}"]}, "source"),
-        ("migrations", {"source": "{workload}", "migration_target": "{missing}", "selected_mount_points": ["{c}"]}, "migration_target"),
-        ("migrations", {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": ["{bob_mount_point}"]}, "selected_mount_points"),
-        ("migrations", {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": ["{loose}"]}, "selected_mount_points"),
-        ("migrations", {"source": "{workload}", "migration_target": "{target}", "selected_mount_points": []}, "selected_mount_points"),
+        ("migrations", {**PLANNED, "source": "{missing}"}, "source"),
+        ("migrations", {**PLANNED, "migration_target": "{missing}"}, "migration_target"),
+        ("migrations", {**PLANNED, "selected_mount_points": ["{bob_mount_point}"]}, "selected_mount_points"),
+        ("migrations", {**PLANNED, "selected_mount_points": ["{loose}"]}, "selected_mount_points"),
+        ("migrations", {**PLANNED, "selected_mount_points": []}, "selected_mount_points"),
     ],
 )
 async def test_a_reference_to_a_missing_or_foreign_id_is_400_naming_the_field(
@@ -255,7 +287,8 @@ async def test_a_workload_ip_is_canonical_and_never_changes(alice: User) -> None
     await alice.call("PATCH", item, 200, json={"ip": "2001:db8::1"})
     await alice.call("PUT", item, 200, json={"ip": "2001:db8:0::1", "credentials": credentials, "storage": []})
     for method in ("PATCH", "PUT"):
-        answer = await alice.call(method, item, 400, json={"ip": "10.0.0.9", "credentials": credentials})
+        body = {"ip": "10.0.0.9", "credentials": credentials, "storage": []}
+        answer = await alice.call(method, item, 400, json=body)
         assert list(answer["errors"]) == ["ip"]
     answer = await alice.call("POST", f"{API}/work_loads/", 400, json={"ip": "300.1.1.1", "credentials": credentials})
     assert list(answer["errors"]) == ["ip"]
@@ -263,7 +296,10 @@ async def test_a_workload_ip_is_canonical_and_never_changes(alice: User) -> None
 
 @pytest.mark.parametrize(
     ("path", "kind"),
-    [("credentials", "credentials"), ("mount_points", "mount_points"), ("work_loads", "workload"), ("migration_targets", "target")],
+    [
+        ("credentials", "credentials"), ("mount_points", "mount_points"), ("work_loads", "workload"),
+        ("migration_targets", "target"),
+    ],
 )
 async def test_a_referenced_object_cannot_be_deleted(alice: User, path: str, kind: str) -> None:
     plan = await alice.plan()

@@ -1,4 +1,4 @@
-"""SPEC 2.2 and the migration actions of 3.2, through HTTP with the real asyncio
+"""Running a migration (README, "Running a migration"), through HTTP with the real asyncio
 runner: a run reaches success with the exact target VM, every refusal is a 409
 naming its reason, cancel and retry work, progress only grows and reaches 100
 exactly at success, concurrent starts start a migration once, and a thousand
@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient
 
 import migration_core as core
 from adapters.async_runner import AsyncRunner
-from adapters.passwords import ScryptHasher
 from adapters.instances import Instance, InstanceRegistry
-from entrypoints.bootstrap import Services, ServiceRunner, Settings, bootstrap
+from adapters.passwords import ScryptHasher
+from entrypoints.bootstrap import ServiceRunner, Services, Settings, bootstrap
 from entrypoints.http import create_app
 from migration_core import Clock, Storage
 

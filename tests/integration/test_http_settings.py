@@ -1,9 +1,10 @@
-"""SPEC 4.2: every setting is a variable and a `serve` flag (the flag wins), a
+"""Configuration (README, "Configuration"): every setting is a variable and a `serve` flag (the flag wins), a
 bad value stops the start with one line naming it, and the secret key is
 generated once beside the database."""
 
 from __future__ import annotations
 
+import socket
 import stat
 from pathlib import Path
 
@@ -24,17 +25,19 @@ def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
     environ = {
         "MIGRATION_STORAGE": "memory://", "MIGRATION_HOST": "0.0.0.0", "MIGRATION_PORT": "9000",
         "MIGRATION_RUN_SECONDS": "0", "MIGRATION_ACCESS_TTL": "60", "MIGRATION_REFRESH_TTL": "120",
-        "MIGRATION_SECRET_KEY": "e" * 32, "MIGRATION_ACCESS_LOG": "off",
+        "MIGRATION_SECRET_KEY": "e" * 32, "MIGRATION_ACCESS_LOG": "off", "MIGRATION_METRICS": "off",
+        "MIGRATION_LOG_FORMAT": "json",
     }
     assert Settings.from_sources(environ, {}) == Settings(
         storage="memory://", host="0.0.0.0", port=9000, run_seconds=0.0, access_ttl=60, refresh_ttl=120,
-        secret_key="e" * 32, access_log=False,
+        secret_key="e" * 32, access_log=False, metrics=False, log_format="json",
     )
     flags = {"storage": "sqlite:////tmp/x.db", "host": "::1", "port": "9001", "run_seconds": "2.5",
-             "access_ttl": "61", "refresh_ttl": "121", "secret_key": "f" * 32, "access_log": "ON"}
+             "access_ttl": "61", "refresh_ttl": "121", "secret_key": "f" * 32, "access_log": "ON",
+             "metrics": "on", "log_format": "TEXT"}
     assert Settings.from_sources(environ, flags) == Settings(
         storage="sqlite:////tmp/x.db", host="::1", port=9001, run_seconds=2.5, access_ttl=61, refresh_ttl=121,
-        secret_key="f" * 32, access_log=True,
+        secret_key="f" * 32, access_log=True, metrics=True, log_format="text",
     )
     assert {"--" + name.replace("_", "-") for name in flags} <= {s.flag for s in SETTINGS}
 
@@ -48,6 +51,7 @@ def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
         ("MIGRATION_STORAGE", "postgres://db"), ("MIGRATION_STORAGE", "sqlite:///"), ("MIGRATION_HOST", " "),
         ("MIGRATION_ACCESS_LOG", "yes"), ("MIGRATION_WORKERS", "0"), ("MIGRATION_WORKERS", "65"),
         ("MIGRATION_LEASE_SECONDS", "0"), ("MIGRATION_LEASE_SECONDS", "soon"),
+        ("MIGRATION_METRICS", "1"), ("MIGRATION_LOG_FORMAT", "xml"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(variable: str, value: str) -> None:
@@ -70,6 +74,26 @@ def test_serve_with_a_bad_value_exits_2_with_one_line(
     assert main(["serve", "--port", "eighty"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--port" in err and "MIGRATION_PORT" in err and "Traceback" not in err
+
+
+def test_a_port_in_use_exits_1_with_one_line_naming_the_setting_before_opening_storage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.variable, raising=False)
+    database = tmp_path / "data" / "migration.db"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--storage", f"sqlite:///{database}"]) == 1
+    assert capsys.readouterr().err == (
+        f"migration-api: cannot listen on 127.0.0.1:{port}: the port is already in use;"
+        " choose another with MIGRATION_PORT / --port\n"
+    )
+    # Nothing was opened: a second process on a busy port must not mark the
+    # first one's runs interrupted.
+    assert not database.parent.exists()
 
 
 def test_the_secret_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:

@@ -8,6 +8,15 @@ from datetime import timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
+from entrypoints.http import views
+from entrypoints.http.schemas import (
+    CredentialsSchema,
+    MigrationProgressSchema,
+    MigrationSchema,
+    MigrationTargetSchema,
+    MountPointSchema,
+    WorkloadSchema,
+)
 from migration_core import (
     CloudType,
     Credentials,
@@ -20,15 +29,6 @@ from migration_core import (
     Volume,
     Workload,
 )
-from entrypoints.http import views
-from entrypoints.http.schemas import (
-    CredentialsSchema,
-    MigrationSchema,
-    MigrationStateSchema,
-    MigrationTargetSchema,
-    MountPointSchema,
-    WorkloadSchema,
-)
 
 ids = st.integers(1, 2**63 - 1)
 text = st.text(min_size=1, max_size=20)
@@ -39,7 +39,9 @@ id_lists = st.lists(ids, min_size=1, max_size=5, unique=True)
 
 credentials = st.builds(Credentials, owner_id=ids, username=text, password=text, domain=st.text(max_size=10), id=ids)
 mount_points = st.builds(MountPoint, owner_id=ids, name=text, size=sizes, id=ids)
-workloads = st.builds(Workload, owner_id=ids, ip=ips, credentials_id=ids, mount_point_ids=st.lists(ids, max_size=5, unique=True), id=ids)
+workloads = st.builds(
+    Workload, owner_id=ids, ip=ips, credentials_id=ids, mount_point_ids=st.lists(ids, max_size=5, unique=True), id=ids
+)
 target_vms = st.builds(
     TargetVm,
     ip=ips,
@@ -96,5 +98,7 @@ def test_migration_target_view_is_the_schema_dump_without_passwords(entity: Migr
 @given(migrations)
 def test_migration_views_are_the_schema_dumps(entity: Migration) -> None:
     assert views.migration_view(entity) == MigrationSchema().dump(entity)
-    state = {"state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished}
-    assert views.migration_state_view(entity) == MigrationStateSchema().dump(state)
+    state = {
+        "state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished
+    }
+    assert views.migration_state_view(entity) == MigrationProgressSchema().dump(state)

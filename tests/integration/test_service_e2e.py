@@ -5,6 +5,7 @@ access token still works."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,11 +37,11 @@ class Service:
         self.port = port
         self.process: subprocess.Popen[str] | None = None
 
-    def start(self) -> None:
+    def start(self, *flags: str) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "entrypoints", "serve", "--port", str(self.port),
-             "--storage", f"sqlite:///{self.database}", "--run-seconds", "0"],
+             "--storage", f"sqlite:///{self.database}", "--run-seconds", "0", *flags],
             env=environ,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -85,13 +86,23 @@ class Service:
             return error.code, json.loads(error.read() or b"null")
 
 
+@contextlib.contextmanager
+def running_service(directory: Path) -> Iterator[Service]:
+    """A service on a free port with its data under `directory`, killed at the
+    end if a test left it running."""
+    running = Service(directory / "data" / "migration.db", _free_port())
+    try:
+        yield running
+    finally:
+        if running.process is not None and running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    running = Service(tmp_path / "data" / "migration.db", _free_port())
-    yield running
-    if running.process is not None and running.process.poll() is None:
-        running.process.kill()
-        running.process.communicate()
+    with running_service(tmp_path) as running:
+        yield running
 
 
 def _created(answer: tuple[int, Any]) -> dict[str, Any]:
@@ -107,7 +118,8 @@ def test_objects_and_tokens_survive_a_restart(service: Service) -> None:
     assert status == 200
     access = tokens["access"]
 
-    credentials = _created(service.call("POST", "/api/v1/credentials/", {"username": "admin", "password": "pw-SECRET"}, access))
+    login = {"username": "admin", "password": "pw-SECRET"}
+    credentials = _created(service.call("POST", "/api/v1/credentials/", login, access))
     mount_point = _created(service.call("POST", "/api/v1/mount_points/", {"name": "C:\\", "size": 1024}, access))
     workload = _created(service.call(
         "POST", "/api/v1/work_loads/",

@@ -199,8 +199,9 @@ def test_sigterm_during_a_run_exits_cleanly_marking_it_interrupted_and_it_runs_a
     service.call("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)
 
     assert service.stop(signal.SIGTERM) == 0, service.log()
-    # Marked by the stopping service itself, before any restart.
+    # Marked by the stopping service itself, before any restart, and said in one line.
     assert stored_run(service.database, ids["migration"]) == ("error", "interrupted")
+    assert "Service stopped; it interrupted 1 running migration." in service.log()
 
     service.start(SHORT_RUN)
     after = service.state(ids["migration"])
@@ -209,3 +210,4 @@ def test_sigterm_during_a_run_exits_cleanly_marking_it_interrupted_and_it_runs_a
     assert target["target_vm"] is None
     run_again_to_success(service, ids)
     assert service.stop(signal.SIGTERM) == 0, service.log()
+    assert "Service stopped; it interrupted 0 running migrations." in service.log()

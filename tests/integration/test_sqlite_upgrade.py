@@ -12,9 +12,8 @@ from sqlite_utils import Database
 import migration_core as core
 from adapters.clock import SystemClock
 from adapters.secrets import SecretBox
-from adapters.sqlite import SqliteStorage
 from adapters.sql.schema import FILTER_INDEXES, LATEST_VERSION, SchemaTooNew
-from adapters.sqlite import upgrade
+from adapters.sqlite import SqliteStorage, upgrade
 
 SECRET = b"upgrade-suite-secret-key-32-bytes"
 

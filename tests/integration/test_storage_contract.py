@@ -12,7 +12,6 @@ from typing import Any
 import attrs
 import pytest
 
-from .storages import ALL_STORAGES, open_storage
 from migration_core import (
     Conflict,
     Credentials,
@@ -29,6 +28,8 @@ from migration_core import (
     Volume,
     Workload,
 )
+
+from .storages import ALL_STORAGES, open_storage
 
 SECRET = b"contract-suite-secret-key-32-byte"
 STARTED = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
@@ -380,6 +381,25 @@ def test_running_lists_the_running_migrations_of_every_owner(world: World) -> No
         assert uow.migrations.running() == [alices, bobs]
 
 
+def test_count_in_state_counts_the_migrations_of_every_owner(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        bob = world.bob
+        mount_point = uow.mount_points.add(MountPoint(bob, "c:", 5))
+        workload = uow.workloads.add(Workload(bob, "10.0.0.1", world.bobs_credentials.id, (mount_point.id,)))
+        target = uow.migration_targets.add(MigrationTarget(bob, "vsphere", world.bobs_credentials.id))
+        for state in (MigrationState.ERROR, MigrationState.ERROR, MigrationState.SUCCESS):
+            uow.migrations.add(Migration(bob, workload.id, target.id, (mount_point.id,), state=state))
+        uow.commit()
+    with world.storage.unit_of_work(write=False) as uow:
+        counts = {state: uow.migrations.count_in_state(state) for state in MigrationState}
+    assert counts == {
+        MigrationState.NOT_STARTED: 1,  # alice's
+        MigrationState.RUNNING: 0,
+        MigrationState.ERROR: 2,
+        MigrationState.SUCCESS: 1,
+    }
+
+
 # --- compare-and-set ---------------------------------------------------------------
 
 
@@ -467,7 +487,9 @@ def test_every_page_either_way_is_a_slice_of_the_whole_list(world: World, many: 
     for descending in (False, True):
         ordered = ids[::-1] if descending else ids
         for filters in ({}, {"name": "data"}):
-            expected = [i for i in ordered if not filters or read(world.storage, "mount_points", world.alice, i).name == "data"]
+            expected = [
+                i for i in ordered if not filters or read(world.storage, "mount_points", world.alice, i).name == "data"
+            ]
             for limit in range(1, len(ids) + 2):
                 for offset in range(len(ids) + 2):
                     count, page = find(

@@ -46,7 +46,7 @@ for i in itertools.count():
 """
 
 
-def _lines(stream: "subprocess.IO[str]", into: queue.Queue[str | None]) -> None:
+def _lines(stream: subprocess.IO[str], into: queue.Queue[str | None]) -> None:
     for line in stream:
         into.put(line)
     into.put(None)

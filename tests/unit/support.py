@@ -132,7 +132,7 @@ STEM_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-
 
 
 def volume_identity(name: str) -> str:
-    """The test's own reading of SPEC 2.1: case and trailing separators do not count."""
+    """The test's own reading of the volume rule: case and trailing separators do not count."""
     return name.rstrip(SEPARATORS).lower()
 
 

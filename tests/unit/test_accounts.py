@@ -1,4 +1,4 @@
-"""SPEC 3.1 as the core holds it: who may register, password checks, and the
+"""Accounts as the core holds them: who may register, password checks, and the
 login throttle (10 failures within 60 s), against a clock the test moves."""
 
 from __future__ import annotations
@@ -148,6 +148,8 @@ def test_waiting_retry_after_seconds_always_lets_the_username_in_again(
         throttle.failed("ann")
     with pytest.raises(core.Throttled) as refused:
         throttle.check("ann")
+    seconds = refused.value.retry_after
+    assert refused.value.message.endswith(f"try again in {seconds} second{'' if seconds == 1 else 's'}.")
     clock.advance(refused.value.retry_after)
     throttle.check("ann")
 

@@ -1,4 +1,5 @@
-"""The core depends on nothing but the standard library and attrs (STYLE.md)."""
+"""The core depends on nothing but the standard library and attrs (README: the
+three layers)."""
 
 from __future__ import annotations
 

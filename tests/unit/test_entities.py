@@ -1,4 +1,4 @@
-"""SPEC 2.1, rules one object holds alone: addresses, cloud types, required fields."""
+"""Rules one object holds alone: addresses, cloud types, required fields."""
 
 from __future__ import annotations
 

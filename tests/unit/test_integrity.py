@@ -1,4 +1,4 @@
-"""SPEC 2.3: nothing referenced can be deleted; the refusal names what still
+"""Nothing referenced can be deleted; the refusal names what still
 refers to it, and nothing changes. Unreferenced objects delete cleanly."""
 
 from __future__ import annotations

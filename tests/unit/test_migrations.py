@@ -1,4 +1,4 @@
-"""SPEC 2.1 and 2.2: what a migration may select, and the `C:\\` rule at run time."""
+"""What a migration may select, and the `C:\\` rule at run time."""
 
 from __future__ import annotations
 

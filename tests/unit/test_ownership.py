@@ -1,4 +1,4 @@
-"""SPEC 2.1: every object has an owner and is invisible to other users, both as
+"""Every object has an owner and is invisible to other users, both as
 itself and as a reference."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 2.2: the life of a run. Random sequences of every operation that can
+"""The life of a run (README, "Running a migration"). Random sequences of every operation that can
 touch a migration's state are checked against a model of the allowed moves."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
     steps: list[tuple[Any, ...]],
 ) -> None:
     """Two migrations into one target; each operation either makes exactly the
-    move SPEC 2.2 allows, or is refused (Conflict) / ignored and changes nothing."""
+    move the rules of a run allow, or is refused (Conflict) / ignored and changes nothing."""
     inventory = build_inventory(volumes=[Volume("C:\\", 10), Volume("D:\\", 30)])
     storage, owner = inventory.storage, inventory.owner_id
     clock, runner = FakeClock(), ManualRunner()
@@ -260,7 +260,7 @@ def _expected(start: str, action: str) -> tuple[core.MigrationState, str | None]
 def test_each_action_from_each_state_makes_exactly_the_allowed_move(
     start: str, action: str
 ) -> None:
-    """The whole table of SPEC 2.2, one cell per example."""
+    """What each action makes of a migration in each state (`_expected`): one cell per example."""
     inventory = build_inventory()
     storage, owner = inventory.storage, inventory.owner_id
     clock, runner = FakeClock(), ManualRunner()

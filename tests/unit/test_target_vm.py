@@ -1,4 +1,4 @@
-"""SPEC 2.2: what a successful run leaves in its target, and what a failed one does not."""
+"""What a successful run leaves in its target, and what a failed one does not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 2.1, workload rules that span objects: the ip never changes and is unique
+"""Workload rules that span objects: the ip never changes and is unique
 per owner, a mount point belongs to one workload, a workload holds each volume once."""
 
 from __future__ import annotations
@@ -139,3 +139,16 @@ def test_renaming_a_mount_point_cannot_make_its_workload_hold_a_volume_twice(
     # Outside a workload the same name is no clash.
     loose = core.create_mount_point(storage, owner, name=renamed, size=1)
     assert core.update_mount_point(storage, owner, loose.id, name=new_name).name == new_name
+
+
+@given(st.ip_addresses(), st.data())
+def test_an_ip_filter_finds_every_spelling_and_refuses_what_is_no_address(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject
+) -> None:
+    inventory = build_inventory(ip=str(address))
+    storage, owner = inventory.storage, inventory.owner_id
+    spelled = core.ListQuery(filters={"ip": data.draw(_spellings_of(address))})
+    assert core.list_workloads(storage, owner, spelled).items == [inventory.workload]
+    with pytest.raises(core.InvalidInput) as refused:
+        core.list_workloads(storage, owner, core.ListQuery(filters={"ip": f"{address}.9"}))
+    assert field_errors(refused.value) == {"ip"}

@@ -12,7 +12,6 @@ from typing import Protocol
 from ..instances import Instance
 from .mapping import SqlUnit, chunks, marks
 
-
 FORGET_AFTER_SECONDS = 3600.0
 
 

@@ -787,6 +787,10 @@ class Migrations(Repository[Migration]):
             return found
         return [m for m in found if m.instance_id in instance_ids]
 
+    def count_in_state(self, state: MigrationState) -> int:
+        row = self._session.execute("SELECT count(*) FROM migrations WHERE state = ?", [state.value]).fetchone()
+        return int(row[0])
+
     def running_instances(self) -> set[str | None]:
         rows = self._session.execute(
             "SELECT DISTINCT instance_id FROM migrations WHERE state = ?",

@@ -3,6 +3,7 @@ lifetime of the services (runner started once the loop runs, storage closed last
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
@@ -12,9 +13,13 @@ from entrypoints.bootstrap import Services
 
 from . import accounts, resources
 from .errors import json_errors
+from .metrics import count_requests, setup_metrics
 from .openapi import setup_openapi
+from .request_ids import answer_request_id, request_ids
 from .requests import BODY_TIMEOUT, SERVICES
 from .routes import add_routes
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 15.0
@@ -31,7 +36,10 @@ async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await found.runner.stop()
+            interrupted = await found.runner.stop()
+            # The operator's one line on a stop: what it cut short, to run again.
+            runs = "1 running migration" if interrupted == 1 else f"{interrupted} running migrations"
+            log.info("Service stopped; it interrupted %s.", runs)
     finally:
         if found.write_executor is not None:
             found.write_executor.shutdown()
@@ -51,11 +59,17 @@ def server_options(idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> ServerOptions:
     return {"keepalive_timeout": idle_timeout, "lingering_time": LINGER_SECONDS}
 
 
-def create_app(services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+def create_app(
+    services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT, metrics: bool = True
+) -> web.Application:
+    """The service; `metrics=False` leaves /metrics out (404) and counts nothing."""
+    # The request id first, so that every later layer and log line has it.
+    middlewares = [request_ids, *([count_requests] if metrics else []), json_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
     app[BODY_TIMEOUT] = body_timeout
+    app.on_response_prepare.append(answer_request_id)
     app.cleanup_ctx.append(_services_lifetime)
-    add_routes(app.router, accounts.ROUTES + resources.routes())
+    add_routes(app.router, accounts.ROUTES + resources.routes() + (setup_metrics(app) if metrics else []))
     setup_openapi(app)
     return app

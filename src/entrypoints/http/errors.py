@@ -5,6 +5,7 @@ anything unexpected becomes a bare 500 whose details go to the log only."""
 from __future__ import annotations
 
 import logging
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -41,20 +42,24 @@ def _domain_error_response(error: DomainError) -> web.Response | None:
     return web.json_response(body, status=status, headers=headers)
 
 
-def _http_error_detail(error: web.HTTPException) -> str:
+def _size(limit: int) -> str:
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
+def _http_error_detail(error: web.HTTPException, request: web.Request) -> str:
     if isinstance(error, web.HTTPNotFound):
         return "Not found."
     if isinstance(error, web.HTTPMethodNotAllowed):
         return f"Method {error.method} is not allowed here."
     if isinstance(error, web.HTTPRequestEntityTooLarge):
-        return "The request body is too large."
+        return f"The request body is larger than {_size(request.client_max_size)}."
     return error.reason
 
 
-def _http_error_response(error: web.HTTPException) -> web.Response:
+def _http_error_response(error: web.HTTPException, request: web.Request) -> web.Response:
     headers = {name: error.headers[name] for name in _KEPT_HEADERS if name in error.headers}
     return web.json_response(
-        {"detail": _http_error_detail(error)}, status=error.status, headers=headers
+        {"detail": _http_error_detail(error, request)}, status=error.status, headers=headers
     )
 
 
@@ -65,7 +70,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _http_error_response(error)
+        return _http_error_response(error, request)
     except Exception as error:
         if isinstance(error, DomainError) and (answer := _domain_error_response(error)):
             return answer

@@ -17,6 +17,8 @@ from aiohttp_apigami.swagger_ui import SWAGGER_UI_STATIC_FILES  # the Swagger UI
 from apispec.ext.marshmallow import common
 from marshmallow import Schema
 
+from entrypoints import package_version
+
 from .schemas import ErrorSchema, ValidationErrorSchema
 
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -24,7 +26,6 @@ SWAGGER_PATH = "/swagger/"
 SWAGGER_STATIC_PATH = "/swagger/static"
 SECURITY_SCHEME = "bearerAuth"
 TITLE = "Migration service"
-VERSION = "1.0.0"
 DESCRIPTION = (
     "Keep an inventory of workloads, their mount points and credentials, describe"
     " cloud migration targets, and run migrations. Register at /api/v1/auth/, get"
@@ -75,12 +76,15 @@ def answers(
 
 def schema_name(schema: Any) -> str:
     """`CredentialsSchema` is documented as `Credentials`, its partial form
-    (the body of a PATCH) as `CredentialsPatch`."""
+    (the body of a PATCH) as `CredentialsPatch`, and its form without the
+    write-only password (the answers: schemas.answer_form) as `CredentialsAnswer`."""
     instance = common.resolve_schema_instance(schema)
     resolved = common.resolve_schema_cls(schema)
     schema_class = resolved[0] if isinstance(resolved, list) else resolved
     name = schema_class.__name__.removesuffix("Schema") or schema_class.__name__
-    return name + "Patch" if instance.partial else name
+    if instance.partial:
+        return name + "Patch"
+    return name + "Answer" if instance.exclude else name
 
 
 def _without_swagger2_keys(document: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +98,25 @@ def _without_swagger2_keys(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+# apispec writes a nullable reference (OpenAPI 3.0) as "the referenced schema or
+# any object", and client generators then make a model of that any object. The
+# alternative meant is null alone.
+_ANY_OBJECT_OR_NULL = {"type": "object", "nullable": True}
+_NULL_ONLY = {"nullable": True, "enum": [None]}
+
+
+def _null_for_any_object(node: Any) -> Any:
+    if isinstance(node, dict):
+        if "anyOf" in node:
+            node["anyOf"] = [_NULL_ONLY if choice == _ANY_OBJECT_OR_NULL else choice for choice in node["anyOf"]]
+        for value in node.values():
+            _null_for_any_object(value)
+    elif isinstance(node, list):
+        for item in node:
+            _null_for_any_object(item)
+    return node
+
+
 def setup_openapi(app: web.Application) -> dict[str, Any]:
     """Document every route registered so far; call it after the last one."""
     api = AiohttpApiSpec(
@@ -101,7 +124,7 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         openapi_version="3.0.3",
         schema_name_resolver=schema_name,
         title=TITLE,
-        version=VERSION,
+        version=package_version(),
         info={"description": DESCRIPTION},
         security=[{SECURITY_SCHEME: []}],
     )
@@ -113,7 +136,8 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         api.register(app, in_place=True)
     # Through JSON once, so the document is exactly what clients read (string keys).
-    document: dict[str, Any] = json.loads(json.dumps(_without_swagger2_keys(api.swagger_dict())))
+    built = _null_for_any_object(_without_swagger2_keys(api.swagger_dict()))
+    document: dict[str, Any] = json.loads(json.dumps(built))
     app[OPENAPI] = document
     app.router.add_get(OPENAPI_PATH, _serve_document, allow_head=False)
     app.router.add_get(SWAGGER_STATIC_PATH + "/{name}", _serve_swagger_file, allow_head=False)

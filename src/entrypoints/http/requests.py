@@ -17,9 +17,8 @@ from aiohttp import web
 from aiohttp_apigami import request_schema
 from marshmallow import Schema, ValidationError
 
-from migration_core import AuthenticationFailed, InvalidInput, User, user_from_token
-
 from entrypoints.bootstrap import Services
+from migration_core import AuthenticationFailed, InvalidInput, User, user_from_token
 
 from .schemas import flatten_messages
 

@@ -19,14 +19,13 @@ from . import views
 from .openapi import WRITE_ERRORS, answers
 from .requests import BODY, QUERY, USER, call, json_body, query, read, services, write
 from .routes import Route
-from .views import View
 from .schemas import (
     MAX_ID,
     CredentialsQuerySchema,
     CredentialsSchema,
+    MigrationProgressSchema,
     MigrationQuerySchema,
     MigrationSchema,
-    MigrationStateSchema,
     MigrationTargetQuerySchema,
     MigrationTargetSchema,
     MountPointQuerySchema,
@@ -34,8 +33,10 @@ from .schemas import (
     WorkloadQuerySchema,
     WorkloadReplaceSchema,
     WorkloadSchema,
+    answer_form,
     page_schema,
 )
+from .views import View
 
 ID_PARAMETER = {
     "in": "path",
@@ -82,7 +83,9 @@ def _link(request: web.Request, limit: int, offset: int) -> str:
     return str(request.url.update_query(limit=str(limit), offset=str(offset)))
 
 
-def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int) -> dict[str, Any]:
+def page_body(
+    request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int
+) -> dict[str, Any]:
     following = offset + limit
     return {
         "count": page.count,
@@ -94,7 +97,8 @@ def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View]
 
 def resource_routes(resource: Resource) -> list[Route]:
     schema = resource.schema()
-    page = page_schema(resource.schema, f"{resource.name}Page")
+    answer = answer_form(resource.schema)
+    page = page_schema(answer, f"{resource.name}Page")
     item_path = resource.path + "{id:\\d+}/"
     tags = [resource.tag]
     update_conflict = [409] if resource.update_conflicts else []
@@ -128,7 +132,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Create {resource.noun}",
         operation_id=f"create{resource.name}",
         responses=answers(
-            {201: (schema, "Created.")}, *WRITE_ERRORS, 401, *([409] if resource.create_conflicts else [])
+            {201: (answer, "Created.")}, *WRITE_ERRORS, 401, *([409] if resource.create_conflicts else [])
         ),
     )
     @json_body(schema)
@@ -141,7 +145,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Read {resource.noun}",
         operation_id=f"get{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Found.")}, 401, 404),
+        responses=answers({200: (answer, "Found.")}, 401, 404),
     )
     async def read_object(request: web.Request) -> web.Response:
         found = await read(request, resource.get, services(request).storage, request[USER].id, object_id(request))
@@ -152,7 +156,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Replace {resource.noun}: every writable field",
         operation_id=f"replace{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Replaced.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
+        responses=answers({200: (answer, "Replaced.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
@@ -164,7 +168,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         summary=f"Change some fields of {resource.noun}",
         operation_id=f"patch{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({200: (schema, "Changed.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
+        responses=answers({200: (answer, "Changed.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
     @json_body(resource.schema(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
@@ -332,7 +336,7 @@ async def cancel_migration(request: web.Request) -> web.Response:
     summary="The state and progress of a migration",
     operation_id="getMigrationState",
     parameters=[ID_PARAMETER],
-    responses=answers({200: (MigrationStateSchema, "Its state.")}, 401, 404),
+    responses=answers({200: (MigrationProgressSchema, "Its state.")}, 401, 404),
 )
 async def migration_state(request: web.Request) -> web.Response:
     migration = await read(

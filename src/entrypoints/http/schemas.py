@@ -195,11 +195,18 @@ class WorkloadSchema(Body):
 
 
 class WorkloadReplaceSchema(WorkloadSchema):
-    """A workload's ip is set on create: a replacement may repeat it, or leave it out."""
+    """A workload's ip is set on create: a replacement may repeat it, or leave it
+    out. Its storage is required like every other writable field of a PUT: left
+    out, it would silently empty the workload."""
 
     ip = Text(
         max_length=IP_MAX,
         metadata={"description": "Optional; when given it must equal the current ip."},
+    )
+    storage = _ids_list(
+        required=True,
+        attribute="mount_point_ids",
+        metadata={"description": "Mount point ids, each in one workload at most; [] for none."},
     )
 
 
@@ -255,7 +262,8 @@ class MigrationSchema(Body):
     finished_at = UtcDateTime(dump_only=True, allow_none=True)
 
 
-class MigrationStateSchema(Schema):
+# Not "MigrationState": generators name the inline enum of Migration.state so.
+class MigrationProgressSchema(Schema):
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
     progress = fields.Integer(dump_only=True)
     error = fields.String(dump_only=True, allow_none=True)
@@ -296,7 +304,16 @@ class MigrationQuerySchema(ListQuerySchema):
     migration_target = Id(strict=False, attribute="migration_target_id")
 
 
-def page_schema(item: type[Schema], name: str) -> type[Schema]:
+def answer_form(schema: type[Schema]) -> Schema:
+    """`schema` as answers show it: without its write-only fields. Documented
+    apart (see openapi.schema_name), since client generators expect every
+    required field of a schema in the answers that use it."""
+    full = schema()
+    write_only = set(full.fields) - set(full.dump_fields)
+    return schema(exclude=sorted(write_only)) if write_only else full
+
+
+def page_schema(item: Schema, name: str) -> type[Schema]:
     """The answer of a list: `{count, next, previous, results}`."""
     return Schema.from_dict(
         {

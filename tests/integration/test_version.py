@@ -1,0 +1,25 @@
+"""One version, pyproject.toml's: `migration-api --version` prints it and the
+OpenAPI document (so schema.yaml too) states it."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from entrypoints.cli import main
+from entrypoints.http.schema_file import served_document
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_command_line_and_the_openapi_document_show_the_version_of_pyproject(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"migration-api {expected}\n"
+    assert served_document()["info"]["version"] == expected
