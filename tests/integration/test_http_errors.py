@@ -207,3 +207,18 @@ async def test_no_log_line_holds_a_password_or_a_token(
     assert "aiohttp.access" in {record.name for record in caplog.records}
     for secret in (PASSWORD, "wrong password", SECRET_MARKER, user.access, user.refresh):
         assert secret not in logged
+
+
+@pytest.mark.parametrize(
+    ("path", "noun"),
+    [
+        ("credentials", "Credentials"),
+        ("mount_points", "Mount point"),
+        ("work_loads", "Workload"),
+        ("migration_targets", "Migration target"),
+        ("migrations", "Migration"),
+    ],
+)
+async def test_a_missing_object_is_named_in_the_singular(alice: User, path: str, noun: str) -> None:
+    answer = await alice.call("GET", f"/api/v1/{path}/99/", 404)
+    assert answer == {"detail": f"{noun} 99 not found."}
