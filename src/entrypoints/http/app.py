@@ -10,7 +10,7 @@ from aiohttp import web
 
 from entrypoints.bootstrap import Services
 
-from . import accounts, resources
+from . import accounts, console, resources
 from .errors import json_errors
 from .openapi import setup_openapi
 from .requests import BODY_TIMEOUT, SERVICES
@@ -57,5 +57,6 @@ def create_app(services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT
     app[BODY_TIMEOUT] = body_timeout
     app.cleanup_ctx.append(_services_lifetime)
     add_routes(app.router, accounts.ROUTES + resources.routes())
+    console.setup_console(app)
     setup_openapi(app)
     return app
