@@ -87,8 +87,17 @@ class Console:
     # --- where the user is -----------------------------------------------------
 
     def open(self, place: str = "/") -> None:
+        """Go to `place` and wait until its screen has loaded (a redirect, such
+        as to sign in, counts as loaded)."""
         self.page.goto(f"{self.base_url}/#{place}")
-        expect(self.page.locator("main h1")).to_be_visible()
+        self.page.wait_for_function(
+            """(place) => {
+                const main = document.querySelector("main");
+                return !main.hasAttribute("aria-busy") && main.dataset.place === location.hash.slice(1)
+                    && (location.hash.slice(1) === place || location.hash.startsWith("#/signin"));
+            }""",
+            arg=place,
+        )
 
     def heading(self, name: str | re.Pattern[str]) -> None:
         expect(self.page.get_by_role("heading", level=1)).to_have_text(name)

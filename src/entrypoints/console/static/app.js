@@ -101,6 +101,7 @@ async function render() {
   showNav(path);
   const root = h("div", {class: "screen"});
   main.replaceChildren(root);
+  main.setAttribute("aria-busy", "true");
   document.title = route.screen.title ? `${route.screen.title} · Migrations console` : "Migrations console";
   let focusTarget = null;
   const ctx = {
@@ -123,6 +124,8 @@ async function render() {
     if (text !== null && ctx.alive) root.append(h("p", {class: "form-error", role: "alert"}, text));
   }
   if (!ctx.alive) return;
+  main.removeAttribute("aria-busy");
+  main.dataset.place = here(); // the place this screen shows, once it is ready
   if (focusTarget) focusTarget();
   else root.querySelector("h1")?.focus({preventScroll: true});
 }
