@@ -9,11 +9,6 @@ without the policy."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,68 +16,54 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Dialog, Page, Playwright, Response, sync_playwright
 
-from .support import ROOT, Api, Console, free_port
+from ..integration.test_service_e2e import Service as ServiceProcess, _free_port
+from .support import ROOT, Api, Console
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-START_TIMEOUT = 20.0
 SCREENSHOTS = ROOT / "build" / "screenshots"
 
 
-class Service:
-    """`migration-api serve` on a free loopback port with an SQLite file."""
+class Service(ServiceProcess):
+    """`migration-api serve` (as `python -m entrypoints serve`) on a free
+    loopback port with an SQLite file, answering /health."""
 
     def __init__(self, folder: Path, *flags: str) -> None:
-        self.port = free_port()
+        super().__init__(folder / "db.sqlite", _free_port(), "--host", "127.0.0.1", "--access-log", "off", *flags)
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = {key: value for key, value in os.environ.items() if not key.startswith("MIGRATION_")}
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("migration-api")), "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), "--storage", f"sqlite:///{folder / 'db.sqlite'}",
-             "--access-log", "off", *flags],
-            env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.api = Api(self.url)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the service exited at start: {self.process.communicate()[0]}")
-            try:
-                if self.api.call("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise AssertionError("the service did not answer /health in time")
+        self.api = Api(self.call)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.communicate()
+    def end(self) -> None:
+        """Kill it, when a failed start or stop left it running."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+def _serving(folder: Path, *flags: str) -> Iterator[Service]:
+    running = Service(folder, *flags)
+    try:
+        running.start()
+        yield running
+        running.stop()
+    finally:
+        running.end()
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Runs take 2 seconds: long enough to see a bar move, short enough to wait for."""
-    running = Service(tmp_path_factory.mktemp("service"), "--run-seconds", "2")
-    yield running
-    running.stop()
+    yield from _serving(tmp_path_factory.mktemp("service"), "--run-seconds", "2")
 
 
 @pytest.fixture(scope="session")
 def slow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Access tokens live 2 seconds and runs 20: a token expires under the user's
     hands, and a run lasts long enough to be cancelled."""
-    running = Service(tmp_path_factory.mktemp("slow"), "--run-seconds", "20", "--access-ttl", "2")
-    yield running
-    running.stop()
+    yield from _serving(tmp_path_factory.mktemp("slow"), "--run-seconds", "20", "--access-ttl", "2")
 
 
 @pytest.fixture(scope="session")
@@ -148,26 +129,24 @@ def _console_page(browser: Browser, service: Service, width: int, height: int) -
     watch.attach(context)
     page = context.new_page()
     try:
-        yield Console(page, service.url, service.api, SCREENSHOTS)
+        yield Console(page, service.url, service.api, SCREENSHOTS, watch.console_files)
         watch.check()
     finally:
         context.close()
 
 
-@pytest.fixture
-def console(browser: Browser, service: Service) -> Iterator[Console]:
-    yield from _console_page(browser, service, 1280, 800)
+def _console_fixture(service: str, width: int, height: int, doc: str) -> Any:
+    def console_at(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Console]:
+        yield from _console_page(browser, request.getfixturevalue(service), width, height)
+
+    console_at.__doc__ = doc
+    return pytest.fixture(console_at)
 
 
-@pytest.fixture
-def narrow_console(browser: Browser, service: Service) -> Iterator[Console]:
-    """A phone held upright: 390 CSS pixels wide."""
-    yield from _console_page(browser, service, 390, 844)
-
-
-@pytest.fixture
-def slow_console(browser: Browser, slow_service: Service) -> Iterator[Console]:
-    yield from _console_page(browser, slow_service, 1280, 800)
+console = _console_fixture("service", 1280, 800, "A laptop's screen.")
+narrow_console = _console_fixture("service", 390, 844, "A phone held upright: 390 CSS pixels wide.")
+wide_console = _console_fixture("service", 1920, 1080, "A full-HD monitor.")
+slow_console = _console_fixture("slow_service", 1280, 800, "A laptop's screen, against the slow service.")
 
 
 def pytest_configure(config: Any) -> None:

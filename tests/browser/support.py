@@ -4,12 +4,9 @@ the console's own words (labels, headings, buttons), as a user reads it."""
 
 from __future__ import annotations
 
-import json
 import re
-import socket
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +17,18 @@ PASSWORD = "correct horse battery"
 GIB = 2**30
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-class Api:
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
+Call = Callable[..., tuple[int, Any]]
 
-    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                raw = answer.read()
-                return answer.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
+
+class Api:
+    """A user's view of the JSON API, through a service process's `call`."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
 
     def user(self, username: str) -> str:
         """A new account; its access token."""
@@ -78,8 +61,9 @@ class Api:
 class Console:
     """The console in one browser tab."""
 
-    def __init__(self, page: Page, base_url: str, api: Api, screenshots: Path) -> None:
+    def __init__(self, page: Page, base_url: str, api: Api, screenshots: Path, loaded: list[str]) -> None:
         self.page = page
+        self.loaded = loaded  # the console's own files fetched so far (each checked for its CSP)
         self.base_url = base_url
         self.api = api
         self.screenshots = screenshots
@@ -118,9 +102,15 @@ class Console:
         self.page.screenshot(path=str(self.screenshots / f"{name}.png"))
 
     def fits_the_width(self) -> None:
-        """Nothing sticks out sideways: the page never scrolls horizontally."""
+        """Nothing sticks out sideways (the page never scrolls horizontally), and
+        every control on the screen has a name a screen reader can say."""
         overflow = self.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow}px wider than the window"
+        nameless = self.page.evaluate("""() => [...document.querySelectorAll("input, select, textarea, button, a[href]")]
+            .filter((e) => !e.closest("[hidden]"))
+            .filter((e) => !(e.getAttribute("aria-label") || (e.labels && e.labels.length) || e.textContent.trim()))
+            .map((e) => e.outerHTML)""")
+        assert nameless == [], "controls without a name"
 
     # --- accounts --------------------------------------------------------------
 

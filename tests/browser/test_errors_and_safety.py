@@ -131,6 +131,8 @@ def test_hostile_text_is_shown_as_text_on_every_screen(console: Console, service
     console.open_migration(fleet["migration"]["id"])
     expect(console.page.get_by_role("region", name="Target VM")).to_contain_text(f"{HOSTILE[3]}\\{HOSTILE[2]}")
     console.shoot("hostile-text")
+    # The page and every file it loaded carried the policy (checked as they came: see conftest).
+    assert "/" in console.loaded and any(path.endswith("/app.js") for path in console.loaded)
 
 
 def test_an_access_token_expiring_mid_form_loses_nothing(slow_console: Console, slow_service: Service) -> None:

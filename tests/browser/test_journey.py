@@ -144,3 +144,16 @@ def test_the_keyboard_alone_signs_in_and_runs_a_migration(console: Console, serv
     _tab_to(page, "Run")
     page.keyboard.press("Enter")
     expect(console.overall()).to_have_attribute("value", "100", timeout=15_000)
+
+
+def test_every_screen_reads_well_1920_pixels_wide(wide_console: Console, service: Service) -> None:
+    username = unique("widescreen")
+    token = service.api.user(username)
+    fleet = service.api.fleet(token, "10.2.1.9", {"C:\\": GIB, "D:\\": GIB}, ["C:\\"])
+    wide_console.sign_in(username, place="/")
+    for place in ["/", "/credentials", "/mount_points", "/workloads", "/targets", "/migrations",
+                  f"/migrations?edit={fleet['migration']['id']}", f"/migrations/{fleet['migration']['id']}", "/import"]:
+        wide_console.open(place)
+        wide_console.fits_the_width()
+        # Lines stay readable: the content keeps a measure instead of spanning 1920 pixels.
+        assert wide_console.main.bounding_box()["width"] <= 1300, place  # type: ignore[index]

@@ -37,7 +37,7 @@ export const inventory = {
 
     async function send(dryRun) {
       const body = text.value;
-      const answer = await call("POST", `${IMPORT}${dryRun ? "?dry_run=true" : ""}`, {body, type: "text/csv"});
+      const answer = await call("POST", `${IMPORT}${dryRun ? "?dry_run=true" : ""}`, {body, type: "text/csv; charset=utf-8"});
       return {answer, body};
     }
 
