@@ -53,26 +53,28 @@ def _serving(folder: Path, *flags: str) -> Iterator[Service]:
         running.end()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Runs take 2 seconds: long enough to see a bar move, short enough to wait for."""
     yield from _serving(tmp_path_factory.mktemp("service"), "--run-seconds", "2")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def slow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """Access tokens live 2 seconds and runs 20: a token expires under the user's
     hands, and a run lasts long enough to be cancelled."""
     yield from _serving(tmp_path_factory.mktemp("slow"), "--run-seconds", "20", "--access-ttl", "2")
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: the sync driver keeps its event loop marked as running in
+# this thread until it stops, and the async tests that follow need none there.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # A missing browser fails every test here, never skips it (issue 13).
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium chromium-driver"

@@ -5,6 +5,7 @@ the console's own words (labels, headings, buttons), as a user reads it."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -74,20 +75,30 @@ class Console:
         """Go to `place` and wait until its screen has loaded (a redirect, such
         as to sign in, counts as loaded)."""
         self.page.goto(f"{self.base_url}/#{place}")
-        self.page.wait_for_function(
-            """(place) => {
+        self.shown(lambda hash: hash == place or hash.startswith("/signin"), place)
+
+    def shown(self, wanted: Any, what: str) -> None:
+        """Wait until the console shows a screen whose place is `wanted` (a
+        predicate of the hash, checked here, not in the page), ready."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            state = self.page.evaluate("""() => {
                 const main = document.querySelector("main");
-                return !main.hasAttribute("aria-busy") && main.dataset.place === location.hash.slice(1)
-                    && (location.hash.slice(1) === place || location.hash.startsWith("#/signin"));
-            }""",
-            arg=place,
-        )
+                return {hash: location.hash.slice(1) || "/", busy: main.hasAttribute("aria-busy"), place: main.dataset.place};
+            }""")
+            if not state["busy"] and state["place"] == state["hash"] and wanted(state["hash"]):
+                return
+            self.page.wait_for_timeout(50)
+        raise AssertionError(f"the screen of {what} did not load: {state}")
 
     def heading(self, name: str | re.Pattern[str]) -> None:
         expect(self.page.get_by_role("heading", level=1)).to_have_text(name)
 
     def nav(self, section: str) -> None:
-        self.page.get_by_role("navigation", name="Main").get_by_role("link", name=section, exact=True).click()
+        link = self.page.get_by_role("navigation", name="Main").get_by_role("link", name=section, exact=True)
+        place = (link.get_attribute("href") or "#").removeprefix("#")
+        link.click()
+        self.shown(lambda hash: hash == place, section)
         self.heading(section)
 
     @property
@@ -120,15 +131,18 @@ class Console:
         form.get_by_label("Username").fill(username)
         form.get_by_label("Password").fill(password)
         form.get_by_role("button", name="Create the account").click()
+        self.shown(lambda hash: hash == "/", "the overview")
         self.heading("Overview")
 
-    def sign_in(self, username: str, password: str = PASSWORD, place: str | None = None) -> None:
+    def sign_in(self, username: str, password: str = PASSWORD, place: str | None = None, succeeds: bool = True) -> None:
         if place is not None:
             self.open(place)
         form = self.page.get_by_role("form", name="Sign in")
         form.get_by_label("Username").fill(username)
         form.get_by_label("Password").fill(password)
         form.get_by_role("button", name="Sign in").click()
+        if succeeds:
+            self.shown(lambda hash: not hash.startswith("/signin"), "the place after signing in")
 
     # --- forms -----------------------------------------------------------------
 

@@ -49,14 +49,14 @@ def test_too_many_failed_sign_ins_say_when_to_try_again(console: Console, servic
     service.api.user(username)
     for _ in range(10):
         assert service.api.call("POST", "/api/v1/token/", {"username": username, "password": "wrong guess"})[0] == 401
-    console.sign_in(username, place="/signin")
+    console.sign_in(username, place="/signin", succeeds=False)
     expect(console.page.get_by_role("alert")).to_have_text(re.compile(r"Too many attempts\. Try again in \d+ seconds\."))
 
 
 def test_a_wrong_password_is_said_plainly(console: Console, service: Service) -> None:
     username = unique("mistyped")
     service.api.user(username)
-    console.sign_in(username, "not my password", place="/signin")
+    console.sign_in(username, "not my password", place="/signin", succeeds=False)
     expect(console.page.get_by_role("alert")).to_have_text("Wrong username or password.")
 
 
