@@ -69,7 +69,8 @@ async function tryRenewal() {
     sessionStorage.setItem(KEYS.access, answer.access);
     return true;
   } catch (error) {
-    if (error instanceof ApiError) return false;
+    // Refused: the session is over. Anything else (a 5xx, no answer) is a failure to report, not a sign-out.
+    if (error instanceof ApiError && [400, 401].includes(error.status)) return false;
     throw error;
   }
 }

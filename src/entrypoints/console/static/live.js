@@ -63,7 +63,7 @@ function later(delay) {
   retryTimer = setTimeout(() => connect(Math.min(delay * 2, LAST_RETRY_MS)), delay);
 }
 
-async function connect(nextDelay) {
+async function connect(nextDelay, renewed = false) {
   if (!running) return;
   controller = new AbortController();
   const mine = controller;
@@ -71,12 +71,10 @@ async function connect(nextDelay) {
   if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
   try {
     const response = await fetch(STREAM, {headers, signal: mine.signal, cache: "no-store"});
-    if (response.status === 401) {
-      if (await renewAccess()) {
-        connect(nextDelay);
-      } else {
-        endSession();
-      }
+    if (response.status === 401 && !renewed) {
+      // Once straight away with a renewed token; a second 401 waits like any failure.
+      if (await renewAccess()) connect(nextDelay, true);
+      else endSession();
       return;
     }
     if (!response.ok || !response.body) throw new Error(`stream answered ${response.status}`);
