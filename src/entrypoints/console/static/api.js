@@ -32,7 +32,7 @@ export class ApiError extends Error {
 
 /** The session ended (the refresh token was refused): the console is taking
  * the user to sign in, so whoever called should just stop. */
-export class SignedOut extends Error {}
+class SignedOut extends Error {}
 
 function retryAfterSeconds(value) {
   if (!value) return null;

@@ -2,14 +2,14 @@
 // field, anything else (a 409's reason, a 429's wait) above the buttons.
 
 import {ApiError, describe} from "./api.js";
-import {append, fill, h, uid} from "./dom.js";
+import {fill, h, uid} from "./dom.js";
 
 const FACTORS = {b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40};
 const SIZE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$/i;
 
 /** Bytes from "107374182400", "100 GiB" or "53.6GB"; anything else as typed,
  * for the API to refuse with its own words. */
-export function parseSize(text) {
+function parseSize(text) {
   const match = SIZE.exec(text);
   if (!match) return text;
   const amount = Number(match[1]);
@@ -171,6 +171,5 @@ export function makeForm({label, fields, submit, onSubmit, extra = [], cancel = 
     }
   });
 
-  return {element, field: (name) => byName.get(name), showError, clear, values,
-    focus: () => made[0]?.focus(), problem, append: (...nodes) => append(problem, nodes)};
+  return {element, field: (name) => byName.get(name), showError, focus: () => made[0]?.focus()};
 }

@@ -38,6 +38,4 @@ export async function allIfOffered(path, filters) {
   }
 }
 
-export function sizeHint() {
-  return "Bytes, or with a unit: 100 GB, 50 GiB, 512 MiB…";
-}
+export const SIZE_HINT = "Bytes, or with a unit: 100 GB, 50 GiB, 512 MiB…";

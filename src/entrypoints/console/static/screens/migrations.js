@@ -24,7 +24,7 @@ function volumeChoices(refs, workloadId) {
   });
 }
 
-export function migrationLink(item) {
+function migrationLink(item) {
   return h("a", {href: `#/migrations/${item.id}`}, `Migration ${item.id}`);
 }
 

@@ -1,6 +1,6 @@
 import {all} from "../api.js";
 import {bytes} from "../dom.js";
-import {sizeHint} from "../labels.js";
+import {SIZE_HINT} from "../labels.js";
 import {resourceScreen} from "../resource.js";
 
 export const mountPoints = resourceScreen({
@@ -26,6 +26,6 @@ export const mountPoints = resourceScreen({
   fields: (item) => [
     {name: "name", label: "Name", value: item?.name, required: true, hint: "C:\\ is the system volume: a migration runs only with it."},
     {name: "size", label: "Size", type: "size", value: item ? String(item.size) : "", required: true,
-      inputmode: "text", hint: sizeHint()},
+      inputmode: "text", hint: SIZE_HINT},
   ],
 });

@@ -9,7 +9,7 @@ async function loadRefs() {
   return {...refs, migrations};
 }
 
-export function migrationChoice(refs, item) {
+function migrationChoice(refs, item) {
   const source = named(refs.workloadsById, item.source, (workload) => workload.ip);
   return `Migration ${item.id}: ${source} to ${named(refs.targetsById, item.migration_target, targetLabel)}`;
 }
