@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run schema bench profile clean
+.PHONY: test run schema screenshots bench profile clean
 
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -24,6 +24,13 @@ run: $(STAMP)
 # Rewrite schema.yaml from the served OpenAPI document; a test fails while they differ.
 schema: $(STAMP)
 	$(BIN)/python -m entrypoints.http.schema_file schema.yaml
+
+# The console screenshots the README shows, taken by the journey tests in Debian's Chromium.
+README_SHOTS := migration overview migration-390
+screenshots: $(STAMP)
+	$(BIN)/python -m pytest -q tests/browser/test_journey.py -k "newcomer or phone"
+	mkdir -p docs/screenshots
+	for shot in $(README_SHOTS); do cp build/screenshots/$$shot.png docs/screenshots/; done
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -290,7 +290,11 @@ async def test_negative_non_numeric_and_huge_ids_in_paths_are_404(
         kind = path.split("/")[3]
         body = replacements[kind] if method == "PUT" else {} if method == "PATCH" else None
         answer = await alice.request(method, path, json=body)
-        assert answer.status == 404, (method, path, answer.status)
+        expected = 404
+        if bad_id == "%2e%2e" and path == f"{API}/{kind}/{bad_id}/":
+            # ".." climbs out of the resource to the API's index of links (GET only): no object.
+            expected = 200 if method == "GET" else 405
+        assert answer.status == expected, (method, path, answer.status)
         assert answer.content_type == "application/json"
     assert await _snapshot(alice, plan) == before
 

@@ -17,7 +17,8 @@ from .http_client import make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_OPERATIONS = {
-    ("post", "/api/v1/auth/"), ("post", "/api/v1/token/"), ("post", "/api/v1/token/refresh/"), ("get", "/health")
+    ("post", "/api/v1/auth/"), ("post", "/api/v1/token/"), ("post", "/api/v1/token/refresh/"), ("get", "/health"),
+    ("get", "/api/v1/"),
 }
 RESOURCES = ["credentials", "mount_points", "work_loads", "migration_targets", "migrations"]
 

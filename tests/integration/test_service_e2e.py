@@ -32,16 +32,17 @@ def _free_port() -> int:
 
 
 class Service:
-    def __init__(self, database: Path, port: int) -> None:
+    def __init__(self, database: Path, port: int, *flags: str) -> None:
         self.database = database
         self.port = port
+        self.flags = flags or ("--run-seconds", "0")
         self.process: subprocess.Popen[str] | None = None
 
     def start(self, *flags: str) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "entrypoints", "serve", "--port", str(self.port),
-             "--storage", f"sqlite:///{self.database}", "--run-seconds", "0", *flags],
+             "--storage", f"sqlite:///{self.database}", *self.flags, *flags],
             env=environ,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

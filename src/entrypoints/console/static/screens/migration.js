@@ -1,0 +1,157 @@
+// One migration: run, cancel or retry it, watch it copy volume by volume,
+// read its history, and see the VM it leaves in its target.
+
+import {ApiError, all, byId, call, describe, get} from "../api.js";
+import {bar, bytes, fill, h, stateBadge, table, when} from "../dom.js";
+import {keepFresh, migrationOf} from "../live.js";
+import {named, targetLabel} from "../labels.js";
+import {targetVm} from "./targets.js";
+
+function volumeRows(migration, state, mountPointsById) {
+  // Services without per-volume figures: the selection, copied only once it succeeded.
+  const volumes = state.volumes || migration.selected_mount_points.map((id) => {
+    const volume = mountPointsById.get(id);
+    return {mount_point: id, name: volume?.name ?? `mount point ${id}`, size: volume?.size ?? null,
+      copied: state.state === "success" ? volume?.size ?? null : state.state === "not_started" ? 0 : null};
+  });
+  return volumes.map((volume) => {
+    const label = `${volume.name} copied`;
+    let meter;
+    if (volume.copied === null || volume.copied === undefined) {
+      meter = h("span", {class: "bar"}, h("progress", {max: "100", "aria-label": label}), h("span", {class: "bar-figure"}, "…"));
+    } else {
+      const percent = volume.size ? Math.floor((100 * volume.copied) / volume.size) : (state.state === "success" ? 100 : 0);
+      meter = bar(percent, label);
+    }
+    return h("tr", {},
+      h("td", {"data-label": "Volume"}, volume.name),
+      h("td", {"data-label": "Size"}, bytes(volume.size)),
+      h("td", {"data-label": "Copied"}, bytes(volume.copied)),
+      h("td", {"data-label": "Progress"}, meter));
+  });
+}
+
+function detailText(detail) {
+  if (detail === null || detail === undefined) return "";
+  if (typeof detail !== "object") return String(detail);
+  return Object.entries(detail)
+    .map(([key, value]) => `${key}: ${value !== null && typeof value === "object" ? JSON.stringify(value) : value}`)
+    .join(", ");
+}
+
+async function history(id) {
+  try {
+    const page = await get(`/api/v1/migrations/${id}/events/?limit=1000`);
+    return Array.isArray(page) ? page : page.results;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return null;
+    throw error;
+  }
+}
+
+export const migration = {
+  title: "Migration",
+  async render(ctx) {
+    const id = Number(ctx.match[1]);
+    ctx.setTitle(`Migration ${id}`);
+    const [workloads, targets, mountPoints] = await Promise.all([
+      all("/api/v1/work_loads/"), all("/api/v1/migration_targets/"), all("/api/v1/mount_points/"),
+    ]);
+    const refs = {workloadsById: byId(workloads), targetsById: byId(targets), mountPointsById: byId(mountPoints)};
+    const summary = h("p", {class: "intro"});
+    const actions = h("div", {class: "buttons", role: "group", "aria-label": "Actions"});
+    const problem = h("div", {class: "form-error", role: "alert"});
+    const progress = h("div");
+    const vm = h("div");
+    const events = h("div");
+    fill(ctx.root,
+      h("h1", {tabindex: "-1"}, `Migration ${id}`),
+      summary, actions, problem,
+      h("section", {"aria-labelledby": "progress-heading"}, h("h2", {id: "progress-heading"}, "Progress"), progress),
+      h("section", {"aria-labelledby": "vm-heading"}, h("h2", {id: "vm-heading"}, "Target VM"), vm),
+      h("section", {"aria-labelledby": "history-heading"}, h("h2", {id: "history-heading"}, "History"), events));
+
+    let shownState = null;
+    let current = null;
+
+    const act = (verb, label) => h("button", {type: "button", class: verb === "cancel" ? "danger" : "primary",
+      onclick: async (event) => {
+        const button = event.currentTarget;
+        button.disabled = true;
+        fill(problem);
+        try {
+          await call("POST", `/api/v1/migrations/${id}/${verb}/`);
+          ctx.say(`${label}: migration ${id}.`);
+        } catch (error) {
+          const text = describe(error);
+          if (text !== null) fill(problem, h("p", {}, `Migration ${id} did not ${verb}. ${text}`));
+        }
+        await refresh();
+        button.disabled = false;
+      }}, label);
+
+    function showActions(state) {
+      const hadFocus = actions.contains(document.activeElement);
+      fill(actions,
+        state === "not_started" ? act("run", "Run") : null,
+        state === "error" ? act("run", "Retry") : null,
+        state === "running" ? act("cancel", "Cancel") : null,
+        state !== "running" ? h("a", {class: "button-link",
+          href: `#/migrations?edit=${id}&back=${encodeURIComponent(`/migrations/${id}`)}`}, "Edit") : null,
+        h("a", {class: "button-link", href: "#/migrations"}, "All migrations"));
+      if (hadFocus) actions.querySelector("button, a")?.focus();
+    }
+
+    async function refresh() {
+      const [item, state, log] = await Promise.all([
+        get(`/api/v1/migrations/${id}/`), get(`/api/v1/migrations/${id}/state/`), history(id),
+      ]);
+      if (!ctx.alive) return;
+      current = state.state;
+      fill(summary,
+        `From ${named(refs.workloadsById, item.source, (workload) => workload.ip)} to ${named(refs.targetsById, item.migration_target, targetLabel)}.`,
+        item.wave ? [" In ", h("a", {href: `#/waves/${item.wave}`}, `wave ${item.wave}`), "."] : null);
+      if (state.state !== shownState) {
+        showActions(state.state);
+        shownState = state.state;
+      }
+      fill(progress,
+        h("p", {}, stateBadge(state.state), state.error ? h("span", {class: "error-text"}, ` ${state.error}`) : null),
+        h("p", {class: "overall"}, bar(state.progress, "Overall progress")),
+        state.bytes_total !== undefined
+          ? h("p", {}, `${bytes(state.bytes_copied)} of ${bytes(state.bytes_total)} copied`,
+            state.eta && !state.finished ? `, done about ${when(state.eta)}` : "", ".")
+          : null,
+        table("Volumes", ["Volume", "Size", "Copied", "Progress"], volumeRows(item, state, refs.mountPointsById)));
+      await showVm(item, state);
+      showHistory(log);
+    }
+
+    async function showVm(item, state) {
+      if (state.state !== "success") {
+        fill(vm, h("p", {class: "empty"}, "The target VM is shown here once this migration succeeds."));
+        return;
+      }
+      const target = await get(`/api/v1/migration_targets/${item.migration_target}/`);
+      if (ctx.alive) fill(vm, targetVm(target.target_vm));
+    }
+
+    function showHistory(log) {
+      if (log === null) {
+        fill(events, h("p", {class: "empty"}, "This service keeps no history of migrations."));
+      } else if (!log.length) {
+        fill(events, h("p", {class: "empty"}, "Nothing has happened yet."));
+      } else {
+        fill(events, table("Events, oldest first", ["When", "What", "Details", "By"], log.map((event) =>
+          h("tr", {},
+            h("td", {"data-label": "When"}, when(event.time)),
+            h("td", {"data-label": "What"}, String(event.kind).replace(/_/g, " ")),
+            h("td", {"data-label": "Details"}, detailText(event.detail)),
+            h("td", {"data-label": "By"}, event.user === null || event.user === undefined ? "the service" : `user ${event.user}`)))));
+      }
+    }
+
+    await refresh();
+    ctx.onLeave(keepFresh({refresh, wants: (message) => migrationOf(message) === id, busy: () => current === "running"}));
+  },
+};

@@ -1,0 +1,92 @@
+// One wave: run or cancel its migrations together, its counts by state and
+// its progress weighed by bytes, and each member's bar.
+
+import {all, byId, call, describe, get} from "../api.js";
+import {bar, bytes, fill, h, stateBadge, table} from "../dom.js";
+import {keepFresh, migrationOf} from "../live.js";
+import {STATES, named, targetLabel} from "../labels.js";
+
+export const wave = {
+  title: "Wave",
+  async render(ctx) {
+    const id = Number(ctx.match[1]);
+    const [found, workloads, targets] = await Promise.all([
+      get(`/api/v1/waves/${id}/`), all("/api/v1/work_loads/"), all("/api/v1/migration_targets/"),
+    ]);
+    const workloadsById = byId(workloads);
+    const targetsById = byId(targets);
+    ctx.setTitle(`Wave ${found.name}`);
+    const problem = h("div", {class: "form-error", role: "alert"});
+    const outcome = h("div", {"aria-live": "polite"});
+    const summary = h("div");
+    const members = h("div");
+    let memberIds = new Set(found.migrations);
+    let runningCount = 0;
+
+    const act = (verb, label) => h("button", {type: "button", class: verb === "cancel" ? "danger" : "primary",
+      onclick: async (event) => {
+        const button = event.currentTarget;
+        button.disabled = true;
+        fill(problem);
+        fill(outcome);
+        try {
+          const answer = await call("POST", `/api/v1/waves/${id}/${verb}/`);
+          showOutcome(verb, answer);
+        } catch (error) {
+          const text = describe(error);
+          if (text !== null) fill(problem, h("p", {}, text));
+        }
+        button.disabled = false;
+        await refresh();
+      }}, label);
+
+    function showOutcome(verb, answer) {
+      const list = (ids) => ids.length ? ids.map((one) => `migration ${one}`).join(", ") : "none";
+      if (verb === "cancel") {
+        fill(outcome, h("p", {}, `Cancelled: ${list(answer.cancelled || [])}.`));
+        return;
+      }
+      const refused = answer.refused || [];
+      fill(outcome,
+        h("p", {}, `Started: ${list(answer.started || [])}.`),
+        refused.length ? h("div", {class: "refused"}, h("p", {}, `Not started: ${refused.length}.`),
+          h("ul", {}, refused.map((one) => h("li", {},
+            h("a", {href: `#/migrations/${one.migration}`}, `Migration ${one.migration}`), `: ${one.detail}`)))) : null);
+    }
+
+    fill(ctx.root,
+      h("h1", {tabindex: "-1"}, `Wave ${found.name}`),
+      h("div", {class: "buttons", role: "group", "aria-label": "Actions"},
+        act("run", "Run the wave"), act("cancel", "Cancel the wave"),
+        h("a", {class: "button-link", href: `#/waves?edit=${id}&back=${encodeURIComponent(`/waves/${id}`)}`}, "Edit"),
+        h("a", {class: "button-link", href: "#/waves"}, "All waves")),
+      problem, outcome,
+      h("section", {"aria-labelledby": "wave-progress"}, h("h2", {id: "wave-progress"}, "Progress"), summary),
+      h("section", {"aria-labelledby": "wave-members"}, h("h2", {id: "wave-members"}, "Migrations"), members));
+
+    async function refresh() {
+      const [state, page] = await Promise.all([
+        get(`/api/v1/waves/${id}/state/`), get(`/api/v1/migrations/?wave=${id}&limit=1000`),
+      ]);
+      if (!ctx.alive) return;
+      memberIds = new Set(page.results.map((item) => item.id));
+      runningCount = state.counts.running || 0;
+      fill(summary,
+        h("ul", {class: "tiles"}, STATES.map((one) => h("li", {},
+          h("span", {class: "tile-figure"}, String(state.counts[one] ?? 0)), " ", stateBadge(one)))),
+        h("p", {class: "overall"}, bar(state.progress, "Wave progress")),
+        h("p", {}, `${bytes(state.bytes_copied)} of ${bytes(state.bytes_total)} copied${state.finished ? ": finished" : ""}.`));
+      fill(members, page.results.length
+        ? table("Migrations in this wave", ["Migration", "Source", "Target", "State", "Progress"], page.results.map((item) => h("tr", {},
+          h("td", {"data-label": "Migration"}, h("a", {href: `#/migrations/${item.id}`}, `Migration ${item.id}`)),
+          h("td", {"data-label": "Source"}, named(workloadsById, item.source, (workload) => workload.ip)),
+          h("td", {"data-label": "Target"}, named(targetsById, item.migration_target, targetLabel)),
+          h("td", {"data-label": "State"}, stateBadge(item.state), item.error ? ` ${item.error}` : ""),
+          h("td", {"data-label": "Progress"}, bar(item.progress, `Migration ${item.id} progress`)))))
+        : h("p", {class: "empty"}, "This wave has no migrations yet: edit it to add some."));
+    }
+
+    await refresh();
+    ctx.onLeave(keepFresh({refresh, wants: (message) => memberIds.has(migrationOf(message)), busy: () => runningCount > 0}));
+  },
+};

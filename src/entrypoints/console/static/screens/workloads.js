@@ -1,0 +1,44 @@
+import {all, byId} from "../api.js";
+import {credentialsLabel, login, named, volumeLabel} from "../labels.js";
+import {resourceScreen} from "../resource.js";
+
+async function loadRefs() {
+  const [credentials, mountPoints, workloads] = await Promise.all([
+    all("/api/v1/credentials/"), all("/api/v1/mount_points/"), all("/api/v1/work_loads/"),
+  ]);
+  const holders = new Map();
+  for (const workload of workloads) {
+    for (const id of workload.storage) holders.set(id, workload);
+  }
+  return {credentials, mountPoints, holders, credentialsById: byId(credentials), mountPointsById: byId(mountPoints)};
+}
+
+export const workloads = resourceScreen({
+  title: "Workloads",
+  noun: "workload",
+  route: "/workloads",
+  path: "/api/v1/work_loads/",
+  intro: "The source machines to migrate: an ip, the login to reach it, and its volumes.",
+  loadRefs,
+  filters: () => [{name: "ip", label: "IP address"}],
+  columns: [
+    {label: "ID", cell: (item) => String(item.id)},
+    {label: "IP address", cell: (item) => item.ip},
+    {label: "Login", cell: (item, refs) => named(refs.credentialsById, item.credentials, login)},
+    {label: "Volumes", cell: (item, refs) => item.storage.map((id) => named(refs.mountPointsById, id, (volume) => volume.name)).join(", ") || "—"},
+  ],
+  fields: (item, refs) => [
+    item
+      ? {name: "ip", label: "IP address", value: item.ip, readOnly: true, hint: "A workload's ip never changes.", skip: () => true}
+      : {name: "ip", label: "IP address", required: true, hint: "IPv4 or IPv6, for example 10.0.0.5."},
+    {name: "credentials", label: "Login", type: "select", numeric: true, required: true, value: item?.credentials,
+      options: refs.credentials.map((credentials) => ({value: credentials.id, label: credentialsLabel(credentials)}))},
+    {name: "storage", label: "Volumes", type: "checks", value: item?.storage || [],
+      empty: "No mount points yet: add them under Mount points.",
+      options: refs.mountPoints.map((volume) => {
+        const holder = refs.holders.get(volume.id);
+        const elsewhere = holder && holder.id !== item?.id;
+        return {value: volume.id, label: volumeLabel(volume), note: elsewhere ? `(in workload ${holder.ip})` : null};
+      })},
+  ],
+});

@@ -1,0 +1,171 @@
+"""The console in a real headless Chromium (Debian's, at /usr/bin/chromium: no
+browser is ever downloaded) against real service processes.
+
+One browser serves the whole session; each test gets a fresh context (so a
+fresh sessionStorage) and signs up its own users, so tests share a service
+without seeing each other's objects. Every test also fails when a page fires
+a dialog, throws, breaks its Content-Security-Policy, or gets a console file
+without the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Playwright,
+    Response,
+    sync_playwright,
+)
+
+from ..integration.test_service_e2e import Service as ServiceProcess
+from ..integration.test_service_e2e import _free_port
+from .support import ROOT, Api, Console
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = ROOT / "build" / "screenshots"
+
+
+class Service(ServiceProcess):
+    """`migration-api serve` (as `python -m entrypoints serve`) on a free
+    loopback port with an SQLite file, answering /health."""
+
+    def __init__(self, folder: Path, *flags: str) -> None:
+        super().__init__(folder / "db.sqlite", _free_port(), "--host", "127.0.0.1", "--access-log", "off", *flags)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api = Api(self.call)
+
+    def end(self) -> None:
+        """Kill it, when a failed start or stop left it running."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+def _serving(folder: Path, *flags: str) -> Iterator[Service]:
+    running = Service(folder, *flags)
+    try:
+        running.start()
+        yield running
+        running.stop()
+    finally:
+        running.end()
+
+
+@pytest.fixture(scope="package")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """Runs take 2 seconds: long enough to see a bar move, short enough to wait for."""
+    yield from _serving(tmp_path_factory.mktemp("service"), "--run-seconds", "2")
+
+
+@pytest.fixture(scope="package")
+def slow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """Access tokens live 2 seconds and runs 20: a token expires under the user's
+    hands, and a run lasts long enough to be cancelled."""
+    yield from _serving(tmp_path_factory.mktemp("slow"), "--run-seconds", "20", "--access-ttl", "2")
+
+
+# Package-scoped: the sync driver keeps its event loop marked as running in
+# this thread until it stops, and the async tests that follow need none there.
+@pytest.fixture(scope="package")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="package")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    # A missing browser fails every test here, never skips it (issue 13).
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium chromium-driver"
+    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield launched
+    launched.close()
+
+
+class Watch:
+    """What a page did that it never should."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.unprotected: list[str] = []
+        self.console_files: list[str] = []
+
+    def attach(self, context: BrowserContext) -> None:
+        context.on("page", self._page)
+
+    def _page(self, page: Page) -> None:
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("console", self._console)
+        page.on("response", self._response)
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.errors.append(f"CSP: {message.text}")
+
+    def _response(self, response: Response) -> None:
+        path = response.url.removeprefix(self.base_url)
+        if path.startswith("/api/") or not response.url.startswith(self.base_url):
+            return
+        self.console_files.append(path)
+        if "frame-ancestors 'none'" not in response.headers.get("content-security-policy", ""):
+            self.unprotected.append(path)
+
+    def check(self) -> None:
+        assert self.dialogs == [], "a page opened a dialog: script ran"
+        assert self.errors == []
+        assert self.unprotected == [], "console files served without the Content-Security-Policy"
+
+
+def _console_page(browser: Browser, service: Service, width: int, height: int) -> Iterator[Console]:
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    context.set_default_timeout(10_000)
+    watch = Watch(service.url)
+    watch.attach(context)
+    page = context.new_page()
+    try:
+        yield Console(page, service.url, service.api, SCREENSHOTS, watch.console_files)
+        watch.check()
+    finally:
+        context.close()
+
+
+def _console_fixture(service: str, width: int, height: int, doc: str) -> Any:
+    def console_at(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Console]:
+        yield from _console_page(browser, request.getfixturevalue(service), width, height)
+
+    console_at.__doc__ = doc
+    return pytest.fixture(console_at)
+
+
+console = _console_fixture("service", 1280, 800, "A laptop's screen.")
+narrow_console = _console_fixture("service", 390, 844, "A phone held upright: 390 CSS pixels wide.")
+wide_console = _console_fixture("service", 1920, 1080, "A full-HD monitor.")
+slow_console = _console_fixture("slow_service", 1280, 800, "A laptop's screen, against the slow service.")
+
+
+def pytest_configure(config: Any) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
