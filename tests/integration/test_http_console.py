@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from entrypoints import package_version
 from entrypoints.http.console import PACKAGE, load_console
 
 from .http_client import make_app
@@ -124,13 +125,14 @@ async def test_the_api_index_links_what_a_newcomer_needs_without_a_token(client:
         answer = await client.get(path)
         assert answer.status == 200, path
         assert await answer.json() == {
+            "version": package_version(),
             "console": "/",
             "swagger_ui": "/swagger/",
             "openapi": "/api/v1/openapi.json",
             "health": "/health",
             "metrics": "/metrics",
         }
-    for link in ("/", "/swagger/", "/api/v1/openapi.json", "/health"):
+    for link in ("/", "/swagger/", "/api/v1/openapi.json", "/health", "/metrics"):
         assert (await client.get(link)).status == 200, link
 
 

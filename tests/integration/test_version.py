@@ -1,5 +1,5 @@
-"""One version, pyproject.toml's: `migration-api --version` prints it and the
-OpenAPI document (so schema.yaml too) states it."""
+"""One version, pyproject.toml's: `migration-api --version` prints it, and the
+OpenAPI document (so schema.yaml too) and the index at /api/v1/ state it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from entrypoints.cli import main
+from entrypoints.http.console import API_INDEX
 from entrypoints.http.schema_file import served_document
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,3 +24,4 @@ def test_the_command_line_and_the_openapi_document_show_the_version_of_pyproject
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"migration-api {expected}\n"
     assert served_document()["info"]["version"] == expected
+    assert API_INDEX["version"] == expected

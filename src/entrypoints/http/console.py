@@ -21,6 +21,8 @@ from aiohttp import web
 from aiohttp_apigami import docs
 from marshmallow import Schema, fields
 
+from entrypoints import package_version
+
 from .openapi import OPENAPI_PATH, SWAGGER_PATH, answers
 from .routes import Route, add_routes
 
@@ -123,6 +125,7 @@ async def _static(request: web.Request) -> web.Response:
 
 
 class ApiIndexSchema(Schema):
+    version = fields.String(metadata={"example": "0.2.0"})
     console = fields.String(metadata={"example": "/"})
     swagger_ui = fields.String(metadata={"example": SWAGGER_PATH})
     openapi = fields.String(metadata={"example": OPENAPI_PATH})
@@ -131,6 +134,7 @@ class ApiIndexSchema(Schema):
 
 
 API_INDEX = {
+    "version": package_version(),
     "console": "/",
     "swagger_ui": SWAGGER_PATH,
     "openapi": OPENAPI_PATH,
