@@ -16,7 +16,7 @@ from .http_client import make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_OPERATIONS = {("post", "/api/v1/auth/"), ("post", "/api/v1/token/"), ("post", "/api/v1/token/refresh/"), ("get", "/health")}
-RESOURCES = ["credentials", "mount_points", "work_loads", "migration_targets", "migrations"]
+RESOURCES = ["credentials", "mount_points", "work_loads", "migration_targets", "migrations", "waves"]
 
 
 @pytest.fixture
@@ -60,6 +60,8 @@ async def test_every_path_and_method_of_the_spec_is_documented(document: dict[st
         expected |= {(m, f"/api/v1/{resource}/{{id}}/") for m in ("get", "put", "patch", "delete")}
     expected |= {("post", "/api/v1/migrations/{id}/run/"), ("post", "/api/v1/migrations/{id}/cancel/"),
                  ("get", "/api/v1/migrations/{id}/state/")}
+    expected |= {("post", "/api/v1/waves/{id}/run/"), ("post", "/api/v1/waves/{id}/cancel/"),
+                 ("get", "/api/v1/waves/{id}/state/")}
     assert {(method, path) for method, path, _ in _operations(document)} == expected
 
 
@@ -93,7 +95,8 @@ async def test_every_operation_documents_its_answers_bodies_and_security(documen
 async def test_lists_document_paging_filters_and_ordering(document: dict[str, Any]) -> None:
     filters = {
         "credentials": {"username", "domain"}, "mount_points": {"name"}, "work_loads": {"ip"},
-        "migration_targets": {"cloud_type"}, "migrations": {"state", "source", "migration_target"},
+        "migration_targets": {"cloud_type"}, "migrations": {"state", "source", "migration_target", "wave"},
+        "waves": {"name"},
     }
     for resource, names in filters.items():
         parameters = {p["name"]: p for p in document["paths"][f"/api/v1/{resource}/"]["get"]["parameters"]}
@@ -113,7 +116,8 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
         "Workload": {"id", "ip", "credentials", "storage"},
         "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm"},
         "Migration": {"id", "source", "migration_target", "selected_mount_points", "state", "progress",
-                      "error", "started_at", "finished_at"},
+                      "error", "started_at", "finished_at", "wave"},
+        "Wave": {"id", "name", "migrations"},
     }
     for name, fields in wire.items():
         assert set(schemas[name]["properties"]) == fields, name
