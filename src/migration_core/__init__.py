@@ -29,7 +29,17 @@ from .entities import (
     Workload,
     volume_key,
 )
-from .errors import AuthenticationFailed, Conflict, DomainError, InvalidInput, NotFound, Throttled
+from .errors import (
+    AuthenticationFailed,
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    RowError,
+    RowsRefused,
+    Throttled,
+)
+from .fleet import ImportReport, InventoryRow, Plan, export_inventory, import_inventory
 from .inventory import (
     create_credentials,
     create_migration,
@@ -106,7 +116,9 @@ __all__ = [
     "Credentials",
     "DomainError",
     "INTERRUPTED",
+    "ImportReport",
     "InvalidInput",
+    "InventoryRow",
     "ListQuery",
     "Login",
     "LoginThrottle",
@@ -118,7 +130,10 @@ __all__ = [
     "NotFound",
     "Page",
     "PasswordHasher",
+    "Plan",
     "Repository",
+    "RowError",
+    "RowsRefused",
     "Refusal",
     "RunRef",
     "Runner",
@@ -153,6 +168,7 @@ __all__ = [
     "delete_mount_point",
     "delete_wave",
     "delete_workload",
+    "export_inventory",
     "fail_run",
     "get_credentials",
     "get_migration",
@@ -160,6 +176,7 @@ __all__ = [
     "get_mount_point",
     "get_wave",
     "get_workload",
+    "import_inventory",
     "launch_run",
     "list_credentials",
     "list_migration_targets",

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from entrypoints.bootstrap import Services
 
-from . import accounts, resources
+from . import accounts, fleets, resources
 from .errors import json_errors
 from .openapi import setup_openapi
 from .requests import BODY_TIMEOUT, SERVICES
@@ -56,6 +56,6 @@ def create_app(services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT
     app[SERVICES] = services
     app[BODY_TIMEOUT] = body_timeout
     app.cleanup_ctx.append(_services_lifetime)
-    add_routes(app.router, accounts.ROUTES + resources.routes())
+    add_routes(app.router, accounts.ROUTES + resources.routes() + fleets.ROUTES)
     setup_openapi(app)
     return app

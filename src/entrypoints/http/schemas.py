@@ -317,6 +317,37 @@ class WaveStateSchema(Schema):
     finished = fields.Boolean(dump_only=True, metadata={"description": "Every member is in success or error."})
 
 
+# --- inventory -----------------------------------------------------------------
+
+
+class ImportQuerySchema(Body):
+    dry_run = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Check every row and answer as an import would, writing nothing."},
+    )
+
+
+class ImportReportSchema(Schema):
+    created = fields.Integer(dump_only=True, metadata={"description": "Rows whose ip was new."})
+    updated = fields.Integer(dump_only=True, metadata={"description": "Rows that changed what was stored."})
+    unchanged = fields.Integer(dump_only=True, metadata={"description": "Rows identical to what was stored."})
+
+
+class RowErrorSchema(Schema):
+    row = fields.Integer(dump_only=True, metadata={"description": "As a spreadsheet numbers it: the header is row 1."})
+    field = fields.String(dump_only=True, allow_none=True, metadata={"description": "The column at fault; null: the whole row."})
+    message = fields.String(dump_only=True)
+
+
+class RowsRefusedSchema(Schema):
+    detail = fields.String(required=True)
+    rows = fields.List(
+        fields.Nested(RowErrorSchema),
+        required=True,
+        metadata={"description": "Every bad row (empty when the file itself cannot be read)."},
+    )
+
+
 # --- lists -------------------------------------------------------------------
 
 
