@@ -13,6 +13,7 @@ from .accounts import (
     refresh_access,
     register_user,
     user_from_token,
+    user_named,
 )
 from .entities import (
     CloudType,
@@ -198,6 +199,7 @@ __all__ = [
     "update_wave",
     "update_workload",
     "user_from_token",
+    "user_named",
     "volume_key",
     "wave_state",
 ]

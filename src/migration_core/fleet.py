@@ -309,19 +309,17 @@ class _Row:
         """The credentials the row wants: these, changed in place, or new ones
         when something else uses these."""
         current = self.uow.credentials.get(self.owner_id, current_id)
-        wanted = attrs.evolve(
-            current,
-            username=current.username if username is None else username,
-            password=password or current.password,
-            domain=current.domain if domain is None else domain,
-        )
-        if wanted == current:
+        values = {
+            "username": current.username if username is None else username,
+            "password": password or current.password,
+            "domain": current.domain if domain is None else domain,
+        }
+        if values == {"username": current.username, "password": current.password, "domain": current.domain}:
             return current_id
         self.changed = True
         users = len(self.uow.workloads.referrers("credentials_id", current_id)) + len(
             self.uow.migration_targets.referrers("cloud_credentials_id", current_id)
         )
-        values = {"username": wanted.username, "password": wanted.password, "domain": wanted.domain}
         with _blame(column, columns):
             if users > 1:
                 return create_credentials(self.storage, self.owner_id, **values).id
