@@ -122,11 +122,13 @@ def import_inventory(
     errors = _repeated_ips(rows)
     repeated = {error.row for error in errors}
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
-    waves = _WaveMoves()
     with storage.unit_of_work() as uow:
+        # Rows only name waves; the waves are written after the rows.
+        wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
+        waves = _WaveMoves(wave_names)
         for done, row in enumerate(rows, start=1):
             if row.row not in repeated:
-                applied = _Row(storage, uow, owner_id, row)
+                applied = _Row(storage, uow, owner_id, row, wave_names)
                 try:
                     with storage.unit_of_work() as savepoint:
                         outcome = applied.apply()
@@ -168,7 +170,8 @@ class _WaveMoves:
     """Waves are written once each, after the rows: the members each row
     names, moved out of their old wave first."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Mapping[int, str]) -> None:
+        self.names = names  # of the waves as they were before the import
         self.moves: dict[int, tuple[int, str]] = {}  # migration -> (row, wave name)
 
     def want(self, migration_id: int, row: int, wave: str) -> None:
@@ -179,7 +182,7 @@ class _WaveMoves:
         joining: dict[str, list[int]] = {}
         for migration_id, (_row, name) in self.moves.items():
             current = uow.migrations.get(owner_id, migration_id).wave_id
-            if current is not None and uow.waves.get(owner_id, current).name == name:
+            if current is not None and self.names[current] == name:
                 continue
             if current is not None:
                 leaving.setdefault(current, []).append(migration_id)
@@ -206,8 +209,11 @@ class _WaveMoves:
 class _Row:
     """One row applied: creates what is new, updates what differs."""
 
-    def __init__(self, storage: Storage, uow: UnitOfWork, owner_id: int, row: InventoryRow) -> None:
+    def __init__(
+        self, storage: Storage, uow: UnitOfWork, owner_id: int, row: InventoryRow, wave_names: Mapping[int, str]
+    ) -> None:
         self.storage, self.uow, self.owner_id, self.row = storage, uow, owner_id, row
+        self.wave_names = wave_names
         self.changed = False
         self.waves: list[tuple[int, str]] = []  # (migration, the wave the row names for it)
 
@@ -361,7 +367,7 @@ class _Row:
                 update_migration(self.storage, self.owner_id, migration.id, selected_mount_point_ids=selected)
             self.changed = True
         if plan.wave is not None:
-            current = "" if migration.wave_id is None else self.uow.waves.get(self.owner_id, migration.wave_id).name
+            current = "" if migration.wave_id is None else self.wave_names[migration.wave_id]
             if plan.wave != current:
                 self.waves.append((migration.id, plan.wave))
                 self.changed = True

@@ -11,7 +11,7 @@ import enum
 import functools
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
@@ -76,6 +76,9 @@ class Session(Protocol):
 
     codec: Codec
     kept_counts: bool  # owned_counts is maintained (SQLite), else rows are counted
+    # A failed statement undoes itself alone and the transaction goes on
+    # (SQLite); else it aborts the transaction unless inside a savepoint.
+    statements_undo_alone: bool
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor: ...
 
@@ -630,8 +633,9 @@ class Repository(Generic[E]):
     def _guarded(self, entity: E) -> Iterator[None]:
         """All of one write, or none of it: a refused write leaves nothing
         behind, even when the caller goes on and commits."""
+        one_statement = self._kind.list_field is None and self._session.statements_undo_alone
         try:
-            with self._session.savepoint():
+            with nullcontext() if one_statement else self._session.savepoint():
                 yield
         except ConstraintViolation as exc:
             raise self._why_refused(entity) or Conflict(f"{exc}.") from None
