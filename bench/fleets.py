@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -35,11 +36,33 @@ def inventory(rows: int, wave: int) -> bytes:
     return (HEADER + "".join(lines)).encode()
 
 
-def peak_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak (VmHWM) or current (VmRSS) resident memory."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class RssSampler:
+    """The largest resident size seen while the block runs (every 20 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.largest = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.largest = max(self.largest, memory_mb(self.pid, "VmRSS"))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def post(api: Api, path: str, body: bytes, content_type: str) -> tuple[int, dict[str, object], float]:
@@ -72,11 +95,12 @@ def one_round(rows: int, wave: int) -> dict[str, float]:
             wait_until_up(base + "/health", service)
             api = Api(base)
             api.sign_up("fleet")
-            idle = peak_mb(service.pid)
+            idle = memory_mb(service.pid, "VmRSS")
             body = inventory(rows, wave)
-            status, report, import_seconds = post(api, "/api/v1/inventory/import/", body, "text/csv")
+            with RssSampler(service.pid) as sampler:
+                status, report, import_seconds = post(api, "/api/v1/inventory/import/", body, "text/csv")
             assert status == 200 and report["created"] == rows, report
-            import_peak = peak_mb(service.pid)
+            import_peak = max(sampler.largest, memory_mb(service.pid))
             first = api.ok("GET", "/api/v1/waves/?name=wave%201")["results"][0]  # type: ignore[index]
             status, outcome, run_seconds = post(api, f"/api/v1/waves/{first['id']}/run/", b"", "application/json")
             assert status == 202 and len(outcome["started"]) == wave, outcome  # type: ignore[arg-type]
@@ -85,6 +109,7 @@ def one_round(rows: int, wave: int) -> dict[str, float]:
                 "import_s": import_seconds,
                 "import_peak_mb": import_peak,
                 "idle_mb": idle,
+                "peak_mb": memory_mb(service.pid),
                 "file_mb": len(body) / 2**20,
                 "wave_run_s": run_seconds,
             }

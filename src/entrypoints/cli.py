@@ -154,7 +154,7 @@ def _import(storage: Storage, owner_id: int, data: bytes, dry_run: bool) -> int:
         report = import_csv(storage, owner_id, data, dry_run=dry_run, progress=ProgressBar(sys.stderr))
     except RowsRefused as refused:
         rows = [{"row": e.row, "field": e.field, "message": e.message} for e in refused.rows]
-        print(json.dumps({"detail": refused.message, "rows": rows}, indent=2))
+        print(json.dumps({"detail": refused.message, "rows": rows}))
         print(f"{PROG}: import refused: {refused.message}", file=sys.stderr)
         return 1
     print(json.dumps({"created": report.created, "updated": report.updated, "unchanged": report.unchanged}))

@@ -13,14 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 import migration_core as core
+from adapters.clock import SystemClock
 from entrypoints.http import create_app
 
 from .http_client import PASSWORD, User
 from .test_http_runs import SLOW, make_services
 
 API = "/api/v1"
-
-MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
@@ -132,7 +131,7 @@ def _fleet(storage: core.Storage, owner: int) -> dict[str, list[int]]:
         )
         return made.id, source.id, [c.id, d.id]
 
-    clock = core_clock()
+    clock = SystemClock()
     for i in range(300):
         kind = "startable" if i < 200 else list(groups)[1 + (i - 200) // 20]
         ip = f"10.20.{i // 256}.{i % 256}"
@@ -152,12 +151,6 @@ def _fleet(storage: core.Storage, owner: int) -> dict[str, list[int]]:
                 core.update_workload(storage, owner, source, mount_point_ids=volumes[:1])
         groups[kind].append(made)
     return groups
-
-
-def core_clock() -> core.Clock:
-    from adapters.clock import SystemClock
-
-    return SystemClock()
 
 
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])
@@ -222,7 +215,7 @@ async def test_wave_runs_racing_single_runs_start_each_migration_once(
     url = "memory://" if storage == "memory" else f"sqlite:///{tmp_path / 'race.db'}"
     client, services = await make_client(SLOW, url)
     user, owner = await signed_up(client, "racer")
-    groups = await asyncio.to_thread(_fleet_of_startable, services.storage, owner, 60)
+    groups = (await asyncio.to_thread(_fleet, services.storage, owner))["startable"][:60]
     wave = await user.call("POST", f"{API}/waves/", 201, json={"name": "race", "migrations": groups})
 
     wave_runs = [user.request("POST", f"{API}/waves/{wave['id']}/run/") for _ in range(3)]
@@ -243,17 +236,3 @@ async def test_wave_runs_racing_single_runs_start_each_migration_once(
     state = await user.call("GET", f"{API}/waves/{wave['id']}/state/", 200)
     assert state["counts"]["running"] == 60
 
-
-def _fleet_of_startable(storage: core.Storage, owner: int, count: int) -> list[int]:
-    login = core.create_credentials(storage, owner, username="admin", password="x")
-    ids = []
-    for i in range(count):
-        c = core.create_mount_point(storage, owner, name="C:\\", size=10)
-        source = core.create_workload(storage, owner, ip=f"10.30.0.{i + 1}", credentials_id=login.id, mount_point_ids=[c.id])
-        target = core.create_migration_target(storage, owner, cloud_type="aws", cloud_credentials_id=login.id)
-        ids.append(
-            core.create_migration(
-                storage, owner, source_id=source.id, migration_target_id=target.id, selected_mount_point_ids=[c.id]
-            ).id
-        )
-    return ids

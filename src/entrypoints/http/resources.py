@@ -71,6 +71,7 @@ class Resource:
     # (409); only what the core can refuse is documented.
     create_conflicts: bool = False
     update_conflicts: bool = False
+    delete_conflicts: bool = True  # while something refers to it
 
 
 def object_id(request: web.Request) -> int:
@@ -179,10 +180,12 @@ def resource_routes(resource: Resource) -> list[Route]:
     @docs(
         tags=tags,
         summary=f"Delete {resource.noun}",
-        description="Refused (409) while anything still refers to it.",
+        description="Refused (409) while anything still refers to it."
+        if resource.delete_conflicts
+        else "Never refused: what it holds is released.",
         operation_id=f"delete{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({204: (None, "Deleted.")}, 401, 404, 409),
+        responses=answers({204: (None, "Deleted.")}, 401, 404, *([409] if resource.delete_conflicts else [])),
     )
     async def delete_object(request: web.Request) -> web.Response:
         await write(request, resource.delete, services(request).storage, request[USER].id, object_id(request))
@@ -303,6 +306,7 @@ RESOURCES = [
         delete=core.delete_wave,
         create_conflicts=True,  # a name taken, a migration in another wave
         update_conflicts=True,
+        delete_conflicts=False,  # its migrations are released
     ),
 ]
 

@@ -343,8 +343,12 @@ class RowsRefusedSchema(Schema):
     detail = fields.String(required=True)
     rows = fields.List(
         fields.Nested(RowErrorSchema),
-        required=True,
-        metadata={"description": "Every bad row (empty when the file itself cannot be read)."},
+        metadata={"description": "Every bad row of a refused file (empty when the file itself cannot be read)."},
+    )
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "A bad query parameter, instead of `rows`: messages per parameter."},
     )
 
 
