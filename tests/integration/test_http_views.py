@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timezone
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,10 +17,15 @@ from migration_core import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    Refusal,
     TargetVm,
     Volume,
+    Wave,
+    WaveRun,
+    WaveState,
     Workload,
 )
+
 from entrypoints.http import views
 from entrypoints.http.schemas import (
     CredentialsSchema,
@@ -27,6 +33,9 @@ from entrypoints.http.schemas import (
     MigrationStateSchema,
     MigrationTargetSchema,
     MountPointSchema,
+    WaveRunSchema,
+    WaveSchema,
+    WaveStateSchema,
     WorkloadSchema,
 )
 
@@ -65,8 +74,10 @@ migrations = st.builds(
     error=st.none() | text,
     started_at=moments,
     finished_at=moments,
+    wave_id=st.none() | ids,
     id=ids,
 )
+waves = st.builds(Wave, owner_id=ids, name=text, migration_ids=st.lists(ids, max_size=5, unique=True), id=ids)
 
 
 @given(credentials)
@@ -98,3 +109,22 @@ def test_migration_views_are_the_schema_dumps(entity: Migration) -> None:
     assert views.migration_view(entity) == MigrationSchema().dump(entity)
     state = {"state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished}
     assert views.migration_state_view(entity) == MigrationStateSchema().dump(state)
+
+
+@given(waves)
+def test_wave_view_is_the_schema_dump(entity: Wave) -> None:
+    assert views.wave_view(entity) == WaveSchema().dump(entity)
+
+
+@given(
+    st.builds(WaveRun, started=st.lists(ids).map(tuple), refused=st.lists(st.builds(Refusal, ids, text)).map(tuple)),
+    st.builds(
+        WaveState,
+        counts=st.fixed_dictionaries({s.value: st.integers(0, 10) for s in MigrationState}),
+        progress=st.integers(0, 100), bytes_total=sizes, bytes_copied=sizes, finished=st.booleans(),
+    ),
+)
+def test_wave_action_views_are_the_schema_dumps(run: WaveRun, state: WaveState) -> None:
+    dumped = {"started": run.started, "refused": [{"migration": r.migration_id, "detail": r.detail} for r in run.refused]}
+    assert views.wave_run_view(run) == WaveRunSchema().dump(dumped)
+    assert views.wave_state_view(state) == WaveStateSchema().dump(attrs.asdict(state))
