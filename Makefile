@@ -39,6 +39,7 @@ $(VENV)/.bench-installed: $(STAMP)
 # Figures only, no pass or fail: see docs/benchmarks.md. Uses wrk when installed.
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/fleets.py $(FLEETS_ARGS)
 
 # Where the service spends a phase's time: make profile PHASE=list
 profile: $(VENV)/.bench-installed

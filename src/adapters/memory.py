@@ -3,8 +3,9 @@
 One lock serialises units of work, so it is safe from many threads; each unit
 keeps an undo log and rolls its changes back unless committed. It enforces the
 same constraints as the SQL schema (unique ip per owner, a mount point in one
-workload, one running migration per target, unique usernames, references that
-must exist and that block deletes), and refuses in the same words
+workload, a migration in one wave, unique wave names per owner, one running
+migration per target, unique usernames, references that must exist and that
+block deletes), and refuses in the same words
 (`refusals`), so they behave alike. A unit entered inside another on the same
 thread is a savepoint of it, as in SQL: when the outer unit rolls back, what
 the inner one committed goes too."""
@@ -28,13 +29,14 @@ from migration_core import (
     MigrationTarget,
     MountPoint,
     User,
+    Wave,
     Workload,
 )
 
 from . import refusals
 from .instances import MemoryRegistry
 
-E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration)
+E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration, Wave)
 
 # (referring table, field, referred table): the foreign keys of the model.
 REFERENCES = [
@@ -44,6 +46,7 @@ REFERENCES = [
     ("migrations", "source_id", "workloads"),
     ("migrations", "migration_target_id", "migration_targets"),
     ("migrations", "selected_mount_point_ids", "mount_points"),
+    ("waves", "migration_ids", "migrations"),
 ]
 
 
@@ -67,6 +70,8 @@ class _Tables:
                 "workloads",
                 "migration_targets",
                 "migrations",
+                "waves",
+                "wave_members",  # migration id -> _Membership: the waves' lists, inverted
                 "login_failures",
             )
         }
@@ -106,6 +111,7 @@ class MemoryUnitOfWork:
         self.workloads = _Workloads(self, "workloads")
         self.migration_targets: _Repository[MigrationTarget] = _Repository(self, "migration_targets")
         self.migrations = _Migrations(self, "migrations")
+        self.waves = _Waves(self, "waves")
         self.login_failures = _LoginFailures(self)
 
     def __enter__(self) -> MemoryUnitOfWork:
@@ -190,7 +196,8 @@ class _Users:
         owned = [
             name
             for name, rows in self._uow._tables.rows.items()
-            if name != "users" and any(row.owner_id == user_id for row in rows.values())
+            if name not in ("users", "login_failures")
+            and any(row.owner_id == user_id for row in rows.values())
         ]
         if owned:
             raise refusals.still_owns(user_id, owned)
@@ -210,31 +217,34 @@ class _Repository(Generic[E]):
         stored = attrs.evolve(entity, id=self._uow.next_id(self._name))
         self._check(stored)
         self._uow.write(self._name, stored.id, stored)
+        self._written(None, stored)
         return stored
 
     def get(self, owner_id: int, entity_id: int) -> E:
         entity = self._rows.get(entity_id)
         if entity is None or entity.owner_id != owner_id:
             raise refusals.not_found(self._name, entity_id)
-        return entity
+        return self._view(entity)
 
     def update(self, entity: E) -> E:
-        self.get(entity.owner_id, entity.id)
+        before = self.get(entity.owner_id, entity.id)
         self._check(entity)
         self._uow.write(self._name, entity.id, entity)
+        self._written(before, entity)
         return entity
 
     def delete(self, owner_id: int, entity_id: int) -> None:
-        self.get(owner_id, entity_id)
+        before = self.get(owner_id, entity_id)
         for table, field, referred in REFERENCES:
             if referred == self._name and self._referrers_in(table, field, entity_id):
                 raise refusals.still_referred(self._name, entity_id, table)
         self._uow.write(self._name, entity_id, None)
+        self._written(before, None)
 
     def find(self, owner_id: int, query: ListQuery) -> tuple[int, list[E]]:
         matching = [
             entity
-            for entity in self._rows.values()
+            for entity in map(self._view, self._rows.values())
             if entity.owner_id == owner_id
             and all(_plain(getattr(entity, f)) == v for f, v in query.filters.items())
         ]
@@ -247,6 +257,13 @@ class _Repository(Generic[E]):
     def _referrers_in(self, table: str, field: str, entity_id: int) -> list[int]:
         rows: dict[int, Any] = self._uow.table(table)
         return sorted(i for i, row in rows.items() if entity_id in _ids_in(row, field))
+
+    def _view(self, entity: E) -> E:
+        """The entity as read: with what storage derives from other rows."""
+        return entity
+
+    def _written(self, before: E | None, after: E | None) -> None:
+        """Keep what is derived from this row in step with it."""
 
     def _check(self, entity: E) -> None:
         """The constraints a database would enforce: the owner and every
@@ -284,7 +301,7 @@ class _Migrations(_Repository[Migration]):
 
     def running(self, instance_ids: Collection[str | None] | None = None) -> list[Migration]:
         return [
-            m
+            self._view(m)
             for m in sorted(self._rows.values(), key=lambda m: m.id)
             if m.state is MigrationState.RUNNING
             and (instance_ids is None or m.instance_id in instance_ids)
@@ -307,7 +324,37 @@ class _Migrations(_Repository[Migration]):
                 ):
                     raise refusals.target_busy(entity.migration_target_id, other.id)
 
+    def _view(self, entity: Migration) -> Migration:
+        membership: _Membership | None = self._uow.table("wave_members").get(entity.id)
+        wave_id = None if membership is None else membership.wave_id
+        return entity if entity.wave_id == wave_id else attrs.evolve(entity, wave_id=wave_id)
 
+
+@attrs.frozen
+class _Membership:
+    owner_id: int
+    wave_id: int
+
+
+class _Waves(_Repository[Wave]):
+    def _check(self, entity: Wave) -> None:
+        super()._check(entity)
+        for other in self._rows.values():
+            if other.id != entity.id and other.owner_id == entity.owner_id and other.name == entity.name:
+                raise refusals.name_taken("waves", other.id, entity.name)
+        members: dict[int, _Membership] = self._uow.table("wave_members")
+        for migration_id in entity.migration_ids:
+            held = members.get(migration_id)
+            if held is not None and held.wave_id != entity.id:
+                raise refusals.migration_in_wave(migration_id, held.wave_id)
+
+    def _written(self, before: Wave | None, after: Wave | None) -> None:
+        if before is not None:
+            for migration_id in before.migration_ids:
+                self._uow.write("wave_members", migration_id, None)
+        if after is not None:
+            for migration_id in after.migration_ids:
+                self._uow.write("wave_members", migration_id, _Membership(after.owner_id, after.id))
 
 
 class _LoginFailures:

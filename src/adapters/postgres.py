@@ -146,6 +146,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
     """One transaction; also the `Session` its repositories run statements through."""
 
     kept_counts = POSTGRES.keeps_counts
+    statements_undo_alone = False
 
     def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool) -> None:
         self._storage = storage

@@ -61,3 +61,7 @@ def not_in_state(migration_id: int, state: str) -> Conflict:
 
 def name_taken(table: str, row_id: int, name: str) -> Conflict:
     return Conflict(f"{NOUNS[table]} {row_id} is already named {name!r}.")
+
+
+def migration_in_wave(migration_id: int, wave_id: int) -> Conflict:
+    return Conflict(f"Migration {migration_id} is already in wave {wave_id}.")

@@ -194,6 +194,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
     repositories run their statements through."""
 
     kept_counts = SQLITE.keeps_counts
+    statements_undo_alone = True
 
     def __init__(self, storage: SqliteStorage, codec: Codec, *, write: bool) -> None:
         self._storage = storage

@@ -29,6 +29,7 @@ __all__ = [
     "Services",
     "Settings",
     "bootstrap",
+    "configured_storage",
     "load_or_create_secret_key",
     "open_storage",
 ]
@@ -113,20 +114,8 @@ def bootstrap(
 ) -> Services:
     """Choose and build the adapters `settings` ask for; tests swap the slow or
     timed ones (a cheap hasher, a fixed clock) through the keywords."""
-    database = settings.database_path
-    if database is not None:
-        try:
-            database.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise BadSetting(f"{label('storage')}: cannot make the database's folder: {error}") from None
-    master = master_key(settings)
+    master, storage = _open_configured(settings)
     clock = clock or SystemClock()
-    try:
-        storage = open_storage(settings.storage, subkey(master, "storage"))
-    except BadSetting:
-        raise
-    except Exception as error:
-        raise BadSetting(f"{label('storage')}: cannot open {settings.storage}: {error}") from None
     try:
         registry = _registry(storage)
         instance = Instance.this_process(settings.lease_seconds)
@@ -151,6 +140,30 @@ def bootstrap(
         reads_on_loop=bool(getattr(storage, "reads_never_wait", False)),
         registry=registry,
     )
+
+
+def _open_configured(settings: Settings) -> tuple[bytes, Storage]:
+    """The master key and the storage `settings` name; BadSetting when the
+    storage cannot be opened."""
+    database = settings.database_path
+    if database is not None:
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BadSetting(f"{label('storage')}: cannot make the database's folder: {error}") from None
+    master = master_key(settings)
+    try:
+        return master, open_storage(settings.storage, subkey(master, "storage"))
+    except BadSetting:
+        raise
+    except Exception as error:
+        raise BadSetting(f"{label('storage')}: cannot open {settings.storage}: {error}") from None
+
+
+def configured_storage(settings: Settings) -> Storage:
+    """The storage of the service, opened as the service opens it, for the
+    command line's other commands."""
+    return _open_configured(settings)[1]
 
 
 def _registry(storage: Storage) -> InstanceRegistry:

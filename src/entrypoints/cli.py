@@ -1,22 +1,35 @@
-"""The `migration-api` command line: `migration-api serve [flags]`."""
+"""The `migration-api` command line: `migration-api serve [flags]`, and the
+inventory for scripts: `migration-api import FILE --user NAME [--dry-run]`
+and `migration-api export --user NAME [--output FILE]`, against the storage
+the service is configured with (MIGRATION_STORAGE, MIGRATION_SECRET_KEY or
+their flags).
+
+Exit codes of import and export: 0 done; 1 the file was refused (every bad
+row is in the JSON report on standard output; nothing was written); 2 a bad
+command line, setting, user or file that cannot be read."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
 
 from aiohttp import web
 from aiohttp.log import access_logger
 
 from entrypoints import logs, package_version
-from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap
+from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap, configured_storage
+from entrypoints.inventory_csv import MAX_BYTES, export_csv, import_csv
 from entrypoints.settings import label
 from entrypoints.workers import Supervisor, is_worker
+from migration_core import NotFound, RowsRefused, Storage, user_named
 
 PROG = "migration-api"
 log = logging.getLogger(__name__)
@@ -40,6 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="VALUE",
             help=f"{setting.help}; variable {setting.variable}{default}",
         )
+    importing = commands.add_parser(
+        "import",
+        help="import an inventory CSV for a user",
+        description="Import an inventory (the columns of POST /api/v1/inventory/import/) for a"
+        " user, all or nothing; print the report as JSON. Exit 0: imported; 1: refused, nothing"
+        " written; 2: bad command line, setting, user or file.",
+    )
+    importing.add_argument("file", metavar="FILE", help="the CSV file; - reads standard input")
+    importing.add_argument("--dry-run", action="store_true", help="check every row, write nothing")
+    exporting = commands.add_parser(
+        "export",
+        help="export a user's inventory as CSV",
+        description="Write a user's inventory as CSV (passwords left empty). Exit 0: written;"
+        " 2: bad command line, setting or user.",
+    )
+    exporting.add_argument("--output", metavar="FILE", help="write here instead of standard output")
+    for command in (importing, exporting):
+        command.add_argument("--user", required=True, metavar="NAME", help="the user whose inventory it is")
+        for setting in SETTINGS:
+            if setting.name in ("storage", "secret_key"):
+                command.add_argument(
+                    setting.flag, dest=setting.name, metavar="VALUE", help=f"variable {setting.variable}"
+                )
     return parser
 
 
@@ -129,10 +165,97 @@ def _cannot_listen(settings: Settings, error: OSError) -> str:
     return f"{where}: {error.strerror or error}; check {label('host')} and {label('port')}"
 
 
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def _storage_for(arguments: argparse.Namespace) -> Storage:
+    flags = {"storage": arguments.storage, "secret_key": arguments.secret_key}
+    return configured_storage(Settings.from_sources(os.environ, flags))
+
+
+class ProgressBar:
+    """A bar on a terminal, redrawn in place; nothing on anything else."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._on = stream.isatty()
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH * done // max(total, 1)
+        if not self._on or (filled == self._shown and done != total):
+            return
+        self._shown = filled
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self._stream.write(f"\r[{bar}] {done}/{total} rows")
+        if done == total:
+            self._stream.write("\n")
+        self._stream.flush()
+
+
+def import_command(arguments: argparse.Namespace) -> int:
+    try:
+        if arguments.file == "-":
+            data = sys.stdin.buffer.read(MAX_BYTES + 1)
+        else:
+            with open(arguments.file, "rb") as file:
+                data = file.read(MAX_BYTES + 1)
+    except OSError as error:
+        return _fail(f"cannot read {arguments.file}: {error.strerror or error}")
+    return _with_user(arguments, lambda storage, owner: _import(storage, owner, data, arguments.dry_run))
+
+
+def _import(storage: Storage, owner_id: int, data: bytes, dry_run: bool) -> int:
+    try:
+        report = import_csv(storage, owner_id, data, dry_run=dry_run, progress=ProgressBar(sys.stderr))
+    except RowsRefused as refused:
+        rows = [{"row": e.row, "field": e.field, "message": e.message} for e in refused.rows]
+        print(json.dumps({"detail": refused.message, "rows": rows}))
+        print(f"{PROG}: import refused: {refused.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"created": report.created, "updated": report.updated, "unchanged": report.unchanged}))
+    return 0
+
+
+def export_command(arguments: argparse.Namespace) -> int:
+    def write(storage: Storage, owner_id: int) -> int:
+        text = export_csv(storage, owner_id)
+        if arguments.output is None:
+            sys.stdout.write(text)
+        else:
+            Path(arguments.output).write_text(text, encoding="utf-8", newline="")
+        return 0
+
+    return _with_user(arguments, write)
+
+
+def _with_user(arguments: argparse.Namespace, work: Callable[[Storage, int], int]) -> int:
+    try:
+        storage = _storage_for(arguments)
+    except BadSetting as error:
+        return _fail(f"bad setting: {error}")
+    try:
+        return work(storage, user_named(storage, arguments.user).id)
+    except NotFound as error:
+        return _fail(error.message)
+    except OSError as error:
+        return _fail(f"cannot write {arguments.output}: {error.strerror or error}")
+    finally:
+        storage.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "serve":
         return serve({setting.name: getattr(arguments, setting.name) for setting in SETTINGS})
+    if arguments.command == "import":
+        return import_command(arguments)
+    if arguments.command == "export":
+        return export_command(arguments)
     return 2  # argparse refuses unknown commands before this
 
 

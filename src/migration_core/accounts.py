@@ -136,3 +136,12 @@ def user_from_token(storage: Storage, tokens: TokenIssuer, access_token: str) ->
             return uow.users.get(user_id)
     except NotFound:
         raise AuthenticationFailed("The user of this token no longer exists.") from None
+
+
+def user_named(storage: Storage, username: str) -> User:
+    """The user of this name (for tools that act for one); NotFound otherwise."""
+    with storage.unit_of_work(write=False) as uow:
+        user = uow.users.by_username(username)
+    if user is None:
+        raise NotFound(f"There is no user {username!r}.")
+    return user

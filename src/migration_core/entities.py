@@ -74,16 +74,16 @@ def _size(_instance: Any, _attribute: Any, value: Any) -> None:
         raise InvalidInput.field("size", "Must be an integer >= 0 (bytes).")
 
 
-def _distinct_ids(field: str, *, allow_empty: bool) -> Any:
+def _distinct_ids(field: str, *, allow_empty: bool, noun: str = "Mount point") -> Any:
     def check(_instance: Any, _attribute: Any, value: tuple[int, ...]) -> None:
         if not allow_empty and not value:
-            raise InvalidInput.field(field, "Select at least one mount point.")
+            raise InvalidInput.field(field, f"Select at least one {noun.lower()}.")
         seen: set[int] = set()
         for item in value:
             if isinstance(item, bool) or not isinstance(item, int):
                 raise InvalidInput.field(field, f"{item!r} is not an id.")
             if item in seen:
-                raise InvalidInput.field(field, f"Mount point {item} is listed more than once.")
+                raise InvalidInput.field(field, f"{noun} {item} is listed more than once.")
             seen.add(item)
 
     return check
@@ -207,4 +207,22 @@ class Migration:
     snapshot: TargetVm | None = None
     # The service instance carrying the current (or last) run.
     instance_id: str | None = None
+    # The wave holding it, as storage read it: membership is the wave's list
+    # (`Wave.migration_ids`), so writing a migration never changes it.
+    wave_id: int | None = None
+    id: int = UNSAVED
+
+
+@attrs.frozen
+class Wave:
+    """A named group of its owner's migrations that run together (a move
+    group); a migration is in one wave at most."""
+
+    owner_id: int
+    name: str = attrs.field(validator=_non_empty("name"))
+    migration_ids: tuple[int, ...] = attrs.field(
+        default=(),
+        converter=_ids,
+        validator=_distinct_ids("migrations", allow_empty=True, noun="Migration"),
+    )
     id: int = UNSAVED

@@ -3,6 +3,8 @@ HTTP edge maps each kind to one status in a single table."""
 
 from __future__ import annotations
 
+import attrs
+
 
 class DomainError(Exception):
     """Base of every error the core raises on purpose."""
@@ -42,3 +44,23 @@ class Throttled(DomainError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+
+@attrs.frozen
+class RowError:
+    """One bad row of an inventory: its number as a spreadsheet shows it (the
+    header is row 1), the column at fault (None: the whole row) and why."""
+
+    row: int
+    field: str | None
+    message: str
+
+
+class RowsRefused(DomainError):
+    """An inventory that may not be imported, as a whole: `rows` says which
+    rows are bad and why (empty when the file itself is)."""
+
+    def __init__(self, message: str, rows: list[RowError]) -> None:
+        super().__init__(message)
+        self.rows = rows

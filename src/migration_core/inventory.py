@@ -475,5 +475,11 @@ def delete_migration(storage: Storage, owner_id: int, migration_id: int) -> None
         current = uow.migrations.get(owner_id, migration_id)
         if current.state is MigrationState.RUNNING:
             raise Conflict(f"Migration {migration_id} is running and cannot be deleted.")
+        if current.wave_id is not None:
+            wave = uow.waves.get(owner_id, current.wave_id)
+            raise Conflict(
+                f"Migration {migration_id} is in wave {wave.id} ({wave.name!r});"
+                " take it out of the wave to delete it."
+            )
         uow.migrations.delete(owner_id, migration_id)
         uow.commit()

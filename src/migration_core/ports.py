@@ -10,7 +10,16 @@ from typing import Generic, Protocol, TypeVar
 
 import attrs
 
-from .entities import Credentials, Migration, MigrationState, MigrationTarget, MountPoint, User, Workload
+from .entities import (
+    Credentials,
+    Migration,
+    MigrationState,
+    MigrationTarget,
+    MountPoint,
+    User,
+    Wave,
+    Workload,
+)
 
 E = TypeVar("E")
 E_co = TypeVar("E_co", covariant=True)
@@ -138,6 +147,12 @@ class UnitOfWork(Protocol):
 
     @property
     def migrations(self) -> MigrationRepository: ...
+
+    @property
+    def waves(self) -> Repository[Wave]:
+        """Storage refuses a migration in two waves (Conflict) and a delete
+        of a migration still in a wave; a deleted wave releases its members."""
+        ...
 
     @property
     def login_failures(self) -> LoginFailureRepository: ...

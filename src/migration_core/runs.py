@@ -129,12 +129,18 @@ def launch_run(
     """Start a run and hand it to the runner; the migration as started (state
     `running`), whatever a background runner has done with it since."""
     started = start_run(storage, clock, owner_id, migration_id, instance_id=runner.instance_id)
+    hand_over(storage, clock, runner, started)
+    return started
+
+
+def hand_over(storage: Storage, clock: Clock, runner: Runner, started: Migration) -> None:
+    """Give a run just started (and committed) to the runner; when the runner
+    cannot take it, the run fails with the reason, and the error goes on."""
     try:
         runner.launch(started)
     except Exception as exc:
         fail_run(storage, clock, RunRef.of(started), f"The copy could not start: {exc}")
         raise
-    return started
 
 
 def run_migration(
@@ -211,13 +217,20 @@ def cancel_run(
     storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int
 ) -> Migration:
     with storage.unit_of_work() as uow:
-        migration = uow.migrations.get(owner_id, migration_id)
-        if migration.state is not RUNNING:
-            raise Conflict(f"Migration {migration_id} is not running.")
-        cancelled = _finish(uow, clock, RunRef(owner_id, migration_id), error=CANCELLED)
+        cancelled = _cancel(uow, clock, owner_id, migration_id)
         uow.commit()
-    assert cancelled is not None
     runner.cancel(migration_id)
+    return cancelled
+
+
+def _cancel(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int) -> Migration:
+    """Move a running migration to `error` / `cancelled`; the caller tells the
+    runner once this is committed."""
+    migration = uow.migrations.get(owner_id, migration_id)
+    if migration.state is not RUNNING:
+        raise Conflict(f"Migration {migration_id} is not running.")
+    cancelled = _finish(uow, clock, RunRef(owner_id, migration_id), error=CANCELLED)
+    assert cancelled is not None
     return cancelled
 
 

@@ -64,6 +64,8 @@ _HELD_ELSEWHERE = "a mount point another workload holds: test_http_resources.py 
 EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     ("PUT", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
     ("PATCH", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
+    ("POST", "/api/v1/inventory/import/", 200): "generated text is seldom an inventory: test_http_fleets.py"
+    " and test_inventory_properties.py import valid ones",
 }
 
 SEEDED_PATH_IDS: dict[str, str] = {
@@ -72,6 +74,7 @@ SEEDED_PATH_IDS: dict[str, str] = {
     "/api/v1/work_loads/": "workloads",
     "/api/v1/migration_targets/": "targets",
     "/api/v1/migrations/": "migrations",
+    "/api/v1/waves/": "waves",
 }
 BODY_REFERENCES = {
     "credentials": "credentials",
@@ -80,6 +83,7 @@ BODY_REFERENCES = {
     "selected_mount_points": "selectable",
     "source": "sources",
     "migration_target": "targets",
+    "migrations": "migrations",
 }
 
 # Longer than this module takes: the seeded run stays `running` throughout, so
@@ -182,6 +186,12 @@ def _seed(base_url: str, token: str, refresh: str) -> dict[str, list[Any]]:
     post(f"/api/v1/migrations/{running}/run/", expect=202)
     startable = migration(targets[1], held[:1])
     without_c = migration(targets[1], held[1:])
+    # A wave of two (a run refuses both, a cancel stops the running one; the
+    # startable migration stays free to be deleted), and an empty one.
+    waves = [
+        post("/api/v1/waves/", {"name": f"empty {round_number}"}),
+        post("/api/v1/waves/", {"name": f"two {round_number}", "migrations": [without_c, running]}),
+    ]
     # Hypothesis draws the first of a list most often: the free objects lead,
     # and so do the migrations that are not running, which a valid PUT or
     # PATCH changes (200); the running one is still drawn often enough (409).
@@ -191,6 +201,7 @@ def _seed(base_url: str, token: str, refresh: str) -> dict[str, list[Any]]:
         "workloads": [spare, source],
         "targets": targets[::-1],
         "migrations": [startable, without_c, running],
+        "waves": waves,
         "sources": [source],
         "selectable": held,
         "refresh": [refresh],

@@ -91,7 +91,9 @@ async def _migration_case(user: User) -> dict[str, Any]:
     plan = await user.plan()
     other_target = (await user.target(plan["credentials"], "vcloud"))["id"]
     c, d = plan["mount_points"]
-    fresh = {"state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None}
+    fresh = {
+        "state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None, "wave": None
+    }
     source = {"source": plan["workload"]}
     return {
         "path": f"{API}/migrations/",
@@ -314,7 +316,7 @@ async def test_a_migration_lists_its_fields_on_the_wire(alice: User) -> None:
     migration = await alice.call("GET", f"{API}/migrations/{plan['migration']}/", 200)
     assert list(migration) == [
         "id", "source", "migration_target", "selected_mount_points",
-        "state", "progress", "error", "started_at", "finished_at",
+        "state", "progress", "error", "started_at", "finished_at", "wave",
     ]
 
 

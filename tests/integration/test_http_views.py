@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timezone
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +16,9 @@ from entrypoints.http.schemas import (
     MigrationSchema,
     MigrationTargetSchema,
     MountPointSchema,
+    WaveRunSchema,
+    WaveSchema,
+    WaveStateSchema,
     WorkloadSchema,
 )
 from migration_core import (
@@ -25,8 +29,12 @@ from migration_core import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    Refusal,
     TargetVm,
     Volume,
+    Wave,
+    WaveRun,
+    WaveState,
     Workload,
 )
 
@@ -67,8 +75,10 @@ migrations = st.builds(
     error=st.none() | text,
     started_at=moments,
     finished_at=moments,
+    wave_id=st.none() | ids,
     id=ids,
 )
+waves = st.builds(Wave, owner_id=ids, name=text, migration_ids=st.lists(ids, max_size=5, unique=True), id=ids)
 
 
 @given(credentials)
@@ -102,3 +112,23 @@ def test_migration_views_are_the_schema_dumps(entity: Migration) -> None:
         "state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished
     }
     assert views.migration_state_view(entity) == MigrationProgressSchema().dump(state)
+
+
+@given(waves)
+def test_wave_view_is_the_schema_dump(entity: Wave) -> None:
+    assert views.wave_view(entity) == WaveSchema().dump(entity)
+
+
+@given(
+    st.builds(WaveRun, started=st.lists(ids).map(tuple), refused=st.lists(st.builds(Refusal, ids, text)).map(tuple)),
+    st.builds(
+        WaveState,
+        counts=st.fixed_dictionaries({s.value: st.integers(0, 10) for s in MigrationState}),
+        progress=st.integers(0, 100), bytes_total=sizes, bytes_copied=sizes, finished=st.booleans(),
+    ),
+)
+def test_wave_action_views_are_the_schema_dumps(run: WaveRun, state: WaveState) -> None:
+    refused = [{"migration": r.migration_id, "detail": r.detail} for r in run.refused]
+    dumped = {"started": run.started, "refused": refused}
+    assert views.wave_run_view(run) == WaveRunSchema().dump(dumped)
+    assert views.wave_state_view(state) == WaveStateSchema().dump(attrs.asdict(state))

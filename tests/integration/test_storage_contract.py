@@ -26,6 +26,7 @@ from migration_core import (
     TargetVm,
     User,
     Volume,
+    Wave,
     Workload,
 )
 
@@ -602,3 +603,113 @@ def test_a_unit_inside_another_is_undone_with_it(world: World) -> None:
     with storage.unit_of_work(write=False) as uow:
         _, found = uow.mount_points.find(world.alice, ListQuery(limit=100))
     assert sorted(mp.name for mp in found) == ["C:\\", "D:\\", "G:\\"]
+# --- waves ---------------------------------------------------------------------------
+
+
+def _second_migration(world: World) -> Migration:
+    with world.storage.unit_of_work() as uow:
+        second = uow.migrations.add(
+            Migration(world.alice, world.workload.id, world.target.id, (world.d_drive.id,))
+        )
+        uow.commit()
+    return second
+
+
+def test_a_wave_keeps_its_members_in_order_and_each_member_reads_its_wave(world: World) -> None:
+    second = _second_migration(world)
+    with world.storage.unit_of_work() as uow:
+        wave = uow.waves.add(Wave(world.alice, "first wave", (second.id, world.migration.id)))
+        empty = uow.waves.add(Wave(world.alice, "later"))
+        uow.commit()
+    assert read(world.storage, "waves", world.alice, wave.id) == wave
+    assert wave.migration_ids == (second.id, world.migration.id)
+    assert read(world.storage, "migrations", world.alice, second.id).wave_id == wave.id
+    assert find(world.storage, "migrations", world.alice, filters={"wave_id": wave.id}) == (
+        2,
+        [attrs.evolve(world.migration, wave_id=wave.id), attrs.evolve(second, wave_id=wave.id)],
+    )
+    assert find(world.storage, "migrations", world.alice, filters={"wave_id": empty.id}) == (0, [])
+    assert find(world.storage, "migrations", world.alice, filters={"wave_id": str(wave.id)}) == (0, [])
+    assert find(world.storage, "waves", world.alice, filters={"name": "later"}) == (1, [empty])
+    assert find(world.storage, "waves", world.alice) == (2, [wave, empty])
+    assert find(world.storage, "waves", world.bob) == (0, [])
+
+
+def test_wave_names_are_unique_per_owner(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        first = uow.waves.add(Wave(world.alice, "wave 1"))
+        with pytest.raises(Conflict, match="already named 'wave 1'"):
+            uow.waves.add(Wave(world.alice, "wave 1"))
+        other = uow.waves.add(Wave(world.alice, "wave 2"))
+        with pytest.raises(Conflict, match="already named"):
+            uow.waves.update(attrs.evolve(other, name="wave 1"))
+        uow.waves.add(Wave(world.bob, "wave 1"))  # another owner's name space
+        uow.commit()
+    assert find(world.storage, "waves", world.alice) == (2, [first, other])
+
+
+def test_a_migration_is_in_one_wave_at_most(world: World) -> None:
+    second = _second_migration(world)
+    with world.storage.unit_of_work() as uow:
+        first = uow.waves.add(Wave(world.alice, "one", (world.migration.id,)))
+        with pytest.raises(Conflict, match=f"Migration {world.migration.id} is already in wave {first.id}"):
+            uow.waves.add(Wave(world.alice, "two", (second.id, world.migration.id)))
+        other = uow.waves.add(Wave(world.alice, "three", (second.id,)))
+        with pytest.raises(Conflict, match="already in wave"):
+            uow.waves.update(attrs.evolve(other, migration_ids=(second.id, world.migration.id)))
+        uow.commit()
+    # The refused writes left nothing behind.
+    assert find(world.storage, "waves", world.alice, filters={"name": "two"}) == (0, [])
+    assert read(world.storage, "waves", world.alice, other.id).migration_ids == (second.id,)
+    assert read(world.storage, "migrations", world.alice, world.migration.id).wave_id == first.id
+
+
+def test_a_wave_holds_only_its_owners_existing_migrations(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        with pytest.raises(Conflict, match="refers to a missing"):
+            uow.waves.add(Wave(world.alice, "w", (world.migration.id + 1000,)))
+        with pytest.raises(Conflict, match="refers to a missing"):
+            uow.waves.add(Wave(world.bob, "w", (world.migration.id,)))
+        uow.commit()
+    assert find(world.storage, "waves", world.alice)[0] == find(world.storage, "waves", world.bob)[0] == 0
+
+
+def test_writing_a_migration_never_changes_its_wave(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        wave = uow.waves.add(Wave(world.alice, "w", (world.migration.id,)))
+        uow.migrations.update(attrs.evolve(world.migration, progress=5, wave_id=None))
+        uow.migrations.update_if(
+            attrs.evolve(world.migration, state=MigrationState.RUNNING, wave_id=None),
+            (MigrationState.NOT_STARTED,),
+        )
+        uow.commit()
+    stored = read(world.storage, "migrations", world.alice, world.migration.id)
+    assert (stored.state, stored.wave_id) == (MigrationState.RUNNING, wave.id)
+
+
+def test_a_member_cannot_be_deleted_and_a_deleted_wave_releases_its_members(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        wave = uow.waves.add(Wave(world.alice, "w", (world.migration.id,)))
+        with pytest.raises(Conflict, match="still referred to by waves"):
+            uow.migrations.delete(world.alice, world.migration.id)
+        with pytest.raises(Conflict, match="owns"):
+            uow.users.delete(world.alice)
+        uow.waves.delete(world.alice, wave.id)
+        with pytest.raises(NotFound):
+            uow.waves.get(world.alice, wave.id)
+        uow.commit()
+    assert read(world.storage, "migrations", world.alice, world.migration.id) == world.migration
+    assert find(world.storage, "waves", world.alice) == (0, [])
+    with world.storage.unit_of_work() as uow:
+        uow.migrations.delete(world.alice, world.migration.id)
+        uow.commit()
+
+
+def test_a_rolled_back_wave_leaves_no_members(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        uow.waves.add(Wave(world.alice, "w", (world.migration.id,)))
+    assert read(world.storage, "migrations", world.alice, world.migration.id).wave_id is None
+    with world.storage.unit_of_work() as uow:
+        again = uow.waves.add(Wave(world.alice, "w", (world.migration.id,)))
+        uow.commit()
+    assert read(world.storage, "migrations", world.alice, world.migration.id).wave_id == again.id

@@ -11,7 +11,7 @@ import enum
 import functools
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
@@ -30,6 +30,7 @@ from migration_core import (
     MigrationTarget,
     MountPoint,
     User,
+    Wave,
     Workload,
 )
 
@@ -38,7 +39,7 @@ from ..secrets import SecretBox, SecretError
 
 P = ParamSpec("P")
 R = TypeVar("R")
-E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration)
+E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration, Wave)
 
 _PASSWORD = b"credentials.password"
 _LOGIN_PASSWORD = b"login.password"
@@ -75,6 +76,9 @@ class Session(Protocol):
 
     codec: Codec
     kept_counts: bool  # owned_counts is maintained (SQLite), else rows are counted
+    # A failed statement undoes itself alone and the transaction goes on
+    # (SQLite); else it aborts the transaction unless inside a savepoint.
+    statements_undo_alone: bool
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor: ...
 
@@ -192,6 +196,17 @@ class ListField:
     table: str
     parent_column: str
     referred: str  # the table the ids point into
+    item_column: str = "mount_point_id"
+
+
+@attrs.frozen
+class Derived:
+    """A field read from another table, never written with the entity: a
+    migration's wave is the wave whose list holds it."""
+
+    field: str
+    select: str  # its value, as an expression over the kind's row
+    condition: str  # a filter on it, with one `?`
 
 
 @attrs.frozen
@@ -205,6 +220,7 @@ class Kind:
     secret_column: str | None = None  # sealed with SecretBox
     json_column: str | None = None  # a TargetVm, as JSON
     unfilterable: frozenset[str] = frozenset()
+    derived: tuple[Derived, ...] = ()
     # Every column is a str or int the entity takes as it is: rows become
     # entities by a plain call, without the converter's per-field dispatch
     # (the cost that dominated a 100-row page; see docs/benchmarks.md).
@@ -214,8 +230,9 @@ class Kind:
     def statements(self) -> tuple[str, str, str]:
         """SELECT, INSERT and UPDATE of the kind."""
         marks = ", ".join("?" * len(self.columns))
+        read = [*self.columns, *(f"{d.select} AS {d.field}" for d in self.derived)]
         return (
-            f"SELECT id, {', '.join(self.columns)} FROM {self.table}",
+            f"SELECT id, {', '.join(read)} FROM {self.table}",
             f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES ({marks})",
             f"UPDATE {self.table} SET {', '.join(f'{c} = ?' for c in self.columns)}"
             " WHERE id = ? AND owner_id = ?",
@@ -278,8 +295,24 @@ MIGRATIONS = Kind(
     ListField("selected_mount_point_ids", "migration_mount_points", "migration_id", "mount_points"),
     json_column="snapshot",
     unfilterable=frozenset({"snapshot", "started_at", "finished_at", "instance_id"}),
+    derived=(
+        Derived(
+            "wave_id",
+            "(SELECT wave_id FROM wave_migrations WHERE migration_id = migrations.id)",
+            "id IN (SELECT migration_id FROM wave_migrations WHERE wave_id = ?)",
+        ),
+    ),
 )
-KINDS = (CREDENTIALS, MOUNT_POINTS, WORKLOADS, MIGRATION_TARGETS, MIGRATIONS)
+WAVES = Kind(
+    "waves",
+    Wave,
+    ("owner_id", "name"),
+    frozenset({"owner_id"}),
+    (),
+    ListField("migration_ids", "wave_migrations", "wave_id", "migrations", "migration_id"),
+    plain=True,
+)
+KINDS = (CREDENTIALS, MOUNT_POINTS, WORKLOADS, MIGRATION_TARGETS, MIGRATIONS, WAVES)
 
 
 def chunks(ids: Sequence[R]) -> Iterator[Sequence[R]]:
@@ -369,6 +402,10 @@ class SqlUnitOfWork:
     @functools.cached_property
     def migrations(self) -> Migrations:
         return Migrations(self.session, MIGRATIONS)
+
+    @functools.cached_property
+    def waves(self) -> Waves:
+        return Waves(self.session, WAVES)
 
     @functools.cached_property
     def login_failures(self) -> LoginFailures:
@@ -584,7 +621,7 @@ class Repository(Generic[E]):
         if listed is not None and field == listed.field:
             sql = (
                 f"SELECT {listed.parent_column} FROM {listed.table}"
-                f" WHERE mount_point_id = ? ORDER BY {listed.parent_column}"
+                f" WHERE {listed.item_column} = ? ORDER BY {listed.parent_column}"
             )
         elif field in self._kind.columns and field in self._kind.int_columns:
             sql = f"SELECT id FROM {self._kind.table} WHERE {field} = ? ORDER BY id"
@@ -630,7 +667,7 @@ class Repository(Generic[E]):
         if ids:
             self._session.executemany(
                 f"INSERT INTO {listed.table}"
-                f" ({listed.parent_column}, position, owner_id, mount_point_id)"
+                f" ({listed.parent_column}, position, owner_id, {listed.item_column})"
                 " VALUES (?, ?, ?, ?)",
                 [(entity.id, position, entity.owner_id, i) for position, i in enumerate(ids)],
             )
@@ -639,8 +676,9 @@ class Repository(Generic[E]):
     def _guarded(self, entity: E) -> Iterator[None]:
         """All of one write, or none of it: a refused write leaves nothing
         behind, even when the caller goes on and commits."""
+        one_statement = self._kind.list_field is None and self._session.statements_undo_alone
         try:
-            with self._session.savepoint():
+            with nullcontext() if one_statement else self._session.savepoint():
                 yield
         except ConstraintViolation as exc:
             raise self._why_refused(entity) or Conflict(f"{exc}.") from None
@@ -652,8 +690,14 @@ class Repository(Generic[E]):
         filter value cannot match (the wrong type: as in memory, 1 is not "1")."""
         conditions: list[str] = ["owner_id = ?"]
         params: list[Any] = [owner_id]
+        derived = {d.field: d for d in self._kind.derived}
         for field, value in query.filters.items():
-            if field == "id" or (
+            if field in derived:
+                if not isinstance(value, int):
+                    return None, []
+                conditions.append(derived[field].condition)
+                params.append(value)
+            elif field == "id" or (
                 field in self._kind.columns and field not in self._kind.unfilterable
             ):
                 is_int = field == "id" or field in self._kind.int_columns
@@ -670,7 +714,7 @@ class Repository(Generic[E]):
         codec: Codec = self._session.codec
         lists = self._lists([row[0] for row in rows])
         entities = []
-        names = ("id", *kind.columns)
+        names = ("id", *kind.columns, *(d.field for d in kind.derived))
         for row in rows:
             values = dict(zip(names, row))
             if kind.secret_column is not None:
@@ -690,7 +734,7 @@ class Repository(Generic[E]):
             return lists
         for chunk in chunks(parent_ids):
             for parent_id, item in self._session.execute(
-                f"SELECT {listed.parent_column}, mount_point_id FROM {listed.table}"
+                f"SELECT {listed.parent_column}, {listed.item_column} FROM {listed.table}"
                 f" WHERE {listed.parent_column} IN ({marks(len(chunk))})"
                 f" ORDER BY {listed.parent_column}, position",
                 chunk,
@@ -730,6 +774,25 @@ class Repository(Generic[E]):
     def _why_unique(self, entity: E) -> Conflict | None:
         return None
 
+    def _held_elsewhere(self, entity: E) -> tuple[int, int] | None:
+        """(item, other row) for the first item of the entity's list that the
+        list of another row holds already, where an item may be in one list."""
+        listed = self._kind.list_field
+        assert listed is not None
+        item, parent = listed.item_column, listed.parent_column
+        ids: tuple[int, ...] = getattr(entity, listed.field)
+        part: Sequence[int]
+        for part in chunks(ids):
+            holder = self._session.execute(
+                f"SELECT {item}, {parent} FROM {listed.table}"
+                f" WHERE {item} IN ({marks(len(part))}) AND {parent} <> ?"
+                f" ORDER BY {parent}, {item} LIMIT 1",
+                [*part, entity.id],
+            ).fetchone()
+            if holder is not None:
+                return int(holder[0]), int(holder[1])
+        return None
+
     def _why_referenced(self, entity_id: int) -> Conflict:
         for kind in KINDS:
             for field, referred in kind.references:
@@ -740,7 +803,8 @@ class Repository(Generic[E]):
             listed = kind.list_field
             if listed is not None and listed.referred == self._kind.table:
                 if self._session.execute(
-                    f"SELECT 1 FROM {listed.table} WHERE mount_point_id = ? LIMIT 1", [entity_id]
+                    f"SELECT 1 FROM {listed.table} WHERE {listed.item_column} = ? LIMIT 1",
+                    [entity_id],
                 ).fetchone():
                     return refusals.still_referred(self._kind.table, entity_id, kind.table)
         return Conflict(f"{refusals.NOUNS[self._kind.table]} {entity_id} is still referred to.")
@@ -754,16 +818,8 @@ class Workloads(Repository[Workload]):
         ).fetchone()
         if same_ip is not None:
             return refusals.ip_taken(same_ip[0], entity.ip)
-        for chunk in chunks(entity.mount_point_ids):
-            holder = self._session.execute(
-                "SELECT mount_point_id, workload_id FROM workload_mount_points"
-                f" WHERE mount_point_id IN ({marks(len(chunk))}) AND workload_id <> ?"
-                " ORDER BY workload_id, mount_point_id LIMIT 1",
-                [*chunk, entity.id],
-            ).fetchone()
-            if holder is not None:
-                return refusals.mount_point_taken(holder[0], holder[1])
-        return None
+        held = self._held_elsewhere(entity)
+        return None if held is None else refusals.mount_point_taken(*held)
 
 
 class Migrations(Repository[Migration]):
@@ -818,3 +874,15 @@ class Migrations(Repository[Migration]):
             return None
         return refusals.target_busy(entity.migration_target_id, busy[0])
 
+
+
+class Waves(Repository[Wave]):
+    def _why_unique(self, entity: Wave) -> Conflict | None:
+        same_name = self._session.execute(
+            "SELECT id FROM waves WHERE owner_id = ? AND name = ? AND id <> ?",
+            [entity.owner_id, entity.name, entity.id],
+        ).fetchone()
+        if same_name is not None:
+            return refusals.name_taken("waves", same_name[0], entity.name)
+        held = self._held_elsewhere(entity)
+        return None if held is None else refusals.migration_in_wave(*held)

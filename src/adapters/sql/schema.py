@@ -19,8 +19,9 @@ Constraints carry the rules that span rows:
 - references are composite `(owner_id, x_id)` keys, so a row can only refer to
   rows of the same owner;
 - UNIQUE(owner_id, ip) on workloads, UNIQUE(mount_point_id) on the workload's
-  storage, UNIQUE(username) on users, and at most one `running` migration per
-  target (a partial unique index)."""
+  storage, UNIQUE(username) on users, UNIQUE(owner_id, name) on waves,
+  UNIQUE(migration_id) on a wave's members, and at most one `running`
+  migration per target (a partial unique index)."""
 
 from __future__ import annotations
 
@@ -238,27 +239,33 @@ def _count_owned_rows(execute: Execute, dialect: Dialect) -> None:
         """
     )
     for table in OWNED_TABLES:
-        execute(
-            f"""
-            CREATE TRIGGER {table}_counted_insert AFTER INSERT ON {table} BEGIN
-                INSERT INTO owned_counts (table_name, owner_id, rows)
-                VALUES ('{table}', NEW.owner_id, 1)
-                ON CONFLICT (table_name, owner_id) DO UPDATE SET rows = rows + 1;
-            END
-            """
-        )
-        execute(
-            f"""
-            CREATE TRIGGER {table}_counted_delete AFTER DELETE ON {table} BEGIN
-                UPDATE owned_counts SET rows = rows - 1
-                WHERE table_name = '{table}' AND owner_id = OLD.owner_id;
-            END
-            """
-        )
-        execute(
-            f"INSERT INTO owned_counts (table_name, owner_id, rows)"
-            f" SELECT '{table}', owner_id, count(*) FROM {table} GROUP BY owner_id"
-        )
+        _count_rows_of(execute, table)
+
+
+def _count_rows_of(execute: Execute, table: str) -> None:
+    """SQLite's triggers that keep `owned_counts` for one owned table, and its
+    counts as they stand."""
+    execute(
+        f"""
+        CREATE TRIGGER {table}_counted_insert AFTER INSERT ON {table} BEGIN
+            INSERT INTO owned_counts (table_name, owner_id, rows)
+            VALUES ('{table}', NEW.owner_id, 1)
+            ON CONFLICT (table_name, owner_id) DO UPDATE SET rows = rows + 1;
+        END
+        """
+    )
+    execute(
+        f"""
+        CREATE TRIGGER {table}_counted_delete AFTER DELETE ON {table} BEGIN
+            UPDATE owned_counts SET rows = rows - 1
+            WHERE table_name = '{table}' AND owner_id = OLD.owner_id;
+        END
+        """
+    )
+    execute(
+        f"INSERT INTO owned_counts (table_name, owner_id, rows)"
+        f" SELECT '{table}', owner_id, count(*) FROM {table} GROUP BY owner_id"
+    )
 
 
 def _instances(execute: Execute, dialect: Dialect) -> None:
@@ -286,7 +293,56 @@ def _instances(execute: Execute, dialect: Dialect) -> None:
     ])
 
 
-STEPS: list[Step] = [_create_tables, _index_list_filters, _count_owned_rows, _instances]
+def _events_placeholder(execute: Execute, dialect: Dialect) -> None:
+    """Step 5: PLACEHOLDER, does nothing. Step 5 belongs to the event history
+    (`_events`), built on another branch; when the two meet, its step takes
+    this place. No database outside development has been at this step."""
+
+
+def _waves(execute: Execute, dialect: Dialect) -> None:
+    """Step 6: waves, named per owner, and their members in order. A join
+    table rather than a column of migrations: SQLite cannot add a composite
+    foreign key to an existing table without rebuilding it (and rebuilding
+    `migrations` inside a transaction would cascade to its join rows). Here
+    UNIQUE(migration_id) keeps a migration in one wave, the composite keys
+    keep both sides of one owner, a member migration cannot be deleted
+    (RESTRICT), and a deleted wave releases its members (CASCADE)."""
+    _run(execute, dialect, [
+        """
+        CREATE TABLE waves (
+            id {id},
+            owner_id {int} NOT NULL REFERENCES users (id) ON DELETE RESTRICT,
+            name TEXT NOT NULL CHECK (name <> ''),
+            UNIQUE (owner_id, id),
+            UNIQUE (owner_id, name)
+        )
+        """,
+        """
+        CREATE TABLE wave_migrations (
+            wave_id {int} NOT NULL,
+            position {int} NOT NULL,
+            owner_id {int} NOT NULL,
+            migration_id {int} NOT NULL UNIQUE,
+            PRIMARY KEY (wave_id, position),
+            FOREIGN KEY (owner_id, wave_id)
+                REFERENCES waves (owner_id, id) ON DELETE CASCADE,
+            FOREIGN KEY (owner_id, migration_id)
+                REFERENCES migrations (owner_id, id) ON DELETE RESTRICT
+        ){without_rowid}
+        """,
+    ])
+    if dialect.keeps_counts:
+        _count_rows_of(execute, "waves")
+
+
+STEPS: list[Step] = [
+    _create_tables,
+    _index_list_filters,
+    _count_owned_rows,
+    _instances,
+    _events_placeholder,  # PLACEHOLDER for step 5, `_events`: see its docstring
+    _waves,
+]
 LATEST_VERSION = len(STEPS)
 
 

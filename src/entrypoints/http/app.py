@@ -11,7 +11,7 @@ from aiohttp import web
 
 from entrypoints.bootstrap import Services
 
-from . import accounts, console, resources
+from . import accounts, console, fleets, resources
 from .errors import json_errors
 from .metrics import count_requests, setup_metrics
 from .openapi import setup_openapi
@@ -70,7 +70,10 @@ def create_app(
     app[BODY_TIMEOUT] = body_timeout
     app.on_response_prepare.append(answer_request_id)
     app.cleanup_ctx.append(_services_lifetime)
-    add_routes(app.router, accounts.ROUTES + resources.routes() + (setup_metrics(app) if metrics else []))
+    add_routes(
+        app.router,
+        accounts.ROUTES + resources.routes() + fleets.ROUTES + (setup_metrics(app) if metrics else []),
+    )
     console.setup_console(app)
     setup_openapi(app)
     return app

@@ -9,12 +9,21 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from migration_core import AuthenticationFailed, Conflict, DomainError, InvalidInput, NotFound, Throttled
+from migration_core import (
+    AuthenticationFailed,
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    RowsRefused,
+    Throttled,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_OF: dict[type[DomainError], int] = {
     InvalidInput: 400,
+    RowsRefused: 400,
     AuthenticationFailed: 401,
     NotFound: 404,
     Conflict: 409,
@@ -35,6 +44,8 @@ def _domain_error_response(error: DomainError) -> web.Response | None:
     headers: dict[str, str] = {}
     if isinstance(error, InvalidInput):
         body["errors"] = error.errors
+    elif isinstance(error, RowsRefused):
+        body["rows"] = [{"row": e.row, "field": e.field, "message": e.message} for e in error.rows]
     elif isinstance(error, AuthenticationFailed):
         headers.update(BEARER_CHALLENGE)
     elif isinstance(error, Throttled):

@@ -62,6 +62,24 @@ async def _read_within_deadline(request: web.Request) -> bytes:
         raise web.HTTPRequestTimeout(reason="The request body did not arrive in time.") from None
 
 
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole body, read as it streams in, for a route that accepts more
+    than the app's own limit: 413 past `limit` bytes, 408 when it takes longer
+    than the app allows."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    received = bytearray()
+    try:
+        async with asyncio.timeout(request.app[BODY_TIMEOUT]):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                received += chunk
+                if len(received) > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(received))
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="The request body did not arrive in time.") from None
+    return bytes(received)
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object; 415, 400 or 413 (raised while reading) otherwise."""
     if not _is_json(request.content_type):

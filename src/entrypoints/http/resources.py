@@ -1,5 +1,5 @@
-"""The five owned resources: list, create, read, replace, patch, delete, and the
-migration actions. One factory builds the six operations of each resource from
+"""The six owned resources: list, create, read, replace, patch, delete, and the
+migration and wave actions. One factory builds the six operations of each resource from
 its schemas and the core's use cases."""
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from .schemas import (
     MigrationTargetSchema,
     MountPointQuerySchema,
     MountPointSchema,
+    WaveCancelSchema,
+    WaveQuerySchema,
+    WaveRunSchema,
+    WaveSchema,
+    WaveStateSchema,
     WorkloadQuerySchema,
     WorkloadReplaceSchema,
     WorkloadSchema,
@@ -67,6 +72,7 @@ class Resource:
     # (409); only what the core can refuse is documented.
     create_conflicts: bool = False
     update_conflicts: bool = False
+    delete_conflicts: bool = True  # while something refers to it
 
 
 def object_id(request: web.Request) -> int:
@@ -178,10 +184,12 @@ def resource_routes(resource: Resource) -> list[Route]:
     @docs(
         tags=tags,
         summary=f"Delete {resource.noun}",
-        description="Refused (409) while anything still refers to it.",
+        description="Refused (409) while anything still refers to it."
+        if resource.delete_conflicts
+        else "Never refused: what it holds is released.",
         operation_id=f"delete{resource.name}",
         parameters=[ID_PARAMETER],
-        responses=answers({204: (None, "Deleted.")}, 401, 404, 409),
+        responses=answers({204: (None, "Deleted.")}, 401, 404, *([409] if resource.delete_conflicts else [])),
     )
     async def delete_object(request: web.Request) -> web.Response:
         await write(request, resource.delete, services(request).storage, request[USER].id, object_id(request))
@@ -286,6 +294,24 @@ RESOURCES = [
         delete=core.delete_migration,
         update_conflicts=True,  # while it runs
     ),
+    Resource(
+        path="/api/v1/waves/",
+        tag="waves",
+        noun="a wave",
+        name="Wave",
+        schema=WaveSchema,
+        view=views.wave_view,
+        replace_schema=WaveSchema,
+        query_schema=WaveQuerySchema,
+        create=core.create_wave,
+        get=core.get_wave,
+        find=core.list_waves,
+        update=core.update_wave,
+        delete=core.delete_wave,
+        create_conflicts=True,  # a name taken, a migration in another wave
+        update_conflicts=True,
+        delete_conflicts=False,  # its migrations are released
+    ),
 ]
 
 
@@ -345,9 +371,63 @@ async def migration_state(request: web.Request) -> web.Response:
     return web.json_response(views.migration_state_view(migration))
 
 
+# --- wave actions ------------------------------------------------------------
+
+WAVE_ACTIONS = "waves"
+
+
+@docs(
+    tags=[WAVE_ACTIONS],
+    summary="Run every migration of a wave that may start",
+    description="Each member starts as its own run would (SPEC 2.2); for each one that may"
+    " not, `refused` gives the reason its own run would give. Answers at once: the"
+    " copies go on in the background.",
+    operation_id="runWave",
+    parameters=[ID_PARAMETER],
+    responses=answers({202: (WaveRunSchema, "Started what could start.")}, 401, 404),
+)
+async def run_wave(request: web.Request) -> web.Response:
+    found = services(request)
+    outcome = await call(
+        core.run_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+    )
+    return web.json_response(views.wave_run_view(outcome), status=202)
+
+
+@docs(
+    tags=[WAVE_ACTIONS],
+    summary="Cancel the running migrations of a wave",
+    description="The others are left as they are.",
+    operation_id="cancelWave",
+    parameters=[ID_PARAMETER],
+    responses=answers({200: (WaveCancelSchema, "What was cancelled.")}, 401, 404),
+)
+async def cancel_wave(request: web.Request) -> web.Response:
+    found = services(request)
+    cancelled = await call(
+        core.cancel_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+    )
+    return web.json_response({"cancelled": cancelled})
+
+
+@docs(
+    tags=[WAVE_ACTIONS],
+    summary="The state of a wave: its members by state, and its progress by bytes",
+    operation_id="getWaveState",
+    parameters=[ID_PARAMETER],
+    responses=answers({200: (WaveStateSchema, "Its state.")}, 401, 404),
+)
+async def wave_state(request: web.Request) -> web.Response:
+    state = await call(core.wave_state, services(request).storage, request[USER].id, object_id(request))
+    return web.json_response(views.wave_state_view(state))
+
+
 def routes() -> list[Route]:
     return [route for resource in RESOURCES for route in resource_routes(resource)] + [
         Route("POST", "/api/v1/migrations/{id:\\d+}/run/", run_migration),
         Route("POST", "/api/v1/migrations/{id:\\d+}/cancel/", cancel_migration),
         Route("GET", "/api/v1/migrations/{id:\\d+}/state/", migration_state),
+        Route("POST", "/api/v1/waves/{id:\\d+}/run/", run_wave),
+        Route("POST", "/api/v1/waves/{id:\\d+}/cancel/", cancel_wave),
+        Route("GET", "/api/v1/waves/{id:\\d+}/state/", wave_state),
     ]

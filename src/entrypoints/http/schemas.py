@@ -23,6 +23,7 @@ USERNAME_MAX = 150
 IP_MAX = 45  # the longest textual IPv6 address (with an embedded IPv4 part)
 TOKEN_MAX = 4096
 LIST_MAX = 1000
+WAVE_MAX = 20_000  # as many migrations as one import brings in
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 1000
 
@@ -260,6 +261,12 @@ class MigrationSchema(Body):
     error = fields.String(dump_only=True, allow_none=True)
     started_at = UtcDateTime(dump_only=True, allow_none=True)
     finished_at = UtcDateTime(dump_only=True, allow_none=True)
+    wave = Id(
+        dump_only=True,
+        allow_none=True,
+        attribute="wave_id",
+        metadata={"description": "The wave holding it (set through the wave), or null."},
+    )
 
 
 # Not "MigrationState": generators name the inline enum of Migration.state so.
@@ -268,6 +275,91 @@ class MigrationProgressSchema(Schema):
     progress = fields.Integer(dump_only=True)
     error = fields.String(dump_only=True, allow_none=True)
     finished = fields.Boolean(dump_only=True, metadata={"description": "state is success or error."})
+
+
+class WaveSchema(Body):
+    id = Id(dump_only=True)
+    name = Text(required=True, min_length=1, metadata={"description": "Unique among your waves.", "example": "wave 1"})
+    migrations = fields.List(
+        Id(),
+        load_default=list,
+        validate=validate.Length(max=WAVE_MAX),
+        attribute="migration_ids",
+        metadata={
+            "description": "Migration ids, in order. Setting it moves these migrations into the"
+            " wave and takes out those no longer listed; a migration in another wave is refused"
+            " (409)."
+        },
+    )
+
+
+class WaveRefusalSchema(Schema):
+    migration = Id(dump_only=True)
+    detail = fields.String(dump_only=True, metadata={"description": "Why its own run would be refused."})
+
+
+class WaveRunSchema(Schema):
+    started = fields.List(Id(), dump_only=True)
+    refused = fields.List(fields.Nested(WaveRefusalSchema), dump_only=True)
+
+
+class WaveCancelSchema(Schema):
+    cancelled = fields.List(Id(), dump_only=True)
+
+
+class WaveCountsSchema(Schema):
+    not_started = fields.Integer(dump_only=True)
+    running = fields.Integer(dump_only=True)
+    error = fields.Integer(dump_only=True)
+    success = fields.Integer(dump_only=True)
+
+
+class WaveStateSchema(Schema):
+    counts = fields.Nested(WaveCountsSchema, dump_only=True, metadata={"description": "Members by state."})
+    progress = fields.Integer(
+        dump_only=True,
+        metadata={"description": "0 to 100, weighted by the members' selected bytes; 100 once all succeeded."},
+    )
+    bytes_total = fields.Integer(dump_only=True)
+    bytes_copied = fields.Integer(dump_only=True)
+    finished = fields.Boolean(dump_only=True, metadata={"description": "Every member is in success or error."})
+
+
+# --- inventory -----------------------------------------------------------------
+
+
+class ImportQuerySchema(Body):
+    dry_run = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Check every row and answer as an import would, writing nothing."},
+    )
+
+
+class ImportReportSchema(Schema):
+    created = fields.Integer(dump_only=True, metadata={"description": "Rows whose ip was new."})
+    updated = fields.Integer(dump_only=True, metadata={"description": "Rows that changed what was stored."})
+    unchanged = fields.Integer(dump_only=True, metadata={"description": "Rows identical to what was stored."})
+
+
+class RowErrorSchema(Schema):
+    row = fields.Integer(dump_only=True, metadata={"description": "As a spreadsheet numbers it: the header is row 1."})
+    field = fields.String(
+        dump_only=True, allow_none=True, metadata={"description": "The column at fault; null: the whole row."}
+    )
+    message = fields.String(dump_only=True)
+
+
+class RowsRefusedSchema(Schema):
+    detail = fields.String(required=True)
+    rows = fields.List(
+        fields.Nested(RowErrorSchema),
+        metadata={"description": "Every bad row of a refused file (empty when the file itself cannot be read)."},
+    )
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "A bad query parameter, instead of `rows`: messages per parameter."},
+    )
 
 
 # --- lists -------------------------------------------------------------------
@@ -302,6 +394,11 @@ class MigrationQuerySchema(ListQuerySchema):
     state = fields.String(validate=validate.OneOf(STATES))
     source = Id(strict=False, attribute="source_id")
     migration_target = Id(strict=False, attribute="migration_target_id")
+    wave = Id(strict=False, attribute="wave_id")
+
+
+class WaveQuerySchema(ListQuerySchema):
+    name = Text()
 
 
 def answer_form(schema: type[Schema]) -> Schema:

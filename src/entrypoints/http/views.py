@@ -8,7 +8,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from migration_core import Credentials, Migration, MigrationTarget, MountPoint, TargetVm, Workload
+from migration_core import (
+    Credentials,
+    Migration,
+    MigrationTarget,
+    MountPoint,
+    TargetVm,
+    Wave,
+    WaveRun,
+    WaveState,
+    Workload,
+)
 
 View = dict[str, Any]
 
@@ -65,6 +75,7 @@ def migration_view(migration: Migration) -> View:
         "error": migration.error,
         "started_at": _utc(migration.started_at),
         "finished_at": _utc(migration.finished_at),
+        "wave": migration.wave_id,
     }
 
 
@@ -74,4 +85,25 @@ def migration_state_view(migration: Migration) -> View:
         "progress": migration.progress,
         "error": migration.error,
         "finished": migration.state.finished,
+    }
+
+
+def wave_view(wave: Wave) -> View:
+    return {"id": wave.id, "name": wave.name, "migrations": list(wave.migration_ids)}
+
+
+def wave_run_view(outcome: WaveRun) -> View:
+    return {
+        "started": list(outcome.started),
+        "refused": [{"migration": r.migration_id, "detail": r.detail} for r in outcome.refused],
+    }
+
+
+def wave_state_view(state: WaveState) -> View:
+    return {
+        "counts": dict(state.counts),
+        "progress": state.progress,
+        "bytes_total": state.bytes_total,
+        "bytes_copied": state.bytes_copied,
+        "finished": state.finished,
     }

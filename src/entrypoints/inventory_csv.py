@@ -1,0 +1,263 @@
+"""The inventory as CSV (SPEC 3.5), for the HTTP service and the command
+line alike: the file parsed into the core's rows, and rows written back.
+
+The file: UTF-8 (a byte order mark is accepted), comma-separated, a header
+row naming known columns in any order (`ip` required), at most 20,000 rows
+and 10 MiB. Blank rows are skipped; rows are numbered as a spreadsheet shows
+them (the header is row 1). `volumes` is `NAME=SIZE` pairs separated by `;`
+(a name may hold `=`: the size follows the last one; it cannot hold `;`);
+SIZE is bytes, or a number with a unit: KB MB GB TB (powers of 1000) or KiB
+MiB GiB TiB (powers of 1024), in any case, whole bytes in the end.
+
+Cells that a spreadsheet would run as a formula (starting with = + - @, a tab
+or a carriage return) are written with a `'` in front; import removes that
+one `'` again (from a cell that, past its leading quotes, starts so), so an
+exported file imports back as it was. Any other cell is taken literally."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+
+from migration_core import (
+    ImportReport,
+    InventoryRow,
+    Plan,
+    RowError,
+    RowsRefused,
+    Storage,
+    export_inventory,
+    import_inventory,
+)
+from migration_core.fleet import Progress
+
+COLUMNS = (
+    "ip", "username", "password", "domain", "volumes",
+    "cloud_type", "cloud_username", "cloud_password", "cloud_domain", "select", "wave",
+)
+PLAN_COLUMNS = COLUMNS[6:]  # each needs cloud_type
+MAX_BYTES = 10 * 1024 * 1024
+MAX_ROWS = 20_000
+MAX_SIZE = 2**63 - 1
+# The wire limits of the JSON API (entrypoints.http.schemas), cell by cell.
+MAX_LENGTH = {"ip": 45, "password": 1024, "cloud_password": 1024, "volumes": 1000 * 300, "select": 1000 * 256}
+TEXT_MAX = 255
+FILENAME = "inventory.csv"
+
+_FORMULA_STARTS = "=+-@\t\r"
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+class _BadCell(ValueError):
+    pass
+
+
+# --- reading --------------------------------------------------------------------
+
+
+def import_csv(
+    storage: Storage, owner_id: int, data: bytes, *, dry_run: bool = False, progress: Progress | None = None
+) -> ImportReport:
+    """Parse the file and import it in one unit of work, or raise RowsRefused
+    naming every bad row (those the parser refuses and those the core does)."""
+    rows, errors = parse(data)
+    try:
+        report = import_inventory(
+            storage, owner_id, rows, dry_run=dry_run or bool(errors), progress=progress
+        )
+    except RowsRefused as refused:
+        errors += refused.rows
+    if errors:
+        bad = len({error.row for error in errors})
+        raise RowsRefused(
+            f"{bad} row(s) may not be imported; nothing was written.", sorted(errors, key=lambda e: e.row)
+        )
+    return report
+
+
+def parse(data: bytes) -> tuple[list[InventoryRow], list[RowError]]:
+    """The rows that parse, and the errors of those that do not. Raises
+    RowsRefused for a file that cannot be read as an inventory at all."""
+    if len(data) > MAX_BYTES:
+        raise RowsRefused(f"The file is larger than {MAX_BYTES // 2**20} MiB.", [])
+    records = csv.reader(io.StringIO(_text(data), newline=""), strict=True)
+    try:
+        header = next(records, None)
+        if header is None:
+            raise RowsRefused("The file is empty: give a header row, then one row a workload.", [])
+        columns = _columns(header)
+        rows: list[InventoryRow] = []
+        errors: list[RowError] = []
+        for number, cells in enumerate(records, start=2):
+            if number - 1 > MAX_ROWS:
+                raise RowsRefused(f"The file has more than {MAX_ROWS:,} rows.", [])
+            if not any(cell.strip() for cell in cells):
+                continue  # a blank row
+            try:
+                rows.append(_row(number, columns, cells))
+            except _CellError as bad:
+                errors.append(RowError(number, bad.column, bad.message))
+    except csv.Error as error:
+        raise RowsRefused(f"Line {records.line_num}: the file is not valid CSV ({error}).", []) from None
+    return rows, errors
+
+
+def _text(data: bytes) -> str:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise RowsRefused(
+            f"The file is not UTF-8 text: byte 0x{data[error.start]:02X} on line {line}"
+            " cannot be read. Save it as CSV UTF-8.",
+            [],
+        ) from None
+    if "\x00" in text:
+        raise RowsRefused("The file holds a NUL character: it is not a text file.", [])
+    return text
+
+
+def _columns(header: Sequence[str]) -> list[str]:
+    names = [name.strip().lower() for name in header]
+    errors = []
+    if len(names) == 1 and ";" in names[0]:
+        raise RowsRefused(
+            "The header is one column: separate columns with commas, not semicolons.",
+            [RowError(1, None, "Separate columns with commas.")],
+        )
+    for name in names:
+        if name not in COLUMNS:
+            errors.append(RowError(1, name, f"Unknown column {name!r}; the columns are: {', '.join(COLUMNS)}."))
+        elif names.count(name) > 1:
+            errors.append(RowError(1, name, f"Column {name!r} is given more than once."))
+    if "ip" not in names:
+        errors.append(RowError(1, "ip", "The header must name the column 'ip'."))
+    if errors:
+        raise RowsRefused("The header row is not an inventory's.", sorted(set(errors), key=errors.index))
+    return names
+
+
+class _CellError(Exception):
+    def __init__(self, column: str, message: str) -> None:
+        super().__init__(message)
+        self.column, self.message = column, message
+
+
+def _row(number: int, columns: Sequence[str], cells: Sequence[str]) -> InventoryRow:
+    if len(cells) > len(columns):
+        raise _CellError(columns[-1], f"The row has {len(cells)} cells; the header names {len(columns)}.")
+    values = {column: "" for column in columns}
+    for column, cell in zip(columns, cells):
+        value = _unneutralised(cell)
+        if len(value) > MAX_LENGTH.get(column, TEXT_MAX):
+            raise _CellError(column, f"At most {MAX_LENGTH.get(column, TEXT_MAX)} characters.")
+        values[column] = value
+    cloud_type = values.get("cloud_type", "").strip()
+    if not cloud_type:
+        for column in PLAN_COLUMNS:
+            if values.get(column, "").strip():
+                raise _CellError(column, "A plan column needs cloud_type.")
+    plan = None
+    if cloud_type:
+        plan = Plan(
+            cloud_type=cloud_type,
+            cloud_username=values.get("cloud_username"),
+            cloud_password=values.get("cloud_password"),
+            cloud_domain=values.get("cloud_domain"),
+            select=_names(values.get("select", "")),
+            wave=None if "wave" not in values else values["wave"].strip(),
+        )
+    return InventoryRow(
+        row=number,
+        ip=values["ip"].strip(),
+        username=values.get("username"),
+        password=values.get("password"),
+        domain=values.get("domain"),
+        volumes=None if "volumes" not in values else _volumes(values["volumes"]),
+        plan=plan,
+    )
+
+
+def _names(cell: str) -> tuple[str, ...] | None:
+    names = tuple(name.strip() for name in cell.split(";") if name.strip())
+    return names or None
+
+
+def _volumes(cell: str) -> tuple[tuple[str, int], ...]:
+    volumes = []
+    for pair in cell.split(";"):
+        if not pair.strip():
+            continue
+        name, equals, size = pair.rpartition("=")
+        if not equals:
+            raise _CellError("volumes", f"{pair.strip()!r} has no size: write NAME=SIZE, e.g. C:\\=100GB.")
+        volumes.append((name.strip(), _size(size)))
+    if len(volumes) > 1000:
+        raise _CellError("volumes", "At most 1000 volumes a workload.")
+    return tuple(volumes)
+
+
+def _size(text: str) -> int:
+    match = _SIZE.fullmatch(text)
+    unit = match and _UNITS.get(match.group(2).lower())
+    if match is None or unit is None:
+        raise _CellError(
+            "volumes", f"{text.strip()!r} is not a size: bytes, or a number with KB MB GB TB KiB MiB GiB TiB."
+        )
+    try:
+        size = Decimal(match.group(1)) * unit
+    except InvalidOperation:  # pragma: no cover - the pattern admits decimals only
+        raise _CellError("volumes", f"{text.strip()!r} is not a size.") from None
+    if size != size.to_integral_value():
+        raise _CellError("volumes", f"{text.strip()!r} is not a whole number of bytes.")
+    if size > MAX_SIZE:
+        raise _CellError("volumes", f"{text.strip()!r} is larger than {MAX_SIZE} bytes.")
+    return int(size)
+
+
+def _unneutralised(cell: str) -> str:
+    first = cell.lstrip("'")[:1]
+    return cell[1:] if cell.startswith("'") and first and first in _FORMULA_STARTS else cell
+
+
+# --- writing --------------------------------------------------------------------
+
+
+def export_csv(storage: Storage, owner_id: int) -> str:
+    return render(export_inventory(storage, owner_id))
+
+
+def render(rows: Iterable[InventoryRow]) -> str:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_neutralised(cell) for cell in _cells(row)])
+    return out.getvalue()
+
+
+def _cells(row: InventoryRow) -> list[str]:
+    plan = row.plan
+    login = [row.username or "", row.password or "", row.domain or ""]
+    volumes = ";".join(f"{name}={size}" for name, size in row.volumes or ())
+    if plan is None:
+        return [row.ip, *login, volumes, *[""] * 6]
+    return [
+        row.ip, *login, volumes,
+        plan.cloud_type, plan.cloud_username or "", plan.cloud_password or "", plan.cloud_domain or "",
+        ";".join(plan.select or ()), plan.wave or "",
+    ]
+
+
+def _neutralised(cell: str) -> str:
+    """A cell no spreadsheet runs: a formula-looking one behind a `'`."""
+    first = cell.lstrip("'")[:1]
+    return "'" + cell if first and first in _FORMULA_STARTS else cell

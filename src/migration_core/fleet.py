@@ -1,0 +1,440 @@
+"""A fleet at once (SPEC 3.5): an inventory of rows, one workload a row with
+its login, volumes and, optionally, its plan (a target of its own and a
+migration, in a wave), imported in one unit of work and exported back.
+
+Import applies each row through the same use cases as single calls, each a
+savepoint of the import's one transaction, so every rule is the one those
+calls check, and a bad row is undone alone while the others are still
+checked. When any row is bad, nothing is written and every bad row is named.
+
+What a row means:
+- rows match workloads by ip (per owner): a new ip creates, a known one
+  updates, an identical one changes nothing;
+- a column absent from the file keeps what is stored; an empty password
+  keeps the stored one (export leaves passwords empty);
+- a workload's plan is its latest migration (the highest id), with that
+  migration's target; a row without `cloud_type` leaves the plan as it is;
+- credentials used by something besides the row's workload or target are
+  not changed under it: the row gets credentials of its own;
+- a volume the row no longer lists leaves the workload, and is deleted once
+  nothing refers to it;
+- `wave` names the migration's wave (created when missing; empty: none): the
+  row moves its migration there;
+- a row that would change anything of a workload whose migration is running
+  is refused, with the reason an edit of that migration would give."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+import attrs
+
+from .entities import Migration, MigrationState, MountPoint, Workload, canonical_ip, volume_key
+from .errors import Conflict, InvalidInput, NotFound, RowError, RowsRefused
+from .inventory import (
+    create_credentials,
+    create_migration,
+    create_migration_target,
+    create_mount_point,
+    create_workload,
+    delete_mount_point,
+    update_credentials,
+    update_migration,
+    update_migration_target,
+    update_mount_point,
+    update_workload,
+)
+from .ports import ListQuery, Repository, Storage, UnitOfWork
+from .waves import create_wave, update_wave
+
+E = TypeVar("E")
+Progress = Callable[[int, int], None]  # rows done, rows in all
+
+_LOGIN = {"username": "username", "password": "password", "domain": "domain"}
+_CLOUD_LOGIN = {"username": "cloud_username", "password": "cloud_password", "domain": "cloud_domain"}
+_WORKLOAD = {"ip": "ip", "storage": "volumes", "credentials": "username"}
+_TARGET = {"cloud_type": "cloud_type", "cloud_credentials": "cloud_username"}
+_MIGRATION = {"selected_mount_points": "select"}
+
+
+@attrs.frozen
+class Plan:
+    """Where a row's workload goes. None: the column is absent (keep)."""
+
+    cloud_type: str
+    cloud_username: str | None = None
+    cloud_password: str | None = None
+    cloud_domain: str | None = None
+    select: tuple[str, ...] | None = None  # volume names; None: every volume of the row
+    wave: str | None = None  # "": in no wave
+
+
+@attrs.frozen
+class InventoryRow:
+    """One workload as a row says it. None: the column is absent (keep)."""
+
+    row: int  # as a spreadsheet numbers it: the header is row 1
+    ip: str
+    username: str | None = None
+    password: str | None = None
+    domain: str | None = None
+    volumes: tuple[tuple[str, int], ...] | None = None  # (name, size in bytes)
+    plan: Plan | None = None
+
+
+@attrs.frozen
+class ImportReport:
+    created: int
+    updated: int
+    unchanged: int
+
+
+class _RowFailed(Exception):
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+@contextmanager
+def _blame(column: str | None, columns: Mapping[str, str] | None = None) -> Iterator[None]:
+    """A refusal of the use cases inside, as the row's column at fault."""
+    try:
+        yield
+    except InvalidInput as error:
+        field, messages = next(iter(error.errors.items()))
+        raise _RowFailed((columns or {}).get(field, column), " ".join(messages)) from None
+    except (Conflict, NotFound) as error:
+        raise _RowFailed(column, error.message) from None
+
+
+def import_inventory(
+    storage: Storage,
+    owner_id: int,
+    rows: Sequence[InventoryRow],
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Apply every row in one transaction, or none (RowsRefused naming every
+    bad row). A dry run checks the same and writes nothing."""
+    errors = _repeated_ips(rows)
+    repeated = {error.row for error in errors}
+    outcomes = {"created": 0, "updated": 0, "unchanged": 0}
+    with storage.unit_of_work() as uow:
+        # Rows only name waves; the waves are written after the rows.
+        wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
+        waves = _WaveMoves(wave_names)
+        for done, row in enumerate(rows, start=1):
+            if row.row not in repeated:
+                applied = _Row(storage, uow, owner_id, row, wave_names)
+                try:
+                    with storage.unit_of_work() as savepoint:
+                        outcome = applied.apply()
+                        savepoint.commit()
+                except _RowFailed as failed:
+                    errors.append(RowError(row.row, failed.field, failed.message))
+                else:
+                    outcomes[outcome] += 1
+                    for migration_id, wave in applied.waves:
+                        waves.want(migration_id, row.row, wave)
+            if progress is not None:
+                progress(done, len(rows))
+        errors += waves.apply(storage, uow, owner_id)
+        if errors:
+            raise RowsRefused(
+                f"{len({e.row for e in errors})} row(s) may not be imported; nothing was written.",
+                sorted(errors, key=lambda e: e.row),
+            )
+        if not dry_run:
+            uow.commit()
+    return ImportReport(**outcomes)
+
+
+def _repeated_ips(rows: Sequence[InventoryRow]) -> list[RowError]:
+    first: dict[str, int] = {}
+    errors = []
+    for row in rows:
+        try:
+            ip = canonical_ip(row.ip)
+        except InvalidInput:
+            continue  # reported when the row is applied
+        seen = first.setdefault(ip, row.row)
+        if seen != row.row:
+            errors.append(RowError(row.row, "ip", f"ip {ip} is also on row {seen}."))
+    return errors
+
+
+class _WaveMoves:
+    """Waves are written once each, after the rows: the members each row
+    names, moved out of their old wave first."""
+
+    def __init__(self, names: Mapping[int, str]) -> None:
+        self.names = names  # of the waves as they were before the import
+        self.moves: dict[int, tuple[int, str]] = {}  # migration -> (row, wave name)
+
+    def want(self, migration_id: int, row: int, wave: str) -> None:
+        self.moves[migration_id] = (row, wave)
+
+    def apply(self, storage: Storage, uow: UnitOfWork, owner_id: int) -> list[RowError]:
+        leaving: dict[int, list[int]] = {}
+        joining: dict[str, list[int]] = {}
+        for migration_id, (_row, name) in self.moves.items():
+            current = uow.migrations.get(owner_id, migration_id).wave_id
+            if current is not None and self.names[current] == name:
+                continue
+            if current is not None:
+                leaving.setdefault(current, []).append(migration_id)
+            if name:
+                joining.setdefault(name, []).append(migration_id)
+        errors = []
+        for wave_id, gone in leaving.items():
+            members = uow.waves.get(owner_id, wave_id).migration_ids
+            update_wave(storage, owner_id, wave_id, migration_ids=[m for m in members if m not in gone])
+        for name, newcomers in joining.items():
+            _, found = uow.waves.find(owner_id, ListQuery(filters={"name": name}, limit=1))
+            try:
+                with _blame("wave", {"name": "wave", "migrations": "wave"}):
+                    if found:
+                        joined = [*found[0].migration_ids, *newcomers]
+                        update_wave(storage, owner_id, found[0].id, migration_ids=joined)
+                    else:
+                        create_wave(storage, owner_id, name=name, migration_ids=newcomers)
+            except _RowFailed as failed:
+                errors.append(RowError(self.moves[newcomers[0]][0], failed.field, failed.message))
+        return errors
+
+
+class _Row:
+    """One row applied: creates what is new, updates what differs."""
+
+    def __init__(
+        self, storage: Storage, uow: UnitOfWork, owner_id: int, row: InventoryRow, wave_names: Mapping[int, str]
+    ) -> None:
+        self.storage, self.uow, self.owner_id, self.row = storage, uow, owner_id, row
+        self.wave_names = wave_names
+        self.changed = False
+        self.waves: list[tuple[int, str]] = []  # (migration, the wave the row names for it)
+
+    def apply(self) -> str:
+        with _blame("ip"):
+            ip = canonical_ip(self.row.ip)
+        _, found = self.uow.workloads.find(self.owner_id, ListQuery(filters={"ip": ip}, limit=1))
+        if not found:
+            self._create(ip)
+            return "created"
+        workload = found[0]
+        _, migrations = self.uow.migrations.find(
+            self.owner_id, ListQuery(filters={"source_id": workload.id}, limit=1_000_000)
+        )
+        self._update(workload, migrations[-1] if migrations else None)
+        if not self.changed:
+            return "unchanged"
+        running = [m for m in migrations if m.state is MigrationState.RUNNING]
+        if running:
+            raise _RowFailed(None, f"Migration {running[0].id} is running and cannot be edited.")
+        return "updated"
+
+    # -- a new workload ----------------------------------------------------
+
+    def _create(self, ip: str) -> None:
+        row = self.row
+        with _blame("username", _LOGIN):
+            login = create_credentials(
+                self.storage, self.owner_id,
+                username=row.username or "", password=row.password or "", domain=row.domain or "",
+            )
+        with _blame("volumes"):
+            volumes = [
+                create_mount_point(self.storage, self.owner_id, name=name, size=size)
+                for name, size in row.volumes or ()
+            ]
+        with _blame("ip", _WORKLOAD):
+            workload = create_workload(
+                self.storage, self.owner_id, ip=ip, credentials_id=login.id,
+                mount_point_ids=[v.id for v in volumes],
+            )
+        if row.plan is not None:
+            self._new_plan(row.plan, workload, volumes)
+
+    def _new_plan(self, plan: Plan, workload: Workload, volumes: Sequence[MountPoint]) -> None:
+        with _blame("cloud_username", _CLOUD_LOGIN):
+            login = create_credentials(
+                self.storage, self.owner_id, username=plan.cloud_username or "",
+                password=plan.cloud_password or "", domain=plan.cloud_domain or "",
+            )
+        with _blame("cloud_type", _TARGET):
+            target = create_migration_target(
+                self.storage, self.owner_id, cloud_type=plan.cloud_type, cloud_credentials_id=login.id
+            )
+        selected = _selection(plan.select, volumes)
+        with _blame("select", _MIGRATION):
+            migration = create_migration(
+                self.storage, self.owner_id, source_id=workload.id,
+                migration_target_id=target.id, selected_mount_point_ids=selected,
+            )
+        if plan.wave:
+            self.waves.append((migration.id, plan.wave))
+        self.changed = True
+
+    # -- a known workload --------------------------------------------------
+
+    def _update(self, workload: Workload, migration: Migration | None) -> None:
+        row = self.row
+        login_id = self._login(
+            workload.credentials_id, row.username, row.password, row.domain, _LOGIN, "username"
+        )
+        volumes = [self.uow.mount_points.get(self.owner_id, i) for i in workload.mount_point_ids]
+        if row.volumes is not None:
+            volumes = self._volumes(volumes, row.volumes)
+        ids = tuple(v.id for v in volumes)
+        if (login_id, ids) != (workload.credentials_id, workload.mount_point_ids):
+            with _blame("volumes", _WORKLOAD):
+                update_workload(
+                    self.storage, self.owner_id, workload.id, credentials_id=login_id, mount_point_ids=ids
+                )
+            self.changed = True
+        if row.plan is not None:
+            if migration is None:
+                self._new_plan(row.plan, workload, volumes)
+            else:
+                self._plan(row.plan, migration, volumes)
+        for gone in set(workload.mount_point_ids) - set(ids):
+            self._drop(gone)
+
+    def _login(
+        self,
+        current_id: int,
+        username: str | None,
+        password: str | None,
+        domain: str | None,
+        columns: Mapping[str, str],
+        column: str,
+    ) -> int:
+        """The credentials the row wants: these, changed in place, or new ones
+        when something else uses these."""
+        current = self.uow.credentials.get(self.owner_id, current_id)
+        values = {
+            "username": current.username if username is None else username,
+            "password": password or current.password,
+            "domain": current.domain if domain is None else domain,
+        }
+        if values == {"username": current.username, "password": current.password, "domain": current.domain}:
+            return current_id
+        self.changed = True
+        users = len(self.uow.workloads.referrers("credentials_id", current_id)) + len(
+            self.uow.migration_targets.referrers("cloud_credentials_id", current_id)
+        )
+        with _blame(column, columns):
+            if users > 1:
+                return create_credentials(self.storage, self.owner_id, **values).id
+            update_credentials(self.storage, self.owner_id, current_id, **values)
+        return current_id
+
+    def _volumes(self, current: Sequence[MountPoint], wanted: Sequence[tuple[str, int]]) -> list[MountPoint]:
+        """The row's volumes, matched to the workload's by volume name."""
+        by_key = {mount_point.key: mount_point for mount_point in current}
+        volumes = []
+        with _blame("volumes"):
+            for name, size in wanted:
+                found = by_key.pop(volume_key(name), None)
+                if found is None:
+                    found = create_mount_point(self.storage, self.owner_id, name=name, size=size)
+                    self.changed = True
+                elif (found.name, found.size) != (name, size):
+                    found = update_mount_point(self.storage, self.owner_id, found.id, name=name, size=size)
+                    self.changed = True
+                volumes.append(found)
+        return volumes
+
+    def _plan(self, plan: Plan, migration: Migration, volumes: Sequence[MountPoint]) -> None:
+        target = self.uow.migration_targets.get(self.owner_id, migration.migration_target_id)
+        login_id = self._login(
+            target.cloud_credentials_id, plan.cloud_username, plan.cloud_password,
+            plan.cloud_domain, _CLOUD_LOGIN, "cloud_username",
+        )
+        if (plan.cloud_type, login_id) != (target.cloud_type.value, target.cloud_credentials_id):
+            with _blame("cloud_type", _TARGET):
+                update_migration_target(
+                    self.storage, self.owner_id, target.id,
+                    cloud_type=plan.cloud_type, cloud_credentials_id=login_id,
+                )
+            self.changed = True
+        selected = _selection(plan.select, volumes)
+        if tuple(selected) != migration.selected_mount_point_ids:
+            with _blame("select", _MIGRATION):
+                update_migration(self.storage, self.owner_id, migration.id, selected_mount_point_ids=selected)
+            self.changed = True
+        if plan.wave is not None:
+            current = "" if migration.wave_id is None else self.wave_names[migration.wave_id]
+            if plan.wave != current:
+                self.waves.append((migration.id, plan.wave))
+                self.changed = True
+
+    def _drop(self, mount_point_id: int) -> None:
+        """A volume the row no longer lists: gone, unless something refers to it."""
+        try:
+            delete_mount_point(self.storage, self.owner_id, mount_point_id)
+        except Conflict:
+            pass
+
+
+def _selection(names: Sequence[str] | None, volumes: Sequence[MountPoint]) -> list[int]:
+    if names is None:
+        return [volume.id for volume in volumes]
+    by_key = {volume.key: volume.id for volume in volumes}
+    selected = []
+    for name in names:
+        if volume_key(name) not in by_key:
+            raise _RowFailed("select", f"Volume {name!r} is not among the row's volumes.")
+        selected.append(by_key[volume_key(name)])
+    return selected
+
+
+# --- export -------------------------------------------------------------------
+
+
+def _everything(repository: Repository[E], owner_id: int) -> list[E]:
+    _, items = repository.find(owner_id, ListQuery(limit=2**62))
+    return items
+
+
+def export_inventory(storage: Storage, owner_id: int) -> list[InventoryRow]:
+    """Every workload with its plan, as rows that import back to no change
+    once the passwords (left empty) are filled in, or left empty."""
+    with storage.unit_of_work(write=False) as uow:
+        workloads = _everything(uow.workloads, owner_id)
+        logins = {c.id: c for c in _everything(uow.credentials, owner_id)}
+        volumes = {m.id: m for m in _everything(uow.mount_points, owner_id)}
+        targets = {t.id: t for t in _everything(uow.migration_targets, owner_id)}
+        waves = {w.id: w.name for w in _everything(uow.waves, owner_id)}
+        # In id order, so each workload's plan is its latest migration.
+        plans = {m.source_id: m for m in _everything(uow.migrations, owner_id)}
+    rows = []
+    for number, workload in enumerate(workloads, start=2):
+        login = logins[workload.credentials_id]
+        plan = None
+        if (migration := plans.get(workload.id)) is not None:
+            target = targets[migration.migration_target_id]
+            cloud = logins[target.cloud_credentials_id]
+            plan = Plan(
+                cloud_type=target.cloud_type.value,
+                cloud_username=cloud.username,
+                cloud_password="",
+                cloud_domain=cloud.domain,
+                select=tuple(volumes[i].name for i in migration.selected_mount_point_ids),
+                wave="" if migration.wave_id is None else waves[migration.wave_id],
+            )
+        rows.append(
+            InventoryRow(
+                row=number,
+                ip=workload.ip,
+                username=login.username,
+                password="",
+                domain=login.domain,
+                volumes=tuple((volumes[i].name, volumes[i].size) for i in workload.mount_point_ids),
+                plan=plan,
+            )
+        )
+    return rows

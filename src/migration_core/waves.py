@@ -1,0 +1,193 @@
+"""Waves (SPEC 2.6): named groups of an owner's migrations that run together.
+
+A wave holds its members as a list; storage keeps a migration in one wave at
+most and refuses to delete a migration still in one. Deleting a wave releases
+its members: they stay as they are, in no wave. Running a wave starts each
+member by the same rule as a single run (`runs._start`), each in a savepoint
+of one transaction, so one refusal does not hold back the others."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+
+from .entities import Migration, MigrationState, Wave
+from .errors import Conflict, NotFound
+from .inventory import _referenced
+from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
+from .runs import _cancel, _start, hand_over
+
+
+@attrs.frozen
+class Refusal:
+    """A member that may not start, and why (as its own run would say)."""
+
+    migration_id: int
+    detail: str
+
+
+@attrs.frozen
+class WaveRun:
+    started: tuple[int, ...]
+    refused: tuple[Refusal, ...]
+
+
+@attrs.frozen
+class WaveState:
+    counts: dict[str, int]  # members by state, every state named
+    progress: int  # 0..100, weighted by bytes; 100 once every member succeeded
+    bytes_total: int
+    bytes_copied: int
+    finished: bool  # every member has finished (success or error)
+
+
+def _check_wave(uow: UnitOfWork, wave: Wave) -> None:
+    owner_id = wave.owner_id
+    _, same_name = uow.waves.find(owner_id, ListQuery(filters={"name": wave.name}, limit=1))
+    if same_name and same_name[0].id != wave.id:
+        raise Conflict(f"Wave {same_name[0].id} is already named {wave.name!r}.")
+    for migration_id in wave.migration_ids:
+        migration = _referenced(uow.migrations, owner_id, migration_id, "migrations", "Migration")
+        if migration.wave_id not in (None, wave.id):
+            other = uow.waves.get(owner_id, migration.wave_id)
+            raise Conflict(
+                f"Migration {migration_id} is already in wave {other.id} ({other.name!r})."
+            )
+
+
+def create_wave(
+    storage: Storage, owner_id: int, *, name: str, migration_ids: Sequence[int] = ()
+) -> Wave:
+    wave = Wave(owner_id, name, tuple(migration_ids))
+    with storage.unit_of_work() as uow:
+        _check_wave(uow, wave)
+        stored = uow.waves.add(wave)
+        uow.commit()
+    return stored
+
+
+def get_wave(storage: Storage, owner_id: int, wave_id: int) -> Wave:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.waves.get(owner_id, wave_id)
+
+
+def list_waves(storage: Storage, owner_id: int, query: ListQuery) -> Page[Wave]:
+    with storage.unit_of_work(write=False) as uow:
+        count, items = uow.waves.find(owner_id, query)
+    return Page(count, items)
+
+
+def update_wave(
+    storage: Storage,
+    owner_id: int,
+    wave_id: int,
+    *,
+    name: str | None = None,
+    migration_ids: Sequence[int] | None = None,
+) -> Wave:
+    """The members become exactly `migration_ids` (those left out leave the
+    wave); a migration in another wave is refused, never moved."""
+    with storage.unit_of_work() as uow:
+        current = uow.waves.get(owner_id, wave_id)
+        changed = attrs.evolve(
+            current,
+            name=current.name if name is None else name,
+            migration_ids=current.migration_ids if migration_ids is None else tuple(migration_ids),
+        )
+        if changed == current:
+            return current
+        _check_wave(uow, changed)
+        stored = uow.waves.update(changed)
+        uow.commit()
+    return stored
+
+
+def delete_wave(storage: Storage, owner_id: int, wave_id: int) -> None:
+    """The members are released, not deleted."""
+    with storage.unit_of_work() as uow:
+        uow.waves.delete(owner_id, wave_id)
+        uow.commit()
+
+
+def run_wave(storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave_id: int) -> WaveRun:
+    """Start every member that may start; for the others, the reason its own
+    run would give. The starts commit together, then go to the runner."""
+    started: list[Migration] = []
+    refused: list[Refusal] = []
+    with storage.unit_of_work() as uow:
+        for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
+            try:
+                with storage.unit_of_work() as one:
+                    started.append(_start(one, clock, owner_id, migration_id, runner.instance_id))
+                    one.commit()
+            except (Conflict, NotFound) as refusal:
+                refused.append(Refusal(migration_id, refusal.message))
+        uow.commit()
+    launched: list[int] = []
+    for migration in started:
+        try:
+            hand_over(storage, clock, runner, migration)
+        except Exception as exc:
+            refused.append(Refusal(migration.id, f"The copy could not start: {exc}"))
+        else:
+            launched.append(migration.id)
+    return WaveRun(tuple(launched), tuple(sorted(refused, key=lambda r: r.migration_id)))
+
+
+def cancel_wave(
+    storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave_id: int
+) -> list[int]:
+    """Cancel every running member; the ids cancelled (the others are left)."""
+    cancelled: list[int] = []
+    with storage.unit_of_work() as uow:
+        for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
+            try:
+                with storage.unit_of_work() as one:
+                    _cancel(one, clock, owner_id, migration_id)
+                    one.commit()
+            except Conflict:
+                continue  # not running (or it ended meanwhile)
+            cancelled.append(migration_id)
+        uow.commit()
+    for migration_id in cancelled:
+        runner.cancel(migration_id)
+    return cancelled
+
+
+def _selected_bytes(uow: UnitOfWork, migration: Migration) -> int:
+    """The bytes a run copies: its snapshot's once it has started, else the
+    selected mount points' as they are now."""
+    if migration.snapshot is not None:
+        return sum(volume.size for volume in migration.snapshot.storage)
+    return sum(
+        uow.mount_points.get(migration.owner_id, i).size for i in migration.selected_mount_point_ids
+    )
+
+
+def wave_state(storage: Storage, owner_id: int, wave_id: int) -> WaveState:
+    with storage.unit_of_work(write=False) as uow:
+        wave = uow.waves.get(owner_id, wave_id)
+        members = [uow.migrations.get(owner_id, i) for i in wave.migration_ids]
+        sizes = [_selected_bytes(uow, m) for m in members]
+    counts = {state.value: 0 for state in MigrationState}
+    for member in members:
+        counts[member.state.value] += 1
+    done = [m.state is MigrationState.SUCCESS for m in members]
+    shares = [100 if ok else m.progress for m, ok in zip(members, done)]
+    copied = [size if ok else size * m.progress // 100 for m, size, ok in zip(members, sizes, done)]
+    total = sum(sizes)
+    if total:
+        progress = math.floor(100 * sum(copied) / total)
+    else:  # nothing to copy: each member an equal share
+        progress = sum(shares) // len(shares) if shares else 0
+    if not all(done):
+        progress = min(progress, 99)
+    return WaveState(
+        counts=counts,
+        progress=progress if members else 0,
+        bytes_total=total,
+        bytes_copied=sum(copied),
+        finished=all(m.state.finished for m in members),
+    )

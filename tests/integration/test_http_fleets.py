@@ -1,0 +1,263 @@
+"""SPEC 3.5 through HTTP: the sample inventory imports as the README shows,
+dry runs write nothing, export imports back to no change, hostile files are
+each a clear 400 or 413 with nothing written, a running migration's row is
+refused, and overlapping imports at once never duplicate an ip."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from entrypoints.http import create_app
+
+from .http_client import User, make_services
+
+API = "/api/v1"
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = (ROOT / "examples" / "inventory.csv").read_bytes()
+HEADER = "ip,username,password,domain,volumes,cloud_type,cloud_username,cloud_password,cloud_domain,select,wave\r\n"
+CSV = {"Content-Type": "text/csv"}
+KINDS = ("credentials", "mount_points", "work_loads", "migration_targets", "migrations", "waves")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> TestClient[Any, Any]:
+    storage = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'fleet.db'}"
+    return await aiohttp_client(create_app(make_services(storage=storage)))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def alice(client: TestClient[Any, Any]) -> User:
+    return await User(client, "alice").sign_up()
+
+
+async def upload(user: User, body: bytes, expect: int, query: str = "", **headers: str) -> Any:
+    return await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers={**CSV, **headers})
+
+
+async def everything(user: User) -> dict[str, list[Any]]:
+    """Every object the user owns, by kind."""
+    return {kind: (await user.call("GET", f"{API}/{kind}/?limit=1000", 200))["results"] for kind in KINDS}
+
+
+async def export(user: User) -> str:
+    answer = await user.request("GET", f"{API}/inventory/export/")
+    assert answer.status == 200
+    assert answer.content_type == "text/csv"
+    assert answer.headers["Content-Disposition"] == 'attachment; filename="inventory.csv"'
+    return await answer.text()
+
+
+def rows(*lines: str) -> bytes:
+    return (HEADER + "".join(line + "\r\n" for line in lines)).encode("utf-8")
+
+
+# --- the sample, dry runs, export ----------------------------------------------------
+
+
+async def test_the_sample_imports_with_its_waves_and_exports_back_to_no_change(alice: User) -> None:
+    assert await upload(alice, SAMPLE, 200, "?dry_run=true") == {"created": 12, "updated": 0, "unchanged": 0}
+    assert {kind: len(objects) for kind, objects in (await everything(alice)).items()} == dict.fromkeys(KINDS, 0)
+
+    assert await upload(alice, SAMPLE, 200) == {"created": 12, "updated": 0, "unchanged": 0}
+    stored = await everything(alice)
+    assert len(stored["work_loads"]) == 12 and len(stored["migrations"]) == 11
+    waves = {wave["name"]: wave for wave in stored["waves"]}
+    assert sorted(waves) == ["wave 1", "wave 2"]
+    assert [len(waves[name]["migrations"]) for name in ("wave 1", "wave 2")] == [6, 5]
+    assert all(m["state"] == "not_started" for m in stored["migrations"])
+    volumes = {(m["name"], m["size"]) for m in stored["mount_points"]}
+    assert {("/scratch", 2 * 1024**4), ("E:\\", 40 * 1000**3), ("D:\\", 1_500_000_000_000)} <= volumes
+
+    exported = await export(alice)
+    assert "Winter2025!" not in exported and "aws-secret" not in exported
+    assert await upload(alice, exported.encode(), 200) == {"created": 0, "updated": 0, "unchanged": 12}
+    assert await upload(alice, SAMPLE, 200) == {"created": 0, "updated": 0, "unchanged": 12}
+    assert await everything(alice) == stored
+    assert await export(alice) == exported
+
+
+async def test_a_changed_row_updates_the_workload_and_its_plan(alice: User) -> None:
+    await upload(alice, SAMPLE, 200)
+    changed = SAMPLE.replace(
+        b"C:\\=80GB;D:\\=1TB,azure,migrator@corp.example,azure-secret-14,CORP,C:\\;D:\\",
+        b"C:\\=90GB;G:\\=1TB,aws,migrator@corp.example,azure-secret-14,CORP,C:\\;G:\\",
+    ).replace(
+        b"10.10.0.24,administrator,Winter2025!,CORP,C:\\=60GB,vcloud,org-admin,vcloud-secret-24,ORG1,,wave 2",
+        b"10.10.0.24,administrator,Winter2025!,CORP,C:\\=60GB,vcloud,org-admin,vcloud-secret-24,ORG1,,wave 1",
+    )
+    assert await upload(alice, changed, 200) == {"created": 0, "updated": 2, "unchanged": 10}
+    workload = (await alice.call("GET", f"{API}/work_loads/?ip=10.10.0.14", 200))["results"][0]
+    volumes = [await alice.call("GET", f"{API}/mount_points/{i}/", 200) for i in workload["storage"]]
+    assert [(v["name"], v["size"]) for v in volumes] == [("C:\\", 90 * 10**9), ("G:\\", 10**12)]
+    # The volume the row dropped, selected by nothing any more, is gone.
+    assert (await alice.call("GET", f"{API}/mount_points/?name=D:%5C", 200))["count"] == 6 - 1
+    exported = await export(alice)
+    line = next(line for line in exported.splitlines() if line.startswith("10.10.0.14,"))
+    assert line.endswith(",aws,migrator@corp.example,,CORP,C:\\;G:\\,wave 1")
+    moved = next(line for line in exported.splitlines() if line.startswith("10.10.0.24,"))
+    assert moved.endswith(",wave 1")
+
+
+async def test_a_row_of_a_running_migration_is_refused_with_that_reason(alice: User) -> None:
+    await upload(alice, SAMPLE, 200)
+    migration = (await alice.call("GET", f"{API}/migrations/?limit=1", 200))["results"][0]
+    await alice.call("POST", f"{API}/migrations/{migration['id']}/run/", 202)
+    before = await everything(alice)
+    assert await upload(alice, SAMPLE, 200) == {"created": 0, "updated": 0, "unchanged": 12}
+    changed = SAMPLE.replace(b"C:\\=120GB;D:\\=500GB", b"C:\\=121GB;D:\\=500GB")
+    refused = await upload(alice, changed, 400)
+    assert refused["rows"] == [
+        {"row": 2, "field": None, "message": f"Migration {migration['id']} is running and cannot be edited."}
+    ]
+    after = await everything(alice)
+    for state in (before, after):
+        for item in state["migrations"]:
+            item.pop("progress")
+    assert after == before
+
+
+# --- hostile files ---------------------------------------------------------------------
+
+
+HOSTILE = {
+    "latin-1": ("ip,username\n10.0.0.1,Jos\xe9\n".encode("latin-1"), 400, "not UTF-8"),
+    "utf-16": ("ip,username\n10.0.0.1,x\n".encode("utf-16"), 400, "not UTF-8"),
+    "nul": (b"ip,username\n10.0.0.1,a\x00b\n", 400, "NUL"),
+    "unknown column": (b"ip,username,colour\n10.0.0.1,x,red\n", 400, "not an inventory"),
+    "no ip column": (b"username\nx\n", 400, "not an inventory"),
+    "semicolons": (b"ip;username\n10.0.0.1;x\n", 400, "commas"),
+    "empty": (b"", 400, "empty"),
+    "unterminated quote": (b'ip,username\n10.0.0.1,"x\n10.0.0.2,y\n', 400, "not valid CSV"),
+    "20,001 rows": (
+        (
+            "ip,username,password\n"
+            + "".join(f"10.{i // 65536}.{i // 256 % 256}.{i % 256},u,p\n" for i in range(20_001))
+        ).encode(),
+        400,
+        "more than 20,000 rows",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+async def test_a_hostile_file_is_refused_clearly_and_nothing_is_written(alice: User, name: str) -> None:
+    await upload(alice, rows("10.9.9.9,keeper,pw,,C:\\=1,,,,,,"), 200)
+    before = await everything(alice)
+    body, status, words = HOSTILE[name]
+    answer = await upload(alice, body, status)
+    assert words in answer["detail"], answer
+    assert isinstance(answer["rows"], list)
+    assert await everything(alice) == before
+
+
+async def test_eleven_mebibytes_are_refused_with_413_and_nothing_is_written(alice: User) -> None:
+    line = "10.0.0.1,user,pw,," + "x" * 200 + "\n"
+    body = ("ip,username,password,domain,volumes\n" + line * (11 * 2**20 // len(line))).encode()
+    assert len(body) > 10 * 2**20
+    answer = await upload(alice, body, 413)
+    assert answer == {"detail": "The request body is too large."}
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
+    # Other routes keep their 64 KiB limit.
+    big = {"username": "x" * 70_000, "password": "p"}
+    assert (await alice.request("POST", f"{API}/credentials/", json=big)).status == 413
+
+
+async def test_only_text_csv_is_taken(alice: User) -> None:
+    for content_type in ("application/json", "text/plain", "text/csv; charset=latin-1"):
+        answer = await alice.call(
+            "POST",
+            f"{API}/inventory/import/",
+            415,
+            data=rows("10.0.0.1,u,p,,,,,,,,"),
+            headers={"Content-Type": content_type},
+        )
+        assert answer == {"detail": "Send the file as text/csv in UTF-8."}
+    assert await upload(alice, rows("10.0.0.1,u,p,,,,,,,,"), 200, **{"Content-Type": "text/csv; charset=utf-8"})
+
+
+async def test_every_bad_row_is_named_with_its_spreadsheet_number_and_column(alice: User) -> None:
+    body = rows(
+        "10.0.0.1,u,p,,C:\\=1,,,,,,",  # 2: fine
+        "10.0.0.999,u,p,,C:\\=1,,,,,,",  # 3: bad ip
+        "10.0.0.3,,p,,C:\\=1,,,,,,",  # 4: no username
+        "10.0.0.4,u,p,,C:\\=1;D:\\=12XB,,,,,,",  # 5: bad size
+        ",,,,,,,,,,",  # 6: blank, skipped
+        "10.0.0.6,u,p,,C:\\=1,gcp,k,s,,,",  # 7: bad cloud type
+        "10.0.0.7,u,p,,C:\\=1,aws,k,s,,E:\\,",  # 8: selects a volume it lacks
+        "10.0.0.01,u,p,,C:\\=1,,,,,,",  # 9: not an address (a leading zero)
+        "10.0.0.1,u,p,,C:\\=1,,,,,,",  # 10: the ip of row 2 again
+        "10.0.0.10,u,p,,C:\\=1;c:=2,,,,,,",  # 11: one volume twice
+        "10.0.0.11,u,p,,C:\\=1,,,,,,w",  # 12: a wave without a plan
+        '10.0.0.12,"multi\nline user","p;with;semicolons",,"C:\\=1;D:\\=2",aws,k,s,,"C:\\;D:\\",w',  # 13: fine
+    )
+    answer = await upload(alice, body, 400)
+    assert [(r["row"], r["field"]) for r in answer["rows"]] == [
+        (3, "ip"),
+        (4, "username"),
+        (5, "volumes"),
+        (7, "cloud_type"),
+        (8, "select"),
+        (9, "ip"),
+        (10, "ip"),
+        (11, "volumes"),
+        (12, "wave"),
+    ]
+    assert answer["rows"][6]["message"] == "ip 10.0.0.1 is also on row 2."
+    assert "9 row(s)" in answer["detail"]
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
+
+
+async def test_formula_cells_are_stored_as_given_and_exported_behind_a_quote(alice: User) -> None:
+    hostile = "=cmd|' /C calc'!A0"
+    body = rows(f'10.0.0.1,"{hostile}",p,+1,"-data=5;@x=6",aws,@k,s,"=d","-data",=wave')
+    assert await upload(alice, body, 200) == {"created": 1, "updated": 0, "unchanged": 0}
+    assert (await alice.call("GET", f"{API}/credentials/?limit=10", 200))["results"][0]["username"] == hostile
+    exported = await export(alice)
+    cells = list(csv.reader(io.StringIO(exported)))[1]
+    dangerous = [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert dangerous == []
+    assert cells[1] == "'" + hostile and cells[3] == "'+1" and cells[10] == "'=wave"
+    assert await upload(alice, exported.encode(), 200) == {"created": 0, "updated": 0, "unchanged": 1}
+
+
+async def test_a_byte_order_mark_is_accepted(alice: User) -> None:
+    assert await upload(alice, b"\xef\xbb\xbf" + rows("10.0.0.1,u,p,,,,,,,,"), 200) == {
+        "created": 1,
+        "updated": 0,
+        "unchanged": 0,
+    }
+
+
+async def test_another_users_ip_is_a_workload_of_ones_own(client: TestClient[Any, Any], alice: User) -> None:
+    await upload(alice, rows("10.0.0.1,alice,p,,C:\\=1,,,,,,"), 200)
+    bob = await User(client, "bob").sign_up()
+    assert await upload(bob, rows("10.0.0.1,bob,p,,C:\\=1,,,,,,"), 200) == {"created": 1, "updated": 0, "unchanged": 0}
+    assert "alice" in await export(alice) and "alice" not in await export(bob)
+
+
+# --- imports at once ---------------------------------------------------------------------
+
+
+async def test_overlapping_imports_at_once_never_duplicate_an_ip(alice: User) -> None:
+    first = rows(*(f"10.1.0.{i},u{i},p,,C:\\=1,aws,k,s,,,w" for i in range(1, 121)))
+    second = rows(*(f"10.1.0.{i},u{i},p,,C:\\=1,aws,k,s,,,w" for i in range(61, 181)))
+    answers = await asyncio.gather(
+        *(alice.request("POST", f"{API}/inventory/import/", data=body, headers=CSV) for body in (first, second))
+    )
+    assert {answer.status for answer in answers} <= {200, 400}
+    assert 200 in {answer.status for answer in answers}
+    imported = [set(range(1, 121)), set(range(61, 181))]
+    expected = set().union(*(ips for ips, answer in zip(imported, answers) if answer.status == 200))
+    workloads = (await alice.call("GET", f"{API}/work_loads/?limit=1000", 200))["results"]
+    ips = [w["ip"] for w in workloads]
+    assert len(ips) == len(set(ips)) == len(expected)
+    assert {int(ip.rsplit(".", 1)[1]) for ip in ips} == expected
+    [wave] = (await alice.call("GET", f"{API}/waves/", 200))["results"]
+    assert len(wave["migrations"]) == len(expected)
