@@ -162,7 +162,7 @@ async def test_eleven_mebibytes_are_refused_with_413_and_nothing_is_written(alic
     body = ("ip,username,password,domain,volumes\n" + line * (11 * 2**20 // len(line))).encode()
     assert len(body) > 10 * 2**20
     answer = await upload(alice, body, 413)
-    assert answer == {"detail": "The request body is too large."}
+    assert answer == {"detail": "The request body is larger than 10 MiB."}
     assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
     # Other routes keep their 64 KiB limit.
     big = {"username": "x" * 70_000, "password": "p"}

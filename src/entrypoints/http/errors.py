@@ -19,6 +19,8 @@ from migration_core import (
     Throttled,
 )
 
+from .requests import BodyTooLarge
+
 log = logging.getLogger(__name__)
 
 STATUS_OF: dict[type[DomainError], int] = {
@@ -54,7 +56,10 @@ def _domain_error_response(error: DomainError) -> web.Response | None:
 
 
 def _size(limit: int) -> str:
-    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if limit % scale == 0:
+            return f"{limit // scale} {unit}"
+    return f"{limit} bytes"
 
 
 def _http_error_detail(error: web.HTTPException, request: web.Request) -> str:
@@ -63,7 +68,8 @@ def _http_error_detail(error: web.HTTPException, request: web.Request) -> str:
     if isinstance(error, web.HTTPMethodNotAllowed):
         return f"Method {error.method} is not allowed here."
     if isinstance(error, web.HTTPRequestEntityTooLarge):
-        return f"The request body is larger than {_size(request.client_max_size)}."
+        limit = error.limit if isinstance(error, BodyTooLarge) else request.client_max_size
+        return f"The request body is larger than {_size(limit)}."
     return error.reason
 
 

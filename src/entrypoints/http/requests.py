@@ -62,19 +62,27 @@ async def _read_within_deadline(request: web.Request) -> bytes:
         raise web.HTTPRequestTimeout(reason="The request body did not arrive in time.") from None
 
 
+class BodyTooLarge(web.HTTPRequestEntityTooLarge):
+    """413 for a route with a limit of its own (the app's is `client_max_size`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(max_size=limit)
+        self.limit = limit
+
+
 async def read_capped(request: web.Request, limit: int) -> bytes:
     """The whole body, read as it streams in, for a route that accepts more
     than the app's own limit: 413 past `limit` bytes, 408 when it takes longer
     than the app allows."""
     if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        raise BodyTooLarge(limit)
     received = bytearray()
     try:
         async with asyncio.timeout(request.app[BODY_TIMEOUT]):
             async for chunk in request.content.iter_chunked(64 * 1024):
                 received += chunk
                 if len(received) > limit:
-                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(received))
+                    raise BodyTooLarge(limit)
     except TimeoutError:
         raise web.HTTPRequestTimeout(reason="The request body did not arrive in time.") from None
     return bytes(received)
