@@ -22,6 +22,7 @@ import attrs
 
 from migration_core import (
     Credentials,
+    Event,
     ListQuery,
     Migration,
     MigrationState,
@@ -67,6 +68,7 @@ class _Tables:
                 "workloads",
                 "migration_targets",
                 "migrations",
+                "events",
                 "login_failures",
             )
         }
@@ -106,6 +108,7 @@ class MemoryUnitOfWork:
         self.workloads = _Workloads(self, "workloads")
         self.migration_targets: _Repository[MigrationTarget] = _Repository(self, "migration_targets")
         self.migrations = _Migrations(self, "migrations")
+        self.events = _Events(self)
         self.login_failures = _LoginFailures(self)
 
     def __enter__(self) -> MemoryUnitOfWork:
@@ -293,6 +296,12 @@ class _Migrations(_Repository[Migration]):
     def running_instances(self) -> set[str | None]:
         return {m.instance_id for m in self.running()}
 
+    def delete(self, owner_id: int, entity_id: int) -> None:
+        super().delete(owner_id, entity_id)
+        events: dict[int, Event] = self._uow.table("events")
+        for event_id in [i for i, e in events.items() if e.migration_id == entity_id]:
+            self._uow.write("events", event_id, None)
+
     def _check(self, entity: Migration) -> None:
         super()._check(entity)
         if entity.state is MigrationState.RUNNING:
@@ -305,6 +314,45 @@ class _Migrations(_Repository[Migration]):
                     raise refusals.target_busy(entity.migration_target_id, other.id)
 
 
+
+class _Events:
+    """Ids are taken under the storage's lock, so they become visible in order."""
+
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    @property
+    def _rows(self) -> dict[int, Event]:
+        return self._uow.table("events")
+
+    def append(self, event: Event) -> Event:
+        migration = self._uow.table("migrations").get(event.migration_id)
+        if migration is None or migration.owner_id != event.owner_id:
+            raise refusals.missing_reference("migration_id", "migrations", event.migration_id)
+        stored = attrs.evolve(event, id=self._uow.next_id("events"))
+        self._uow.write("events", stored.id, stored)
+        return stored
+
+    def find(self, owner_id: int, migration_id: int, query: ListQuery) -> tuple[int, list[Event]]:
+        matching = [
+            event
+            for event in self._rows.values()
+            if event.owner_id == owner_id
+            and event.migration_id == migration_id
+            and all(_plain(getattr(event, f)) == v for f, v in query.filters.items())
+        ]
+        matching.sort(key=lambda e: e.id, reverse=query.descending)
+        return len(matching), matching[query.offset : query.offset + query.limit]
+
+    def after(self, owner_id: int | None, event_id: int, limit: int) -> list[Event]:
+        found = sorted(
+            (e for i, e in self._rows.items() if i > event_id and owner_id in (None, e.owner_id)),
+            key=lambda e: e.id,
+        )
+        return found[:limit]
+
+    def last_id(self) -> int:
+        return max(self._rows, default=0)
 
 
 class _LoginFailures:

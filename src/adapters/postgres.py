@@ -152,6 +152,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
     """One transaction; also the `Session` its repositories run statements through."""
 
     kept_counts = POSTGRES.keeps_counts
+    events_in_turn = POSTGRES.events_in_turn
 
     def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool) -> None:
         self._storage = storage

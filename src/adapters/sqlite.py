@@ -201,6 +201,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
     repositories run their statements through."""
 
     kept_counts = SQLITE.keeps_counts
+    events_in_turn = SQLITE.events_in_turn
 
     def __init__(self, storage: SqliteStorage, codec: Codec, *, write: bool) -> None:
         self._storage = storage

@@ -10,7 +10,16 @@ from typing import Generic, Protocol, TypeVar
 
 import attrs
 
-from .entities import Credentials, Migration, MigrationState, MigrationTarget, MountPoint, User, Workload
+from .entities import (
+    Credentials,
+    Event,
+    Migration,
+    MigrationState,
+    MigrationTarget,
+    MountPoint,
+    User,
+    Workload,
+)
 
 E = TypeVar("E")
 E_co = TypeVar("E_co", covariant=True)
@@ -114,6 +123,29 @@ class MigrationRepository(Repository[Migration], Protocol):
         ...
 
 
+class EventRepository(Protocol):
+    """Events are only ever appended, each with a new id greater than any
+    before it; they go when their migration is deleted. Ids become visible in
+    order: once an event is seen, no event of a smaller id appears later."""
+
+    def append(self, event: Event) -> Event:
+        """Raises Conflict when the event's migration is not its owner's."""
+        ...
+
+    def find(self, owner_id: int, migration_id: int, query: ListQuery) -> tuple[int, list[Event]]:
+        """The events of one migration matching the query (filter: `kind`)."""
+        ...
+
+    def after(self, owner_id: int | None, event_id: int, limit: int) -> list[Event]:
+        """Up to `limit` events with ids above `event_id`, in id order: of one
+        owner, or of every owner when `owner_id` is None."""
+        ...
+
+    def last_id(self) -> int:
+        """The greatest id of any event stored; 0 when there is none."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. Leaving the `with` block without `commit()` rolls back."""
 
@@ -134,6 +166,9 @@ class UnitOfWork(Protocol):
 
     @property
     def migrations(self) -> MigrationRepository: ...
+
+    @property
+    def events(self) -> EventRepository: ...
 
     @property
     def login_failures(self) -> LoginFailureRepository: ...

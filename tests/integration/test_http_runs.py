@@ -419,7 +419,7 @@ async def test_a_thousand_migrations_started_at_once_all_succeed_exactly_once(
             )
             ids.append(
                 core.create_migration(
-                    storage, owner, source_id=source.id, migration_target_id=target.id,
+                    storage, owner, clock=services.clock, source_id=source.id, migration_target_id=target.id,
                     selected_mount_point_ids=[c.id, d.id],
                 ).id
             )

@@ -66,6 +66,9 @@ class Resource:
     # (409); only what the core can refuse is documented.
     create_conflicts: bool = False
     update_conflicts: bool = False
+    # Whether its creates and updates record events: they take the clock and
+    # the acting user.
+    recorded: bool = False
 
 
 def object_id(request: web.Request) -> int:
@@ -193,13 +196,25 @@ def resource_routes(resource: Resource) -> list[Route]:
     ]
 
 
+def _recording(resource: Resource, request: web.Request) -> dict[str, Any]:
+    if not resource.recorded:
+        return {}
+    return {"clock": services(request).clock, "actor": request[USER].id}
+
+
 def _create(resource: Resource, request: web.Request) -> Any:
-    return resource.create(services(request).storage, request[USER].id, **request[BODY])
+    return resource.create(
+        services(request).storage, request[USER].id, **request[BODY], **_recording(resource, request)
+    )
 
 
 def _update(resource: Resource, request: web.Request) -> Any:
     return resource.update(
-        services(request).storage, request[USER].id, object_id(request), **request[BODY]
+        services(request).storage,
+        request[USER].id,
+        object_id(request),
+        **request[BODY],
+        **_recording(resource, request),
     )
 
 
@@ -281,6 +296,7 @@ RESOURCES = [
         update=core.update_migration,
         delete=core.delete_migration,
         update_conflicts=True,  # while it runs
+        recorded=True,
     ),
 ]
 
@@ -304,8 +320,9 @@ async def run_migration(request: web.Request) -> web.Response:
     found = services(request)
     # The migration as started: the answer says `running` even when a very short
     # copy has already finished in the background.
+    user = request[USER].id
     started = await call(
-        core.launch_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.launch_run, found.storage, found.clock, found.runner, user, object_id(request), actor=user
     )
     return web.json_response(views.migration_view(started), status=202)
 
@@ -321,8 +338,9 @@ async def run_migration(request: web.Request) -> web.Response:
 )
 async def cancel_migration(request: web.Request) -> web.Response:
     found = services(request)
+    user = request[USER].id
     cancelled = await call(
-        core.cancel_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.cancel_run, found.storage, found.clock, found.runner, user, object_id(request), actor=user
     )
     return web.json_response(views.migration_view(cancelled))
 
