@@ -86,6 +86,7 @@ from .runs import (
     launch_run,
     mark_interrupted,
     run_migration,
+    running_states,
     start_run,
 )
 
@@ -169,6 +170,7 @@ __all__ = [
     "register_user",
     "run_migration",
     "run_state",
+    "running_states",
     "start_run",
     "update_credentials",
     "update_migration",

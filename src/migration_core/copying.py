@@ -1,4 +1,4 @@
-"""The byte model of a run (SPEC 2.2): the selected volumes are copied one
+"""The byte model of a run: the selected volumes are copied one
 after another, in the source's order, at one byte rate.
 
 A run's position is an exact fraction of its time, so the model is exact
@@ -95,7 +95,7 @@ class VolumeState:
 
 @attrs.frozen
 class RunState:
-    """What a migration's run has copied and when it should end (SPEC 3.2 `/state/`)."""
+    """What a migration's run has copied and when it should end."""
 
     migration_id: int
     state: MigrationState

@@ -237,7 +237,7 @@ class Migration:
 
 
 class EventKind(str, enum.Enum):
-    """Every step in a migration's life (SPEC 2.5)."""
+    """Every step in a migration's life."""
 
     CREATED = "created"
     UPDATED = "updated"

@@ -1,4 +1,4 @@
-"""The history of a migration (SPEC 2.5). Each use case that changes a
+"""The history of a migration. Each use case that changes a
 migration appends its events in the same unit of work as the change, after
 its other writes: storage that must make concurrent writers take event ids
 in turn (PostgreSQL) then holds that turn only until the commit."""

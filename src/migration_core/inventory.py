@@ -401,7 +401,7 @@ def _check_migration(uow: UnitOfWork, migration: Migration) -> None:
 
 
 def _plan(migration: Migration) -> dict[str, object]:
-    """A migration's plan as its events tell it, in SPEC 2.1's words."""
+    """A migration's plan as its events tell it, in the API's words."""
     return {
         "source": migration.source_id,
         "migration_target": migration.migration_target_id,

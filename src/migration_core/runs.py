@@ -399,3 +399,10 @@ def get_run_state(storage: Storage, owner_id: int, migration_id: int) -> RunStat
             mount_point = uow.mount_points.get(owner_id, mount_point_id)
             plan.append((mount_point_id, Volume(mount_point.name, mount_point.size)))
     return run_state(migration, plan)
+
+
+def running_states(storage: Storage, owner_ids: Collection[int]) -> list[tuple[int, RunState]]:
+    """The state of every running migration of these owners, with its owner,
+    in id order: what a live view shows of runs in progress."""
+    with storage.unit_of_work(write=False) as uow:
+        return [(m.owner_id, run_state(m)) for m in uow.migrations.running() if m.owner_id in owner_ids]

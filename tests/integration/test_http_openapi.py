@@ -17,6 +17,7 @@ from .http_client import make_app
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_OPERATIONS = {("post", "/api/v1/auth/"), ("post", "/api/v1/token/"), ("post", "/api/v1/token/refresh/"), ("get", "/health")}
 RESOURCES = ["credentials", "mount_points", "work_loads", "migration_targets", "migrations"]
+STREAM = "/api/v1/events/stream/"
 
 
 @pytest.fixture
@@ -59,7 +60,8 @@ async def test_every_path_and_method_of_the_spec_is_documented(document: dict[st
         expected |= {("get", f"/api/v1/{resource}/"), ("post", f"/api/v1/{resource}/")}
         expected |= {(m, f"/api/v1/{resource}/{{id}}/") for m in ("get", "put", "patch", "delete")}
     expected |= {("post", "/api/v1/migrations/{id}/run/"), ("post", "/api/v1/migrations/{id}/cancel/"),
-                 ("get", "/api/v1/migrations/{id}/state/")}
+                 ("get", "/api/v1/migrations/{id}/state/"), ("get", "/api/v1/migrations/{id}/events/"),
+                 ("get", "/api/v1/events/stream/")}
     assert {(method, path) for method, path, _ in _operations(document)} == expected
 
 
@@ -72,7 +74,9 @@ async def test_every_operation_documents_its_answers_bodies_and_security(documen
         assert "500" in responses
         for code, response in responses.items():
             assert response["description"], (method, path, code)
-            if code != "204":
+            if (method, path, code) == ("get", STREAM, "200"):
+                assert set(response["content"]) == {"text/event-stream"}
+            elif code != "204":
                 assert "application/json" in response["content"], (method, path, code)
         if (method, path) in PUBLIC_OPERATIONS:
             assert operation["security"] == [], (method, path)
@@ -95,12 +99,14 @@ async def test_lists_document_paging_filters_and_ordering(document: dict[str, An
         "credentials": {"username", "domain"}, "mount_points": {"name"}, "work_loads": {"ip"},
         "migration_targets": {"cloud_type"}, "migrations": {"state", "source", "migration_target"},
     }
-    for resource, names in filters.items():
-        parameters = {p["name"]: p for p in document["paths"][f"/api/v1/{resource}/"]["get"]["parameters"]}
+    lists = {f"/api/v1/{resource}/": names for resource, names in filters.items()}
+    lists["/api/v1/migrations/{id}/events/"] = {"id", "kind"}
+    for path, names in lists.items():
+        parameters = {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
         assert set(parameters) == {"limit", "offset", "ordering"} | names
         assert parameters["limit"]["schema"]["maximum"] == 1000
         assert parameters["ordering"]["schema"]["enum"] == ["id", "-id"]
-        answer = document["paths"][f"/api/v1/{resource}/"]["get"]["responses"]["200"]["content"]["application/json"]
+        answer = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
         assert set(_resolve(document, answer["schema"])["properties"]) == {"count", "next", "previous", "results"}
 
 
@@ -119,6 +125,15 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
         assert set(schemas[name]["properties"]) == fields, name
         assert schemas[name]["properties"]["id"]["readOnly"] is True
     assert "password" not in str(schemas["TargetVm"])
+    assert set(schemas["MigrationRunState"]["properties"]) == {
+        "state", "progress", "error", "finished", "bytes_total", "bytes_copied", "eta", "volumes",
+    }
+    assert set(schemas["VolumeCopy"]["properties"]) == {"mount_point", "name", "size", "copied"}
+    assert set(schemas["MigrationEvent"]["properties"]) == {"id", "migration", "at", "kind", "detail", "actor"}
+    assert schemas["MigrationEvent"]["properties"]["kind"]["enum"] == [
+        "created", "updated", "run_requested", "started", "volume_copied", "succeeded", "failed",
+        "cancelled", "interrupted",
+    ]
 
 
 async def test_every_writable_string_has_a_max_length_and_every_integer_bounds(document: dict[str, Any]) -> None:

@@ -308,7 +308,7 @@ EVENT_KINDS = (
 
 
 def _events(execute: Execute, dialect: Dialect) -> None:
-    """Step 5: the history of each migration, which goes with it (SPEC 2.5),
+    """Step 5: the history of each migration, which goes with it,
     and what the run of a migration has copied (JSON, like the snapshot).
     `actor_id` refers to no row: an event records who acted, whatever becomes
     of the account later."""

@@ -10,11 +10,12 @@ from aiohttp import web
 
 from entrypoints.bootstrap import Services
 
-from . import accounts, resources
+from . import accounts, resources, stream
 from .errors import json_errors
 from .openapi import setup_openapi
 from .requests import BODY_TIMEOUT, SERVICES
 from .routes import add_routes
+from .stream import HUB, EventHub, StreamOptions
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 15.0
@@ -51,11 +52,19 @@ def server_options(idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> ServerOptions:
     return {"keepalive_timeout": idle_timeout, "lingering_time": LINGER_SECONDS}
 
 
-def create_app(services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> web.Application:
+def create_app(
+    services: Services,
+    *,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    streams: StreamOptions = StreamOptions(),
+) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
     app[BODY_TIMEOUT] = body_timeout
+    app[HUB] = EventHub(services.storage, streams)
     app.cleanup_ctx.append(_services_lifetime)
-    add_routes(app.router, accounts.ROUTES + resources.routes())
+    app.cleanup_ctx.append(stream.hub_lifetime)  # entered after the services, left before them
+    app.on_shutdown.append(stream.end_streams)
+    add_routes(app.router, accounts.ROUTES + resources.routes() + stream.routes())
     setup_openapi(app)
     return app

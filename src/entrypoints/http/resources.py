@@ -24,9 +24,11 @@ from .schemas import (
     MAX_ID,
     CredentialsQuerySchema,
     CredentialsSchema,
+    MigrationEventQuerySchema,
+    MigrationEventSchema,
     MigrationQuerySchema,
+    MigrationRunStateSchema,
     MigrationSchema,
-    MigrationStateSchema,
     MigrationTargetQuerySchema,
     MigrationTargetSchema,
     MountPointQuerySchema,
@@ -85,7 +87,18 @@ def _link(request: web.Request, limit: int, offset: int) -> str:
     return str(request.url.update_query(limit=str(limit), offset=str(offset)))
 
 
-def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int) -> dict[str, Any]:
+def list_query(request: web.Request) -> ListQuery:
+    """The paging, ordering and filters of a list's checked query string."""
+    loaded: dict[str, Any] = request[QUERY]
+    filters = dict(loaded)
+    limit: int = filters.pop("limit")
+    offset: int = filters.pop("offset")
+    descending = filters.pop("ordering") == "-id"
+    return ListQuery(filters=filters, descending=descending, limit=limit, offset=offset)
+
+
+def page_body(request: web.Request, page: Page[Any], view: Callable[[Any], View], query: ListQuery) -> dict[str, Any]:
+    limit, offset = query.limit, query.offset
     following = offset + limit
     return {
         "count": page.count,
@@ -112,19 +125,9 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @query(resource.query_schema())
     async def list_objects(request: web.Request) -> web.Response:
-        loaded: dict[str, Any] = request[QUERY]
-        filters = dict(loaded)
-        limit: int = filters.pop("limit")
-        offset: int = filters.pop("offset")
-        descending = filters.pop("ordering") == "-id"
-        found = await read(
-            request,
-            resource.find,
-            services(request).storage,
-            request[USER].id,
-            ListQuery(filters=filters, descending=descending, limit=limit, offset=offset),
-        )
-        return web.json_response(page_body(request, found, resource.view, limit, offset))
+        listed = list_query(request)
+        found = await read(request, resource.find, services(request).storage, request[USER].id, listed)
+        return web.json_response(page_body(request, found, resource.view, listed))
 
     @docs(
         tags=tags,
@@ -347,16 +350,40 @@ async def cancel_migration(request: web.Request) -> web.Response:
 
 @docs(
     tags=[MIGRATION_ACTIONS],
-    summary="The state and progress of a migration",
+    summary="The state of a migration's run, volume by volume",
+    description="Each volume's bytes copied, their sum and total, and the estimated end."
+    " Volumes are copied one after another in the source's order, at one byte rate.",
     operation_id="getMigrationState",
     parameters=[ID_PARAMETER],
-    responses=answers({200: (MigrationStateSchema, "Its state.")}, 401, 404),
+    responses=answers({200: (MigrationRunStateSchema, "Its state.")}, 401, 404),
 )
 async def migration_state(request: web.Request) -> web.Response:
-    migration = await read(
-        request, core.get_migration, services(request).storage, request[USER].id, object_id(request)
+    state = await read(
+        request, core.get_run_state, services(request).storage, request[USER].id, object_id(request)
     )
-    return web.json_response(views.migration_state_view(migration))
+    return web.json_response(views.run_state_view(state))
+
+
+EVENT_PAGE = page_schema(MigrationEventSchema, "MigrationEventPage")
+
+
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="The history of a migration",
+    description="Its events, oldest first (`ordering=-id`: newest first), paged (`limit`, at"
+    " most 1000, and `offset`) and filtered by `kind`. Events are never edited, and go when"
+    " the migration is deleted.",
+    operation_id="listMigrationEvents",
+    parameters=[ID_PARAMETER],
+    responses=answers({200: (EVENT_PAGE, "One page of its events.")}, 400, 401, 404),
+)
+@query(MigrationEventQuerySchema())
+async def migration_events(request: web.Request) -> web.Response:
+    listed = list_query(request)
+    found = await read(
+        request, core.list_events, services(request).storage, request[USER].id, object_id(request), listed
+    )
+    return web.json_response(page_body(request, found, views.event_view, listed))
 
 
 def routes() -> list[Route]:
@@ -364,4 +391,5 @@ def routes() -> list[Route]:
         Route("POST", "/api/v1/migrations/{id:\\d+}/run/", run_migration),
         Route("POST", "/api/v1/migrations/{id:\\d+}/cancel/", cancel_migration),
         Route("GET", "/api/v1/migrations/{id:\\d+}/state/", migration_state),
+        Route("GET", "/api/v1/migrations/{id:\\d+}/events/", migration_events),
     ]
