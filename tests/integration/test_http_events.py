@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from entrypoints.bootstrap import ServiceRunner, Settings, bootstrap
 from entrypoints.http import create_app
 from entrypoints.http.app import server_options
 from entrypoints.http.requests import SERVICES
-from entrypoints.http.stream import HUB, PAGE, StreamOptions
+from entrypoints.http.stream import HUB, PAGE, EventHub, StreamOptions
 from migration_core import Clock, Storage
 
 from .http_client import PASSWORD, TEST_KEY, User
@@ -470,3 +471,44 @@ async def test_open_streams_end_when_the_service_stops() -> None:
         async with asyncio.timeout(10):  # AppRunner would wait 60 s for a handler
             await runner.cleanup()
             assert await response.content.read() == b""
+
+
+async def test_a_stream_that_joins_while_the_idle_poller_reads_misses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no stream open the poller only keeps its cursor up with storage;
+    a stream joining during that read must still get what follows."""
+    services = bootstrap(Settings(storage="memory://", secret_key=TEST_KEY), hasher=ScryptHasher(n=2**4))
+    storage = services.storage
+    with storage.unit_of_work() as uow:
+        owner = uow.users.add(core.User("alice", "hash")).id
+        uow.commit()
+    hub = EventHub(storage, StreamOptions(poll=3600.0))  # rounds driven by the test
+    await hub.start()
+    reading, release = threading.Event(), threading.Event()
+    real = core.last_event_id
+
+    def held(store: Storage) -> int:
+        reading.set()
+        release.wait(PATIENCE)
+        return real(store)
+
+    monkeypatch.setattr(core, "last_event_id", held)
+    idle_round = asyncio.create_task(hub.poll())
+    assert await asyncio.to_thread(reading.wait, PATIENCE)
+    stream = hub.subscribe(owner)
+    credentials = core.create_credentials(storage, owner, username="admin", password="pw")
+    c = core.create_mount_point(storage, owner, name="C:\\", size=1)
+    workload = core.create_workload(storage, owner, ip="10.0.0.1", credentials_id=credentials.id, mount_point_ids=[c.id])
+    target = core.create_migration_target(storage, owner, cloud_type="aws", cloud_credentials_id=credentials.id)
+    migration = core.create_migration(
+        storage, owner, clock=services.clock, source_id=workload.id, migration_target_id=target.id,
+        selected_mount_point_ids=[c.id],
+    )
+    release.set()
+    await idle_round
+    monkeypatch.undo()
+    await hub.poll()
+    message = stream.queue.get_nowait()
+    assert message is not None and message.startswith(b"id: 1\nevent: created\n")
+    assert f'"migration":{migration.id}'.encode() in message
+    await hub.stop()
+    storage.close()

@@ -97,9 +97,10 @@ def event_message(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.kind.value}\ndata: {data}\n\n".encode()
 
 
-def progress_message(state: RunState, last_id: int) -> bytes:
+def progress_body(state: RunState) -> bytes:
+    """A progress message without its id line, which differs by stream."""
     data = json.dumps({"migration": state.migration_id, **views.run_state_view(state)}, separators=(",", ":"))
-    return f"id: {last_id}\nevent: progress\ndata: {data}\n\n".encode()
+    return f"event: progress\ndata: {data}\n\n".encode()
 
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -180,7 +181,7 @@ class EventHub:
         while True:
             await asyncio.sleep(self.options.poll)
             try:
-                await self._poll()
+                await self.poll()
             except Exception:
                 if not self._failing:
                     log.exception("the event stream cannot read storage; trying again meanwhile")
@@ -190,11 +191,15 @@ class EventHub:
                     log.warning("the event stream reads storage again")
                 self._failing = False
 
-    async def _poll(self) -> None:
+    async def poll(self) -> None:
+        """One round: new events to their streams, and progress when due."""
         if not self._streams:
-            # Nobody listens: only keep up, so that a new stream starts from now.
-            self._cursor = await self.read(core.last_event_id, self._storage)
-            self._sent.clear()
+            # Nobody listens: only keep up, so that a new stream starts from now;
+            # unless one joined meanwhile, which must get what came after its start.
+            latest = await self.read(core.last_event_id, self._storage)
+            if not self._streams:
+                self._cursor = latest
+                self._sent.clear()
             return
         while True:
             events = await self.read(core.events_after, self._storage, None, self._cursor, PAGE)
@@ -210,19 +215,22 @@ class EventHub:
         now = time.monotonic()
         if now - self._progressed >= self.options.progress:
             self._progressed = now
-            states = await self.read(core.running_states, self._storage, set(self._streams))
-            self._fan_out_progress(states)
+            owners = set(self._streams)
+            states = await self.read(core.running_states, self._storage, owners)
+            self._fan_out_progress(states, owners)
 
-    def _fan_out_progress(self, states: list[tuple[int, RunState]]) -> None:
+    def _fan_out_progress(self, states: list[tuple[int, RunState]], owners: set[int]) -> None:
         sent: dict[int, int] = {}
         for owner_id, state in states:
             changed = self._sent.get(state.migration_id) != state.progress
             sent[state.migration_id] = state.progress
+            body: bytes | None = None
             for stream in self._streams.get(owner_id, ()):
                 if changed or stream.fresh:
-                    stream.offer(progress_message(state, max(self._cursor, stream.last_id)))
-        for streams in self._streams.values():
-            for stream in streams:
+                    body = body or progress_body(state)
+                    stream.offer(b"id: %d\n" % max(self._cursor, stream.last_id) + body)
+        for owner_id in owners:
+            for stream in self._streams.get(owner_id, ()):
                 stream.fresh = False
         self._sent = sent
 
