@@ -345,11 +345,9 @@ class _Events:
         return len(matching), matching[query.offset : query.offset + query.limit]
 
     def after(self, owner_id: int | None, event_id: int, limit: int) -> list[Event]:
-        found = sorted(
-            (e for i, e in self._rows.items() if i > event_id and owner_id in (None, e.owner_id)),
-            key=lambda e: e.id,
-        )
-        return found[:limit]
+        rows = self._rows
+        newer = (rows[i] for i in sorted(i for i in rows if i > event_id))
+        return list(itertools.islice((e for e in newer if owner_id in (None, e.owner_id)), limit))
 
     def last_id(self) -> int:
         return max(self._rows, default=0)
