@@ -41,7 +41,7 @@ from migration_core import Event, InvalidInput, RunState, Storage
 
 from . import views
 from .openapi import answers
-from .requests import SERVICES, USER
+from .requests import USER
 from .routes import Route
 from .schemas import MAX_ID
 
