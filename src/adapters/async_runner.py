@@ -3,8 +3,8 @@ one event loop without per-migration tasks, as one service instance among
 those sharing the storage (`adapters.instances`).
 
 One ticker task wakes every `tick` seconds (or sooner, when a run is due),
-computes every active run's progress from monotonic time, and persists all of
-it in one `advance_runs` transaction; runs whose duration has elapsed are
+reports every active run's elapsed time (monotonic) to the core in one
+`advance_runs` transaction, which records what changed; runs whose duration has elapsed are
 completed in the same job. Storage is synchronous, so every storage call runs
 in the runner's own one-thread executor: the event loop never waits on it, the
 ticker's writes are serialised, and HTTP requests using the loop's default
@@ -42,14 +42,13 @@ import attrs
 from migration_core import (
     Clock,
     DomainError,
+    Elapsed,
     Migration,
     NotFound,
     RunRef,
     Storage,
-    Volume,
     advance_runs,
     complete_run,
-    copy_progress,
     fail_run,
     mark_interrupted,
 )
@@ -71,7 +70,6 @@ class _Run:
     after a cancel is a new `_Run`, even with the same RunRef."""
 
     ref: RunRef
-    volumes: tuple[Volume, ...]
     started: float  # monotonic
     stopped: bool = False  # set under _carry_lock
     failed_completions: int = 0
@@ -178,7 +176,7 @@ class AsyncRunner:
     def launch(self, migration: Migration) -> None:
         if migration.snapshot is None:
             raise ValueError(f"migration {migration.id} was started without its snapshot")
-        run = _Run(RunRef.of(migration), migration.snapshot.storage, self._monotonic())
+        run = _Run(RunRef.of(migration), self._monotonic())
         with self._carry_lock, self._table_lock:
             if not self._accepting or self._loop is None:
                 raise RuntimeError("the migration runner is not running")
@@ -264,7 +262,7 @@ class AsyncRunner:
             return False
         due = [run for run in runs if now - run.started >= self._duration]
         progress = {
-            run: copy_progress(run.volumes, now - run.started, self._duration)
+            run: Elapsed(now - run.started, self._duration)
             for run in runs
             if now - run.started < self._duration
         }
@@ -285,7 +283,7 @@ class AsyncRunner:
         assert self._loop is not None and self._executor is not None
         return await self._loop.run_in_executor(self._executor, call, *args)
 
-    def _persist(self, progress: dict[_Run, int], due: Sequence[_Run]) -> _Outcome:
+    def _persist(self, progress: dict[_Run, Elapsed], due: Sequence[_Run]) -> _Outcome:
         ended: list[_Run] = []
         if progress:
             try:
@@ -300,19 +298,19 @@ class AsyncRunner:
                 return _Outcome(ended, unfinished=True)
         return _Outcome(ended, unfinished=False)
 
-    def _advance(self, progress: dict[_Run, int]) -> list[_Run]:
+    def _advance(self, progress: dict[_Run, Elapsed]) -> list[_Run]:
         """Runs that ended in storage (cancelled elsewhere, interrupted, gone)."""
         with self._carry_lock:
-            carried = {run: percent for run, percent in progress.items() if not run.stopped}
-            by_ref = {run.ref: percent for run, percent in carried.items()}
+            carried = {run: report for run, report in progress.items() if not run.stopped}
+            by_ref = {run.ref: report for run, report in carried.items()}
             try:
-                still_running = advance_runs(self._storage, by_ref)
+                still_running = advance_runs(self._storage, self._clock, by_ref)
             except DomainError:
                 # One run's migration is gone; write the others one by one.
                 still_running = set()
-                for ref, percent in by_ref.items():
+                for ref, report in by_ref.items():
                     with contextlib.suppress(NotFound):
-                        still_running |= advance_runs(self._storage, {ref: percent})
+                        still_running |= advance_runs(self._storage, self._clock, {ref: report})
         return [run for run in carried if run.ref not in still_running]
 
     def _complete(self, run: _Run) -> bool:

@@ -23,6 +23,7 @@ import attrs
 
 from migration_core import (
     Credentials,
+    Event,
     ListQuery,
     Migration,
     MigrationState,
@@ -72,6 +73,7 @@ class _Tables:
                 "migrations",
                 "waves",
                 "wave_members",  # migration id -> _Membership: the waves' lists, inverted
+                "events",
                 "login_failures",
             )
         }
@@ -112,6 +114,7 @@ class MemoryUnitOfWork:
         self.migration_targets: _Repository[MigrationTarget] = _Repository(self, "migration_targets")
         self.migrations = _Migrations(self, "migrations")
         self.waves = _Waves(self, "waves")
+        self.events = _Events(self)
         self.login_failures = _LoginFailures(self)
 
     def __enter__(self) -> MemoryUnitOfWork:
@@ -312,6 +315,11 @@ class _Migrations(_Repository[Migration]):
 
     def count_in_state(self, state: MigrationState) -> int:
         return sum(1 for m in self._rows.values() if m.state is state)
+    def delete(self, owner_id: int, entity_id: int) -> None:
+        super().delete(owner_id, entity_id)
+        events: dict[int, Event] = self._uow.table("events")
+        for event_id in [i for i, e in events.items() if e.migration_id == entity_id]:
+            self._uow.write("events", event_id, None)
 
     def _check(self, entity: Migration) -> None:
         super()._check(entity)
@@ -355,6 +363,42 @@ class _Waves(_Repository[Wave]):
         if after is not None:
             for migration_id in after.migration_ids:
                 self._uow.write("wave_members", migration_id, _Membership(after.owner_id, after.id))
+class _Events:
+    """Ids are taken under the storage's lock, so they become visible in order."""
+
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    @property
+    def _rows(self) -> dict[int, Event]:
+        return self._uow.table("events")
+
+    def append(self, event: Event) -> Event:
+        migration = self._uow.table("migrations").get(event.migration_id)
+        if migration is None or migration.owner_id != event.owner_id:
+            raise refusals.missing_reference("migration_id", "migrations", event.migration_id)
+        stored = attrs.evolve(event, id=self._uow.next_id("events"))
+        self._uow.write("events", stored.id, stored)
+        return stored
+
+    def find(self, owner_id: int, migration_id: int, query: ListQuery) -> tuple[int, list[Event]]:
+        matching = [
+            event
+            for event in self._rows.values()
+            if event.owner_id == owner_id
+            and event.migration_id == migration_id
+            and all(_plain(getattr(event, f)) == v for f, v in query.filters.items())
+        ]
+        matching.sort(key=lambda e: e.id, reverse=query.descending)
+        return len(matching), matching[query.offset : query.offset + query.limit]
+
+    def after(self, owner_id: int | None, event_id: int, limit: int) -> list[Event]:
+        rows = self._rows
+        newer = (rows[i] for i in sorted(i for i in rows if i > event_id))
+        return list(itertools.islice((e for e in newer if owner_id in (None, e.owner_id)), limit))
+
+    def last_id(self) -> int:
+        return max(self._rows, default=0)
 
 
 class _LoginFailures:

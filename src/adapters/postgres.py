@@ -147,6 +147,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
 
     kept_counts = POSTGRES.keeps_counts
     statements_undo_alone = False
+    events_in_turn = POSTGRES.events_in_turn
 
     def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool) -> None:
         self._storage = storage

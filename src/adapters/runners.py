@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from migration_core import Clock, Migration, RunRef, Storage, advance_runs, complete_run, copy_progress
+from migration_core import Clock, Elapsed, Migration, RunRef, Storage, advance_runs, complete_run
 
 
 class BlockingRunner:
@@ -30,14 +30,12 @@ class BlockingRunner:
         self._monotonic = monotonic
 
     def launch(self, migration: Migration) -> None:
-        assert migration.snapshot is not None, "the core starts a run with its snapshot"
-        volumes = migration.snapshot.storage
         ref = RunRef.of(migration)
         started = self._monotonic()
         while (elapsed := self._monotonic() - started) < self._duration:
             self._sleep(min(self._tick, self._duration - elapsed))
-            progress = copy_progress(volumes, self._monotonic() - started, self._duration)
-            if not advance_runs(self._storage, {ref: progress}):
+            report = Elapsed(self._monotonic() - started, self._duration)
+            if not advance_runs(self._storage, self._clock, {ref: report}):
                 return  # cancelled meanwhile
         complete_run(self._storage, self._clock, ref)
 

@@ -195,6 +195,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
 
     kept_counts = SQLITE.keeps_counts
     statements_undo_alone = True
+    events_in_turn = SQLITE.events_in_turn
 
     def __init__(self, storage: SqliteStorage, codec: Codec, *, write: bool) -> None:
         self._storage = storage

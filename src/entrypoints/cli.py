@@ -24,6 +24,7 @@ from typing import TextIO
 from aiohttp import web
 from aiohttp.log import access_logger
 
+from adapters.clock import SystemClock
 from entrypoints import logs, package_version
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap, configured_storage
 from entrypoints.inventory_csv import MAX_BYTES, export_csv, import_csv
@@ -211,7 +212,9 @@ def import_command(arguments: argparse.Namespace) -> int:
 
 def _import(storage: Storage, owner_id: int, data: bytes, dry_run: bool) -> int:
     try:
-        report = import_csv(storage, owner_id, data, dry_run=dry_run, progress=ProgressBar(sys.stderr))
+        report = import_csv(
+            storage, SystemClock(), owner_id, data, dry_run=dry_run, progress=ProgressBar(sys.stderr)
+        )
     except RowsRefused as refused:
         rows = [{"row": e.row, "field": e.field, "message": e.message} for e in refused.rows]
         print(json.dumps({"detail": refused.message, "rows": rows}))

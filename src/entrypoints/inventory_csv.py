@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
 
 from migration_core import (
+    Clock,
     ImportReport,
     InventoryRow,
     Plan,
@@ -64,14 +65,20 @@ class _BadCell(ValueError):
 
 
 def import_csv(
-    storage: Storage, owner_id: int, data: bytes, *, dry_run: bool = False, progress: Progress | None = None
+    storage: Storage,
+    clock: Clock,
+    owner_id: int,
+    data: bytes,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
 ) -> ImportReport:
     """Parse the file and import it in one unit of work, or raise RowsRefused
     naming every bad row (those the parser refuses and those the core does)."""
     rows, errors = parse(data)
     try:
         report = import_inventory(
-            storage, owner_id, rows, dry_run=dry_run or bool(errors), progress=progress
+            storage, clock, owner_id, rows, dry_run=dry_run or bool(errors), progress=progress
         )
     except RowsRefused as refused:
         errors += refused.rows

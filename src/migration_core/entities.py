@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -190,6 +190,30 @@ def _progress(_instance: Any, _attribute: Any, value: int) -> None:
         raise ValueError(f"progress {value} is outside 0..100")
 
 
+def _count(_instance: Any, attribute: Any, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} {value} is below 0")
+
+
+@attrs.frozen
+class CopyMark:
+    """How far the copy of a run has got, as last recorded. The run copies the
+    volumes of its snapshot one after another; `mount_point_ids` names the
+    mount point each came from, in the same (the source's) order. The first
+    `volumes` of them are copied, and `partial` bytes of the next one."""
+
+    mount_point_ids: tuple[int, ...] = attrs.field(converter=_ids)
+    volumes: int = attrs.field(default=0, validator=_count)
+    partial: int = attrs.field(default=0, validator=_count)
+    # The estimated end, from the rate seen so far; None until a rate is seen
+    # and once the run has ended.
+    eta: datetime | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.volumes >= len(self.mount_point_ids)
+
+
 @attrs.frozen
 class Migration:
     owner_id: int
@@ -210,6 +234,8 @@ class Migration:
     # The wave holding it, as storage read it: membership is the wave's list
     # (`Wave.migration_ids`), so writing a migration never changes it.
     wave_id: int | None = None
+    # What the current (or last) run has copied; None before any run.
+    copied: CopyMark | None = None
     id: int = UNSAVED
 
 
@@ -225,4 +251,37 @@ class Wave:
         converter=_ids,
         validator=_distinct_ids("migrations", allow_empty=True, noun="Migration"),
     )
+    id: int = UNSAVED
+
+
+class EventKind(str, enum.Enum):
+    """Every step in a migration's life."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    RUN_REQUESTED = "run_requested"
+    STARTED = "started"
+    VOLUME_COPIED = "volume_copied"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+def _detail(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(value)
+
+
+@attrs.frozen
+class Event:
+    """One step in a migration's life, written with the change it records and
+    never edited. `detail` holds JSON values only; `actor` is the user who
+    asked for the step, None when the system took it."""
+
+    owner_id: int
+    migration_id: int
+    kind: EventKind = attrs.field(converter=EventKind)
+    at: datetime
+    detail: dict[str, Any] = attrs.field(factory=dict, converter=_detail)
+    actor: int | None = None
     id: int = UNSAVED

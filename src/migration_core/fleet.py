@@ -46,7 +46,7 @@ from .inventory import (
     update_mount_point,
     update_workload,
 )
-from .ports import ListQuery, Repository, Storage, UnitOfWork
+from .ports import Clock, ListQuery, Repository, Storage, UnitOfWork
 from .waves import create_wave, update_wave
 
 E = TypeVar("E")
@@ -111,6 +111,7 @@ def _blame(column: str | None, columns: Mapping[str, str] | None = None) -> Iter
 
 def import_inventory(
     storage: Storage,
+    clock: Clock,
     owner_id: int,
     rows: Sequence[InventoryRow],
     *,
@@ -128,7 +129,7 @@ def import_inventory(
         waves = _WaveMoves(wave_names)
         for done, row in enumerate(rows, start=1):
             if row.row not in repeated:
-                applied = _Row(storage, uow, owner_id, row, wave_names)
+                applied = _Row(storage, clock, uow, owner_id, row, wave_names)
                 try:
                     with storage.unit_of_work() as savepoint:
                         outcome = applied.apply()
@@ -210,9 +211,15 @@ class _Row:
     """One row applied: creates what is new, updates what differs."""
 
     def __init__(
-        self, storage: Storage, uow: UnitOfWork, owner_id: int, row: InventoryRow, wave_names: Mapping[int, str]
+        self,
+        storage: Storage,
+        clock: Clock,
+        uow: UnitOfWork,
+        owner_id: int,
+        row: InventoryRow,
+        wave_names: Mapping[int, str],
     ) -> None:
-        self.storage, self.uow, self.owner_id, self.row = storage, uow, owner_id, row
+        self.storage, self.clock, self.uow, self.owner_id, self.row = storage, clock, uow, owner_id, row
         self.wave_names = wave_names
         self.changed = False
         self.waves: list[tuple[int, str]] = []  # (migration, the wave the row names for it)
@@ -271,7 +278,7 @@ class _Row:
         selected = _selection(plan.select, volumes)
         with _blame("select", _MIGRATION):
             migration = create_migration(
-                self.storage, self.owner_id, source_id=workload.id,
+                self.storage, self.owner_id, clock=self.clock, source_id=workload.id,
                 migration_target_id=target.id, selected_mount_point_ids=selected,
             )
         if plan.wave:
@@ -364,7 +371,9 @@ class _Row:
         selected = _selection(plan.select, volumes)
         if tuple(selected) != migration.selected_mount_point_ids:
             with _blame("select", _MIGRATION):
-                update_migration(self.storage, self.owner_id, migration.id, selected_mount_point_ids=selected)
+                update_migration(
+                    self.storage, self.owner_id, migration.id, clock=self.clock, selected_mount_point_ids=selected
+                )
             self.changed = True
         if plan.wave is not None:
             current = "" if migration.wave_id is None else self.wave_names[migration.wave_id]

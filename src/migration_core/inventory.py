@@ -11,6 +11,7 @@ import attrs
 
 from .entities import (
     Credentials,
+    EventKind,
     Migration,
     MigrationState,
     MigrationTarget,
@@ -19,7 +20,8 @@ from .entities import (
     canonical_ip,
 )
 from .errors import Conflict, InvalidInput, NotFound
-from .ports import ListQuery, Page, Repository, Storage, UnitOfWork
+from .events import acting, append, event
+from .ports import Clock, ListQuery, Page, Repository, Storage, UnitOfWork
 
 E = TypeVar("E")
 
@@ -396,18 +398,39 @@ def _check_migration(uow: UnitOfWork, migration: Migration) -> None:
             )
 
 
+def _plan(migration: Migration) -> dict[str, object]:
+    """A migration's plan as its events tell it, in the API's words."""
+    return {
+        "source": migration.source_id,
+        "migration_target": migration.migration_target_id,
+        "selected_mount_points": list(migration.selected_mount_point_ids),
+    }
+
+
 def create_migration(
     storage: Storage,
     owner_id: int,
     *,
+    clock: Clock,
     source_id: int,
     migration_target_id: int,
     selected_mount_point_ids: Sequence[int],
+    actor: int | None = None,
 ) -> Migration:
+    """`actor` is the user who asks (by default the owner, for whom every call acts)."""
     migration = Migration(owner_id, source_id, migration_target_id, tuple(selected_mount_point_ids))
     with storage.unit_of_work() as uow:
         _check_migration(uow, migration)
         stored = uow.migrations.add(migration)
+        append(uow, [
+            event(
+                stored,
+                EventKind.CREATED,
+                clock.now(),
+                actor=acting(owner_id, actor),
+                **_plan(stored),
+            )
+        ])
         uow.commit()
     return stored
 
@@ -432,11 +455,14 @@ def update_migration(
     owner_id: int,
     migration_id: int,
     *,
+    clock: Clock,
     source_id: int | None = None,
     migration_target_id: int | None = None,
     selected_mount_point_ids: Sequence[int] | None = None,
+    actor: int | None = None,
 ) -> Migration:
-    """A changed migration is a new plan: it returns to `not_started`."""
+    """A changed migration is a new plan: it returns to `not_started`. Its
+    `updated` event holds the fields that changed, with their new values."""
     with storage.unit_of_work() as uow:
         current = uow.migrations.get(owner_id, migration_id)
         if current.state is MigrationState.RUNNING:
@@ -462,10 +488,21 @@ def update_migration(
             started_at=None,
             finished_at=None,
             snapshot=None,
+            copied=None,
         )
         stored = uow.migrations.update_if(
             reset, expected=(MigrationState.NOT_STARTED, MigrationState.ERROR, MigrationState.SUCCESS)
         )
+        before = _plan(current)
+        append(uow, [
+            event(
+                stored,
+                EventKind.UPDATED,
+                clock.now(),
+                actor=acting(owner_id, actor),
+                **{field: value for field, value in _plan(stored).items() if before[field] != value},
+            )
+        ])
         uow.commit()
     return stored
 

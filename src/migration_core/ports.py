@@ -12,6 +12,7 @@ import attrs
 
 from .entities import (
     Credentials,
+    Event,
     Migration,
     MigrationState,
     MigrationTarget,
@@ -127,6 +128,29 @@ class MigrationRepository(Repository[Migration], Protocol):
         ...
 
 
+class EventRepository(Protocol):
+    """Events are only ever appended, each with a new id greater than any
+    before it; they go when their migration is deleted. Ids become visible in
+    order: once an event is seen, no event of a smaller id appears later."""
+
+    def append(self, event: Event) -> Event:
+        """Raises Conflict when the event's migration is not its owner's."""
+        ...
+
+    def find(self, owner_id: int, migration_id: int, query: ListQuery) -> tuple[int, list[Event]]:
+        """The events of one migration matching the query (filter: `kind`)."""
+        ...
+
+    def after(self, owner_id: int | None, event_id: int, limit: int) -> list[Event]:
+        """Up to `limit` events with ids above `event_id`, in id order: of one
+        owner, or of every owner when `owner_id` is None."""
+        ...
+
+    def last_id(self) -> int:
+        """The greatest id of any event stored; 0 when there is none."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction. Leaving the `with` block without `commit()` rolls back."""
 
@@ -153,6 +177,9 @@ class UnitOfWork(Protocol):
         """Storage refuses a migration in two waves (Conflict) and a delete
         of a migration still in a wave; a deleted wave releases its members."""
         ...
+
+    @property
+    def events(self) -> EventRepository: ...
 
     @property
     def login_failures(self) -> LoginFailureRepository: ...

@@ -1,16 +1,27 @@
-"""The life of a migration run. The core decides every change of state; a
-runner adapter only reports time passing (`advance_runs`) and the end of the
-copy (`complete_run`, `fail_run`)."""
+"""The life of a migration run. The core decides every change of state and
+writes its events with it; a runner adapter only reports time passing
+(`advance_runs`) and the end of the copy (`complete_run`, `fail_run`)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
 
 import attrs
 
-from .entities import SYSTEM_VOLUME, Migration, MigrationState, TargetVm, Volume, volume_key
+from .copying import Elapsed, RunState, fresh_mark, position_at, run_state
+from .entities import (
+    SYSTEM_VOLUME,
+    Event,
+    EventKind,
+    Migration,
+    MigrationState,
+    TargetVm,
+    Volume,
+    volume_key,
+)
 from .errors import Conflict
+from .events import acting, append, event
 from .inventory import get_migration
 from .ports import Clock, ListQuery, Runner, Storage, UnitOfWork
 
@@ -33,29 +44,31 @@ class RunRef:
         return cls(migration.owner_id, migration.id)
 
 
-def copy_progress(volumes: Sequence[Volume], elapsed: float, duration: float) -> int:
-    """Percent of the selected bytes copied after `elapsed` of `duration` seconds.
-
-    Volumes are copied one after another at one byte rate, so each takes a share
-    of the time in proportion to its size (equal shares when all are empty).
-    The result stops at 99 until the copy is complete: only success reaches 100.
-    """
-    if duration <= 0 or elapsed >= duration:
-        return 100
-    weights = [v.size for v in volumes] if any(v.size for v in volumes) else [1] * len(volumes)
-    total = sum(weights) or 1
-    budget = max(elapsed, 0.0) / duration * total
-    copied = 0.0
-    for weight in weights:
-        step = min(weight, budget - copied)
-        if step <= 0:
-            break
-        copied += step
-    return min(99, math.floor(100 * copied / total))
+def _volumes_copied(migration: Migration, first: int, end: int, at: datetime) -> list[Event]:
+    """`volume_copied` for the volumes first..end-1 of the run's snapshot."""
+    mark, snapshot = migration.copied, migration.snapshot
+    if mark is None or snapshot is None:
+        return []
+    return [
+        event(
+            migration,
+            EventKind.VOLUME_COPIED,
+            at,
+            mount_point=mark.mount_point_ids[index],
+            name=snapshot.storage[index].name,
+            size=snapshot.storage[index].size,
+        )
+        for index in range(first, end)
+    ]
 
 
 def _start(
-    uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int, instance_id: str | None
+    uow: UnitOfWork,
+    clock: Clock,
+    owner_id: int,
+    migration_id: int,
+    instance_id: str | None,
+    actor: int,
 ) -> Migration:
     migration = uow.migrations.get(owner_id, migration_id)
     if migration.state is RUNNING:
@@ -93,17 +106,36 @@ def _start(
     snapshot = TargetVm(
         source.ip, credentials.login, tuple(Volume(mp.name, mp.size) for mp in selected)
     )
-    started = attrs.evolve(
-        migration,
-        state=RUNNING,
-        progress=0,
-        error=None,
-        started_at=clock.now(),
-        finished_at=None,
-        snapshot=snapshot,
-        instance_id=instance_id,
+    sizes = [mp.size for mp in selected]
+    now = clock.now()
+    started = uow.migrations.update_if(
+        attrs.evolve(
+            migration,
+            state=RUNNING,
+            progress=0,
+            error=None,
+            started_at=now,
+            finished_at=None,
+            snapshot=snapshot,
+            instance_id=instance_id,
+            copied=fresh_mark([mp.id for mp in selected], sizes),
+        ),
+        expected=STARTABLE,
     )
-    return uow.migrations.update_if(started, expected=STARTABLE)
+    assert started.copied is not None
+    append(uow, [
+        event(started, EventKind.RUN_REQUESTED, now, actor=actor),
+        event(
+            started,
+            EventKind.STARTED,
+            now,
+            instance=instance_id,
+            volumes=len(sizes),
+            bytes_total=sum(sizes),
+        ),
+        *_volumes_copied(started, 0, started.copied.volumes, now),
+    ])
+    return started
 
 
 def start_run(
@@ -113,22 +145,34 @@ def start_run(
     migration_id: int,
     *,
     instance_id: str | None = None,
+    actor: int | None = None,
 ) -> Migration:
     """Move a migration to `running`, carried by the instance `instance_id`,
     or raise Conflict saying why it may not. Storage makes the move a
-    compare-and-set, so of concurrent starts one wins."""
+    compare-and-set, so of concurrent starts one wins. `actor` is the user
+    who asked (by default the owner, for whom every call acts)."""
     with storage.unit_of_work() as uow:
-        started = _start(uow, clock, owner_id, migration_id, instance_id)
+        started = _start(
+            uow, clock, owner_id, migration_id, instance_id, acting(owner_id, actor)
+        )
         uow.commit()
     return started
 
 
 def launch_run(
-    storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int
+    storage: Storage,
+    clock: Clock,
+    runner: Runner,
+    owner_id: int,
+    migration_id: int,
+    *,
+    actor: int | None = None,
 ) -> Migration:
     """Start a run and hand it to the runner; the migration as started (state
     `running`), whatever a background runner has done with it since."""
-    started = start_run(storage, clock, owner_id, migration_id, instance_id=runner.instance_id)
+    started = start_run(
+        storage, clock, owner_id, migration_id, instance_id=runner.instance_id, actor=actor
+    )
     hand_over(storage, clock, runner, started)
     return started
 
@@ -144,40 +188,89 @@ def hand_over(storage: Storage, clock: Clock, runner: Runner, started: Migration
 
 
 def run_migration(
-    storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int
+    storage: Storage,
+    clock: Clock,
+    runner: Runner,
+    owner_id: int,
+    migration_id: int,
+    *,
+    actor: int | None = None,
 ) -> Migration:
     """Start a run and hand it to the runner. A blocking runner returns when the
     copy is over; the migration returned is the one read after `launch`."""
-    launch_run(storage, clock, runner, owner_id, migration_id)
+    launch_run(storage, clock, runner, owner_id, migration_id, actor=actor)
     return get_migration(storage, owner_id, migration_id)
 
 
-def advance_runs(storage: Storage, progress: Mapping[RunRef, int]) -> set[RunRef]:
-    """Record progress of many runs in one transaction (it never goes down, and
-    stays below 100 until success). Returns the runs that are still running;
-    the others were cancelled or interrupted and their copy should stop."""
+def _advanced(migration: Migration, report: Elapsed) -> Migration | None:
+    """The migration with its copy where `report` puts it, or None when that
+    changes nothing recorded: the volumes copied and the progress only grow,
+    and progress stays below 100 until success. Bytes within a volume are
+    recorded along with a change of those, not at every report, so a run
+    costs a write per percent and per volume, not per tick."""
+    mark, snapshot, started_at = migration.copied, migration.snapshot, migration.started_at
+    if mark is None or snapshot is None or started_at is None:
+        return None
+    at = position_at([volume.size for volume in snapshot.storage], report.seconds, report.duration)
+    progress = min(99, at.progress)
+    # The simulated copy keeps one rate: the rate seen so far ends it at its duration.
+    eta = started_at + timedelta(seconds=max(report.duration, 0.0)) if report.seconds > 0 else mark.eta
+    if progress <= migration.progress and at.volumes <= mark.volumes and eta == mark.eta:
+        return None
+    ahead = (at.volumes, at.partial) > (mark.volumes, mark.partial)
+    return attrs.evolve(
+        migration,
+        progress=max(progress, migration.progress),
+        copied=attrs.evolve(
+            mark,
+            volumes=at.volumes if ahead else mark.volumes,
+            partial=at.partial if ahead else mark.partial,
+            eta=eta,
+        ),
+    )
+
+
+def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Elapsed]) -> set[RunRef]:
+    """Record how far many runs have copied, in one transaction, with a
+    `volume_copied` event for each volume completed since the last record.
+    Returns the runs that are still running; the others were cancelled or
+    interrupted and their copy should stop."""
     still_running: set[RunRef] = set()
     with storage.unit_of_work() as uow:
-        for ref, percent in progress.items():
+        now = clock.now()
+        events: list[Event] = []
+        for ref, report in reports.items():
             migration = uow.migrations.get(ref.owner_id, ref.migration_id)
             if migration.state is not RUNNING:
                 continue
             still_running.add(ref)
-            percent = min(99, percent)
-            if percent > migration.progress:
-                uow.migrations.update_if(
-                    attrs.evolve(migration, progress=percent), expected=(RUNNING,)
-                )
+            advanced = _advanced(migration, report)
+            if advanced is None:
+                continue
+            stored = uow.migrations.update_if(advanced, expected=(RUNNING,))
+            assert migration.copied is not None and stored.copied is not None
+            events += _volumes_copied(stored, migration.copied.volumes, stored.copied.volumes, now)
+        append(uow, events)
         uow.commit()
     return still_running
 
 
 def _finish(
-    uow: UnitOfWork, clock: Clock, ref: RunRef, *, error: str | None
-) -> Migration | None:
+    uow: UnitOfWork,
+    clock: Clock,
+    ref: RunRef,
+    *,
+    error: str | None,
+    kind: EventKind,
+    actor: int | None = None,
+) -> tuple[Migration, list[Event]] | None:
+    """End a running run (None when it is not running); the migration as
+    stored and its events, which the caller appends after its other writes."""
     migration = uow.migrations.get(ref.owner_id, ref.migration_id)
     if migration.state is not RUNNING:
         return None
+    now = clock.now()
+    mark = migration.copied
     if error is None:
         assert migration.snapshot is not None, "a running migration has its snapshot"
         target = uow.migration_targets.get(ref.owner_id, migration.migration_target_id)
@@ -187,51 +280,92 @@ def _finish(
             state=MigrationState.SUCCESS,
             progress=100,
             error=None,
-            finished_at=clock.now(),
+            finished_at=now,
+            copied=None
+            if mark is None
+            else attrs.evolve(mark, volumes=len(mark.mount_point_ids), partial=0, eta=None),
         )
     else:
+        # What was copied stays as last recorded, at most a report behind the stop.
         finished = attrs.evolve(
-            migration, state=MigrationState.ERROR, error=error, finished_at=clock.now()
+            migration,
+            state=MigrationState.ERROR,
+            error=error,
+            finished_at=now,
+            copied=None if mark is None else attrs.evolve(mark, eta=None),
         )
-    return uow.migrations.update_if(finished, expected=(RUNNING,))
+    stored = uow.migrations.update_if(finished, expected=(RUNNING,))
+    events = []
+    if error is None and mark is not None:
+        events = _volumes_copied(stored, mark.volumes, len(mark.mount_point_ids), now)
+    detail: dict[EventKind, dict[str, object]] = {
+        EventKind.SUCCEEDED: {"migration_target": migration.migration_target_id},
+        EventKind.FAILED: {"reason": error},
+        EventKind.CANCELLED: {},
+        EventKind.INTERRUPTED: {"instance": migration.instance_id},
+    }
+    events.append(event(stored, kind, now, actor=actor, **detail[kind]))
+    return stored, events
+
+
+def _finish_one(
+    storage: Storage,
+    clock: Clock,
+    ref: RunRef,
+    *,
+    error: str | None,
+    kind: EventKind,
+    actor: int | None = None,
+) -> Migration | None:
+    with storage.unit_of_work() as uow:
+        finished = _finish(uow, clock, ref, error=error, kind=kind, actor=actor)
+        if finished is not None:
+            append(uow, finished[1])
+        uow.commit()
+    return None if finished is None else finished[0]
 
 
 def complete_run(storage: Storage, clock: Clock, ref: RunRef) -> Migration | None:
     """The copy is over: replace the target's VM with the snapshot, in the same
     transaction as the move to `success`. None when the run had already ended."""
-    with storage.unit_of_work() as uow:
-        finished = _finish(uow, clock, ref, error=None)
-        uow.commit()
-    return finished
+    return _finish_one(storage, clock, ref, error=None, kind=EventKind.SUCCEEDED)
 
 
 def fail_run(storage: Storage, clock: Clock, ref: RunRef, error: str) -> Migration | None:
     """The copy failed; the target is left as it was. None when already ended."""
-    with storage.unit_of_work() as uow:
-        finished = _finish(uow, clock, ref, error=error)
-        uow.commit()
-    return finished
+    return _finish_one(storage, clock, ref, error=error, kind=EventKind.FAILED)
 
 
 def cancel_run(
-    storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int
+    storage: Storage,
+    clock: Clock,
+    runner: Runner,
+    owner_id: int,
+    migration_id: int,
+    *,
+    actor: int | None = None,
 ) -> Migration:
+    """Cancel a running migration; `actor` is the user who asked (by default
+    the owner)."""
     with storage.unit_of_work() as uow:
-        cancelled = _cancel(uow, clock, owner_id, migration_id)
+        cancelled = _cancel(uow, clock, owner_id, migration_id, acting(owner_id, actor))
         uow.commit()
     runner.cancel(migration_id)
     return cancelled
 
 
-def _cancel(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int) -> Migration:
-    """Move a running migration to `error` / `cancelled`; the caller tells the
-    runner once this is committed."""
+def _cancel(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int, actor: int) -> Migration:
+    """Move a running migration to `error` / `cancelled`, with its event; the
+    caller tells the runner once this is committed."""
     migration = uow.migrations.get(owner_id, migration_id)
     if migration.state is not RUNNING:
         raise Conflict(f"Migration {migration_id} is not running.")
-    cancelled = _finish(uow, clock, RunRef(owner_id, migration_id), error=CANCELLED)
-    assert cancelled is not None
-    return cancelled
+    finished = _finish(
+        uow, clock, RunRef(owner_id, migration_id), error=CANCELLED, kind=EventKind.CANCELLED, actor=actor
+    )
+    assert finished is not None
+    append(uow, finished[1])
+    return finished[0]
 
 
 def mark_interrupted(
@@ -241,10 +375,42 @@ def mark_interrupted(
     when `instance_ids` is None) become `error` / `interrupted`, so they can
     be run again; their ids."""
     with storage.unit_of_work() as uow:
-        interrupted = [
-            migration.id
+        ended = [
+            finished
             for migration in uow.migrations.running(instance_ids)
-            if _finish(uow, clock, RunRef.of(migration), error=INTERRUPTED) is not None
+            if (
+                finished := _finish(
+                    uow, clock, RunRef.of(migration), error=INTERRUPTED, kind=EventKind.INTERRUPTED
+                )
+            )
+            is not None
         ]
+        append(uow, [each for _, events in ended for each in events])
         uow.commit()
-    return interrupted
+    return [migration.id for migration, _ in ended]
+
+
+def get_run_state(storage: Storage, owner_id: int, migration_id: int) -> RunState:
+    """What a migration's run has copied, volume by volume, and when it should
+    end. Without a recorded run, its selected volumes as they are now, in the
+    source's order (any no longer in the source after them)."""
+    with storage.unit_of_work(write=False) as uow:
+        migration = uow.migrations.get(owner_id, migration_id)
+        if migration.snapshot is not None and migration.copied is not None:
+            return run_state(migration)
+        source = uow.workloads.get(owner_id, migration.source_id)
+        selected = migration.selected_mount_point_ids
+        ordered = [i for i in source.mount_point_ids if i in selected]
+        ordered += [i for i in selected if i not in ordered]
+        plan = []
+        for mount_point_id in ordered:
+            mount_point = uow.mount_points.get(owner_id, mount_point_id)
+            plan.append((mount_point_id, Volume(mount_point.name, mount_point.size)))
+    return run_state(migration, plan)
+
+
+def running_states(storage: Storage, owner_ids: Collection[int]) -> list[tuple[int, RunState]]:
+    """The state of every running migration of these owners, with its owner,
+    in id order: what a live view shows of runs in progress."""
+    with storage.unit_of_work(write=False) as uow:
+        return [(m.owner_id, run_state(m)) for m in uow.migrations.running() if m.owner_id in owner_ids]

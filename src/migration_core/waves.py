@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 import attrs
 
-from .entities import Migration, MigrationState, Wave
+from .copying import run_state
+from .entities import Migration, MigrationState, Volume, Wave
 from .errors import Conflict, NotFound
+from .events import acting
 from .inventory import _referenced
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
 from .runs import _cancel, _start, hand_over
@@ -111,16 +113,21 @@ def delete_wave(storage: Storage, owner_id: int, wave_id: int) -> None:
         uow.commit()
 
 
-def run_wave(storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave_id: int) -> WaveRun:
+def run_wave(
+    storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave_id: int, *, actor: int | None = None
+) -> WaveRun:
     """Start every member that may start; for the others, the reason its own
-    run would give. The starts commit together, then go to the runner."""
+    run would give. The starts commit together, then go to the runner.
+    `actor` is the user who asked (by default the owner)."""
     started: list[Migration] = []
     refused: list[Refusal] = []
     with storage.unit_of_work() as uow:
         for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
             try:
                 with storage.unit_of_work() as one:
-                    started.append(_start(one, clock, owner_id, migration_id, runner.instance_id))
+                    started.append(
+                        _start(one, clock, owner_id, migration_id, runner.instance_id, acting(owner_id, actor))
+                    )
                     one.commit()
             except (Conflict, NotFound) as refusal:
                 refused.append(Refusal(migration_id, refusal.message))
@@ -137,15 +144,16 @@ def run_wave(storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave
 
 
 def cancel_wave(
-    storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave_id: int
+    storage: Storage, clock: Clock, runner: Runner, owner_id: int, wave_id: int, *, actor: int | None = None
 ) -> list[int]:
-    """Cancel every running member; the ids cancelled (the others are left)."""
+    """Cancel every running member; the ids cancelled (the others are left).
+    `actor` is the user who asked (by default the owner)."""
     cancelled: list[int] = []
     with storage.unit_of_work() as uow:
         for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
             try:
                 with storage.unit_of_work() as one:
-                    _cancel(one, clock, owner_id, migration_id)
+                    _cancel(one, clock, owner_id, migration_id, acting(owner_id, actor))
                     one.commit()
             except Conflict:
                 continue  # not running (or it ended meanwhile)
@@ -156,28 +164,34 @@ def cancel_wave(
     return cancelled
 
 
-def _selected_bytes(uow: UnitOfWork, migration: Migration) -> int:
-    """The bytes a run copies: its snapshot's once it has started, else the
-    selected mount points' as they are now."""
+def _bytes(uow: UnitOfWork, migration: Migration) -> tuple[int, int]:
+    """The bytes a member's run copies and has copied, by the run's own
+    record once it has started (`run_state`), else its selection as it is now."""
     if migration.snapshot is not None:
-        return sum(volume.size for volume in migration.snapshot.storage)
-    return sum(
-        uow.mount_points.get(migration.owner_id, i).size for i in migration.selected_mount_point_ids
-    )
+        state = run_state(migration)
+        return state.bytes_total, state.bytes_copied
+    plan = [(i, _volume(uow, migration.owner_id, i)) for i in migration.selected_mount_point_ids]
+    state = run_state(migration, plan)
+    return state.bytes_total, state.bytes_copied
+
+
+def _volume(uow: UnitOfWork, owner_id: int, mount_point_id: int) -> Volume:
+    mount_point = uow.mount_points.get(owner_id, mount_point_id)
+    return Volume(mount_point.name, mount_point.size)
 
 
 def wave_state(storage: Storage, owner_id: int, wave_id: int) -> WaveState:
     with storage.unit_of_work(write=False) as uow:
         wave = uow.waves.get(owner_id, wave_id)
         members = [uow.migrations.get(owner_id, i) for i in wave.migration_ids]
-        sizes = [_selected_bytes(uow, m) for m in members]
+        measured = [_bytes(uow, m) for m in members]
     counts = {state.value: 0 for state in MigrationState}
     for member in members:
         counts[member.state.value] += 1
     done = [m.state is MigrationState.SUCCESS for m in members]
     shares = [100 if ok else m.progress for m, ok in zip(members, done)]
-    copied = [size if ok else size * m.progress // 100 for m, size, ok in zip(members, sizes, done)]
-    total = sum(sizes)
+    copied = [bytes_copied for _, bytes_copied in measured]
+    total = sum(bytes_total for bytes_total, _ in measured)
     if total:
         progress = math.floor(100 * sum(copied) / total)
     else:  # nothing to copy: each member an equal share

@@ -34,6 +34,10 @@ class Api:
     def user(self, username: str) -> str:
         """A new account; its access token."""
         assert self.call("POST", "/api/v1/auth/", {"username": username, "password": PASSWORD})[0] == 201
+        return self.token(username)
+
+    def token(self, username: str) -> str:
+        """A fresh access token (a service may give them a short life)."""
         status, pair = self.call("POST", "/api/v1/token/", {"username": username, "password": PASSWORD})
         assert status == 200, pair
         return str(pair["access"])

@@ -121,6 +121,7 @@ def test_bars_move_from_the_live_stream(slow_console: Console, slow_service: Ser
     slow_console.heading("Overview")
     live = slow_console.page.locator("#live")
     expect(live).to_have_text("Live")
+    token = slow_service.api.token(username)
     assert slow_service.api.call("POST", f"/api/v1/migrations/{migration}/run/", token=token)[0] == 202
     bar = slow_console.page.get_by_label(f"Migration {migration} progress")
     expect(bar).to_be_visible(timeout=5_000)
@@ -139,4 +140,5 @@ def test_bars_move_from_the_live_stream(slow_console: Console, slow_service: Ser
         timeout=10_000,
     )
     expect(slow_console.main.get_by_role("table", name=re.compile("Events"))).to_contain_text("started")
+    token = slow_service.api.token(username)  # access tokens live 2 seconds on this service
     assert slow_service.api.call("POST", f"/api/v1/migrations/{migration}/cancel/", token=token)[0] == 200

@@ -216,6 +216,7 @@ def new_migration(storage: core.Storage, inv: Inventory, *selected: str) -> core
     return core.create_migration(
         storage,
         inv.owner_id,
+        clock=SteppingClock(),
         source_id=inv.workload.id,
         migration_target_id=target.id,
         selected_mount_point_ids=inv.ids(*selected),
@@ -325,6 +326,7 @@ async def test_a_run_succeeds_with_the_selected_volumes_in_source_order(
             harness.storage,
             harness.inv.owner_id,
             migration.id,
+            clock=SteppingClock(),
             selected_mount_point_ids=harness.inv.ids("E:\\", "C:\\"),
         )
     )

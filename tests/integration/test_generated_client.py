@@ -74,7 +74,7 @@ def test_every_operation_of_the_document_is_generated(generated: tuple[Path, str
     found = {module.stem for module in (package / "api").rglob("*.py") if module.stem != "__init__"}
     assert found == expected
     models = {module.stem for module in (package / "models").glob("*.py")}
-    assert {"migration", "migration_progress", "migration_page", "target_vm"} <= models
+    assert {"migration", "migration_run_state", "migration_page", "target_vm", "wave", "migration_event"} <= models
 
 
 def _module(name: str) -> ModuleType:
@@ -128,11 +128,13 @@ async def test_a_scenario_runs_through_the_generated_client(generated: tuple[Pat
     assert isinstance(started.parsed, models.Migration)
     for _ in range(200):
         progress = await api("migrations", "get_migration_state").asyncio(client=client, id=migration.id)
-        assert isinstance(progress, models.MigrationProgress), progress
+        assert isinstance(progress, models.MigrationRunState), progress
         if progress.finished:
             break
         await asyncio.sleep(0.05)
     assert (progress.state.value, progress.progress, progress.finished) == ("success", 100, True)
+    assert (progress.bytes_copied, progress.bytes_total) == (1024, 1024)
+    assert [(v.name, v.copied) for v in progress.volumes] == [("C:\\", 1024)]
 
     finished = await api("migration_targets", "get_migration_target").asyncio(client=client, id=target.id)
     assert isinstance(finished.target_vm, models.TargetVm)

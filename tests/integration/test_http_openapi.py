@@ -23,6 +23,7 @@ PUBLIC_OPERATIONS = {
 CSV_BODIES = {"/api/v1/inventory/import/"}
 CSV_ANSWERS = {("get", "/api/v1/inventory/export/", "200")}
 RESOURCES = ["credentials", "mount_points", "work_loads", "migration_targets", "migrations", "waves"]
+STREAM = "/api/v1/events/stream/"
 
 
 @pytest.fixture
@@ -65,7 +66,8 @@ async def test_every_path_and_method_of_the_spec_is_documented(document: dict[st
         expected |= {("get", f"/api/v1/{resource}/"), ("post", f"/api/v1/{resource}/")}
         expected |= {(m, f"/api/v1/{resource}/{{id}}/") for m in ("get", "put", "patch", "delete")}
     expected |= {("post", "/api/v1/migrations/{id}/run/"), ("post", "/api/v1/migrations/{id}/cancel/"),
-                 ("get", "/api/v1/migrations/{id}/state/")}
+                 ("get", "/api/v1/migrations/{id}/state/"), ("get", "/api/v1/migrations/{id}/events/"),
+                 ("get", "/api/v1/events/stream/")}
     expected |= {("post", "/api/v1/waves/{id}/run/"), ("post", "/api/v1/waves/{id}/cancel/"),
                  ("get", "/api/v1/waves/{id}/state/")}
     expected |= {("post", "/api/v1/inventory/import/"), ("get", "/api/v1/inventory/export/")}
@@ -83,6 +85,8 @@ async def test_every_operation_documents_its_answers_bodies_and_security(documen
             assert response["description"], (method, path, code)
             if (method, path, code) in CSV_ANSWERS:
                 assert list(response["content"]) == ["text/csv"], (method, path, code)
+            elif (method, path, code) == ("get", STREAM, "200"):
+                assert set(response["content"]) == {"text/event-stream"}
             elif code != "204":
                 assert "application/json" in response["content"], (method, path, code)
         if (method, path) in PUBLIC_OPERATIONS:
@@ -110,12 +114,14 @@ async def test_lists_document_paging_filters_and_ordering(document: dict[str, An
         "migration_targets": {"cloud_type"}, "migrations": {"state", "source", "migration_target", "wave"},
         "waves": {"name"},
     }
-    for resource, names in filters.items():
-        parameters = {p["name"]: p for p in document["paths"][f"/api/v1/{resource}/"]["get"]["parameters"]}
+    lists = {f"/api/v1/{resource}/": names for resource, names in filters.items()}
+    lists["/api/v1/migrations/{id}/events/"] = {"id", "kind"}
+    for path, names in lists.items():
+        parameters = {p["name"]: p for p in document["paths"][path]["get"]["parameters"]}
         assert set(parameters) == {"limit", "offset", "ordering"} | names
         assert parameters["limit"]["schema"]["maximum"] == 1000
         assert parameters["ordering"]["schema"]["enum"] == ["id", "-id"]
-        answer = document["paths"][f"/api/v1/{resource}/"]["get"]["responses"]["200"]["content"]["application/json"]
+        answer = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
         assert set(_resolve(document, answer["schema"])["properties"]) == {"count", "next", "previous", "results"}
 
 
@@ -135,6 +141,15 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
         assert set(schemas[name]["properties"]) == fields, name
         assert schemas[name]["properties"]["id"]["readOnly"] is True
     assert "password" not in str(schemas["TargetVm"])
+    assert set(schemas["MigrationRunState"]["properties"]) == {
+        "state", "progress", "error", "finished", "bytes_total", "bytes_copied", "eta", "volumes",
+    }
+    assert set(schemas["VolumeCopy"]["properties"]) == {"mount_point", "name", "size", "copied"}
+    assert set(schemas["MigrationEvent"]["properties"]) == {"id", "migration", "at", "kind", "detail", "actor"}
+    assert schemas["MigrationEvent"]["properties"]["kind"]["enum"] == [
+        "created", "updated", "run_requested", "started", "volume_copied", "succeeded", "failed",
+        "cancelled", "interrupted",
+    ]
 
 
 async def test_every_writable_string_has_a_max_length_and_every_integer_bounds(document: dict[str, Any]) -> None:

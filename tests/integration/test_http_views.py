@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from entrypoints.http import views
 from entrypoints.http.schemas import (
     CredentialsSchema,
-    MigrationProgressSchema,
+    MigrationEventSchema,
+    MigrationRunStateSchema,
     MigrationSchema,
     MigrationTargetSchema,
     MountPointSchema,
@@ -24,14 +25,18 @@ from entrypoints.http.schemas import (
 from migration_core import (
     CloudType,
     Credentials,
+    Event,
+    EventKind,
     Login,
     Migration,
     MigrationState,
     MigrationTarget,
     MountPoint,
     Refusal,
+    RunState,
     TargetVm,
     Volume,
+    VolumeState,
     Wave,
     WaveRun,
     WaveState,
@@ -105,13 +110,37 @@ def test_migration_target_view_is_the_schema_dump_without_passwords(entity: Migr
         assert "password" not in view["target_vm"]["credentials"]
 
 
+run_states = st.builds(
+    RunState,
+    migration_id=ids,
+    state=st.sampled_from(MigrationState),
+    progress=st.integers(0, 100),
+    error=st.none() | text,
+    eta=moments,
+    volumes=st.lists(
+        st.builds(VolumeState, mount_point_id=ids, name=text, size=sizes, copied=sizes), max_size=4
+    ).map(tuple),
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+events = st.builds(
+    Event,
+    owner_id=ids,
+    migration_id=ids,
+    kind=st.sampled_from(EventKind),
+    at=st.datetimes(timezones=st.just(timezone.utc)),
+    detail=st.dictionaries(text, json_values, max_size=4),
+    actor=st.none() | ids,
+    id=ids,
+)
+
+
 @given(migrations)
-def test_migration_views_are_the_schema_dumps(entity: Migration) -> None:
+def test_migration_view_is_the_schema_dump(entity: Migration) -> None:
     assert views.migration_view(entity) == MigrationSchema().dump(entity)
-    state = {
-        "state": entity.state, "progress": entity.progress, "error": entity.error, "finished": entity.state.finished
-    }
-    assert views.migration_state_view(entity) == MigrationProgressSchema().dump(state)
 
 
 @given(waves)
@@ -132,3 +161,15 @@ def test_wave_action_views_are_the_schema_dumps(run: WaveRun, state: WaveState) 
     dumped = {"started": run.started, "refused": refused}
     assert views.wave_run_view(run) == WaveRunSchema().dump(dumped)
     assert views.wave_state_view(state) == WaveStateSchema().dump(attrs.asdict(state))
+
+
+@given(run_states)
+def test_run_state_view_is_the_schema_dump(state: RunState) -> None:
+    view = views.run_state_view(state)
+    assert view == MigrationRunStateSchema().dump(state)
+    assert view["bytes_copied"] == sum(volume["copied"] for volume in view["volumes"])
+
+
+@given(events)
+def test_event_view_is_the_schema_dump(event: Event) -> None:
+    assert views.event_view(event) == MigrationEventSchema().dump(event)

@@ -130,6 +130,7 @@ def _fleet(storage: core.Storage, owner: int) -> dict[str, list[int]]:
         made = core.create_migration(
             storage,
             owner,
+            clock=SystemClock(),
             source_id=source.id,
             migration_target_id=target,
             selected_mount_point_ids=[c.id, d.id] if select_c else [d.id],

@@ -14,9 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import migration_core as core
+from adapters.clock import SystemClock
 from adapters.memory import MemoryStorage
 from entrypoints.inventory_csv import import_csv, parse, render
 from migration_core import InventoryRow, Plan
+
+CLOCK = SystemClock()
 
 OWNER = 1
 
@@ -97,13 +100,13 @@ def fresh() -> MemoryStorage:
 @given(inventories())
 def test_import_export_import_is_a_fixed_point(rows: list[InventoryRow]) -> None:
     storage = fresh()
-    first = import_csv(storage, OWNER, csv_of(rows))
+    first = import_csv(storage, CLOCK, OWNER, csv_of(rows))
     assert (first.created, first.updated, first.unchanged) == (len(rows), 0, 0)
 
     exported = core_export(storage)
     before = tables(storage)
     for again in (with_passwords(exported, rows), exported):  # filled in, or left empty
-        report = import_csv(storage, OWNER, again)
+        report = import_csv(storage, CLOCK, OWNER, again)
         assert (report.created, report.updated, report.unchanged) == (0, 0, len(rows))
         assert tables(storage) == before
     assert core_export(storage) == exported
@@ -135,7 +138,7 @@ def test_bad_rows_are_named_exactly_and_nothing_is_written(
     existing: list[InventoryRow], changes: list[InventoryRow], bad: st.DataObject
 ) -> None:
     storage = fresh()
-    import_csv(storage, OWNER, csv_of(existing))
+    import_csv(storage, CLOCK, OWNER, csv_of(existing))
     # The table mixes rows of known ips (updates) and new ones.
     known = [attrs.evolve(row, ip=existing[i % len(existing)].ip) for i, row in enumerate(changes) if i % 2]
     table = [attrs.evolve(row, row=n) for n, row in enumerate([*known, *changes[::2]], start=2)]
@@ -148,7 +151,7 @@ def test_bad_rows_are_named_exactly_and_nothing_is_written(
 
     for dry_run in (True, False):
         with pytest.raises(core.RowsRefused) as refused:
-            import_csv(storage, OWNER, csv_of(table), dry_run=dry_run)
+            import_csv(storage, CLOCK, OWNER, csv_of(table), dry_run=dry_run)
         assert {error.row for error in refused.value.rows} == broken
         assert tables(storage) == before
 
@@ -157,5 +160,6 @@ def test_bad_rows_are_named_exactly_and_nothing_is_written(
 def test_a_dry_run_answers_as_the_import_and_writes_nothing(rows: list[InventoryRow]) -> None:
     storage = fresh()
     before = tables(storage)
-    assert import_csv(storage, OWNER, csv_of(rows), dry_run=True) == import_csv(fresh(), OWNER, csv_of(rows))
+    checked = import_csv(storage, CLOCK, OWNER, csv_of(rows), dry_run=True)
+    assert checked == import_csv(fresh(), CLOCK, OWNER, csv_of(rows))
     assert tables(storage) == before

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 import migration_core as core
+from adapters.clock import SystemClock
 from adapters.passwords import ScryptHasher
 from adapters.sqlite import SqliteStorage
 from entrypoints import cli
 from entrypoints.inventory_csv import import_csv
+
+CLOCK = SystemClock()
 
 SECRET = b"fleet-suite-secret-key-32-bytes!!"
 HEADER = "ip,username,password,volumes,cloud_type,cloud_username,cloud_password,wave\n"
@@ -48,7 +51,7 @@ def test_overlapping_imports_in_two_storages_at_once(tmp_path: Path, repeat: int
         storage = SqliteStorage(path, SECRET)
         try:
             start.wait()
-            outcomes[name] = import_csv(storage, owner, files[name])
+            outcomes[name] = import_csv(storage, CLOCK, owner, files[name])
         except core.RowsRefused as refused:
             outcomes[name] = refused
         finally:

@@ -4,6 +4,8 @@ cannot drift from the real things."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,9 +14,13 @@ from typing import Any
 import attrs
 import pytest
 
+import migration_core as core
 from migration_core import (
     Conflict,
+    CopyMark,
     Credentials,
+    Event,
+    EventKind,
     ListQuery,
     Login,
     Migration,
@@ -713,3 +719,446 @@ def test_a_rolled_back_wave_leaves_no_members(world: World) -> None:
         again = uow.waves.add(Wave(world.alice, "w", (world.migration.id,)))
         uow.commit()
     assert read(world.storage, "migrations", world.alice, world.migration.id).wave_id == again.id
+# --- events --------------------------------------------------------------------------
+
+
+def moment(seconds: float) -> datetime:
+    return STARTED + timedelta(seconds=seconds)
+
+
+def append(storage: Storage, *events: Event) -> list[Event]:
+    with storage.unit_of_work() as uow:
+        stored = [uow.events.append(event) for event in events]
+        uow.commit()
+    return stored
+
+
+def events_of(storage: Storage, owner: int, migration_id: int, **query: Any) -> tuple[int, list[Event]]:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.events.find(owner, migration_id, ListQuery(**query))
+
+
+def after(storage: Storage, owner: int | None, event_id: int, limit: int = 1000) -> list[Event]:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.events.after(owner, event_id, limit)
+
+
+def last_id(storage: Storage) -> int:
+    with storage.unit_of_work(write=False) as uow:
+        return uow.events.last_id()
+
+
+def bobs_migration(world: World) -> Migration:
+    with world.storage.unit_of_work() as uow:
+        volume = uow.mount_points.add(MountPoint(world.bob, "C:\\", 1))
+        workload = uow.workloads.add(Workload(world.bob, "10.0.0.1", world.bobs_credentials.id, (volume.id,)))
+        target = uow.migration_targets.add(MigrationTarget(world.bob, "aws", world.bobs_credentials.id))
+        migration = uow.migrations.add(Migration(world.bob, workload.id, target.id, (volume.id,)))
+        uow.commit()
+    return migration
+
+
+def test_events_read_back_as_appended_oldest_first(world: World) -> None:
+    m = world.migration.id
+    detail = {"reason": "disk C:\\ is unreadable: ünïcode ✓", "nested": {"list": [1, None, True]}, "big": 2**62}
+    stored = append(
+        world.storage,
+        Event(world.alice, m, EventKind.CREATED, moment(0), {"source": world.workload.id}, world.alice),
+        Event(world.alice, m, EventKind.FAILED, moment(1.5), detail),
+    )
+    assert 0 < stored[0].id < stored[1].id
+    assert stored[1] == Event(world.alice, m, EventKind.FAILED, moment(1.5), detail, None, stored[1].id)
+    assert events_of(world.storage, world.alice, m) == (2, stored)
+    assert events_of(world.storage, world.alice, m, descending=True) == (2, stored[::-1])
+    assert events_of(world.storage, world.alice, m)[1][0].at.utcoffset() == timedelta(0)
+
+
+def test_events_are_paged_and_filtered_by_kind_within_their_migration(world: World) -> None:
+    m = world.migration.id
+    kinds = [EventKind.RUN_REQUESTED, EventKind.STARTED, EventKind.VOLUME_COPIED] * 4
+    stored = append(world.storage, *(Event(world.alice, m, kind, moment(i)) for i, kind in enumerate(kinds)))
+    copied = [e for e in stored if e.kind is EventKind.VOLUME_COPIED]
+    assert events_of(world.storage, world.alice, m, limit=5, offset=10) == (12, stored[10:])
+    assert events_of(world.storage, world.alice, m, limit=2, offset=1, descending=True) == (12, stored[::-1][1:3])
+    assert events_of(world.storage, world.alice, m, filters={"kind": "volume_copied"}) == (4, copied)
+    assert events_of(world.storage, world.alice, m, filters={"kind": "volume_copied"}, limit=1, offset=3) == (
+        4,
+        copied[3:],
+    )
+    assert events_of(world.storage, world.alice, m, filters={"kind": "failed"}) == (0, [])
+    assert events_of(world.storage, world.alice, m, filters={"kind": 3}) == (0, [])
+    # Another owner, or another migration, sees none of them.
+    assert events_of(world.storage, world.bob, m) == (0, [])
+    assert events_of(world.storage, world.alice, m + 1000) == (0, [])
+
+
+def test_after_reads_the_events_after_an_id_of_one_owner_or_of_every_owner(world: World) -> None:
+    assert last_id(world.storage) == 0 and after(world.storage, None, 0) == []
+    bobs = bobs_migration(world)
+    stored = append(
+        world.storage,
+        *(
+            Event(owner, migration, EventKind.STARTED, moment(i))
+            for i, (owner, migration) in enumerate([(world.alice, world.migration.id), (world.bob, bobs.id)] * 3)
+        ),
+    )
+    alices = [e for e in stored if e.owner_id == world.alice]
+    assert after(world.storage, None, 0) == stored
+    assert after(world.storage, None, stored[1].id, limit=2) == stored[2:4]
+    assert after(world.storage, world.alice, 0) == alices
+    assert after(world.storage, world.alice, alices[0].id, limit=1) == alices[1:2]
+    assert after(world.storage, world.bob, stored[-1].id) == []
+    assert last_id(world.storage) == stored[-1].id
+
+
+def test_an_event_of_a_missing_or_anothers_migration_is_refused_and_leaves_nothing(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        with pytest.raises(Conflict, match="refers to a missing migrations row"):
+            uow.events.append(Event(world.bob, world.migration.id, EventKind.CREATED, moment(0)))
+        with pytest.raises(Conflict, match="refers to a missing migrations row"):
+            uow.events.append(Event(world.alice, world.migration.id + 1000, EventKind.CREATED, moment(0)))
+        uow.commit()
+    assert after(world.storage, None, 0) == []
+    assert events_of(world.storage, world.alice, world.migration.id) == (0, [])
+
+
+def test_events_go_with_their_migration(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        second = uow.migrations.add(Migration(world.alice, world.workload.id, world.target.id, (world.c_drive.id,)))
+        uow.commit()
+    stored = append(
+        world.storage,
+        *(
+            Event(world.alice, m, EventKind.CREATED, moment(0))
+            for m in (world.migration.id, second.id, world.migration.id)
+        ),
+    )
+    with world.storage.unit_of_work() as uow:
+        uow.migrations.delete(world.alice, world.migration.id)
+        uow.commit()
+    assert after(world.storage, None, 0) == [stored[1]]
+    assert events_of(world.storage, world.alice, world.migration.id) == (0, [])
+    # What is left can still go: the owner's last objects, then the owner.
+    with world.storage.unit_of_work() as uow:
+        uow.migrations.delete(world.alice, second.id)
+        uow.commit()
+    assert after(world.storage, None, 0) == []
+
+
+def test_a_change_and_its_event_roll_back_together(world: World) -> None:
+    changed = attrs.evolve(world.migration, progress=5)
+    event = Event(world.alice, world.migration.id, EventKind.UPDATED, moment(0))
+    with world.storage.unit_of_work() as uow:
+        uow.migrations.update(changed)
+        uow.events.append(event)
+    with pytest.raises(RuntimeError):
+        with world.storage.unit_of_work() as uow:
+            uow.migrations.update(changed)
+            uow.events.append(event)
+            raise RuntimeError("the use case failed")
+    assert read(world.storage, "migrations", world.alice, world.migration.id) == world.migration
+    assert after(world.storage, None, 0) == []
+
+
+def test_the_copy_of_a_run_round_trips(world: World) -> None:
+    copying = attrs.evolve(
+        world.migration,
+        state=MigrationState.RUNNING,
+        progress=30,
+        started_at=STARTED,
+        snapshot=snapshot(),
+        copied=CopyMark((world.c_drive.id, world.d_drive.id), 1, 2**62, moment(60)),
+    )
+    with world.storage.unit_of_work() as uow:
+        uow.migrations.update(copying)
+        uow.commit()
+    assert read(world.storage, "migrations", world.alice, world.migration.id) == copying
+
+
+def test_event_ids_become_visible_in_order(world: World) -> None:
+    """Writers commit a moment after appending; a reader that walks `after`
+    from the last id it saw must miss none of them."""
+    writers, each = 4, 8
+    done = threading.Event()
+    seen: list[int] = []
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for i in range(each):
+                with world.storage.unit_of_work() as uow:
+                    uow.events.append(Event(world.alice, world.migration.id, EventKind.STARTED, moment(i)))
+                    time.sleep(0.002)
+                    uow.commit()
+        except BaseException as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    def poll() -> None:
+        while True:
+            finished = done.is_set()
+            seen.extend(e.id for e in after(world.storage, None, seen[-1] if seen else 0))
+            if finished:
+                return
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    reader = threading.Thread(target=poll)
+    reader.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    reader.join()
+    assert failures == []
+    assert seen == [e.id for e in after(world.storage, None, 0)]
+    assert len(seen) == writers * each
+
+
+# --- the events of each use case, on this storage -----------------------------------
+
+OTHER_USER = 4242  # who asks, when not the owner: an event records whoever it is
+
+
+@attrs.define
+class Run:
+    """One user's migration of C:\\ (100 bytes) and D:\\ (300 bytes) into a
+    target, driven through the core's use cases."""
+
+    storage: Storage
+    owner: int
+    migration: int
+    target: int
+    c_drive: int
+    d_drive: int
+    clock: Any = attrs.field(factory=lambda: _Clock())
+    runner: Any = attrs.field(factory=lambda: _Runner())
+
+    @property
+    def ref(self) -> core.RunRef:
+        return core.RunRef(self.owner, self.migration)
+
+    def history(self) -> list[tuple[str, int | None, dict[str, Any]]]:
+        page = core.list_events(self.storage, self.owner, self.migration, ListQuery(limit=1000))
+        return [(e.kind.value, e.actor, e.detail) for e in page.items]
+
+    def state(self) -> Migration:
+        return core.get_migration(self.storage, self.owner, self.migration)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.moment = STARTED
+
+    def now(self) -> datetime:
+        self.moment += timedelta(seconds=1)
+        return self.moment
+
+
+class _Runner:
+    instance_id = "instance-a"
+
+    def launch(self, migration: Migration) -> None:
+        """The test plays the copy's part."""
+
+    def cancel(self, migration_id: int) -> None:
+        """Nothing to stop."""
+
+
+@pytest.fixture
+def run(storage: Storage) -> Run:
+    with storage.unit_of_work() as uow:
+        owner = uow.users.add(User("carol", "hash")).id
+        uow.commit()
+    credentials = core.create_credentials(storage, owner, username="admin", password="pw")
+    c = core.create_mount_point(storage, owner, name="C:\\", size=100)
+    d = core.create_mount_point(storage, owner, name="D:\\", size=300)
+    workload = core.create_workload(
+        storage, owner, ip="10.1.1.1", credentials_id=credentials.id, mount_point_ids=[c.id, d.id]
+    )
+    target = core.create_migration_target(storage, owner, cloud_type="aws", cloud_credentials_id=credentials.id)
+    migration = core.create_migration(
+        storage, owner, clock=_Clock(), source_id=workload.id, migration_target_id=target.id,
+        selected_mount_point_ids=[d.id, c.id],
+    )
+    return Run(storage, owner, migration.id, target.id, c.id, d.id)
+
+
+def _volume(run: Run, which: str) -> tuple[str, None, dict[str, Any]]:
+    mount_point, size = (run.c_drive, 100) if which == "C:\\" else (run.d_drive, 300)
+    return ("volume_copied", None, {"mount_point": mount_point, "name": which, "size": size})
+
+
+START_STATES = ["not_started", "running", "success", "failed", "cancelled", "interrupted"]
+RUN_ACTIONS = ["run", "cancel", "complete", "fail", "advance", "interrupt", "edit"]
+
+
+def _bring(run: Run, start: str) -> None:
+    if start == "not_started":
+        return
+    core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    core.advance_runs(run.storage, run.clock, {run.ref: core.Elapsed(20, 100)})  # 80 bytes: C:\ not done
+    if start == "success":
+        core.complete_run(run.storage, run.clock, run.ref)
+    elif start == "failed":
+        core.fail_run(run.storage, run.clock, run.ref, "network down")
+    elif start == "cancelled":
+        core.cancel_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    elif start == "interrupted":
+        core.mark_interrupted(run.storage, run.clock, {"instance-a"})
+
+
+def _act(run: Run, action: str) -> None:
+    s, clock = run.storage, run.clock
+    if action == "run":
+        core.launch_run(s, clock, run.runner, run.owner, run.migration, actor=OTHER_USER)
+    elif action == "cancel":
+        core.cancel_run(s, clock, run.runner, run.owner, run.migration, actor=OTHER_USER)
+    elif action == "complete":
+        core.complete_run(s, clock, run.ref)
+    elif action == "fail":
+        core.fail_run(s, clock, run.ref, "disk unreadable")
+    elif action == "advance":
+        core.advance_runs(s, clock, {run.ref: core.Elapsed(60, 100)})  # 240 bytes: C:\ done
+    elif action == "interrupt":
+        core.mark_interrupted(s, clock)
+    else:
+        core.update_migration(
+            s, run.owner, run.migration, clock=clock, selected_mount_point_ids=[run.c_drive], actor=OTHER_USER
+        )
+
+
+def _expected_events(run: Run, start: str, action: str) -> list[tuple[str, int | None, dict[str, Any]]]:
+    running = start == "running"
+    if action == "run":
+        started = ("started", None, {"instance": "instance-a", "volumes": 2, "bytes_total": 400})
+        return [("run_requested", OTHER_USER, {}), started] if start not in ("running", "success") else []
+    if action == "edit":
+        return [] if running else [("updated", OTHER_USER, {"selected_mount_points": [run.c_drive]})]
+    if not running:
+        return []
+    return {
+        "cancel": [("cancelled", OTHER_USER, {})],
+        "complete": [_volume(run, "C:\\"), _volume(run, "D:\\"), ("succeeded", None, {"migration_target": run.target})],
+        "fail": [("failed", None, {"reason": "disk unreadable"})],
+        "advance": [_volume(run, "C:\\")],
+        "interrupt": [("interrupted", None, {"instance": "instance-a"})],
+    }[action]
+
+
+@pytest.mark.parametrize("start", START_STATES)
+@pytest.mark.parametrize("action", RUN_ACTIONS)
+def test_each_transition_writes_exactly_its_events_in_order(run: Run, start: str, action: str) -> None:
+    _bring(run, start)
+    before = run.history()
+    try:
+        _act(run, action)
+    except Conflict:
+        pass
+    assert run.history() == before + _expected_events(run, start, action)
+
+
+def test_creating_a_migration_records_who_and_what(run: Run) -> None:
+    assert run.history() == [
+        ("created", run.owner, {"source": run.state().source_id, "migration_target": run.target,
+                                "selected_mount_points": [run.d_drive, run.c_drive]}),
+    ]
+
+
+def test_a_retried_migration_keeps_the_history_of_its_earlier_runs(run: Run) -> None:
+    core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    core.cancel_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    core.mark_interrupted(run.storage, run.clock)
+    core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    core.complete_run(run.storage, run.clock, run.ref)
+    assert [kind for kind, _, _ in run.history()] == [
+        "created",
+        "run_requested", "started", "cancelled",
+        "run_requested", "started", "interrupted",
+        "run_requested", "started", "volume_copied", "volume_copied", "succeeded",
+    ]
+    times = [e.at for e in core.list_events(run.storage, run.owner, run.migration, ListQuery()).items]
+    assert times == sorted(times)
+
+
+def test_deleting_a_migration_deletes_its_history(run: Run) -> None:
+    core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
+    core.fail_run(run.storage, run.clock, run.ref, "disk unreadable")
+    assert len(run.history()) == 4
+    core.delete_migration(run.storage, run.owner, run.migration)
+    assert core.events_after(run.storage, run.owner, 0, 100) == []
+    with pytest.raises(NotFound):
+        run.history()
+
+
+class _CommitFails:
+    """Storage whose writing units commit `commits` times, then fail at commit
+    as a lost connection or a full disk would make them."""
+
+    def __init__(self, inner: Storage, commits: int) -> None:
+        self.inner = inner
+        self.commits = commits
+
+    def unit_of_work(self, *, write: bool = True) -> Any:
+        return _FailingUnit(self, self.inner.unit_of_work(write=write))
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _FailingUnit:
+    def __init__(self, storage: _CommitFails, inner: Any) -> None:
+        self._storage = storage
+        self._inner = inner
+
+    def __enter__(self) -> _FailingUnit:
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._inner.__exit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def commit(self) -> None:
+        if self._storage.commits <= 0:
+            raise RuntimeError("the commit failed")
+        self._storage.commits -= 1
+        self._inner.commit()
+
+
+@pytest.mark.parametrize("commits", [0, 1])
+@pytest.mark.parametrize(
+    ("start", "action"),
+    [("not_started", "run"), ("not_started", "edit"), ("running", "advance"), ("running", "complete"),
+     ("running", "fail"), ("running", "cancel"), ("running", "interrupt"), ("create", "create")],
+)
+def test_a_change_and_its_events_are_written_all_or_nothing(run: Run, start: str, action: str, commits: int) -> None:
+    """A use case whose first commit fails leaves neither its change nor its
+    events; one whose second would fail has written both at once."""
+    if start != "create":
+        _bring(run, start)
+
+    def seen() -> tuple[list[Migration], list[Event]]:
+        everything = core.list_migrations(run.storage, run.owner, ListQuery()).items
+        return list(everything), core.events_after(run.storage, None, 0, 1000)
+
+    before = seen()
+    failing = attrs.evolve(run, storage=_CommitFails(run.storage, commits))
+    try:
+        if action == "create":
+            core.create_migration(
+                failing.storage, run.owner, clock=run.clock, source_id=run.state().source_id,
+                migration_target_id=run.target, selected_mount_point_ids=[run.c_drive],
+            )
+        else:
+            _act(failing, action)
+    except RuntimeError as failure:
+        assert commits == 0, failure
+    migrations, events = seen()
+    assert (migrations == before[0]) == (events == before[1]) == (commits == 0)

@@ -96,6 +96,7 @@ def test_of_8_starts_of_one_migration_exactly_one_starts_it(
     migration = core.create_migration(
         storage,
         owner,
+        clock=SystemClock(),
         source_id=workload.id,
         migration_target_id=target.id,
         selected_mount_point_ids=[system.id],

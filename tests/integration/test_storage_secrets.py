@@ -70,6 +70,7 @@ def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
         migration = core.create_migration(
             storage,
             user.id,
+            clock=SystemClock(),
             source_id=workload.id,
             migration_target_id=target.id,
             selected_mount_point_ids=[system.id],

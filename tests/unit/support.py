@@ -69,6 +69,7 @@ class Inventory:
         return core.create_migration(
             self.storage,
             self.owner_id,
+            clock=FakeClock(),
             source_id=self.workload.id,
             migration_target_id=self.target.id,
             selected_mount_point_ids=[mp.id for mp in self.mount_points]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import migration_core as core
 from adapters.memory import MemoryStorage
 
-from .support import owned_storage
+from .support import FakeClock, owned_storage
 
 OWNER = 1
 DRIVES = ["C:\\", "D:\\", "E:\\", "/var", "/home"]
@@ -103,7 +103,8 @@ def _build(storage: MemoryStorage, plan: Plan) -> Built:
     migrations = []
     for source, target_index, selected in plan.migrations:
         migration = core.create_migration(
-            storage, OWNER, source_id=workloads[source], migration_target_id=targets[target_index],
+            storage, OWNER, clock=FakeClock(), source_id=workloads[source],
+            migration_target_id=targets[target_index],
             selected_mount_point_ids=[mount_points[m] for m in selected],
         )
         migrations.append(migration.id)
@@ -229,7 +230,7 @@ def test_each_kind_of_reference_blocks_the_delete_of_what_it_points_at(reference
         storage, OWNER, cloud_type="aws", cloud_credentials_id=credentials[1]
     ).id
     migration = core.create_migration(
-        storage, OWNER, source_id=workload, migration_target_id=target,
+        storage, OWNER, clock=FakeClock(), source_id=workload, migration_target_id=target,
         selected_mount_point_ids=[system, data],
     ).id
     if reference == "migration.selected_mount_points":

@@ -39,7 +39,7 @@ def test_a_selection_is_non_empty_without_duplicates_and_within_the_source(
             return inventory.migration(selected)
         existing = inventory.migration(inventory.ids_named("C:\\"))
         return core.update_migration(
-            storage, owner, existing.id, selected_mount_point_ids=selected
+            storage, owner, existing.id, clock=FakeClock(), selected_mount_point_ids=selected
         )
 
     if valid:

@@ -23,7 +23,7 @@ CHANGES: dict[str, Callable[[Inventory], dict[str, Any]]] = {
     "mount_point": lambda inv: {"size": 7},
     "workload": lambda inv: {"mount_point_ids": []},
     "migration_target": lambda inv: {"cloud_type": "azure"},
-    "migration": lambda inv: {"selected_mount_point_ids": inv.ids_named("C:\\")},
+    "migration": lambda inv: {"selected_mount_point_ids": inv.ids_named("C:\\"), "clock": FakeClock()},
 }
 
 
@@ -160,9 +160,9 @@ def _refer(storage: MemoryStorage, me: Inventory, other: Inventory, reference: s
             fields["selected_mount_point_ids"] = [*me.ids_named("C:\\"), other.mount_points[1].id]
         if update:
             existing = me.migration()
-            core.update_migration(storage, owner, existing.id, **fields)
+            core.update_migration(storage, owner, existing.id, clock=FakeClock(), **fields)
         else:
-            core.create_migration(storage, owner, **fields)
+            core.create_migration(storage, owner, clock=FakeClock(), **fields)
 
 
 @given(st.sampled_from(REFERENCES), st.booleans())

@@ -97,10 +97,13 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
                 elif mine.state is RUNNING:
                     mine.state, mine.error = ERROR, "disk unreadable"
             elif name == "advance":
-                still = core.advance_runs(storage, {ref: step[2]})
+                report = core.Elapsed(step[2], 100)
+                still = core.advance_runs(storage, clock, {ref: report})
                 assert still == ({ref} if mine.state is RUNNING else set())
                 if mine.state is RUNNING:
-                    mine.progress = max(mine.progress, min(99, step[2]))
+                    volumes = core.get_migration(storage, owner, ids[index]).snapshot.storage
+                    percent = core.copy_progress(volumes, report.seconds, report.duration)
+                    mine.progress = max(mine.progress, min(99, percent))
             elif name == "edit":
                 # Switch between two valid selections, so each edit is a change.
                 current = list(before[index].selected_mount_point_ids)
@@ -108,11 +111,11 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
                 if mine.state is RUNNING:
                     with pytest.raises(core.Conflict):
                         core.update_migration(
-                            storage, owner, ids[index], selected_mount_point_ids=selection
+                            storage, owner, ids[index], clock=clock, selected_mount_point_ids=selection
                         )
                 else:
                     core.update_migration(
-                        storage, owner, ids[index], selected_mount_point_ids=selection
+                        storage, owner, ids[index], clock=clock, selected_mount_point_ids=selection
                     )
                     mine.state, mine.progress, mine.error = NOT_STARTED, 0, None
 
@@ -149,10 +152,12 @@ def test_editing_a_finished_migration_makes_it_a_new_plan_not_started(
         other = core.create_migration_target(
             storage, owner, cloud_type="vsphere", cloud_credentials_id=inventory.credentials.id
         )
-        edited = core.update_migration(storage, owner, migration.id, migration_target_id=other.id)
+        edited = core.update_migration(
+            storage, owner, migration.id, clock=clock, migration_target_id=other.id
+        )
     else:
         edited = core.update_migration(
-            storage, owner, migration.id, selected_mount_point_ids=inventory.ids_named("C:\\")
+            storage, owner, migration.id, clock=clock, selected_mount_point_ids=inventory.ids_named("C:\\")
         )
     stored = core.get_migration(storage, owner, migration.id)
     assert stored == edited
@@ -180,7 +185,7 @@ def test_a_running_migration_cannot_be_run_edited_or_deleted(action: str) -> Non
             core.delete_migration(storage, owner, migration.id)
         else:
             core.update_migration(
-                storage, owner, migration.id, selected_mount_point_ids=inventory.ids_named("C:\\")
+                storage, owner, migration.id, clock=clock, selected_mount_point_ids=inventory.ids_named("C:\\")
             )
     assert core.get_migration(storage, owner, migration.id) == running
 
@@ -201,12 +206,12 @@ def test_copy_progress_never_goes_down_and_reaches_100_only_at_the_end(
 
 @given(st.lists(st.integers(1, 1000), min_size=2, max_size=5), st.data())
 def test_copy_progress_is_weighted_by_size(sizes: list[int], data: st.DataObject) -> None:
-    """When the time of the first k volumes has passed, their share of the bytes is copied."""
+    """When the time of the first k volumes has passed, their share of the bytes is
+    copied (one byte a second, so the times are exact)."""
     volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(sizes)]
     k = data.draw(st.integers(1, len(sizes) - 1))
-    share = sum(sizes[:k]) / sum(sizes)
-    progress = core.copy_progress(volumes, share * 100.0, 100.0)
-    assert abs(progress - 100 * share) <= 1
+    progress = core.copy_progress(volumes, float(sum(sizes[:k])), float(sum(sizes)))
+    assert progress == 100 * sum(sizes[:k]) // sum(sizes)
     assert progress <= 99
 
 
@@ -221,10 +226,11 @@ def test_recorded_progress_never_goes_down_and_stays_below_100_until_success(
     ref = core.RunRef.of(migration)
     seen = [0]
     for report in reports:
-        core.advance_runs(storage, {ref: report})
+        core.advance_runs(storage, clock, {ref: core.Elapsed(report, 100)})
         seen.append(core.get_migration(storage, owner, migration.id).progress)
     assert seen == sorted(seen)
-    assert max(seen) == max([0, *(min(99, r) for r in reports)])
+    # C:\ and D:\ hold 400 bytes: each percent of the time is four bytes.
+    assert max(seen) == max([0, *(min(99, max(r, 0)) for r in reports)])
     core.complete_run(storage, clock, ref)
     assert core.get_migration(storage, owner, migration.id).progress == 100
 
@@ -270,7 +276,7 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
         core.run_migration(storage, clock, runner, owner, rival.id)
     elif start != "not_started":
         core.run_migration(storage, clock, runner, owner, migration.id)
-        core.advance_runs(storage, {ref: 30})
+        core.advance_runs(storage, clock, {ref: core.Elapsed(30, 100)})
         if start == "success":
             core.complete_run(storage, clock, ref)
         elif start == "failed":
@@ -292,12 +298,12 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
         if action == "fail":
             return core.fail_run(storage, clock, ref, "disk unreadable")
         if action == "advance":
-            return core.advance_runs(storage, {ref: 60})
+            return core.advance_runs(storage, clock, {ref: core.Elapsed(60, 100)})
         if action == "interrupt":
             return core.mark_interrupted(storage, clock)
         if action == "edit":
             return core.update_migration(
-                storage, owner, migration.id, selected_mount_point_ids=inventory.ids_named("C:\\")
+                storage, owner, migration.id, clock=clock, selected_mount_point_ids=inventory.ids_named("C:\\")
             )
         return core.delete_migration(storage, owner, migration.id)
 

@@ -124,10 +124,13 @@ def test_the_state_counts_members_and_weighs_progress_by_bytes() -> None:
     wave = core.create_wave(storage, 1, name="w", migration_ids=[*ids, small.id])
     assert core.wave_state(storage, 1, wave.id) == core.WaveState(
         counts={"not_started": 3, "running": 0, "error": 0, "success": 0},
-        progress=0, bytes_total=1000, bytes_copied=0, finished=False,
+        progress=0,
+        bytes_total=1000,
+        bytes_copied=0,
+        finished=False,
     )
     core.run_wave(storage, clock, runner, 1, wave.id)
-    core.advance_runs(storage, {core.RunRef(1, ids[0]): 50})  # 200 of 400 bytes
+    core.advance_runs(storage, clock, {core.RunRef(1, ids[0]): core.Elapsed(50, 100)})  # 200 of 400 bytes
     core.complete_run(storage, clock, core.RunRef(1, small.id))  # 200 of 200
     state = core.wave_state(storage, 1, wave.id)
     assert (state.bytes_copied, state.progress, state.finished) == (400, 40, False)
@@ -141,6 +144,8 @@ def test_the_state_counts_members_and_weighs_progress_by_bytes() -> None:
 def test_wave_progress_is_the_byte_weighted_share_and_below_100_until_every_member_succeeds(
     members: list[tuple[int, int]],
 ) -> None:
+    """Each member (one volume of `size` bytes) `elapsed` percent of the way
+    through its copy: the wave counts the bytes its members' runs say."""
     storage = owned_storage()
     clock = FakeClock()
     ids = []
@@ -149,12 +154,13 @@ def test_wave_progress_is_the_byte_weighted_share_and_below_100_until_every_memb
         ids.append(inventory.migration().id)
     wave = core.create_wave(storage, 1, name="w", migration_ids=ids)
     core.run_wave(storage, clock, ManualRunner(), 1, wave.id)
-    core.advance_runs(storage, {core.RunRef(1, i): p for i, (_s, p) in zip(ids, members)})
+    core.advance_runs(storage, clock, {core.RunRef(1, i): core.Elapsed(p, 100) for i, (_s, p) in zip(ids, members)})
     state = core.wave_state(storage, 1, wave.id)
     total = sum(size for size, _ in members)
-    copied = sum(size * progress // 100 for size, progress in members)
+    copied = sum(core.get_run_state(storage, 1, i).bytes_copied for i in ids)
     assert (state.bytes_total, state.bytes_copied) == (total, copied)
-    expected = 100 * copied // total if total else sum(p for _, p in members) // len(members)
+    progress = [core.get_migration(storage, 1, i).progress for i in ids]
+    expected = 100 * copied // total if total else sum(progress) // len(progress)
     assert state.progress == min(expected, 99)
     for migration_id in ids:
         core.complete_run(storage, clock, core.RunRef(1, migration_id))

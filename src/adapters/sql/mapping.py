@@ -23,6 +23,8 @@ from migration_core import (
     CloudType,
     Conflict,
     Credentials,
+    Event,
+    EventKind,
     ListQuery,
     Login,
     Migration,
@@ -79,6 +81,7 @@ class Session(Protocol):
     # A failed statement undoes itself alone and the transaction goes on
     # (SQLite); else it aborts the transaction unless inside a savepoint.
     statements_undo_alone: bool
+    events_in_turn: str  # the dialect's statement before an event is appended ("": none)
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor: ...
 
@@ -218,7 +221,7 @@ class Kind:
     references: tuple[tuple[str, str], ...]  # (field, referred table) of scalar fields
     list_field: ListField | None = None
     secret_column: str | None = None  # sealed with SecretBox
-    json_column: str | None = None  # a TargetVm, as JSON
+    json_columns: tuple[str, ...] = ()  # attrs values (a TargetVm, a CopyMark), as JSON
     unfilterable: frozenset[str] = frozenset()
     derived: tuple[Derived, ...] = ()
     # Every column is a str or int the entity takes as it is: rows become
@@ -272,7 +275,7 @@ MIGRATION_TARGETS = Kind(
     ("owner_id", "cloud_type", "cloud_credentials_id", "target_vm"),
     frozenset({"owner_id", "cloud_credentials_id"}),
     (("cloud_credentials_id", "credentials"),),
-    json_column="target_vm",
+    json_columns=("target_vm",),
     unfilterable=frozenset({"target_vm"}),
 )
 MIGRATIONS = Kind(
@@ -289,12 +292,13 @@ MIGRATIONS = Kind(
         "finished_at",
         "snapshot",
         "instance_id",
+        "copied",
     ),
     frozenset({"owner_id", "source_id", "migration_target_id", "progress"}),
     (("source_id", "workloads"), ("migration_target_id", "migration_targets")),
     ListField("selected_mount_point_ids", "migration_mount_points", "migration_id", "mount_points"),
-    json_column="snapshot",
-    unfilterable=frozenset({"snapshot", "started_at", "finished_at", "instance_id"}),
+    json_columns=("snapshot", "copied"),
+    unfilterable=frozenset({"snapshot", "started_at", "finished_at", "instance_id", "copied"}),
     derived=(
         Derived(
             "wave_id",
@@ -406,6 +410,10 @@ class SqlUnitOfWork:
     @functools.cached_property
     def waves(self) -> Waves:
         return Waves(self.session, WAVES)
+
+    @functools.cached_property
+    def events(self) -> Events:
+        return Events(self.session)
 
     @functools.cached_property
     def login_failures(self) -> LoginFailures:
@@ -537,6 +545,87 @@ class LoginFailures:
         )
 
 
+class Events:
+    """The events table. Appends take the dialect's turn first, so that event
+    ids become visible in order (`EventRepository`); the core appends a unit's
+    events after its other writes, so the turn is held only to the commit."""
+
+    _SELECT = "SELECT id, owner_id, migration_id, at, kind, detail, actor_id FROM events"
+    _FILTERS = frozenset({"kind"})
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def append(self, event: Event) -> Event:
+        if self._session.events_in_turn:
+            self._session.execute(self._session.events_in_turn)
+        try:
+            with self._session.savepoint():
+                new_id = self._session.insert(
+                    "INSERT INTO events (owner_id, migration_id, at, kind, detail, actor_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        event.owner_id,
+                        event.migration_id,
+                        _iso_utc(event.at),
+                        event.kind.value,
+                        json.dumps(event.detail),
+                        event.actor,
+                    ],
+                )
+        except ConstraintViolation:
+            raise refusals.missing_reference("migration_id", "migrations", event.migration_id) from None
+        return attrs.evolve(event, id=new_id)
+
+    def find(self, owner_id: int, migration_id: int, query: ListQuery) -> tuple[int, list[Event]]:
+        conditions = ["owner_id = ?", "migration_id = ?"]
+        params: list[Any] = [owner_id, migration_id]
+        for field, value in query.filters.items():
+            if field not in self._FILTERS:
+                raise ValueError(f"events cannot be filtered by {field!r}.")
+            if not isinstance(value, str):
+                return 0, []
+            conditions.append(f"{field} = ?")
+            params.append(value)
+        where = " AND ".join(conditions)
+        (count,) = self._session.execute(f"SELECT count(*) FROM events WHERE {where}", params).fetchone()
+        if count == 0 or query.offset >= count:
+            return int(count), []
+        rows = self._session.execute(
+            f"{self._SELECT} WHERE {where} ORDER BY id {'DESC' if query.descending else 'ASC'}"
+            " LIMIT ? OFFSET ?",
+            [*params, query.limit, query.offset],
+        )
+        return int(count), [self._event(row) for row in rows]
+
+    def after(self, owner_id: int | None, event_id: int, limit: int) -> list[Event]:
+        if owner_id is None:
+            where, params = "id > ?", [event_id]
+        else:
+            where, params = "owner_id = ? AND id > ?", [owner_id, event_id]
+        rows = self._session.execute(
+            f"{self._SELECT} WHERE {where} ORDER BY id LIMIT ?", [*params, limit]
+        )
+        return [self._event(row) for row in rows]
+
+    def last_id(self) -> int:
+        (found,) = self._session.execute("SELECT max(id) FROM events").fetchone()
+        return 0 if found is None else int(found)
+
+    @staticmethod
+    def _event(row: Sequence[Any]) -> Event:
+        event_id, owner_id, migration_id, at, kind, detail, actor = row
+        return Event(
+            owner_id,
+            migration_id,
+            EventKind(kind),
+            datetime.fromisoformat(at),
+            json.loads(detail),
+            actor,
+            event_id,
+        )
+
+
 class Repository(Generic[E]):
     def __init__(self, session: Session, kind: Kind) -> None:
         self._session = session
@@ -637,8 +726,9 @@ class Repository(Generic[E]):
         row = codec.row(entity)
         if kind.secret_column is not None:
             row[kind.secret_column] = codec.box.seal(row[kind.secret_column], _PASSWORD)
-        if kind.json_column is not None and row[kind.json_column] is not None:
-            row[kind.json_column] = json.dumps(row[kind.json_column])
+        for column in kind.json_columns:
+            if row[column] is not None:
+                row[column] = json.dumps(row[column])
         return [row[column] for column in kind.columns]
 
     def _store(
@@ -720,8 +810,9 @@ class Repository(Generic[E]):
             if kind.secret_column is not None:
                 sealed = bytes(values[kind.secret_column])
                 values[kind.secret_column] = codec.box.open(sealed, _PASSWORD)
-            if kind.json_column is not None and values[kind.json_column] is not None:
-                values[kind.json_column] = json.loads(values[kind.json_column])
+            for column in kind.json_columns:
+                if values[column] is not None:
+                    values[column] = json.loads(values[column])
             if kind.list_field is not None:
                 values[kind.list_field.field] = lists.get(values["id"], [])
             entities.append(kind.entity(**values) if kind.plain else codec.entity(values, kind.entity))

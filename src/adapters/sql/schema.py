@@ -41,6 +41,10 @@ class Dialect:
     blob: str
     without_rowid: str  # a clause for tables keyed by their primary key alone
     keeps_counts: bool  # step 3's triggers exist in this dialect
+    # A statement that makes transactions appending events take turns until
+    # they commit, so event ids become visible in order; "" where writers
+    # take turns anyway (SQLite has one writer at a time).
+    events_in_turn: str
 
     def sql(self, template: str) -> str:
         return template.format(
@@ -56,6 +60,7 @@ SQLITE = Dialect(
     blob="BLOB",
     without_rowid=" WITHOUT ROWID",
     keeps_counts=True,
+    events_in_turn="",
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -65,6 +70,9 @@ POSTGRES = Dialect(
     blob="BYTEA",
     without_rowid="",
     keeps_counts=False,
+    # A transaction-level advisory lock of its own class (the instances' locks
+    # use 0x4D47), held from the first event appended until the commit.
+    events_in_turn="SELECT pg_advisory_xact_lock(19784, 1)",
 )
 
 Step = Callable[[Execute, Dialect], None]
@@ -293,10 +301,43 @@ def _instances(execute: Execute, dialect: Dialect) -> None:
     ])
 
 
-def _events_placeholder(execute: Execute, dialect: Dialect) -> None:
-    """Step 5: PLACEHOLDER, does nothing. Step 5 belongs to the event history
-    (`_events`), built on another branch; when the two meet, its step takes
-    this place. No database outside development has been at this step."""
+EVENT_KINDS = (
+    "created",
+    "updated",
+    "run_requested",
+    "started",
+    "volume_copied",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
+
+
+def _events(execute: Execute, dialect: Dialect) -> None:
+    """Step 5: the history of each migration, which goes with it,
+    and what the run of a migration has copied (JSON, like the snapshot).
+    `actor_id` refers to no row: an event records who acted, whatever becomes
+    of the account later."""
+    kinds = ", ".join(f"'{kind}'" for kind in EVENT_KINDS)
+    _run(execute, dialect, [
+        "ALTER TABLE migrations ADD COLUMN copied TEXT",
+        f"""
+        CREATE TABLE events (
+            id {{id}},
+            owner_id {{int}} NOT NULL,
+            migration_id {{int}} NOT NULL,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ({kinds})),
+            detail TEXT NOT NULL,
+            actor_id {{int}},
+            FOREIGN KEY (owner_id, migration_id)
+                REFERENCES migrations (owner_id, id) ON DELETE CASCADE
+        )
+        """,
+        "CREATE INDEX events_by_owner ON events (owner_id, id)",
+        "CREATE INDEX events_by_migration ON events (migration_id, id)",
+    ])
 
 
 def _waves(execute: Execute, dialect: Dialect) -> None:
@@ -340,7 +381,7 @@ STEPS: list[Step] = [
     _index_list_filters,
     _count_owned_rows,
     _instances,
-    _events_placeholder,  # PLACEHOLDER for step 5, `_events`: see its docstring
+    _events,
     _waves,
 ]
 LATEST_VERSION = len(STEPS)

@@ -11,13 +11,14 @@ from aiohttp import web
 
 from entrypoints.bootstrap import Services
 
-from . import accounts, console, fleets, resources
+from . import accounts, console, fleets, resources, stream
 from .errors import json_errors
 from .metrics import count_requests, setup_metrics
 from .openapi import setup_openapi
 from .request_ids import answer_request_id, request_ids
 from .requests import BODY_TIMEOUT, SERVICES
 from .routes import add_routes
+from .stream import HUB, EventHub, StreamOptions
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ def server_options(idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> ServerOptions:
 
 
 def create_app(
-    services: Services, *, body_timeout: float = DEFAULT_BODY_TIMEOUT, metrics: bool = True
+    services: Services,
+    *,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    metrics: bool = True,
+    streams: StreamOptions | None = None,
 ) -> web.Application:
     """The service; `metrics=False` leaves /metrics out (404) and counts nothing."""
     # The request id first, so that every later layer and log line has it.
@@ -68,11 +73,18 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SERVICES] = services
     app[BODY_TIMEOUT] = body_timeout
+    app[HUB] = EventHub(services.storage, streams or StreamOptions())
     app.on_response_prepare.append(answer_request_id)
     app.cleanup_ctx.append(_services_lifetime)
+    app.cleanup_ctx.append(stream.hub_lifetime)  # entered after the services, left before them
+    app.on_shutdown.append(stream.end_streams)
     add_routes(
         app.router,
-        accounts.ROUTES + resources.routes() + fleets.ROUTES + (setup_metrics(app) if metrics else []),
+        accounts.ROUTES
+        + resources.routes()
+        + fleets.ROUTES
+        + stream.routes()
+        + (setup_metrics(app) if metrics else []),
     )
     console.setup_console(app)
     setup_openapi(app)

@@ -57,7 +57,9 @@ async def import_inventory(request: web.Request) -> web.Response:
     data = await read_capped(request, MAX_BYTES)
     found = services(request)
     loaded: dict[str, Any] = request[QUERY]
-    report = await call(import_csv, found.storage, request[USER].id, data, dry_run=loaded["dry_run"])
+    report = await call(
+        import_csv, found.storage, found.clock, request[USER].id, data, dry_run=loaded["dry_run"]
+    )
     return web.json_response(
         {"created": report.created, "updated": report.updated, "unchanged": report.unchanged}
     )

@@ -23,8 +23,10 @@ from .schemas import (
     MAX_ID,
     CredentialsQuerySchema,
     CredentialsSchema,
-    MigrationProgressSchema,
+    MigrationEventQuerySchema,
+    MigrationEventSchema,
     MigrationQuerySchema,
+    MigrationRunStateSchema,
     MigrationSchema,
     MigrationTargetQuerySchema,
     MigrationTargetSchema,
@@ -73,6 +75,9 @@ class Resource:
     create_conflicts: bool = False
     update_conflicts: bool = False
     delete_conflicts: bool = True  # while something refers to it
+    # Whether its creates and updates record events: they take the clock and
+    # the acting user.
+    recorded: bool = False
 
 
 def object_id(request: web.Request) -> int:
@@ -89,9 +94,20 @@ def _link(request: web.Request, limit: int, offset: int) -> str:
     return str(request.url.update_query(limit=str(limit), offset=str(offset)))
 
 
+def list_query(request: web.Request) -> ListQuery:
+    """The paging, ordering and filters of a list's checked query string."""
+    loaded: dict[str, Any] = request[QUERY]
+    filters = dict(loaded)
+    limit: int = filters.pop("limit")
+    offset: int = filters.pop("offset")
+    descending = filters.pop("ordering") == "-id"
+    return ListQuery(filters=filters, descending=descending, limit=limit, offset=offset)
+
+
 def page_body(
-    request: web.Request, page: Page[Any], view: Callable[[Any], View], limit: int, offset: int
+    request: web.Request, page: Page[Any], view: Callable[[Any], View], query: ListQuery
 ) -> dict[str, Any]:
+    limit, offset = query.limit, query.offset
     following = offset + limit
     return {
         "count": page.count,
@@ -119,19 +135,9 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @query(resource.query_schema())
     async def list_objects(request: web.Request) -> web.Response:
-        loaded: dict[str, Any] = request[QUERY]
-        filters = dict(loaded)
-        limit: int = filters.pop("limit")
-        offset: int = filters.pop("offset")
-        descending = filters.pop("ordering") == "-id"
-        found = await read(
-            request,
-            resource.find,
-            services(request).storage,
-            request[USER].id,
-            ListQuery(filters=filters, descending=descending, limit=limit, offset=offset),
-        )
-        return web.json_response(page_body(request, found, resource.view, limit, offset))
+        listed = list_query(request)
+        found = await read(request, resource.find, services(request).storage, request[USER].id, listed)
+        return web.json_response(page_body(request, found, resource.view, listed))
 
     @docs(
         tags=tags,
@@ -205,13 +211,25 @@ def resource_routes(resource: Resource) -> list[Route]:
     ]
 
 
+def _recording(resource: Resource, request: web.Request) -> dict[str, Any]:
+    if not resource.recorded:
+        return {}
+    return {"clock": services(request).clock, "actor": request[USER].id}
+
+
 def _create(resource: Resource, request: web.Request) -> Any:
-    return resource.create(services(request).storage, request[USER].id, **request[BODY])
+    return resource.create(
+        services(request).storage, request[USER].id, **request[BODY], **_recording(resource, request)
+    )
 
 
 def _update(resource: Resource, request: web.Request) -> Any:
     return resource.update(
-        services(request).storage, request[USER].id, object_id(request), **request[BODY]
+        services(request).storage,
+        request[USER].id,
+        object_id(request),
+        **request[BODY],
+        **_recording(resource, request),
     )
 
 
@@ -293,6 +311,7 @@ RESOURCES = [
         update=core.update_migration,
         delete=core.delete_migration,
         update_conflicts=True,  # while it runs
+        recorded=True,
     ),
     Resource(
         path="/api/v1/waves/",
@@ -334,8 +353,9 @@ async def run_migration(request: web.Request) -> web.Response:
     found = services(request)
     # The migration as started: the answer says `running` even when a very short
     # copy has already finished in the background.
+    user = request[USER].id
     started = await call(
-        core.launch_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.launch_run, found.storage, found.clock, found.runner, user, object_id(request), actor=user
     )
     return web.json_response(views.migration_view(started), status=202)
 
@@ -351,24 +371,49 @@ async def run_migration(request: web.Request) -> web.Response:
 )
 async def cancel_migration(request: web.Request) -> web.Response:
     found = services(request)
+    user = request[USER].id
     cancelled = await call(
-        core.cancel_run, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.cancel_run, found.storage, found.clock, found.runner, user, object_id(request), actor=user
     )
     return web.json_response(views.migration_view(cancelled))
 
 
 @docs(
     tags=[MIGRATION_ACTIONS],
-    summary="The state and progress of a migration",
+    summary="The state of a migration's run, volume by volume",
+    description="Each volume's bytes copied, their sum and total, and the estimated end."
+    " Volumes are copied one after another in the source's order, at one byte rate.",
     operation_id="getMigrationState",
     parameters=[ID_PARAMETER],
-    responses=answers({200: (MigrationProgressSchema, "Its state.")}, 401, 404),
+    responses=answers({200: (MigrationRunStateSchema, "Its state.")}, 401, 404),
 )
 async def migration_state(request: web.Request) -> web.Response:
-    migration = await read(
-        request, core.get_migration, services(request).storage, request[USER].id, object_id(request)
+    state = await read(
+        request, core.get_run_state, services(request).storage, request[USER].id, object_id(request)
     )
-    return web.json_response(views.migration_state_view(migration))
+    return web.json_response(views.run_state_view(state))
+
+
+EVENT_PAGE = page_schema(MigrationEventSchema(), "MigrationEventPage")
+
+
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="The history of a migration",
+    description="Its events, oldest first (`ordering=-id`: newest first), paged (`limit`, at"
+    " most 1000, and `offset`) and filtered by `kind`. Events are never edited, and go when"
+    " the migration is deleted.",
+    operation_id="listMigrationEvents",
+    parameters=[ID_PARAMETER],
+    responses=answers({200: (EVENT_PAGE, "One page of its events.")}, 400, 401, 404),
+)
+@query(MigrationEventQuerySchema())
+async def migration_events(request: web.Request) -> web.Response:
+    listed = list_query(request)
+    found = await read(
+        request, core.list_events, services(request).storage, request[USER].id, object_id(request), listed
+    )
+    return web.json_response(page_body(request, found, views.event_view, listed))
 
 
 # --- wave actions ------------------------------------------------------------
@@ -389,7 +434,8 @@ WAVE_ACTIONS = "waves"
 async def run_wave(request: web.Request) -> web.Response:
     found = services(request)
     outcome = await call(
-        core.run_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.run_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request),
+        actor=request[USER].id,
     )
     return web.json_response(views.wave_run_view(outcome), status=202)
 
@@ -405,7 +451,8 @@ async def run_wave(request: web.Request) -> web.Response:
 async def cancel_wave(request: web.Request) -> web.Response:
     found = services(request)
     cancelled = await call(
-        core.cancel_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request)
+        core.cancel_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request),
+        actor=request[USER].id,
     )
     return web.json_response({"cancelled": cancelled})
 
@@ -427,6 +474,7 @@ def routes() -> list[Route]:
         Route("POST", "/api/v1/migrations/{id:\\d+}/run/", run_migration),
         Route("POST", "/api/v1/migrations/{id:\\d+}/cancel/", cancel_migration),
         Route("GET", "/api/v1/migrations/{id:\\d+}/state/", migration_state),
+        Route("GET", "/api/v1/migrations/{id:\\d+}/events/", migration_events),
         Route("POST", "/api/v1/waves/{id:\\d+}/run/", run_wave),
         Route("POST", "/api/v1/waves/{id:\\d+}/cancel/", cancel_wave),
         Route("GET", "/api/v1/waves/{id:\\d+}/state/", wave_state),

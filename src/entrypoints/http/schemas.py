@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, fields, pre_load, validate
 
-from migration_core import CloudType, MigrationState
+from migration_core import CloudType, EventKind, MigrationState
 
 MAX_ID = 2**63 - 1
 MAX_SIZE = 2**63 - 1
@@ -29,6 +29,7 @@ LIMIT_MAX = 1000
 
 CLOUD_TYPES = [t.value for t in CloudType]
 STATES = [s.value for s in MigrationState]
+EVENT_KINDS = [k.value for k in EventKind]
 
 
 def Id(*, strict: bool = True, **kwargs: Any) -> fields.Integer:
@@ -269,12 +270,72 @@ class MigrationSchema(Body):
     )
 
 
-# Not "MigrationState": generators name the inline enum of Migration.state so.
-class MigrationProgressSchema(Schema):
+class VolumeCopySchema(Schema):
+    mount_point = Id(dump_only=True, attribute="mount_point_id", metadata={"description": "Mount point id."})
+    name = fields.String(dump_only=True)
+    size = fields.Integer(dump_only=True, metadata={"description": "Bytes."})
+    copied = fields.Integer(
+        dump_only=True,
+        metadata={
+            "description": "Bytes copied so far, 0 to size. The volumes are copied one after"
+            " another in the source's order; an empty volume shows 0 (its `volume_copied`"
+            " event says when the copy passed it)."
+        },
+    )
+
+
+class MigrationRunStateSchema(Schema):
+    """The answer of `/state/`: the state, and what the run has copied."""
+
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
-    progress = fields.Integer(dump_only=True)
+    progress = fields.Integer(
+        dump_only=True,
+        metadata={"description": "floor(100 * bytes_copied / bytes_total): at most 99 until success."},
+    )
     error = fields.String(dump_only=True, allow_none=True)
     finished = fields.Boolean(dump_only=True, metadata={"description": "state is success or error."})
+    bytes_total = fields.Integer(dump_only=True, metadata={"description": "Bytes of the volumes the run copies."})
+    bytes_copied = fields.Integer(dump_only=True, metadata={"description": "The sum of the volumes' `copied`."})
+    eta = UtcDateTime(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The estimated end, from the rate seen so far; null when not running."},
+    )
+    volumes = fields.List(
+        fields.Nested(VolumeCopySchema),
+        dump_only=True,
+        metadata={
+            "description": "The run's volumes in the source's order (before a run, or after an"
+            " edit, the selected volumes as they are now). After an error, what was copied"
+            " when it stopped, as last recorded (a percent or a volume behind at most)."
+        },
+    )
+
+
+class MigrationEventSchema(Schema):
+    """One step in a migration's life, as the history and the live stream show it."""
+
+    id = Id(dump_only=True, metadata={"description": "Events are ordered by id."})
+    migration = Id(dump_only=True, attribute="migration_id", metadata={"description": "Migration id."})
+    at = UtcDateTime(dump_only=True, metadata={"description": "When it happened."})
+    kind = fields.Enum(EventKind, by_value=True, dump_only=True)
+    detail = fields.Dict(
+        keys=fields.String(),
+        dump_only=True,
+        metadata={
+            "description": "By kind: created and updated, the plan (`source`, `migration_target`,"
+            " `selected_mount_points`; for updated, the fields that changed); started, `instance`,"
+            " `volumes` and `bytes_total`; volume_copied, `mount_point`, `name` and `size`;"
+            " succeeded, `migration_target`; failed, `reason`; interrupted, `instance` (the"
+            " service instance that carried the run); run_requested and cancelled, nothing.",
+            "example": {"mount_point": 1, "name": "C:\\", "size": 107374182400},
+        },
+    )
+    actor = fields.Integer(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The user who asked for it; null when the service took the step."},
+    )
 
 
 class WaveSchema(Body):
@@ -388,6 +449,10 @@ class WorkloadQuerySchema(ListQuerySchema):
 
 class MigrationTargetQuerySchema(ListQuerySchema):
     cloud_type = fields.String(validate=validate.OneOf(CLOUD_TYPES))
+
+
+class MigrationEventQuerySchema(ListQuerySchema):
+    kind = fields.String(validate=validate.OneOf(EVENT_KINDS))
 
 
 class MigrationQuerySchema(ListQuerySchema):

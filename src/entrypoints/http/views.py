@@ -10,9 +10,11 @@ from typing import Any
 
 from migration_core import (
     Credentials,
+    Event,
     Migration,
     MigrationTarget,
     MountPoint,
+    RunState,
     TargetVm,
     Wave,
     WaveRun,
@@ -79,12 +81,30 @@ def migration_view(migration: Migration) -> View:
     }
 
 
-def migration_state_view(migration: Migration) -> View:
+def run_state_view(state: RunState) -> View:
     return {
-        "state": migration.state.value,
-        "progress": migration.progress,
-        "error": migration.error,
-        "finished": migration.state.finished,
+        "state": state.state.value,
+        "progress": state.progress,
+        "error": state.error,
+        "finished": state.finished,
+        "bytes_total": state.bytes_total,
+        "bytes_copied": state.bytes_copied,
+        "eta": _utc(state.eta),
+        "volumes": [
+            {"mount_point": v.mount_point_id, "name": v.name, "size": v.size, "copied": v.copied}
+            for v in state.volumes
+        ],
+    }
+
+
+def event_view(event: Event) -> View:
+    return {
+        "id": event.id,
+        "migration": event.migration_id,
+        "at": _utc(event.at),
+        "kind": event.kind.value,
+        "detail": event.detail,
+        "actor": event.actor,
     }
 
 
