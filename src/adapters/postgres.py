@@ -145,17 +145,13 @@ class PostgresStorage:
 class PostgresUnitOfWork(SqlUnitOfWork):
     """One transaction; also the `Session` its repositories run statements through."""
 
-    kept_counts = POSTGRES.keeps_counts
-    statements_undo_alone = False
-    events_in_turn = POSTGRES.events_in_turn
+    dialect = POSTGRES
+    _storage: PostgresStorage
 
     def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool) -> None:
-        self._storage = storage
-        self.codec = codec
-        self._write = write
+        super().__init__(storage, codec, write=write)
         self._connection: psycopg.Connection[Any] | None = None
         self._pooled = False
-        self.session = self
 
     @property
     def connection(self) -> psycopg.Connection[Any]:

@@ -193,17 +193,13 @@ class SqliteUnitOfWork(SqlUnitOfWork):
     """One transaction on this thread's connection; also the `Session` its
     repositories run their statements through."""
 
-    kept_counts = SQLITE.keeps_counts
-    statements_undo_alone = True
-    events_in_turn = SQLITE.events_in_turn
+    dialect = SQLITE
+    _storage: SqliteStorage
 
     def __init__(self, storage: SqliteStorage, codec: Codec, *, write: bool) -> None:
-        self._storage = storage
-        self.codec = codec
-        self._write = write
+        super().__init__(storage, codec, write=write)
         self._db: Database | None = None
         self._holds_write_lock = False
-        self.session = self
 
     @property
     def db(self) -> Database:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import attrs
 import cattrs
@@ -38,6 +38,7 @@ from migration_core import (
 
 from .. import refusals
 from ..secrets import SecretBox, SecretError
+from .schema import Dialect
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,11 +78,7 @@ class Session(Protocol):
     """One open transaction of a dialect, as the repositories use it."""
 
     codec: Codec
-    kept_counts: bool  # owned_counts is maintained (SQLite), else rows are counted
-    # A failed statement undoes itself alone and the transaction goes on
-    # (SQLite); else it aborts the transaction unless inside a savepoint.
-    statements_undo_alone: bool
-    events_in_turn: str  # the dialect's statement before an event is appended ("": none)
+    dialect: Dialect  # what it keeps (counts), how statements fail, how events take turns
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor: ...
 
@@ -355,8 +352,15 @@ class SqlUnitOfWork:
     `_transactions`), says how its driver's errors translate, and what to
     release when the unit ends."""
 
-    session: Session
+    dialect: Dialect
     _transactions: NestedTransactions | None = None
+
+    def __init__(self, storage: Any, codec: Codec, *, write: bool) -> None:
+        self._storage = storage
+        self.codec = codec
+        self._write = write
+        # A dialect's unit is also the session its repositories run statements through.
+        self.session = cast(Session, self)
 
     def _driver_errors(self) -> AbstractContextManager[None]:
         raise NotImplementedError
@@ -557,8 +561,8 @@ class Events:
         self._session = session
 
     def append(self, event: Event) -> Event:
-        if self._session.events_in_turn:
-            self._session.execute(self._session.events_in_turn)
+        if self._session.dialect.events_in_turn:
+            self._session.execute(self._session.dialect.events_in_turn)
         try:
             with self._session.savepoint():
                 new_id = self._session.insert(
@@ -693,7 +697,7 @@ class Repository(Generic[E]):
         return count, self._entities(rows)
 
     def _count(self, owner_id: int, where: str, params: list[Any], query: ListQuery) -> int:
-        if query.filters or not self._session.kept_counts:
+        if query.filters or not self._session.dialect.keeps_counts:
             (count,) = self._session.execute(
                 f"SELECT count(*) FROM {self._kind.table} WHERE {where}", params
             ).fetchone()
@@ -766,7 +770,7 @@ class Repository(Generic[E]):
     def _guarded(self, entity: E) -> Iterator[None]:
         """All of one write, or none of it: a refused write leaves nothing
         behind, even when the caller goes on and commits."""
-        one_statement = self._kind.list_field is None and self._session.statements_undo_alone
+        one_statement = self._kind.list_field is None and self._session.dialect.statements_undo_alone
         try:
             with nullcontext() if one_statement else self._session.savepoint():
                 yield

@@ -45,6 +45,9 @@ class Dialect:
     # they commit, so event ids become visible in order; "" where writers
     # take turns anyway (SQLite has one writer at a time).
     events_in_turn: str
+    # A failed statement undoes itself alone and the transaction goes on
+    # (SQLite); else it aborts the transaction unless inside a savepoint.
+    statements_undo_alone: bool
 
     def sql(self, template: str) -> str:
         return template.format(
@@ -61,6 +64,7 @@ SQLITE = Dialect(
     without_rowid=" WITHOUT ROWID",
     keeps_counts=True,
     events_in_turn="",
+    statements_undo_alone=True,
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -73,6 +77,7 @@ POSTGRES = Dialect(
     # A transaction-level advisory lock of its own class (the instances' locks
     # use 0x4D47), held from the first event appended until the commit.
     events_in_turn="SELECT pg_advisory_xact_lock(19784, 1)",
+    statements_undo_alone=False,
 )
 
 Step = Callable[[Execute, Dialect], None]
