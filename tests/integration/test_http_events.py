@@ -542,8 +542,43 @@ async def test_a_stream_that_joins_while_the_idle_poller_reads_misses_nothing(mo
     await idle_round
     monkeypatch.undo()
     await hub.poll()
-    message = stream.queue.get_nowait()
-    assert message is not None and message.startswith(b"id: 1\nevent: created\n")
+    queued = stream.queue.get_nowait()
+    assert queued is not None
+    event_id, message = queued
+    assert event_id == 1 and message.startswith(b"id: 1\nevent: created\n")
     assert f'"migration":{migration.id}'.encode() in message
     await hub.stop()
     storage.close()
+
+
+async def test_progress_of_more_runs_than_a_queue_holds_keeps_the_stream() -> None:
+    """Progress is kept per migration, not queued: a user with more runs in
+    progress than a stream's queue holds is not dropped, each run's latest
+    progress is written once, and its id is that of the last event written
+    before it, so resuming from it repeats no event."""
+    from adapters.memory import MemoryStorage
+    from entrypoints.http.stream import _gather
+
+    hub = EventHub(MemoryStorage(), StreamOptions(queue=10))
+    stream = hub.subscribe(7)
+    runs = 25  # more than the queue holds
+
+    def states(progress: int) -> list[tuple[int, core.RunState]]:
+        return [
+            (7, core.RunState(m, core.MigrationState.RUNNING, progress, None, None, ()))
+            for m in range(1, runs + 1)
+        ]
+
+    hub._fan_out_progress(states(10), {7})
+    stream.offer(41, b"id: 41\nevent: started\ndata: {}\n\n")
+    hub._fan_out_progress(states(20), {7})  # replaces the messages not yet written
+    assert not stream.dropped
+    first = stream.queue.get_nowait()
+    assert first is not None
+    written, ended = _gather(stream, first)
+    assert not ended and stream.queue.qsize() <= 1
+    messages = written.decode().split("\n\n")[:-1]
+    assert messages[0].startswith("id: 41\nevent: started")
+    progress = [m for m in messages if "event: progress" in m]
+    assert len(progress) == runs
+    assert all(m.startswith("id: 41\n") and '"progress":20' in m for m in progress)

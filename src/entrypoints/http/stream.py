@@ -60,34 +60,55 @@ class StreamOptions:
     keep_alive: float = 15.0  # seconds of silence before a comment line
     poll: float = 0.25  # seconds between reads of new events
     progress: float = 1.0  # seconds between reads of progress: at most one message a second per migration
-    queue: int = 1000  # messages a stream may have waiting before it is dropped
+    queue: int = 1000  # events a stream may have waiting before it is dropped
     write_timeout: float = 10.0  # seconds a write may take before the stream is dropped
 
 
+# A queued item: an event's id and message; (0, b"") wakes the handler for progress.
+Queued = tuple[int, bytes]
+PROGRESS_WAITS: Queued = (0, b"")
+
+
 class Stream:
-    """One client's stream: its owner, its queue, and the id of the last
-    event it has been given (or was told the client has)."""
+    """One client's stream: its owner, its queue of events, the latest
+    progress of each of its runs not yet written, and the id of the last
+    event it has been given (or was told the client has).
+
+    Events wait in a bounded queue: a client that does not read them is
+    dropped. Progress is not queued but kept per migration, the newer message
+    replacing the older, so a user with thousands of runs costs a message per
+    run at most, however slowly the client reads."""
 
     def __init__(self, owner_id: int, start: int, seen: int | None, limit: int) -> None:
         self.owner_id = owner_id
         self.start = start  # the poller's cursor when it joined: later events come by the queue
         self.seen = seen  # the client's Last-Event-ID: it has every event up to there
         self.last_id = start if seen is None else max(start, seen)
+        self.written = self.last_id  # the last event id the client has been sent
         self.fresh = True  # owes the client the progress of the runs in progress
         self.dropped = False
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(limit)
+        self.queue: asyncio.Queue[Queued | None] = asyncio.Queue(limit)
+        self.progress: dict[int, bytes] = {}  # migration id -> its latest progress message
 
-    def offer(self, message: bytes) -> None:
+    def offer(self, event_id: int, message: bytes) -> None:
         if self.dropped:
             return
         try:
-            self.queue.put_nowait(message)
+            self.queue.put_nowait((event_id, message))
         except asyncio.QueueFull:
             self.end(dropped=True)
+
+    def offer_progress(self, migration_id: int, body: bytes) -> None:
+        if self.dropped:
+            return
+        if not self.progress:
+            self.offer(*PROGRESS_WAITS)
+        self.progress[migration_id] = body
 
     def end(self, *, dropped: bool = False) -> None:
         """Stop the stream: what waits is let go, and its handler returns."""
         self.dropped = self.dropped or dropped
+        self.progress.clear()
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
@@ -99,7 +120,8 @@ def event_message(event: Event) -> bytes:
 
 
 def progress_body(state: RunState) -> bytes:
-    """A progress message without its id line, which differs by stream."""
+    """A progress message without its id line: the id of the last event the
+    stream has written before it, known when it is written."""
     data = json.dumps({"migration": state.migration_id, **views.run_state_view(state)}, separators=(",", ":"))
     return f"event: progress\ndata: {data}\n\n".encode()
 
@@ -208,7 +230,7 @@ class EventHub:
                 message = event_message(event)
                 for stream in self._streams.get(event.owner_id, ()):
                     if event.id > stream.last_id:
-                        stream.offer(message)
+                        stream.offer(event.id, message)
                         stream.last_id = event.id
                 self._cursor = event.id
             if len(events) < PAGE:
@@ -229,7 +251,7 @@ class EventHub:
             for stream in self._streams.get(owner_id, ()):
                 if changed or stream.fresh:
                     body = body or progress_body(state)
-                    stream.offer(b"id: %d\n" % max(self._cursor, stream.last_id) + body)
+                    stream.offer_progress(state.migration_id, body)
         for owner_id in owners:
             for stream in self._streams.get(owner_id, ()):
                 stream.fresh = False
@@ -300,12 +322,13 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 async with asyncio.timeout(hub.options.keep_alive):
-                    message = await stream.queue.get()
+                    item = await stream.queue.get()
             except TimeoutError:
-                message = KEEP_ALIVE
-            if message is None:
+                await _write(hub, response, KEEP_ALIVE)
+                continue
+            if item is None:
                 break
-            gathered, ended = _gather(stream.queue, message)
+            gathered, ended = _gather(stream, item)
             await _write(hub, response, gathered)
             if ended:
                 break
@@ -320,18 +343,29 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _gather(queue: asyncio.Queue[bytes | None], first: bytes) -> tuple[bytes, bool]:
-    """`first` and the messages waiting behind it, for one write, and whether
-    the stream ended behind them. A poll hands a stream a message per running
-    migration: one write (one system call) for all keeps the loop free."""
-    parts, size = [first], len(first)
-    while size < BATCH_BYTES and not queue.empty():
-        message = queue.get_nowait()
-        if message is None:
-            return b"".join(parts), True
-        parts.append(message)
-        size += len(message)
-    return b"".join(parts), False
+def _gather(stream: Stream, first: Queued) -> tuple[bytes, bool]:
+    """`first` and the events waiting behind it, then the progress waiting,
+    for one write (one system call keeps the loop free), and whether the
+    stream ended behind them. A progress message has the id of the last
+    event written before it, so resuming from it repeats no event."""
+    parts: list[bytes] = []
+    size, item, ended = 0, first, False
+    while True:
+        event_id, message = item
+        if message:
+            parts.append(message)
+            size += len(message)
+            stream.written = max(stream.written, event_id)
+        if size >= BATCH_BYTES or stream.queue.empty():
+            break
+        following = stream.queue.get_nowait()
+        if following is None:
+            ended = True
+            break
+        item = following
+    waiting, stream.progress = stream.progress, {}
+    parts.extend(b"id: %d\n" % stream.written + body for body in waiting.values())
+    return b"".join(parts), ended
 
 
 async def _write(hub: EventHub, response: web.StreamResponse, message: bytes) -> None:
