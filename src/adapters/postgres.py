@@ -53,13 +53,19 @@ from .sql.schema import POSTGRES, upgrade
 __all__ = ["PostgresStorage", "StorageFailure"]
 
 POOL_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 10
 # Advisory lock keys are (class, object) pairs of int4; this class is ours.
 _LOCK_CLASS = 0x4D47  # "MG"
 _UPGRADE_LOCK = 1
 
 
 def _driver_errors() -> AbstractContextManager[None]:
-    return driver_errors(psycopg.IntegrityError, (psycopg.Error, PoolTimeout))
+    return driver_errors(
+        psycopg.IntegrityError,
+        (psycopg.Error, PoolTimeout),
+        # Deadlocks and serialisation failures: the database refused this transaction.
+        clashes=(psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure),
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -78,6 +84,9 @@ class PostgresStorage:
         self._codec = Codec(SecretBox(secret_key))
         self._local = threading.local()  # the connection of this thread's open unit
         with _driver_errors():
+            # One plain connection first: a server that refuses is said at once,
+            # where the pool would keep trying for its whole timeout.
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
             self._pool = ConnectionPool(
                 url,
                 min_size=min_connections,
@@ -175,6 +184,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
                 self._storage.give_back(connection)
             raise
         self._connection, self._pooled, self._transactions = connection, pooled, transactions
+        self._entered()
         return self
 
     def _driver_errors(self) -> AbstractContextManager[None]:

@@ -221,6 +221,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
                 self._release_write_lock()
                 raise
         self._db, self._transactions = db, transactions
+        self._entered()
         return self
 
     def _driver_errors(self) -> AbstractContextManager[None]:

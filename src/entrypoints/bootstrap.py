@@ -20,7 +20,7 @@ from adapters.passwords import ScryptHasher
 from migration_core import Clock, LoginThrottle, PasswordHasher, Runner, Storage, TokenIssuer
 
 from .keys import load_or_create_secret_key, master_key, subkey
-from .settings import SETTINGS, BadSetting, Settings, label
+from .settings import SETTINGS, BadSetting, Settings, label, redacted
 
 __all__ = [
     "SETTINGS",
@@ -157,7 +157,9 @@ def _open_configured(settings: Settings) -> tuple[bytes, Storage]:
     except BadSetting:
         raise
     except Exception as error:
-        raise BadSetting(f"{label('storage')}: cannot open {settings.storage}: {error}") from None
+        # The driver's message may hold the URL too: neither may show the password.
+        message = str(error).replace(urlsplit(settings.storage).password or "\0", "***")
+        raise BadSetting(f"{label('storage')}: cannot open {redacted(settings.storage)}: {message}") from None
 
 
 def configured_storage(settings: Settings) -> Storage:

@@ -114,20 +114,30 @@ def _positive_seconds(name: str, raw: str) -> float:
     return value
 
 
+def redacted(url: str) -> str:
+    """A storage URL as a message may show it: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
 def _storage(raw: str) -> str:
     storage = raw.strip()
+    shown = redacted(storage)
     scheme = urlsplit(storage).scheme
     if scheme not in STORAGE_SCHEMES or (
         scheme == "sqlite" and not storage.startswith("sqlite:///")
     ):
         raise BadSetting(
-            f"{label('storage')}: {storage!r} is not a memory://, sqlite:///path"
+            f"{label('storage')}: {shown!r} is not a memory://, sqlite:///path"
             " or postgresql://user:password@host:port/database URL"
         )
     if scheme == "sqlite" and not storage[len("sqlite:///") :]:
-        raise BadSetting(f"{label('storage')}: {storage!r} names no database file")
+        raise BadSetting(f"{label('storage')}: {shown!r} names no database file")
     if scheme.startswith("postgres") and not urlsplit(storage).path.strip("/"):
-        raise BadSetting(f"{label('storage')}: {storage!r} names no database")
+        raise BadSetting(f"{label('storage')}: {shown!r} names no database")
     return storage
 
 

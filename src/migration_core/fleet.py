@@ -376,10 +376,16 @@ class _Row:
                 )
             self.changed = True
         if plan.wave is not None:
-            current = "" if migration.wave_id is None else self.wave_names[migration.wave_id]
+            current = "" if migration.wave_id is None else self._wave_name(migration.wave_id)
             if plan.wave != current:
                 self.waves.append((migration.id, plan.wave))
                 self.changed = True
+
+    def _wave_name(self, wave_id: int) -> str:
+        """A wave's name: those read when the import began, or (a wave another
+        import made meanwhile, where storage shows what others commit) read now."""
+        name = self.wave_names.get(wave_id)
+        return name if name is not None else self.uow.waves.get(self.owner_id, wave_id).name
 
     def _drop(self, mount_point_id: int) -> None:
         """A volume the row no longer lists: gone, unless something refers to it."""

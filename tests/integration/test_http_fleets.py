@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from entrypoints.http import create_app
 
 from .http_client import User, make_services
+from .storages import ALL_STORAGES, storage_url
 
 API = "/api/v1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,9 +27,9 @@ CSV = {"Content-Type": "text/csv"}
 KINDS = ("credentials", "mount_points", "work_loads", "migration_targets", "migrations", "waves")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=ALL_STORAGES)
 async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> TestClient[Any, Any]:
-    storage = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'fleet.db'}"
+    storage = storage_url(request.param, request, tmp_path)
     return await aiohttp_client(create_app(make_services(storage=storage)))  # type: ignore[no-any-return]
 
 

@@ -106,12 +106,27 @@ async def _migration_case(user: User) -> dict[str, Any]:
     }
 
 
+async def _wave_case(user: User) -> dict[str, Any]:
+    first = (await user.plan("10.0.0.1"))["migration"]
+    second = (await user.plan("10.0.0.2"))["migration"]
+    return {
+        "path": f"{API}/waves/",
+        "create": {"name": "wave 1", "migrations": [first]},
+        "created": {"name": "wave 1", "migrations": [first]},
+        "replace": {"name": "wave 2", "migrations": [second, first]},
+        "replaced": {"name": "wave 2", "migrations": [second, first]},
+        "patch": {"migrations": []},
+        "patched": {"name": "wave 2", "migrations": []},
+    }
+
+
 CASES = {
     "credentials": _credentials_case,
     "mount_points": _mount_point_case,
     "work_loads": _workload_case,
     "migration_targets": _target_case,
     "migrations": _migration_case,
+    "waves": _wave_case,
 }
 
 
@@ -123,6 +138,7 @@ REQUIRED_ON_REPLACE = {
     "work_loads": ["credentials", "storage"],
     "migration_targets": ["cloud_type", "cloud_credentials"],
     "migrations": ["source", "migration_target", "selected_mount_points"],
+    "waves": ["name", "migrations"],
 }
 
 

@@ -120,3 +120,14 @@ def test_a_database_written_with_another_key_is_a_bad_setting(tmp_path: Path) ->
     bootstrap(Settings(storage=url, secret_key="a" * 32)).storage.close()
     with pytest.raises(BadSetting, match="MIGRATION_STORAGE"):
         bootstrap(Settings(storage=url, secret_key="b" * 32))
+
+
+def test_a_storage_that_cannot_be_opened_is_named_without_its_password() -> None:
+    url = "postgresql://migration:TOPSECRET@127.0.0.1:1/migration"
+    with pytest.raises(BadSetting) as refused:
+        bootstrap(Settings.from_sources({"MIGRATION_STORAGE": url, "MIGRATION_SECRET_KEY": "k" * 32}, {}))
+    assert "TOPSECRET" not in str(refused.value)
+    assert "postgresql://migration:***@127.0.0.1:1/migration" in str(refused.value)
+    with pytest.raises(BadSetting) as refused:
+        Settings.from_sources({"MIGRATION_STORAGE": "postgresql://m:TOPSECRET@host"}, {})
+    assert "TOPSECRET" not in str(refused.value)

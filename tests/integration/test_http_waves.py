@@ -17,6 +17,7 @@ from adapters.clock import SystemClock
 from entrypoints.http import create_app
 
 from .http_client import PASSWORD, User
+from .storages import ALL_STORAGES, storage_url
 from .test_http_runs import SLOW, make_services
 
 API = "/api/v1"
@@ -159,11 +160,11 @@ def _fleet(storage: core.Storage, owner: int) -> dict[str, list[int]]:
     return groups
 
 
-@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+@pytest.mark.parametrize("storage", ALL_STORAGES)
 async def test_a_wave_of_300_starts_the_startable_and_gives_each_refusal_its_own_reason(
-    make_client: Any, tmp_path: Path, storage: str
+    make_client: Any, tmp_path: Path, storage: str, request: pytest.FixtureRequest
 ) -> None:
-    url = "memory://" if storage == "memory" else f"sqlite:///{tmp_path / 'waves.db'}"
+    url = storage_url(storage, request, tmp_path)
     client, services = await make_client(SLOW, url)
     user, owner = await signed_up(client, "fleet")
     groups = await asyncio.to_thread(_fleet, services.storage, owner)
@@ -218,11 +219,12 @@ async def test_a_wave_of_300_starts_the_startable_and_gives_each_refusal_its_own
     assert (await user.call("GET", f"{API}/migrations/?state=running", 200))["count"] == 20
 
 
-@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+# On PostgreSQL the transactions really interleave (memory and SQLite take them in turn).
+@pytest.mark.parametrize("storage", ALL_STORAGES)
 async def test_wave_runs_racing_single_runs_start_each_migration_once(
-    make_client: Any, tmp_path: Path, storage: str
+    make_client: Any, tmp_path: Path, storage: str, request: pytest.FixtureRequest
 ) -> None:
-    url = "memory://" if storage == "memory" else f"sqlite:///{tmp_path / 'race.db'}"
+    url = storage_url(storage, request, tmp_path)
     client, services = await make_client(SLOW, url)
     user, owner = await signed_up(client, "racer")
     groups = (await asyncio.to_thread(_fleet, services.storage, owner))["startable"][:60]

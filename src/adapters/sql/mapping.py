@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
@@ -93,17 +94,29 @@ class Session(Protocol):
         failure (a ConstraintViolation, say) goes on to the caller."""
         ...
 
+    def later(self, write: Callable[[Session], object]) -> bool:
+        """Keep `write` for the outermost transaction's commit, where it gets
+        that transaction's session (True), or leave it to the caller to make
+        now (False)."""
+        ...
+
 
 @contextmanager
 def driver_errors(
-    integrity: type[Exception], failures: tuple[type[Exception], ...]
+    integrity: type[Exception], failures: tuple[type[Exception], ...], clashes: tuple[type[Exception], ...] = ()
 ) -> Iterator[None]:
     """A driver's errors in the adapters' terms: a broken constraint (the
-    driver's `integrity` error) and any other failure of the database."""
+    driver's `integrity` error), a clash with a concurrent transaction that
+    the database resolved by refusing this one (`clashes`: a deadlock, a
+    serialisation failure), and any other failure of the database."""
     try:
         yield
     except integrity as exc:
         raise ConstraintViolation(str(exc)) from exc
+    except clashes as exc:
+        raise Conflict(
+            "The change clashed with another made at the same time; nothing was written. Try again."
+        ) from exc
     except failures as exc:
         raise StorageFailure(f"The database failed: {exc}") from exc
 
@@ -345,12 +358,19 @@ class SqlUnit(Protocol):
     def commit(self) -> None: ...
 
 
+_open_units = threading.local()  # this thread's units, outermost first
+
+
 class SqlUnitOfWork:
     """The repositories of one transaction over a dialect's session, made on
     first use: most units touch one or two of them; and the end of the unit,
     the same in every dialect. A dialect enters the unit (setting
-    `_transactions`), says how its driver's errors translate, and what to
-    release when the unit ends."""
+    `_transactions`, then calling `_entered`), says how its driver's errors
+    translate, and what to release when the unit ends.
+
+    Writes the outermost unit must make last (`later`) wait in it until its
+    commit: a unit nested in another (a savepoint) gives them to the
+    outermost, and drops those it made when it is undone."""
 
     dialect: Dialect
     _transactions: NestedTransactions | None = None
@@ -361,6 +381,24 @@ class SqlUnitOfWork:
         self._write = write
         # A dialect's unit is also the session its repositories run statements through.
         self.session = cast(Session, self)
+        self._root: SqlUnitOfWork = self
+        self._deferred: list[Callable[[Session], object]] = []  # the outermost unit's
+        self._deferred_mark = 0
+
+    def _entered(self) -> None:
+        units: list[SqlUnitOfWork] = _open_units.__dict__.setdefault("units", [])
+        self._root = units[0] if units else self
+        self._deferred_mark = len(self._root._deferred)
+        units.append(self)
+
+    def later(self, write: Callable[[Session], object]) -> bool:
+        """Keep `write` for the outermost unit's commit, when this unit is
+        nested or writes wait already (they keep their order): it gets that
+        unit's session. False when it may run now."""
+        if self._root is self and not self._deferred:
+            return False
+        self._root._deferred.append(write)
+        return True
 
     def _driver_errors(self) -> AbstractContextManager[None]:
         raise NotImplementedError
@@ -371,6 +409,10 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         assert self._transactions is not None, "commit inside the `with` block"
         with self._driver_errors():
+            if self._root is self:
+                waiting, self._deferred = self._deferred, []
+                for write in waiting:
+                    write(self.session)
             self._transactions.commit()
 
     def __exit__(
@@ -381,6 +423,11 @@ class SqlUnitOfWork:
     ) -> None:
         transactions, self._transactions = self._transactions, None
         assert transactions is not None
+        units: list[SqlUnitOfWork] = _open_units.__dict__.setdefault("units", [])
+        if units and units[-1] is self:
+            units.pop()
+        if not transactions.committed:
+            del self._root._deferred[self._deferred_mark :]
         try:
             with self._driver_errors():
                 transactions.end()
@@ -549,6 +596,29 @@ class LoginFailures:
         )
 
 
+def _insert_event(session: Session, event: Event) -> Event:
+    """Store `event`, taking the dialect's turn first."""
+    if session.dialect.events_in_turn:
+        session.execute(session.dialect.events_in_turn)
+    try:
+        with session.savepoint():
+            new_id = session.insert(
+                "INSERT INTO events (owner_id, migration_id, at, kind, detail, actor_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    event.owner_id,
+                    event.migration_id,
+                    _iso_utc(event.at),
+                    event.kind.value,
+                    json.dumps(event.detail),
+                    event.actor,
+                ],
+            )
+    except ConstraintViolation:
+        raise refusals.missing_reference("migration_id", "migrations", event.migration_id) from None
+    return attrs.evolve(event, id=new_id)
+
+
 class Events:
     """The events table. Appends take the dialect's turn first, so that event
     ids become visible in order (`EventRepository`); the core appends a unit's
@@ -561,25 +631,14 @@ class Events:
         self._session = session
 
     def append(self, event: Event) -> Event:
-        if self._session.dialect.events_in_turn:
-            self._session.execute(self._session.dialect.events_in_turn)
-        try:
-            with self._session.savepoint():
-                new_id = self._session.insert(
-                    "INSERT INTO events (owner_id, migration_id, at, kind, detail, actor_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        event.owner_id,
-                        event.migration_id,
-                        _iso_utc(event.at),
-                        event.kind.value,
-                        json.dumps(event.detail),
-                        event.actor,
-                    ],
-                )
-        except ConstraintViolation:
-            raise refusals.missing_reference("migration_id", "migrations", event.migration_id) from None
-        return attrs.evolve(event, id=new_id)
+        """The event as stored. Where appends take turns (PostgreSQL), the
+        turn must be a transaction's last lock, or it deadlocks with writers
+        waiting for the rows this one holds: an event appended in a nested
+        unit (a member of a wave, a row of an import) is stored at the
+        outermost commit, and comes back without its id."""
+        if self._session.dialect.events_in_turn and self._session.later(lambda s: _insert_event(s, event)):
+            return event
+        return _insert_event(self._session, event)
 
     def find(self, owner_id: int, migration_id: int, query: ListQuery) -> tuple[int, list[Event]]:
         conditions = ["owner_id = ?", "migration_id = ?"]

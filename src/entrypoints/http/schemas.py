@@ -338,6 +338,12 @@ class MigrationEventSchema(Schema):
     )
 
 
+_WAVE_MEMBERS = (
+    "Migration ids, in order. Setting it moves these migrations into the wave and takes out"
+    " those no longer listed; a migration in another wave is refused (409)."
+)
+
+
 class WaveSchema(Body):
     id = Id(dump_only=True)
     name = Text(required=True, min_length=1, metadata={"description": "Unique among your waves.", "example": "wave 1"})
@@ -346,11 +352,20 @@ class WaveSchema(Body):
         load_default=list,
         validate=validate.Length(max=WAVE_MAX),
         attribute="migration_ids",
-        metadata={
-            "description": "Migration ids, in order. Setting it moves these migrations into the"
-            " wave and takes out those no longer listed; a migration in another wave is refused"
-            " (409)."
-        },
+        metadata={"description": _WAVE_MEMBERS},
+    )
+
+
+class WaveReplaceSchema(WaveSchema):
+    """Its migrations are required like every other writable field of a PUT:
+    left out, they would silently empty the wave."""
+
+    migrations = fields.List(
+        Id(),
+        required=True,
+        validate=validate.Length(max=WAVE_MAX),
+        attribute="migration_ids",
+        metadata={"description": _WAVE_MEMBERS},
     )
 
 
