@@ -45,6 +45,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -120,13 +121,28 @@ class SqliteStorage:
     def _prepare(self) -> None:
         """Bring the file to the latest schema and check the secret key, once.
         BEGIN IMMEDIATE makes processes that start together upgrade in turn."""
-        with _driver_errors():
-            self.database().enable_wal()
+        self._enable_wal()
         with self.unit_of_work() as uow:
             with _driver_errors():
                 upgrade(uow.db)
             self._codec.check_key(uow, str(self.path))
             uow.commit()
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL once. The switch takes no busy timeout: when
+        processes open a new file at once, it is tried again until one won."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                with _driver_errors():
+                    db = self.database()
+                    if db.journal_mode != "wal":
+                        db.enable_wal()
+                return
+            except StorageFailure:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _connect(self) -> Database:
         # isolation_level=None: the module opens no transactions behind our back;

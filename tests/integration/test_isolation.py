@@ -27,7 +27,8 @@ MISSING_ID = 9_000_000
 @pytest.fixture(params=["memory", "sqlite"])
 async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> TestClient[Any, Any]:
     storage = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'isolation.db'}"
-    return await aiohttp_client(make_app(run_seconds=60, storage=storage))
+    # Runs long enough that a running migration does not move during a test.
+    return await aiohttp_client(make_app(run_seconds=3600, storage=storage))
 
 
 @pytest.fixture
