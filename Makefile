@@ -40,6 +40,7 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/fleets.py $(FLEETS_ARGS)
+	$(BIN)/python bench/streams.py $(STREAMS_ARGS)
 
 # Where the service spends a phase's time: make profile PHASE=list
 profile: $(VENV)/.bench-installed

@@ -1,7 +1,9 @@
-"""Benchmark: fleets. Starts the service (SQLite in a temporary directory),
+"""Benchmark: fleets. Starts the service on SQLite (in a temporary directory)
+and on PostgreSQL (a server of its own, started as the tests start theirs),
 imports an inventory of 10,000 rows (each with its plan, in waves of 1,000)
 and runs one wave of 1,000 migrations; prints the time of each, and the
-service's peak memory. Figures only, no pass or fail (docs/benchmarks.md).
+service's peak memory. The two storages take turns within each repetition.
+Figures only, no pass or fail (docs/benchmarks.md).
 
     python bench/fleets.py [--rows 10000] [--wave 1000] [--repeat 3]
 """
@@ -22,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from run import Api, free_port, wait_until_up
+from run import Api, free_port, wait_until_up  # also puts the repository on sys.path
 
 HEADER = "ip,username,password,domain,volumes,cloud_type,cloud_username,cloud_password,cloud_domain,select,wave\n"
 
@@ -77,13 +79,15 @@ def post(api: Api, path: str, body: bytes, content_type: str) -> tuple[int, dict
         return answer.status, json.loads(raw), elapsed
 
 
-def one_round(rows: int, wave: int) -> dict[str, float]:
+def one_round(rows: int, wave: int, storage: str | None) -> dict[str, float]:
+    """One import and one wave run on a fresh database: `storage`, or an
+    SQLite file of its own when None."""
     with tempfile.TemporaryDirectory(prefix="migration-fleets-") as tmp:
         port = free_port()
         service = subprocess.Popen(
             [
                 sys.executable, "-m", "entrypoints", "serve", "--port", str(port),
-                "--storage", f"sqlite:///{Path(tmp) / 'bench.db'}", "--secret-key", secrets.token_hex(32),
+                "--storage", storage or f"sqlite:///{Path(tmp) / 'bench.db'}", "--secret-key", secrets.token_hex(32),
                 "--run-seconds", "3600", "--access-log", "off",
             ],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -128,21 +132,29 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     print(f"# fleets: import of {args.rows:,} rows, a wave run of {args.wave:,}; {os.cpu_count()} cores", flush=True)
-    rounds = []
-    for repetition in range(1, args.repeat + 1):
-        figures = one_round(args.rows, args.wave)
-        rounds.append(figures)
+    from tests.postgres_server import PostgresServer
+
+    targets = {"sqlite": 10.0, "postgresql": 20.0}  # seconds for the import
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    with PostgresServer() as server:
+        for repetition in range(1, args.repeat + 1):
+            for name in targets:
+                database = None if name == "sqlite" else server.url(server.create_database())
+                figures = one_round(args.rows, args.wave, database)
+                rounds[name].append(figures)
+                print(
+                    f"round {repetition} {name:10s}: import {figures['import_s']:.2f} s"
+                    f" ({figures['file_mb']:.1f} MB file), service peak {figures['import_peak_mb']:.0f} MB"
+                    f" (idle {figures['idle_mb']:.0f} MB); wave run 202 in {figures['wave_run_s']:.2f} s",
+                    flush=True,
+                )
+    for name, target in targets.items():
+        med = {key: statistics.median(r[key] for r in rounds[name]) for key in rounds[name][0]}
         print(
-            f"round {repetition}: import {figures['import_s']:.2f} s ({figures['file_mb']:.1f} MB file),"
-            f" service peak {figures['import_peak_mb']:.0f} MB (idle {figures['idle_mb']:.0f} MB);"
-            f" wave run 202 in {figures['wave_run_s']:.2f} s",
-            flush=True,
+            f"# medians {name}: import {med['import_s']:.2f} s (target < {target:.0f} s), service peak"
+            f" {med['import_peak_mb']:.0f} MB (target < 300 MB), wave run 202 in {med['wave_run_s']:.2f} s"
+            " (target < 2 s)"
         )
-    med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-    print(
-        f"# medians: import {med['import_s']:.2f} s (target < 10 s), service peak {med['import_peak_mb']:.0f} MB"
-        f" (target < 300 MB), wave run 202 in {med['wave_run_s']:.2f} s (target < 2 s)"
-    )
 
 
 if __name__ == "__main__":

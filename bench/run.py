@@ -288,7 +288,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=1000, help="migrations running in detail-under-runs")
+    parser.add_argument("--runs", type=int, default=10_000, help="migrations running in detail-under-runs")
     parser.add_argument("--deep-rows", type=int, default=100_000)
     parser.add_argument("--access-log", choices=["on", "off"], default="off",
                         help="the service's access log (its default is on; off as behind a logging proxy)")

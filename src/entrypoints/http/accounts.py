@@ -9,6 +9,7 @@ from aiohttp_apigami import docs
 
 from migration_core import login, refresh_access, register_user
 
+from .answers import json_answer
 from .openapi import WRITE_ERRORS, answers
 from .requests import BODY, call, hashing, json_body, read, services
 from .routes import Route
@@ -39,7 +40,7 @@ async def register(request: web.Request) -> web.Response:
     found = services(request)
     body = request[BODY]
     user = await hashing(request, register_user, found.storage, found.hasher, body["username"], body["password"])
-    return web.json_response(UserSchema().dump(user), status=201)
+    return json_answer(UserSchema().dump(user), status=201)
 
 
 @docs(
@@ -60,7 +61,7 @@ async def obtain_tokens(request: web.Request) -> web.Response:
         login, found.storage, found.hasher, found.throttle, found.tokens,
         body["username"], body["password"],
     )
-    return web.json_response(TokenPairSchema().dump(pair))
+    return json_answer(TokenPairSchema().dump(pair))
 
 
 @docs(
@@ -74,7 +75,7 @@ async def obtain_tokens(request: web.Request) -> web.Response:
 async def refresh_token(request: web.Request) -> web.Response:
     found = services(request)
     access = await read(request, refresh_access, found.storage, found.tokens, request[BODY]["refresh"])
-    return web.json_response(AccessTokenSchema().dump({"access": access}))
+    return json_answer(AccessTokenSchema().dump({"access": access}))
 
 
 @docs(
@@ -89,8 +90,8 @@ async def health(request: web.Request) -> web.Response:
         await call(services(request).storage.check)
     except Exception as error:
         log.warning("Health check: storage does not answer (%s)", type(error).__name__)
-        return web.json_response({"detail": "Storage does not answer."}, status=503)
-    return web.json_response(HealthSchema().dump({"status": "ok"}))
+        return json_answer({"detail": "Storage does not answer."}, status=503)
+    return json_answer(HealthSchema().dump({"status": "ok"}))
 
 
 ROUTES = [

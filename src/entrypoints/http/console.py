@@ -23,6 +23,7 @@ from marshmallow import Schema, fields
 
 from entrypoints import package_version
 
+from .answers import json_answer
 from .openapi import OPENAPI_PATH, SWAGGER_PATH, answers
 from .routes import Route, add_routes
 
@@ -151,7 +152,7 @@ API_INDEX = {
     responses=answers({200: (ApiIndexSchema, "The links, as paths on this service.")}),
 )
 async def api_index(_request: web.Request) -> web.Response:
-    return web.json_response(API_INDEX, headers=SECURITY_HEADERS)
+    return json_answer(API_INDEX, headers=SECURITY_HEADERS)
 
 
 def setup_console(app: web.Application) -> None:

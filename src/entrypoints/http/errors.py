@@ -19,6 +19,7 @@ from migration_core import (
     Throttled,
 )
 
+from .answers import json_answer
 from .requests import BodyTooLarge
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _domain_error_response(error: DomainError) -> web.Response | None:
         headers.update(BEARER_CHALLENGE)
     elif isinstance(error, Throttled):
         headers["Retry-After"] = str(error.retry_after)
-    return web.json_response(body, status=status, headers=headers)
+    return json_answer(body, status=status, headers=headers)
 
 
 def _size(limit: int) -> str:
@@ -75,7 +76,7 @@ def _http_error_detail(error: web.HTTPException, request: web.Request) -> str:
 
 def _http_error_response(error: web.HTTPException, request: web.Request) -> web.Response:
     headers = {name: error.headers[name] for name in _KEPT_HEADERS if name in error.headers}
-    return web.json_response(
+    return json_answer(
         {"detail": _http_error_detail(error, request)}, status=error.status, headers=headers
     )
 
@@ -92,4 +93,4 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if isinstance(error, DomainError) and (answer := _domain_error_response(error)):
             return answer
         log.exception("Unexpected error answering %s %s", request.method, request.path)
-        return web.json_response({"detail": "Internal server error"}, status=500)
+        return json_answer({"detail": "Internal server error"}, status=500)

@@ -11,6 +11,7 @@ from aiohttp_apigami import docs
 
 from entrypoints.inventory_csv import FILENAME, MAX_BYTES, MAX_ROWS, export_csv, import_csv
 
+from .answers import json_answer
 from .openapi import answers
 from .requests import QUERY, USER, call, query, read_capped, services
 from .routes import Route
@@ -60,7 +61,7 @@ async def import_inventory(request: web.Request) -> web.Response:
     report = await call(
         import_csv, found.storage, found.clock, request[USER].id, data, dry_run=loaded["dry_run"]
     )
-    return web.json_response(
+    return json_answer(
         {"created": report.created, "updated": report.updated, "unchanged": report.unchanged}
     )
 

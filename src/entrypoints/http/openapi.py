@@ -19,6 +19,7 @@ from marshmallow import Schema
 
 from entrypoints import package_version
 
+from .answers import json_answer
 from .schemas import ErrorSchema, ValidationErrorSchema
 
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -147,7 +148,7 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
 
 
 async def _serve_document(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
+    return json_answer(request.app[OPENAPI])
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import migration_core as core
 from migration_core import ListQuery, NotFound, Page
 
 from . import views
+from .answers import json_answer
 from .openapi import WRITE_ERRORS, answers
 from .requests import BODY, QUERY, USER, call, json_body, query, read, services, write
 from .routes import Route
@@ -138,7 +139,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     async def list_objects(request: web.Request) -> web.Response:
         listed = list_query(request)
         found = await read(request, resource.find, services(request).storage, request[USER].id, listed)
-        return web.json_response(page_body(request, found, resource.view, listed))
+        return json_answer(page_body(request, found, resource.view, listed))
 
     @docs(
         tags=tags,
@@ -151,7 +152,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @json_body(schema)
     async def create_object(request: web.Request) -> web.Response:
         created = await write(request, _create, resource, request)
-        return web.json_response(resource.view(created), status=201)
+        return json_answer(resource.view(created), status=201)
 
     @docs(
         tags=tags,
@@ -162,7 +163,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     async def read_object(request: web.Request) -> web.Response:
         found = await read(request, resource.get, services(request).storage, request[USER].id, object_id(request))
-        return web.json_response(resource.view(found))
+        return json_answer(resource.view(found))
 
     @docs(
         tags=tags,
@@ -174,7 +175,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
         updated = await write(request, _update, resource, request)
-        return web.json_response(resource.view(updated))
+        return json_answer(resource.view(updated))
 
     @docs(
         tags=tags,
@@ -186,7 +187,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @json_body(resource.schema(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
         updated = await write(request, _update, resource, request)
-        return web.json_response(resource.view(updated))
+        return json_answer(resource.view(updated))
 
     @docs(
         tags=tags,
@@ -358,7 +359,7 @@ async def run_migration(request: web.Request) -> web.Response:
     started = await call(
         core.launch_run, found.storage, found.clock, found.runner, user, object_id(request), actor=user
     )
-    return web.json_response(views.migration_view(started), status=202)
+    return json_answer(views.migration_view(started), status=202)
 
 
 @docs(
@@ -376,7 +377,7 @@ async def cancel_migration(request: web.Request) -> web.Response:
     cancelled = await call(
         core.cancel_run, found.storage, found.clock, found.runner, user, object_id(request), actor=user
     )
-    return web.json_response(views.migration_view(cancelled))
+    return json_answer(views.migration_view(cancelled))
 
 
 @docs(
@@ -392,7 +393,7 @@ async def migration_state(request: web.Request) -> web.Response:
     state = await read(
         request, core.get_run_state, services(request).storage, request[USER].id, object_id(request)
     )
-    return web.json_response(views.run_state_view(state))
+    return json_answer(views.run_state_view(state))
 
 
 EVENT_PAGE = page_schema(MigrationEventSchema(), "MigrationEventPage")
@@ -414,7 +415,7 @@ async def migration_events(request: web.Request) -> web.Response:
     found = await read(
         request, core.list_events, services(request).storage, request[USER].id, object_id(request), listed
     )
-    return web.json_response(page_body(request, found, views.event_view, listed))
+    return json_answer(page_body(request, found, views.event_view, listed))
 
 
 # --- wave actions ------------------------------------------------------------
@@ -438,7 +439,7 @@ async def run_wave(request: web.Request) -> web.Response:
         core.run_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request),
         actor=request[USER].id,
     )
-    return web.json_response(views.wave_run_view(outcome), status=202)
+    return json_answer(views.wave_run_view(outcome), status=202)
 
 
 @docs(
@@ -455,7 +456,7 @@ async def cancel_wave(request: web.Request) -> web.Response:
         core.cancel_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request),
         actor=request[USER].id,
     )
-    return web.json_response({"cancelled": cancelled})
+    return json_answer({"cancelled": cancelled})
 
 
 @docs(
@@ -467,7 +468,7 @@ async def cancel_wave(request: web.Request) -> web.Response:
 )
 async def wave_state(request: web.Request) -> web.Response:
     state = await call(core.wave_state, services(request).storage, request[USER].id, object_id(request))
-    return web.json_response(views.wave_state_view(state))
+    return json_answer(views.wave_state_view(state))
 
 
 def routes() -> list[Route]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 import attrs
+import orjson
 from aiohttp import web
 from aiohttp_apigami import docs
 
@@ -115,15 +115,15 @@ class Stream:
 
 
 def event_message(event: Event) -> bytes:
-    data = json.dumps(views.event_view(event), separators=(",", ":"))
-    return f"id: {event.id}\nevent: {event.kind.value}\ndata: {data}\n\n".encode()
+    data = orjson.dumps(views.event_view(event))
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.kind.value.encode(), data)
 
 
 def progress_body(state: RunState) -> bytes:
     """A progress message without its id line: the id of the last event the
     stream has written before it, known when it is written."""
-    data = json.dumps({"migration": state.migration_id, **views.run_state_view(state)}, separators=(",", ":"))
-    return f"event: progress\ndata: {data}\n\n".encode()
+    data = orjson.dumps({"migration": state.migration_id, **views.run_state_view(state)})
+    return b"event: progress\ndata: %s\n\n" % data
 
 
 KEEP_ALIVE = b": keep-alive\n\n"
