@@ -2,10 +2,12 @@
 one event loop without per-migration tasks, as one service instance among
 those sharing the storage (`adapters.instances`).
 
-One ticker task wakes every `tick` seconds (or sooner, when a run is due),
-reports every active run's elapsed time (monotonic) to the core in one
-`advance_runs` transaction, which records what changed; runs whose duration has elapsed are
-completed in the same job. Storage is synchronous, so every storage call runs
+One ticker task wakes when a run has something to report: each run reports
+its elapsed time (monotonic) at each hundredth of its copy (a tick at least)
+and at its end, so a tick costs what the runs due cost, not what every run
+costs (10,000 may be running). The reports go to the core in one
+`advance_runs` transaction, which records what changed; runs whose duration
+has elapsed are completed in the same job. Storage is synchronous, so every storage call runs
 in the runner's own one-thread executor: the event loop never waits on it, the
 ticker's writes are serialised, and HTTP requests using the loop's default
 executor never queue behind the ticker (nor the ticker behind them).
@@ -30,7 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -80,7 +85,12 @@ class _Outcome:
     """What one executor job learnt about the runs it wrote for."""
 
     ended: list[_Run]  # completed, failed, or no longer running in storage
-    unfinished: bool  # the time budget ran out before every due run was tried
+    untried: list[_Run]  # due, but the time budget ran out before their turn
+    unrecorded: bool = False  # the progress could not be written (storage failed)
+
+    @property
+    def unfinished(self) -> bool:
+        return bool(self.untried)
 
 
 class AsyncRunner:
@@ -116,6 +126,11 @@ class AsyncRunner:
         self._renewed_at = 0.0  # monotonic
         self._scanned_at = 0.0  # monotonic
         self._runs: dict[int, _Run] = {}
+        # When each run next has something to report, earliest first: a tick
+        # touches the runs that are due, not every run (10,000 may be running).
+        self._due: list[tuple[float, int, _Run]] = []
+        self._order = itertools.count()
+        self._retry: list[_Run] = []  # what storage refused: tried again at the next tick
         self._table_lock = threading.Lock()
         self._carry_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -184,6 +199,7 @@ class AsyncRunner:
             if previous is not None:
                 previous.stopped = True
             self._runs[migration.id] = run
+            self._plan(run, run.started)
             loop = self._loop
         if self._duration < self._tick:
             # Due before the next regular tick: let the ticker plan its sleep again.
@@ -241,33 +257,57 @@ class AsyncRunner:
                     await self._wake.wait()
 
     def _earliest_due(self) -> float | None:
-        """When the first run not yet tried becomes due. A run whose completion
-        failed waits for the next regular tick instead of spinning."""
+        """When the first run has something to report."""
         with self._table_lock:
-            starts = [run.started for run in self._runs.values() if not run.failed_completions]
-        return min(starts) + self._duration if starts else None
+            return self._due[0][0] if self._due else None
+
+    def _plan(self, run: _Run, now: float, *, retry: bool = False) -> None:
+        """When `run` next reports (under _table_lock): at the next step of its
+        progress (a hundredth of the copy, a tick at least), or at its end.
+        What storage refused is tried again at the next regular tick."""
+        if retry:
+            self._retry.append(run)
+            return
+        step = max(self._tick, self._duration / 100)
+        due = run.started + (math.floor((now - run.started) / step) + 1) * step
+        heapq.heappush(self._due, (min(due, run.started + self._duration), next(self._order), run))
 
     async def _step(self) -> bool:
-        """Keep the lease, write the progress of every active run and complete
-        the due ones. True when due runs were left for an immediate next step."""
+        """Keep the lease, write the progress of the runs that have something to
+        report and complete the due ones. True when due runs were left for an
+        immediate next step."""
         now = self._monotonic()
         if now - self._renewed_at >= self._instance.lease_seconds / 3:
             try:
                 await self._in_executor(self._keep_lease, False)
             except Exception:
                 log.exception("could not renew this instance's lease; retrying at the next tick")
+        due: list[_Run] = []
+        progress: dict[_Run, Elapsed] = {}
         with self._table_lock:
-            runs = list(self._runs.values())
-        if not runs:
+            ready, self._retry = self._retry, []
+            while self._due and self._due[0][0] <= now:
+                ready.append(heapq.heappop(self._due)[2])
+            for run in dict.fromkeys(ready):
+                if run.stopped or self._runs.get(run.ref.migration_id) is not run:
+                    continue
+                if now - run.started >= self._duration:
+                    due.append(run)
+                else:
+                    progress[run] = Elapsed(now - run.started, self._duration)
+        if not due and not progress:
             return False
-        due = [run for run in runs if now - run.started >= self._duration]
-        progress = {
-            run: Elapsed(now - run.started, self._duration)
-            for run in runs
-            if now - run.started < self._duration
-        }
         outcome = await self._in_executor(self._persist, progress, due)
         self._forget(outcome.ended)
+        ended = set(outcome.ended)
+        with self._table_lock:
+            for run in progress:
+                if run not in ended:
+                    # Progress storage refused is written again at the next tick.
+                    self._plan(run, now, retry=outcome.unrecorded)
+            for run in due:
+                if run not in ended:
+                    self._plan(run, now, retry=run not in outcome.untried)
         return outcome.unfinished
 
     def _forget(self, ended: Iterable[_Run]) -> None:
@@ -285,18 +325,20 @@ class AsyncRunner:
 
     def _persist(self, progress: dict[_Run, Elapsed], due: Sequence[_Run]) -> _Outcome:
         ended: list[_Run] = []
+        unrecorded = False
         if progress:
             try:
                 ended.extend(self._advance(progress))
             except Exception:
                 log.exception("could not record the progress of %d run(s)", len(progress))
+                unrecorded = True
         deadline = time.monotonic() + self._completion_budget
         for tried, run in enumerate(due, start=1):
             if self._complete(run):
                 ended.append(run)
             if tried < len(due) and time.monotonic() >= deadline:
-                return _Outcome(ended, unfinished=True)
-        return _Outcome(ended, unfinished=False)
+                return _Outcome(ended, untried=list(due[tried:]), unrecorded=unrecorded)
+        return _Outcome(ended, untried=[], unrecorded=unrecorded)
 
     def _advance(self, progress: dict[_Run, Elapsed]) -> list[_Run]:
         """Runs that ended in storage (cancelled elsewhere, interrupted, gone)."""

@@ -412,7 +412,7 @@ class _LoginFailures:
         rows: dict[int, tuple[str, float]] = self._uow.table("login_failures")
         return sorted(at for name, at in rows.values() if name == username and at > moment)
 
-    def forget(self, username: str, before: float) -> None:
+    def forget(self, before: float) -> None:
         rows: dict[int, tuple[str, float]] = self._uow.table("login_failures")
-        for row_id in [i for i, (name, at) in rows.items() if name == username and at <= before]:
+        for row_id in [i for i, (_name, at) in rows.items() if at <= before]:
             self._uow.write("login_failures", row_id, None)

@@ -85,7 +85,7 @@ class LoginThrottle:
     def failed(self, username: str) -> None:
         now = self._clock.now().timestamp()
         with self._storage.unit_of_work() as uow:
-            uow.login_failures.forget(username, now - self._window)
+            uow.login_failures.forget(now - self._window)
             uow.login_failures.add(username, now)
             uow.commit()
 

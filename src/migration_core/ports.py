@@ -102,8 +102,9 @@ class LoginFailureRepository(Protocol):
         """The failures of `username` after `moment`, oldest first."""
         ...
 
-    def forget(self, username: str, before: float) -> None:
-        """Drop the failures of `username` at or before `before`."""
+    def forget(self, before: float) -> None:
+        """Drop every failure at or before `before`: those of names never
+        tried again too, so failed logins cannot grow storage without end."""
         ...
 
 

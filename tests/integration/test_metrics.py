@@ -130,3 +130,6 @@ async def test_apps_count_apart_and_metrics_off_answers_404(aiohttp_client: Any)
     answer = await off.get("/metrics")
     assert answer.status == 404
     assert await answer.json() == {"detail": "Not found."}
+    # The index links only what answers.
+    assert "metrics" not in await (await off.get("/api/v1/")).json()
+    assert (await (await first.get("/api/v1/")).json())["metrics"] == "/metrics"

@@ -1162,3 +1162,17 @@ def test_a_change_and_its_events_are_written_all_or_nothing(run: Run, start: str
         assert commits == 0, failure
     migrations, events = seen()
     assert (migrations == before[0]) == (events == before[1]) == (commits == 0)
+
+
+def test_failed_logins_older_than_the_window_go_whoever_they_were_for(storage: Storage) -> None:
+    """Failures of a name never tried again go too: they cannot pile up."""
+    with storage.unit_of_work() as uow:
+        for name, at in [("ann", 10.0), ("bob", 20.0), ("ann", 70.0), ("gone", 5.0)]:
+            uow.login_failures.add(name, at)
+        uow.commit()
+    with storage.unit_of_work() as uow:
+        uow.login_failures.forget(20.0)
+        uow.commit()
+    with storage.unit_of_work(write=False) as uow:
+        kept = {name: uow.login_failures.since(name, 0.0) for name in ("ann", "bob", "gone")}
+    assert kept == {"ann": [70.0], "bob": [], "gone": []}

@@ -590,10 +590,8 @@ class LoginFailures:
         )
         return [float(row[0]) for row in rows]
 
-    def forget(self, username: str, before: float) -> None:
-        self._session.execute(
-            "DELETE FROM login_failures WHERE username = ? AND failed_at <= ?", [username, before]
-        )
+    def forget(self, before: float) -> None:
+        self._session.execute("DELETE FROM login_failures WHERE failed_at <= ?", [before])
 
 
 def _insert_event(session: Session, event: Event) -> Event:

@@ -303,6 +303,7 @@ def _instances(execute: Execute, dialect: Dialect) -> None:
         )
         """,
         "CREATE INDEX login_failures_by_username ON login_failures (username, failed_at)",
+        "CREATE INDEX login_failures_by_time ON login_failures (failed_at)",
     ])
 
 

@@ -86,6 +86,6 @@ def create_app(
         + stream.routes()
         + (setup_metrics(app) if metrics else []),
     )
-    console.setup_console(app)
+    console.setup_console(app, metrics=metrics)
     setup_openapi(app)
     return app

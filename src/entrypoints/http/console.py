@@ -131,7 +131,7 @@ class ApiIndexSchema(Schema):
     swagger_ui = fields.String(metadata={"example": SWAGGER_PATH})
     openapi = fields.String(metadata={"example": OPENAPI_PATH})
     health = fields.String(metadata={"example": "/health"})
-    metrics = fields.String(metadata={"example": "/metrics"})
+    metrics = fields.String(metadata={"example": "/metrics", "description": "Absent when metrics are off."})
 
 
 API_INDEX = {
@@ -151,14 +151,18 @@ API_INDEX = {
     security=[],
     responses=answers({200: (ApiIndexSchema, "The links, as paths on this service.")}),
 )
-async def api_index(_request: web.Request) -> web.Response:
-    return json_answer(API_INDEX, headers=SECURITY_HEADERS)
+async def api_index(request: web.Request) -> web.Response:
+    return json_answer(request.app[INDEX], headers=SECURITY_HEADERS)
 
 
-def setup_console(app: web.Application) -> None:
-    """Serve the console and the index of links; call it before `setup_openapi`
-    so the index is documented."""
+INDEX = web.AppKey("api_index", dict)
+
+
+def setup_console(app: web.Application, *, metrics: bool = True) -> None:
+    """Serve the console and the index of links (without /metrics when it is
+    off); call it before `setup_openapi` so the index is documented."""
     app[CONSOLE] = load_console()
+    app[INDEX] = API_INDEX if metrics else {k: v for k, v in API_INDEX.items() if k != "metrics"}
     app.router.add_get("/", _shell)
     app.router.add_get(STATIC_PREFIX + "{digest}/{name:.+}", _static)
     add_routes(app.router, [Route("GET", "/api/v1/", api_index, public=True)])
