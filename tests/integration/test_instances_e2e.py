@@ -154,6 +154,24 @@ def test_two_workers_answer_on_one_port_and_one_sigterm_stops_both(tmp_path: Pat
         service.kill()
 
 
+def test_workers_end_with_their_supervisor_however_it_ends(tmp_path: Path) -> None:
+    service = ServiceProcess(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path, "workers", "--workers", "2")
+    try:
+        service.start()
+        assert service.process is not None
+        supervisor = service.process.pid
+
+        def workers() -> list[int] | None:
+            children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+            return [int(pid) for pid in children] if len(children) == 2 else None
+
+        started = wait_for("two workers", workers)
+        service.stop(signal.SIGKILL)  # no chance to stop them itself
+        wait_for("the workers to end", lambda: not any(Path(f"/proc/{pid}").exists() for pid in started))
+    finally:
+        service.kill()
+
+
 def test_workers_cannot_share_memory_storage(tmp_path: Path) -> None:
     service = ServiceProcess("memory://", tmp_path, "memory", "--workers", "2")
     with pytest.raises(AssertionError, match="MIGRATION_WORKERS / --workers"):
