@@ -209,10 +209,6 @@ class CopyMark:
     # and once the run has ended.
     eta: datetime | None = None
 
-    @property
-    def complete(self) -> bool:
-        return self.volumes >= len(self.mount_point_ids)
-
 
 @attrs.frozen
 class Migration:

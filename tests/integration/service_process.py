@@ -42,10 +42,15 @@ def wait_for(what: str, check: Callable[[], T | None], patience: float = PATIENC
 
 class ServiceProcess:
     """One `serve` process on `storage`; it can be started again (on a new
-    port) as often as a test asks. Its output goes to a log file per start."""
+    port) as often as a test asks. Its output goes to a log file per start.
+    Every instance shares one secret key, given in the environment; with
+    `secret_key=None` the service keeps its own beside an SQLite database."""
 
-    def __init__(self, storage: str, directory: Path, name: str, *args: str) -> None:
+    def __init__(
+        self, storage: str, directory: Path, name: str, *args: str, secret_key: str | None = SECRET_KEY
+    ) -> None:
         self.storage = storage
+        self.secret_key = secret_key
         self.directory = directory
         self.name = name
         self.args = list(args)
@@ -65,7 +70,8 @@ class ServiceProcess:
         self.port = free_port()
         self.starts += 1
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
-        environ["MIGRATION_SECRET_KEY"] = SECRET_KEY
+        if self.secret_key is not None:
+            environ["MIGRATION_SECRET_KEY"] = self.secret_key
         command = [
             sys.executable, "-m", "entrypoints", "serve",
             "--host", "127.0.0.1",

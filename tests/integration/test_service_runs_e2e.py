@@ -6,132 +6,67 @@ bounded."""
 
 from __future__ import annotations
 
-import json
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-PATIENCE = 30.0  # seconds: a bound on every wait, never an expectation
+from .service_process import PATIENCE, ServiceProcess
+
 LONG_RUN = "30"  # seconds of a copy that is cut short
 SHORT_RUN = "1"  # seconds of the copy run again after the restart
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Service:
-    """One `serve` process on a database in a directory; started again on
-    the same database (and a new port) as often as a test asks."""
+class Service(ServiceProcess):
+    """One `serve` process on an SQLite file in a directory, keeping its
+    secret key beside it; started again on the same database (and a new
+    port) as often as a test asks."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
         self.database = directory / "db.sqlite"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        super().__init__(f"sqlite:///{self.database}", directory, "serve", secret_key=None)
         self.access = ""
-        self.starts = 0
 
     def start(self, run_seconds: str) -> None:
-        assert self.process is None
-        self.port = free_port()
-        self.starts += 1
-        log = (self.directory / f"serve-{self.starts}.log").open("wb")
-        command = [
-            sys.executable, "-m", "entrypoints", "serve",
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--storage", f"sqlite:///{self.database}",
-            "--run-seconds", run_seconds,
-        ]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + PATIENCE
-        while True:
-            assert self.process.poll() is None, f"the service ended early:\n{self.log()}"
-            try:
-                if self.call("GET", "/health", 200, token=False) == {"status": "ok"}:
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, f"the service did not answer:\n{self.log()}"
-            time.sleep(0.1)
+        super().start("--run-seconds", run_seconds)
 
-    def stop(self, how: signal.Signals) -> int:
-        """Send `how` and wait for the process to end; its exit code."""
-        assert self.process is not None
-        self.process.send_signal(how)
-        try:
-            code = self.process.wait(timeout=PATIENCE)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-        return code
-
-    def log(self) -> str:
-        return (self.directory / f"serve-{self.starts}.log").read_text(errors="replace")
-
-    def call(self, method: str, path: str, expect: int, body: Any = None, *, token: bool = True) -> Any:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        if token:
-            request.add_header("Authorization", f"Bearer {self.access}")
-        try:
-            with urllib.request.urlopen(request, timeout=PATIENCE) as answer:
-                status, text = answer.status, answer.read()
-        except urllib.error.HTTPError as error:
-            status, text = error.code, error.read()
-        assert status == expect, f"{method} {path}: {status} {text!r}"
-        return json.loads(text) if text else None
+    def answer(self, method: str, path: str, expect: int, body: Any = None, *, token: bool = True) -> Any:
+        return self.ok(method, path, body, self.access if token else None, status=expect)
 
     # -- a user and a migration -------------------------------------------
 
     def sign_up(self) -> None:
         account = {"username": "operator", "password": "a long enough password"}
-        self.call("POST", "/api/v1/auth/", 201, account, token=False)
-        self.access = self.call("POST", "/api/v1/token/", 200, account, token=False)["access"]
+        self.answer("POST", "/api/v1/auth/", 201, account, token=False)
+        self.access = self.answer("POST", "/api/v1/token/", 200, account, token=False)["access"]
 
     def migration(self) -> dict[str, int]:
         """A workload of C:\\ and D:\\ (both selected) and its migration."""
-        credentials = self.call("POST", "/api/v1/credentials/", 201, {"username": "admin", "password": "secret"})
+        credentials = self.answer("POST", "/api/v1/credentials/", 201, {"username": "admin", "password": "secret"})
         volumes = [
-            self.call("POST", "/api/v1/mount_points/", 201, {"name": name, "size": size})["id"]
+            self.answer("POST", "/api/v1/mount_points/", 201, {"name": name, "size": size})["id"]
             for name, size in [("C:\\", 4000), ("D:\\", 1000)]
         ]
-        workload = self.call(
+        workload = self.answer(
             "POST", "/api/v1/work_loads/", 201,
             {"ip": "192.0.2.10", "credentials": credentials["id"], "storage": volumes},
         )
-        target = self.call(
+        target = self.answer(
             "POST", "/api/v1/migration_targets/", 201,
             {"cloud_type": "vsphere", "cloud_credentials": credentials["id"]},
         )
-        migration = self.call(
+        migration = self.answer(
             "POST", "/api/v1/migrations/", 201,
             {"source": workload["id"], "migration_target": target["id"], "selected_mount_points": volumes},
         )
         return {"migration": migration["id"], "target": target["id"]}
 
     def state(self, migration_id: int) -> dict[str, Any]:
-        return self.call("GET", f"/api/v1/migrations/{migration_id}/state/", 200)  # type: ignore[no-any-return]
+        return self.answer("GET", f"/api/v1/migrations/{migration_id}/state/", 200)  # type: ignore[no-any-return]
 
     def wait_for(self, migration_id: int, done: Any) -> dict[str, Any]:
         deadline = time.monotonic() + PATIENCE
@@ -145,8 +80,7 @@ class Service:
 def service(tmp_path: Path) -> Iterator[Service]:
     found = Service(tmp_path)
     yield found
-    if found.process is not None:
-        found.stop(signal.SIGKILL)
+    found.kill()
 
 
 def stored_run(database: Path, migration_id: int) -> tuple[str, str | None]:
@@ -157,14 +91,14 @@ def stored_run(database: Path, migration_id: int) -> tuple[str, str | None]:
 
 
 def run_again_to_success(service: Service, ids: dict[str, int]) -> None:
-    rerun = service.call("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)
+    rerun = service.answer("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)
     assert (rerun["state"], rerun["progress"], rerun["error"]) == ("running", 0, None)
     final = service.wait_for(ids["migration"], lambda state: state["finished"])
     assert {field: final[field] for field in ("state", "progress", "error", "finished")} == {
         "state": "success", "progress": 100, "error": None, "finished": True,
     }
     assert [volume["copied"] for volume in final["volumes"]] == [4000, 1000]
-    target = service.call("GET", f"/api/v1/migration_targets/{ids['target']}/", 200)
+    target = service.answer("GET", f"/api/v1/migration_targets/{ids['target']}/", 200)
     assert target["target_vm"] == {
         "ip": "192.0.2.10",
         "credentials": {"username": "admin", "domain": ""},
@@ -178,7 +112,7 @@ def test_a_run_cut_short_by_sigkill_is_interrupted_after_the_restart_and_runs_ag
     service.start(LONG_RUN)
     service.sign_up()
     ids = service.migration()
-    assert service.call("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)["state"] == "running"
+    assert service.answer("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)["state"] == "running"
     # Progress is persisted while the copy runs, so the next process sees it.
     before = service.wait_for(ids["migration"], lambda state: state["progress"] > 0)
     service.stop(signal.SIGKILL)
@@ -190,7 +124,7 @@ def test_a_run_cut_short_by_sigkill_is_interrupted_after_the_restart_and_runs_ag
     # What was copied stays as last recorded.
     assert after["progress"] == 100 * after["bytes_copied"] // after["bytes_total"]
     assert before["progress"] <= after["progress"] < 100
-    target = service.call("GET", f"/api/v1/migration_targets/{ids['target']}/", 200)
+    target = service.answer("GET", f"/api/v1/migration_targets/{ids['target']}/", 200)
     assert target["target_vm"] is None
     run_again_to_success(service, ids)
 
@@ -201,7 +135,7 @@ def test_sigterm_during_a_run_exits_cleanly_marking_it_interrupted_and_it_runs_a
     service.start(LONG_RUN)
     service.sign_up()
     ids = service.migration()
-    service.call("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)
+    service.answer("POST", f"/api/v1/migrations/{ids['migration']}/run/", 202)
 
     assert service.stop(signal.SIGTERM) == 0, service.log()
     # Marked by the stopping service itself, before any restart, and said in one line.
@@ -211,7 +145,7 @@ def test_sigterm_during_a_run_exits_cleanly_marking_it_interrupted_and_it_runs_a
     service.start(SHORT_RUN)
     after = service.state(ids["migration"])
     assert (after["state"], after["error"], after["finished"]) == ("error", "interrupted", True)
-    target = service.call("GET", f"/api/v1/migration_targets/{ids['target']}/", 200)
+    target = service.answer("GET", f"/api/v1/migration_targets/{ids['target']}/", 200)
     assert target["target_vm"] is None
     run_again_to_success(service, ids)
     assert service.stop(signal.SIGTERM) == 0, service.log()
