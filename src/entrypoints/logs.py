@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TextIO
@@ -26,11 +28,35 @@ class _WithRequestId(logging.Filter):
         return True
 
 
+class _PerSecond:
+    """A timestamp's text to the second, formatted once a second (a busy
+    service logs thousands of lines in each) and completed with milliseconds."""
+
+    def __init__(self, seconds_text: Callable[[int], str], with_milliseconds: str) -> None:
+        self._seconds_text = seconds_text
+        self._with_milliseconds = with_milliseconds
+        self._cached = (-1, "")
+
+    def text(self, created: float) -> str:
+        second = int(created)
+        cached_second, seconds_text = self._cached
+        if second != cached_second:
+            seconds_text = self._seconds_text(second)
+            self._cached = (second, seconds_text)
+        return self._with_milliseconds % (seconds_text, (created - second) * 1000)
+
+
 class TextFormatter(logging.Formatter):
     """`time LEVEL logger: message`, then ` request_id=...` when there is one."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._time = _PerSecond(
+            lambda second: time.strftime(self.default_time_format, self.converter(second)), "%s,%03d"
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return self._time.text(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -42,9 +68,16 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (ISO 8601, UTC), level, logger, pid, message,
     request_id where there is one, and exception with its traceback, if any."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._time = _PerSecond(
+            lambda second: datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+            "%s.%03d+00:00",
+        )
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": self._time.text(record.created),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,

@@ -127,3 +127,67 @@ def test_text_lines_end_with_the_request_id_where_there_is_one() -> None:
     pid = os.getpid()
     assert outside.endswith(f"WARNING tests.text_lines[{pid}]: outside any request")
     assert inside.endswith(f"WARNING tests.text_lines[{pid}]: while answering one request_id=abc-123")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "body"),
+    [
+        ("GET", "/api/v1/credentials/7/", {"User-Agent": "wrk", "X-Request-Id": "abc"}, 200, b'{"id": 7}'),
+        ("POST", "/api/v1/x/?a=1&b=%20", {"Referer": "http://console/"}, 404, b""),
+        ("DELETE", "/p%d%s", {}, 204, b""),
+    ],
+)
+def test_the_access_line_is_aiohttps_default_line_with_the_answered_id(
+    method: str, path: str, headers: dict[str, str], status: int, body: bytes
+) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+    from aiohttp.web_log import AccessLogger
+
+    from entrypoints.http.access_log import AccessLog
+
+    logger = logging.getLogger("tests.access_lines")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    recorded = _Records()
+    logger.addHandler(recorded)
+    request = make_mocked_request(method, path, headers=headers)
+    response = web.Response(status=status, body=body, headers={"X-Request-Id": "answered-1"})
+    try:
+        AccessLog(logger, "").log(request, response, 0.25)
+        token = REQUEST_ID.set("answered-1")
+        try:
+            AccessLogger(logger, AccessLogger.LOG_FORMAT).log(request, response, 0.25)
+        finally:
+            REQUEST_ID.reset(token)
+    finally:
+        logger.removeHandler(recorded)
+    ours, aiohttps = recorded.records
+    assert ours.getMessage() == aiohttps.getMessage()
+    assert ours.__dict__["request_id"] == "answered-1"
+    assert (ours.levelno, ours.name) == (logging.INFO, logger.name)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_times_formatted_once_a_second_read_as_formatted_each_time(log_format: str) -> None:
+    from datetime import datetime, timezone
+
+    handler = log_handler(log_format)
+    for created in (1764608401.0, 1764608401.0004, 1764608401.9996, 1764608402.5, 1764608401.25):
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000)
+        line = handler.format(record)
+        if log_format == "json":
+            expected = datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds")
+            assert json.loads(line)["time"] == expected
+        else:
+            assert line.startswith(logging.Formatter().formatTime(record) + " INFO x[")
