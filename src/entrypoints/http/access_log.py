@@ -60,7 +60,7 @@ class AccessLog(AbstractAccessLogger):
                 f' "{headers.get("Referer", "-")}" "{headers.get("User-Agent", "-")}"'
             )
             record = self.logger.makeRecord(
-                self.logger.name, logging.INFO, __file__, 0, line, None, None,
+                self.logger.name, logging.INFO, __file__, 0, line, (), None,
                 extra={"request_id": response.headers.get(HEADER)},
             )
             self.logger.handle(record)
