@@ -284,7 +284,13 @@ def _translated_savepoint(execute: Callable[[str], object], name: str) -> Iterat
 class FileLockWitness:
     """OS file locks in a folder beside the database: the kernel drops a
     process's locks when it ends, however it ends, so the others can tell at
-    once that it is gone. Each instance locks a file named by its id."""
+    once that it is gone. Each instance locks a file named by its id.
+
+    An instance that dies leaves its file behind, unlocked. Taking its own
+    lock, an instance removes those files, each only while it holds that
+    file's lock itself; the one taking a lock checks, once it holds it, that
+    the name still leads to the file it locked (else it was just removed, and
+    it starts again): so a removal never takes a live instance's file."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -299,13 +305,47 @@ class FileLockWitness:
     def hold(self, instance_id: str) -> None:
         if instance_id in self._held:
             return
-        descriptor = os.open(self._path(instance_id), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException:
+        path = self._path(instance_id)
+        # Another instance removing left-behind files may hold this new file's
+        # lock for a moment; the id is ours alone, so nothing else holds it long.
+        deadline = time.monotonic() + 1.0
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.001)
+                continue
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if _names(path, descriptor):
+                break
             os.close(descriptor)
-            raise
         self._held[instance_id] = descriptor
+        self._remove_left_behind()
+
+    def _remove_left_behind(self) -> None:
+        """Remove the files of instances that ended without removing theirs."""
+        mine = {self._path(instance_id) for instance_id in self._held}
+        for path in self._folder.glob("*.lock"):
+            if path in mine:
+                continue
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # removed meanwhile
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _names(path, descriptor):
+                    path.unlink()
+            except OSError:
+                pass  # held: its instance lives
+            finally:
+                os.close(descriptor)
 
     def release(self, instance_id: str) -> None:
         descriptor = self._held.pop(instance_id, None)
@@ -328,3 +368,13 @@ class FileLockWitness:
         finally:
             os.close(descriptor)  # closing drops a lock this check may have taken
         return False
+
+
+def _names(path: Path, descriptor: int) -> bool:
+    """Whether `path` still leads to the open file `descriptor`."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
