@@ -240,6 +240,13 @@ class Kind:
     plain: bool = False
 
     @functools.cached_property
+    def positional(self) -> bool:
+        """Whether a row (id first, then the columns) is the entity's fields in
+        order with id last: then it becomes one by a positional call."""
+        fields = tuple(field.name for field in attrs.fields(self.entity))
+        return self.plain and not self.list_field and not self.derived and fields == (*self.columns, "id")
+
+    @functools.cached_property
     def statements(self) -> tuple[str, str, str]:
         """SELECT, INSERT and UPDATE of the kind."""
         marks = ", ".join("?" * len(self.columns))
@@ -863,6 +870,8 @@ class Repository(Generic[E]):
     def _entities(self, rows: Sequence[Sequence[Any]]) -> list[E]:
         kind: Kind = self._kind
         codec: Codec = self._session.codec
+        if kind.positional:
+            return self._plain_entities(rows)
         lists = self._lists([row[0] for row in rows])
         entities = []
         names = ("id", *kind.columns, *(d.field for d in kind.derived))
@@ -878,6 +887,19 @@ class Repository(Generic[E]):
                 values[kind.list_field.field] = lists.get(values["id"], [])
             entities.append(kind.entity(**values) if kind.plain else codec.entity(values, kind.entity))
         return entities
+
+    def _plain_entities(self, rows: Sequence[Sequence[Any]]) -> list[E]:
+        """Rows whose columns are the entity's fields in order, id last."""
+        kind: Kind = self._kind
+        entity = kind.entity
+        if kind.secret_column is None:
+            return [entity(*row[1:], row[0]) for row in rows]
+        secret = 1 + kind.columns.index(kind.secret_column)
+        box = self._session.codec.box
+        return [
+            entity(*row[1:secret], box.open(bytes(row[secret]), _PASSWORD), *row[secret + 1 :], row[0])
+            for row in rows
+        ]
 
     def _lists(self, parent_ids: Sequence[int]) -> dict[int, list[int]]:
         listed = self._kind.list_field
