@@ -116,9 +116,11 @@ class Service:
     """One `serve` process on `storage`, with a user owning 100 credentials:
     what the detail, list and create phases read and write."""
 
-    def __init__(self, storage: str, secret: str, access_log: str, *extra: str) -> None:
+    def __init__(self, storage: str, secret: str, access_log: str, *extra: str, log: Path | None = None) -> None:
         self.storage = storage
         self.port = free_port()
+        # Its log to a file when given, as an operator's would go; else nowhere.
+        self._log = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "entrypoints", "serve",
@@ -131,7 +133,7 @@ class Service:
             ],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log or subprocess.DEVNULL,
         )
         self.base = f"http://127.0.0.1:{self.port}"
         wait_until_up(self.base + "/health", self.process)
@@ -162,6 +164,8 @@ class Service:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        if self._log is not None:
+            self._log.close()
 
 
 class Stage:
@@ -189,6 +193,9 @@ class Stage:
         self.others = {} if postgres is None else {
             "postgresql": Service(postgres, self.secret, access_log),
             "workers-2": Service(f"sqlite:///{workdir / 'workers.db'}", self.secret, access_log, "--workers", "2"),
+            # The service's default: a line a request, written to a file.
+            "access-log": Service(f"sqlite:///{workdir / 'logged.db'}", self.secret, "on",
+                                  log=workdir / "access.log"),
         }
         self.migration_ids = self._migrations(runs, self.main.credentials[0]["id"])  # type: ignore[index]
         self.deep_token, self.deep_rows = self._deep_table(deep_rows)
@@ -336,6 +343,7 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
         for phase, load in stage.others["postgresql"].loads().items():
             go(f"postgresql {phase}", load)
         go("workers-2 detail", stage.others["workers-2"].loads()["detail"])
+        go("access-log-on detail", stage.others["access-log"].loads()["detail"])
         stage.run_all("run")
         go("detail-under-runs", detail)
         stage.run_all("cancel")
@@ -364,6 +372,7 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
     for phase in ("detail", "list", "create"):
         print(f"postgresql {phase} / sqlite {phase}: {med(f'postgresql {phase}', 'rps') / med(phase, 'rps'):.2f}")
     print(f"workers-2 detail / detail (one worker): {med('workers-2 detail', 'rps') / med('detail', 'rps'):.2f}")
+    print(f"access-log-on detail / detail: {med('access-log-on detail', 'rps') / med('detail', 'rps'):.2f}")
     print(f"deep-page last p50 / first p50: {med('deep-page last', 'p50_ms') / med('deep-page first', 'p50_ms'):.2f}")
     print(f"logins per second during detail-under-logins: {statistics.median(extra['logins']):.1f}")
     print(f"service memory (RSS) after the deep pages: {max(extra['rss']):.0f} MB")
