@@ -100,6 +100,12 @@ class Session(Protocol):
         now (False)."""
         ...
 
+    @property
+    def lock_read_rows(self) -> str:
+        """What ends a SELECT of a row the caller may write back: the
+        dialect's lock in a writing unit, nothing in one that only reads."""
+        ...
+
 
 @contextmanager
 def driver_errors(
@@ -407,6 +413,10 @@ class SqlUnitOfWork:
         self._root._deferred.append(write)
         return True
 
+    @property
+    def lock_read_rows(self) -> str:
+        return self.dialect.lock_read_rows if self._write else ""
+
     def _driver_errors(self) -> AbstractContextManager[None]:
         raise NotImplementedError
 
@@ -711,8 +721,12 @@ class Repository(Generic[E]):
         return stored
 
     def get(self, owner_id: int, entity_id: int) -> E:
+        # A writing use case reads an entity to write it back: the row stays
+        # locked until its commit (its list too: every writer takes the row
+        # first). Lists and counts lock nothing.
         row = self._session.execute(
-            f"{self._select} WHERE id = ? AND owner_id = ?", [entity_id, owner_id]
+            f"{self._select} WHERE id = ? AND owner_id = ?{self._session.lock_read_rows}",
+            [entity_id, owner_id],
         ).fetchone()
         if row is None:
             raise refusals.not_found(self._kind.table, entity_id)

@@ -48,6 +48,10 @@ class Dialect:
     # A failed statement undoes itself alone and the transaction goes on
     # (SQLite); else it aborts the transaction unless inside a savepoint.
     statements_undo_alone: bool
+    # What ends a SELECT of a row a writing transaction may write back: it
+    # locks the row until the commit, so a concurrent read-modify-write waits
+    # instead of undoing this one's change; "" where writers take turns anyway.
+    lock_read_rows: str
 
     def sql(self, template: str) -> str:
         return template.format(
@@ -65,6 +69,7 @@ SQLITE = Dialect(
     keeps_counts=True,
     events_in_turn="",
     statements_undo_alone=True,
+    lock_read_rows="",
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -78,6 +83,9 @@ POSTGRES = Dialect(
     # use 0x4D47), held from the first event appended until the commit.
     events_in_turn="SELECT pg_advisory_xact_lock(19784, 1)",
     statements_undo_alone=False,
+    # NO KEY: keys never change, and a row locked so still takes new
+    # references (a foreign key check's KEY SHARE) without waiting.
+    lock_read_rows=" FOR NO KEY UPDATE",
 )
 
 Step = Callable[[Execute, Dialect], None]

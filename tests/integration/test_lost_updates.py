@@ -1,0 +1,221 @@
+"""Lost updates: two use cases that each read a row and write it back, in
+units of work on two threads, interleaved in the order that loses a write
+where nothing stops it. The first reads and holds its unit open just before
+it writes; the second reads the same row, changes another field and commits
+(or waits for the first, as storage must make it); then the first writes and
+commits. Every storage must keep both changes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psycopg
+import pytest
+
+import migration_core as core
+from adapters.clock import SystemClock
+from adapters.postgres import PostgresStorage
+from migration_core import Storage
+
+from .storages import ALL_STORAGES, open_storage
+
+SECRET = b"lost-update-suite-secret-of-32-bytes"
+PATIENCE = 30.0  # seconds a step may take before the test says it hung
+
+
+@pytest.fixture(params=ALL_STORAGES)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    store = open_storage(request.param, request, tmp_path, SECRET, connections=4)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def owner(storage: Storage) -> int:
+    with storage.unit_of_work() as uow:
+        user = uow.users.add(core.User("writer", "not-a-real-hash"))
+        uow.commit()
+    return user.id
+
+
+class Watched:
+    """A storage as one use case sees it: its write unit says when it has
+    asked to begin and when it has begun, and runs `before_write` once, when
+    the use case has read what it needs and is about to write an entity."""
+
+    def __init__(self, storage: Storage, before_write: Callable[[], None] = lambda: None) -> None:
+        self.storage = storage
+        self.before_write = before_write
+        self.asked, self.begun, self.writing = threading.Event(), threading.Event(), threading.Event()
+
+    def unit_of_work(self, *, write: bool = True) -> Any:
+        unit = self.storage.unit_of_work(write=write)
+        return _WatchedUnit(unit, self) if write else unit
+
+
+class _WatchedUnit:
+    def __init__(self, unit: Any, watched: Watched) -> None:
+        self._unit, self._watched = unit, watched
+
+    def __enter__(self) -> _WatchedUnit:
+        self._watched.asked.set()
+        self._unit.__enter__()
+        self._watched.begun.set()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._unit.__exit__(kind, exc, tb)
+
+    def commit(self) -> None:
+        self._unit.commit()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._unit, name)
+        return _WatchedWrites(found, self._watched) if hasattr(found, "update") else found
+
+
+class _WatchedWrites:
+    def __init__(self, repository: Any, watched: Watched) -> None:
+        self._repository, self._watched = repository, watched
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._repository, name)
+        if name not in ("update", "update_if") or self._watched.writing.is_set():
+            return found
+        self._watched.writing.set()
+        self._watched.before_write()
+        return found
+
+
+def _waits_for_the_first(storage: Storage, second: Watched) -> Callable[[], bool]:
+    """Whether the second use case is held back by the first one's open unit:
+    on PostgreSQL a session waits for a lock; SQLite and the in-memory storage
+    let one write unit in at a time, so the second has asked and not begun."""
+    if not isinstance(storage, PostgresStorage):
+        return lambda: second.asked.is_set() and not second.begun.is_set()
+    url = storage.url
+
+    def waiting() -> bool:
+        with psycopg.connect(url, autocommit=True) as connection:
+            row = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()
+        return row is not None and row[0] > 0
+
+    return waiting
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def interleave(
+    storage: Storage, first: Callable[[Storage], Any], second: Callable[[Storage], Any]
+) -> tuple[Any, Any]:
+    """Run `first` until it is about to write, then `second` on another thread
+    until it has finished or waits for `first`; then let `first` write and finish.
+    Both results (an error is raised)."""
+    outcomes: dict[str, Any] = {}
+    later = Watched(storage)
+
+    def run(name: str, use_case: Callable[[Storage], Any], sees: Storage) -> None:
+        try:
+            outcomes[name] = use_case(sees)
+        except BaseException as exc:  # noqa: BLE001 - raised again on the test's thread
+            outcomes[name] = exc
+
+    second_thread = threading.Thread(target=run, args=("second", second, later))
+    held_back = _waits_for_the_first(storage, later)
+
+    def let_the_second_go() -> None:
+        second_thread.start()
+        _until(
+            lambda: not second_thread.is_alive() or held_back(),
+            "the second use case finished or waited for the first",
+        )
+
+    first_thread = threading.Thread(
+        target=run, args=("first", first, Watched(storage, let_the_second_go))
+    )
+    first_thread.start()
+    first_thread.join(PATIENCE)
+    second_thread.join(PATIENCE)
+    assert not first_thread.is_alive() and not second_thread.is_alive(), "a use case hung"
+    for outcome in outcomes.values():
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes["first"], outcomes["second"]
+
+
+def test_two_patches_of_one_workload_keep_both_fields(storage: Storage, owner: int) -> None:
+    old_login = core.create_credentials(storage, owner, username="admin", password="pw")
+    new_login = core.create_credentials(storage, owner, username="root", password="pw2")
+    system = core.create_mount_point(storage, owner, name="C:\\", size=10)
+    data = core.create_mount_point(storage, owner, name="D:\\", size=20)
+    workload = core.create_workload(
+        storage, owner, ip="10.0.0.1", credentials_id=old_login.id, mount_point_ids=[system.id]
+    )
+
+    interleave(
+        storage,
+        lambda s: core.update_workload(s, owner, workload.id, credentials_id=new_login.id),
+        lambda s: core.update_workload(s, owner, workload.id, mount_point_ids=[system.id, data.id]),
+    )
+
+    stored = core.get_workload(storage, owner, workload.id)
+    assert (stored.credentials_id, stored.mount_point_ids) == (new_login.id, (system.id, data.id))
+
+
+class _Runner:
+    instance_id = None
+
+    def launch(self, migration: core.Migration) -> None:
+        """The test reports the copy itself."""
+
+    def cancel(self, migration_id: int) -> None:
+        """Nothing to stop."""
+
+
+def test_a_cancel_keeps_the_progress_a_concurrent_report_recorded(storage: Storage, owner: int) -> None:
+    """The runner records a volume copied while the run is being cancelled:
+    either the report comes first and the cancel keeps what it recorded, or
+    the cancel comes first and the report finds the run over."""
+    clock = SystemClock()
+    login = core.create_credentials(storage, owner, username="admin", password="pw")
+    volumes = [core.create_mount_point(storage, owner, name=n, size=50) for n in ("C:\\", "D:\\")]
+    workload = core.create_workload(
+        storage, owner, ip="10.0.0.2", credentials_id=login.id, mount_point_ids=[v.id for v in volumes]
+    )
+    target = core.create_migration_target(storage, owner, cloud_type="aws", cloud_credentials_id=login.id)
+    migration = core.create_migration(
+        storage, owner, clock=clock, source_id=workload.id, migration_target_id=target.id,
+        selected_mount_point_ids=[v.id for v in volumes],
+    )
+    run = core.RunRef.of(core.start_run(storage, clock, owner, migration.id))
+    halfway_and_more = {run: core.Elapsed(seconds=60, duration=100)}
+
+    _, still_running = interleave(
+        storage,
+        lambda s: core.cancel_run(s, clock, _Runner(), owner, migration.id),
+        lambda s: core.advance_runs(s, clock, halfway_and_more),
+    )
+
+    stored = core.get_migration(storage, owner, migration.id)
+    events = core.list_events(storage, owner, migration.id, core.ListQuery(limit=100)).items
+    copied = [e for e in events if e.kind is core.EventKind.VOLUME_COPIED]
+    assert (stored.state, stored.error) == (core.MigrationState.ERROR, "cancelled")
+    assert stored.copied is not None
+    # A report that found the run still running recorded C:\ copied, at 60%: that stays.
+    expected = (60, 1, 1) if still_running == {run} else (0, 0, 0)
+    assert (stored.progress, stored.copied.volumes, len(copied)) == expected
