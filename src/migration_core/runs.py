@@ -239,7 +239,9 @@ def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Elapse
     with storage.unit_of_work() as uow:
         now = clock.now()
         events: list[Event] = []
-        for ref, report in reports.items():
+        # In id order, as `mark_interrupted` takes them: storage may lock each
+        # run it reads until the commit, and locks taken in one order cannot deadlock.
+        for ref, report in sorted(reports.items(), key=lambda item: item[0].migration_id):
             migration = uow.migrations.get(ref.owner_id, ref.migration_id)
             if migration.state is not RUNNING:
                 continue
