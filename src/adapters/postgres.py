@@ -21,6 +21,15 @@ waits for. A read-only unit is REPEATABLE READ, READ ONLY: a count and its
 page come from one snapshot. A unit entered inside another on the same thread
 uses the outer one's connection, as a savepoint.
 
+READ COMMITTED alone would let two read-modify-writes of one row (two
+PATCHes, a cancel and the runner's progress) each write back what it read,
+the later undoing the earlier. So in a writing unit every single-row read of
+an entity (`Repository.get`) locks that row `FOR NO KEY UPDATE` until the
+commit: the other waits, then reads the change. Lists and counts lock
+nothing; read-only units never lock. Rows of several entities are taken in a
+use case's own order (the runner's in id order); the rare cycle is a
+deadlock PostgreSQL breaks, answered as a Conflict.
+
 Schema upgrades hold a transaction-level advisory lock, so instances that
 start together upgrade one after another. Each live instance holds a
 session-level advisory lock on a connection of its own: when its process or
