@@ -231,7 +231,8 @@ class _Row:
         if not found:
             self._create(ip)
             return "created"
-        workload = found[0]
+        # Read again as a single entity, which storage may lock: the row rewrites it.
+        workload = self.uow.workloads.get(self.owner_id, found[0].id)
         _, migrations = self.uow.migrations.find(
             self.owner_id, ListQuery(filters={"source_id": workload.id}, limit=1_000_000)
         )

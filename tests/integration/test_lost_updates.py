@@ -43,15 +43,21 @@ def owner(storage: Storage) -> int:
     return user.id
 
 
-class Watched:
-    """A storage as one use case sees it: its write unit says when it has
-    asked to begin and when it has begun, and runs `before_write` once, when
-    the use case has read what it needs and is about to write an entity."""
+WRITES = ("update", "update_if")
 
-    def __init__(self, storage: Storage, before_write: Callable[[], None] = lambda: None) -> None:
+
+class Watched:
+    """A storage as one use case sees it: its write units say when one has
+    asked to begin and when it has begun, and run `pause` once, before the use
+    case's first call of one of `pause_before` on an entity repository (by
+    default, once it has read what it needs and is about to write)."""
+
+    def __init__(
+        self, storage: Storage, pause: Callable[[], None] = lambda: None, pause_before: tuple[str, ...] = WRITES
+    ) -> None:
         self.storage = storage
-        self.before_write = before_write
-        self.asked, self.begun, self.writing = threading.Event(), threading.Event(), threading.Event()
+        self.pause, self.pause_before = pause, pause_before
+        self.asked, self.begun, self.paused = threading.Event(), threading.Event(), threading.Event()
 
     def unit_of_work(self, *, write: bool = True) -> Any:
         unit = self.storage.unit_of_work(write=write)
@@ -78,19 +84,19 @@ class _WatchedUnit:
 
     def __getattr__(self, name: str) -> Any:
         found = getattr(self._unit, name)
-        return _WatchedWrites(found, self._watched) if hasattr(found, "update") else found
+        return _WatchedRepository(found, self._watched) if hasattr(found, "update") else found
 
 
-class _WatchedWrites:
+class _WatchedRepository:
     def __init__(self, repository: Any, watched: Watched) -> None:
         self._repository, self._watched = repository, watched
 
     def __getattr__(self, name: str) -> Any:
         found = getattr(self._repository, name)
-        if name not in ("update", "update_if") or self._watched.writing.is_set():
+        if name not in self._watched.pause_before or self._watched.paused.is_set():
             return found
-        self._watched.writing.set()
-        self._watched.before_write()
+        self._watched.paused.set()
+        self._watched.pause()
         return found
 
 
@@ -121,11 +127,15 @@ def _until(condition: Callable[[], bool], what: str) -> None:
 
 
 def interleave(
-    storage: Storage, first: Callable[[Storage], Any], second: Callable[[Storage], Any]
+    storage: Storage,
+    first: Callable[[Storage], Any],
+    second: Callable[[Storage], Any],
+    first_pauses_before: tuple[str, ...] = WRITES,
 ) -> tuple[Any, Any]:
-    """Run `first` until it is about to write, then `second` on another thread
-    until it has finished or waits for `first`; then let `first` write and finish.
-    Both results (an error is raised)."""
+    """Run `first` until it is about to write (or to call another of
+    `first_pauses_before`), then `second` on another thread until it has
+    finished or waits for `first`; then let `first` go on and finish. Both
+    results (an error is raised)."""
     outcomes: dict[str, Any] = {}
     later = Watched(storage)
 
@@ -146,7 +156,7 @@ def interleave(
         )
 
     first_thread = threading.Thread(
-        target=run, args=("first", first, Watched(storage, let_the_second_go))
+        target=run, args=("first", first, Watched(storage, let_the_second_go, first_pauses_before))
     )
     first_thread.start()
     first_thread.join(PATIENCE)
@@ -175,6 +185,29 @@ def test_two_patches_of_one_workload_keep_both_fields(storage: Storage, owner: i
 
     stored = core.get_workload(storage, owner, workload.id)
     assert (stored.credentials_id, stored.mount_point_ids) == (new_login.id, (system.id, data.id))
+
+
+def test_an_import_keeps_a_patch_made_after_it_matched_the_workload(storage: Storage, owner: int) -> None:
+    """The import finds the row's workload by ip (a list, which locks nothing)
+    and only then reads what it rewrites: a PATCH between the two stays."""
+    old_login = core.create_credentials(storage, owner, username="admin", password="pw")
+    new_login = core.create_credentials(storage, owner, username="root", password="pw2")
+    system = core.create_mount_point(storage, owner, name="C:\\", size=10)
+    workload = core.create_workload(
+        storage, owner, ip="10.0.0.3", credentials_id=old_login.id, mount_point_ids=[system.id]
+    )
+    row = core.InventoryRow(2, "10.0.0.3", volumes=(("C:\\", 10), ("D:\\", 20)))
+
+    interleave(
+        storage,
+        lambda s: core.import_inventory(s, SystemClock(), owner, [row]),
+        lambda s: core.update_workload(s, owner, workload.id, credentials_id=new_login.id),
+        first_pauses_before=("get",),
+    )
+
+    stored = core.get_workload(storage, owner, workload.id)
+    volumes = [core.get_mount_point(storage, owner, i).name for i in stored.mount_point_ids]
+    assert (stored.credentials_id, volumes) == (new_login.id, ["C:\\", "D:\\"])
 
 
 class _Runner:
