@@ -187,6 +187,21 @@ def test_two_patches_of_one_workload_keep_both_fields(storage: Storage, owner: i
     assert (stored.credentials_id, stored.mount_point_ids) == (new_login.id, (system.id, data.id))
 
 
+def test_two_patches_of_one_target_keep_both_fields(storage: Storage, owner: int) -> None:
+    old_login = core.create_credentials(storage, owner, username="admin", password="pw")
+    new_login = core.create_credentials(storage, owner, username="root", password="pw2")
+    target = core.create_migration_target(storage, owner, cloud_type="aws", cloud_credentials_id=old_login.id)
+
+    interleave(
+        storage,
+        lambda s: core.update_migration_target(s, owner, target.id, cloud_credentials_id=new_login.id),
+        lambda s: core.update_migration_target(s, owner, target.id, cloud_type="azure"),
+    )
+
+    stored = core.get_migration_target(storage, owner, target.id)
+    assert (stored.cloud_type, stored.cloud_credentials_id) == (core.CloudType.AZURE, new_login.id)
+
+
 def test_an_import_keeps_a_patch_made_after_it_matched_the_workload(storage: Storage, owner: int) -> None:
     """The import finds the row's workload by ip (a list, which locks nothing)
     and only then reads what it rewrites: a PATCH between the two stays."""
