@@ -25,8 +25,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from ..integration.test_service_e2e import Service as ServiceProcess
-from ..integration.test_service_e2e import _free_port
+from ..integration.service_process import ServiceProcess
 from .support import ROOT, Api, Console
 
 CHROMIUM = "/usr/bin/chromium"
@@ -48,15 +47,9 @@ class Service(ServiceProcess):
     loopback port with an SQLite file, answering /health."""
 
     def __init__(self, folder: Path, *flags: str) -> None:
-        super().__init__(folder / "db.sqlite", _free_port(), "--host", "127.0.0.1", "--access-log", "off", *flags)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"sqlite:///{folder / 'db.sqlite'}", folder, "service", "--access-log", "off", *flags,
+                         secret_key=None)
         self.api = Api(self.call)
-
-    def end(self) -> None:
-        """Kill it, when a failed start or stop left it running."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.communicate()
 
 
 def _serving(folder: Path, *flags: str) -> Iterator[Service]:
@@ -66,7 +59,7 @@ def _serving(folder: Path, *flags: str) -> Iterator[Service]:
         yield running
         running.stop()
     finally:
-        running.end()
+        running.kill()
 
 
 @pytest.fixture(scope="package")

@@ -59,6 +59,10 @@ class ServiceProcess:
         self.starts = 0
 
     @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def log_path(self) -> Path:
         return self.directory / f"{self.name}-{self.starts}.log"
 
@@ -115,7 +119,7 @@ class ServiceProcess:
             headers["Authorization"] = f"Bearer {token}"
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=headers
+            f"{self.url}{path}", data=data, method=method, headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=PATIENCE) as answer:
@@ -128,6 +132,13 @@ class ServiceProcess:
         got, answer = self.call(method, path, body, token)
         assert got == status, (method, path, got, answer)
         return answer
+
+
+def sqlite_service(directory: Path, *args: str) -> ServiceProcess:
+    """The service as a user first runs it: an SQLite file under `directory`,
+    no MIGRATION_ variable, the secret key generated and kept beside the file."""
+    database = directory / "data" / "migration.db"
+    return ServiceProcess(f"sqlite:///{database}", directory, "service", *args, secret_key=None)
 
 
 def sign_up(service: ServiceProcess, username: str, password: str = "long enough") -> str:

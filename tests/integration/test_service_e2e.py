@@ -5,105 +5,22 @@ access token still works."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-START_TIMEOUT = 20.0
-STOP_TIMEOUT = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Service:
-    def __init__(self, database: Path, port: int, *flags: str) -> None:
-        self.database = database
-        self.port = port
-        self.flags = flags or ("--run-seconds", "0")
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self, *flags: str) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "entrypoints", "serve", "--port", str(self.port),
-             "--storage", f"sqlite:///{self.database}", *self.flags, *flags],
-            env=environ,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the service exited at start: {self.process.communicate()[0]}")
-            try:
-                if self.call("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("the service did not answer /health in time")
-
-    def stop(self) -> tuple[int, str]:
-        """SIGTERM, then the exit code and everything the service printed."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            output, _ = self.process.communicate(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            output, _ = self.process.communicate()
-            raise AssertionError(f"the service ignored SIGTERM: {output}") from None
-        return self.process.returncode, output
-
-    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, method=method, headers=headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                raw = answer.read()
-                return answer.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-
-@contextlib.contextmanager
-def running_service(directory: Path) -> Iterator[Service]:
-    """A service on a free port with its data under `directory`, killed at the
-    end if a test left it running."""
-    running = Service(directory / "data" / "migration.db", _free_port())
-    try:
-        yield running
-    finally:
-        if running.process is not None and running.process.poll() is None:
-            running.process.kill()
-            running.process.communicate()
+from .service_process import ServiceProcess, sqlite_service
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    with running_service(tmp_path) as running:
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    running = sqlite_service(tmp_path, "--run-seconds", "0")
+    try:
         yield running
+    finally:
+        running.kill()
 
 
 def _created(answer: tuple[int, Any]) -> dict[str, Any]:
@@ -112,7 +29,7 @@ def _created(answer: tuple[int, Any]) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-def test_objects_and_tokens_survive_a_restart(service: Service) -> None:
+def test_objects_and_tokens_survive_a_restart(service: ServiceProcess, tmp_path: Path) -> None:
     service.start()
     assert service.call("POST", "/api/v1/auth/", {"username": "alice", "password": "long enough"})[0] == 201
     status, tokens = service.call("POST", "/api/v1/token/", {"username": "alice", "password": "long enough"})
@@ -135,11 +52,11 @@ def test_objects_and_tokens_survive_a_restart(service: Service) -> None:
         access,
     ))
 
-    code, output = service.stop()
+    code, output = service.stop(), service.log()
     assert code == 0, output
     assert "Traceback" not in output
     assert "pw-SECRET" not in output and access not in output
-    assert (service.database.parent / "secret.key").exists()
+    assert (tmp_path / "data" / "secret.key").exists()
 
     service.start()
     for path, expected in [
@@ -152,5 +69,4 @@ def test_objects_and_tokens_survive_a_restart(service: Service) -> None:
         assert service.call("GET", path, token=access) == (200, expected), path
     status, listed = service.call("GET", "/api/v1/work_loads?ip=192.0.2.10", token=access)
     assert (status, listed["count"]) == (200, 1)
-    code, output = service.stop()
-    assert code == 0, output
+    assert service.stop() == 0, service.log()

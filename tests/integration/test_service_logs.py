@@ -19,23 +19,26 @@ import pytest
 
 from entrypoints.logs import REQUEST_ID, log_handler
 
-from .test_service_e2e import Service, running_service
+from .service_process import ServiceProcess, sqlite_service
 
 PASSWORD = "user-pass-5d1e8a2f"
 CREDENTIALS_PASSWORD = "cred-pass-0c7b3e91"
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    with running_service(tmp_path) as running:
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    running = sqlite_service(tmp_path, "--run-seconds", "0")
+    try:
         yield running
+    finally:
+        running.kill()
 
 
-def _call(service: Service, method: str, path: str, body: Any = None, *,
+def _call(service: ServiceProcess, method: str, path: str, body: Any = None, *,
           token: str | None = None, request_id: str | None = None) -> tuple[int, str, Any]:
     """Status, the X-Request-Id answered, and the body (parsed, when JSON)."""
     request = urllib.request.Request(
-        f"http://127.0.0.1:{service.port}{path}", method=method,
+        f"{service.url}{path}", method=method,
         data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"},
     )
     if token:
@@ -51,7 +54,7 @@ def _call(service: Service, method: str, path: str, body: Any = None, *,
     return status, headers["X-Request-Id"], parsed
 
 
-def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(service: Service) -> None:
+def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(service: ServiceProcess) -> None:
     service.start("--log-format", "json")
     sent: dict[str, str] = {}  # request id -> "METHOD path"
 
@@ -87,7 +90,7 @@ def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(service: S
     status, fresh, _ = _call(service, "GET", "/health")
     assert status == 200 and fresh and fresh != generated
 
-    code, output = service.stop()
+    code, output = service.stop(), service.log()
     assert code == 0, output
     lines = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
     assert all({"time", "level", "logger", "pid", "message"} <= set(line) for line in lines)
