@@ -87,7 +87,8 @@ class MemoryStorage:
         self._open = threading.local()  # this thread's units, outermost first
         self._registry = MemoryRegistry()
 
-    def unit_of_work(self, *, write: bool = True) -> MemoryUnitOfWork:
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> MemoryUnitOfWork:
+        # Undoing a nested unit alone costs memory nothing: it always is.
         return MemoryUnitOfWork(self._tables, self._lock, self._open)
 
     def instance_registry(self) -> MemoryRegistry:

@@ -51,7 +51,6 @@ from .secrets import SecretBox
 from .sql.instances import SqlInstanceRegistry
 from .sql.mapping import (
     Codec,
-    NestedTransactions,
     SqlUnitOfWork,
     StorageFailure,
     driver_errors,
@@ -128,8 +127,8 @@ class PostgresStorage:
             self._codec.check_key(uow, "The database")
             uow.commit()
 
-    def unit_of_work(self, *, write: bool = True) -> PostgresUnitOfWork:
-        return PostgresUnitOfWork(self, self._codec, write=write)
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(self, self._codec, write=write, undo_nested=undo_nested)
 
     def check(self) -> None:
         with self.unit_of_work(write=False) as uow:
@@ -166,8 +165,8 @@ class PostgresUnitOfWork(SqlUnitOfWork):
     dialect = POSTGRES
     _storage: PostgresStorage
 
-    def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool) -> None:
-        super().__init__(storage, codec, write=write)
+    def __init__(self, storage: PostgresStorage, codec: Codec, *, write: bool, undo_nested: bool = True) -> None:
+        super().__init__(storage, codec, write=write, undo_nested=undo_nested)
         self._connection: psycopg.Connection[Any] | None = None
         self._pooled = False
 
@@ -179,7 +178,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
 
     def __enter__(self) -> PostgresUnitOfWork:
         connection, pooled = self._storage.acquire()
-        transactions = NestedTransactions(
+        transactions = self._nested_transactions(
             connection.execute,
             lambda: connection.info.transaction_status != pq.TransactionStatus.IDLE,
         )
@@ -221,7 +220,7 @@ class PostgresUnitOfWork(SqlUnitOfWork):
                 cursor.executemany(_placeholders(sql), rows)
 
     @contextmanager
-    def savepoint(self) -> Iterator[None]:
+    def _savepoint(self) -> Iterator[None]:
         with _driver_errors(), savepoint_on(self.connection.execute, f"write_{id(self)}"):
             yield
 

@@ -59,7 +59,6 @@ from .sql.instances import SqlInstanceRegistry
 from .sql.mapping import (
     Codec,
     ConstraintViolation,
-    NestedTransactions,
     SqlUnitOfWork,
     StorageFailure,
     driver_errors,
@@ -170,8 +169,8 @@ class SqliteStorage:
                 self._connections.add(held)
         return held.db
 
-    def unit_of_work(self, *, write: bool = True) -> SqliteUnitOfWork:
-        return SqliteUnitOfWork(self, self._codec, write=write)
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> SqliteUnitOfWork:
+        return SqliteUnitOfWork(self, self._codec, write=write, undo_nested=undo_nested)
 
     def check(self) -> None:
         with _driver_errors():
@@ -212,8 +211,8 @@ class SqliteUnitOfWork(SqlUnitOfWork):
     dialect = SQLITE
     _storage: SqliteStorage
 
-    def __init__(self, storage: SqliteStorage, codec: Codec, *, write: bool) -> None:
-        super().__init__(storage, codec, write=write)
+    def __init__(self, storage: SqliteStorage, codec: Codec, *, write: bool, undo_nested: bool = True) -> None:
+        super().__init__(storage, codec, write=write, undo_nested=undo_nested)
         self._db: Database | None = None
         self._holds_write_lock = False
 
@@ -226,7 +225,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
     def __enter__(self) -> SqliteUnitOfWork:
         db = self._storage.database()
         conn = db.conn
-        transactions = NestedTransactions(conn.execute, lambda: conn.in_transaction)
+        transactions = self._nested_transactions(conn.execute, lambda: conn.in_transaction)
         with _driver_errors():
             if self._write and not conn.in_transaction:
                 self._storage.write_lock.acquire()
@@ -271,7 +270,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
         with _driver_errors():
             self.db.conn.executemany(sql, rows)
 
-    def savepoint(self) -> Any:
+    def _savepoint(self) -> Any:
         return _translated_savepoint(self.db.conn.execute, f"write_{id(self)}")
 
 

@@ -198,9 +198,14 @@ class UnitOfWork(Protocol):
 
 
 class Storage(Protocol):
-    def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> UnitOfWork:
         """A new transaction; `write=False` promises it only reads, which lets
-        storage run it alongside writers."""
+        storage run it alongside writers. `undo_nested=False` promises the
+        caller gives up the whole unit at the first failure inside it, so a
+        unit nested in it (or a refused write) need not be undone alone:
+        storage may skip that cost, and then may tell a failure inside only
+        as its own, and refuses to commit a unit in which something failed
+        or a nested unit was left without commit."""
         ...
 
     def check(self) -> None:

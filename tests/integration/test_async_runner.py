@@ -88,12 +88,12 @@ class WatchedStorage:
         self.target_update_error: str | None = None
         self.refused_target_updates: list[float] = []  # time.monotonic() of each
 
-    def unit_of_work(self, *, write: bool = True) -> _WatchedUnitOfWork:
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> _WatchedUnitOfWork:
         if self.unavailable:
             with self.lock:
                 self.refused += 1
             raise RuntimeError("storage unavailable")
-        return _WatchedUnitOfWork(self, self.inner.unit_of_work(write=write))
+        return _WatchedUnitOfWork(self, self.inner.unit_of_work(write=write, undo_nested=undo_nested))
 
     def check(self) -> None:
         self.inner.check()

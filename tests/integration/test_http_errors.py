@@ -146,10 +146,10 @@ class BreakableStorage:
     inner: Storage
     broken: bool = False
 
-    def unit_of_work(self, *, write: bool = True) -> UnitOfWork:
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> UnitOfWork:
         if self.broken:
             raise RuntimeError("disk I/O error near /var/lib/secret-path")
-        return self.inner.unit_of_work(write=write)
+        return self.inner.unit_of_work(write=write, undo_nested=undo_nested)
 
     def check(self) -> None:
         if self.broken:

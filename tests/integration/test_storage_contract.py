@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import attrs
 import pytest
 
 import migration_core as core
+from adapters.memory import MemoryStorage
+from adapters.sql.mapping import StorageFailure
 from migration_core import (
     Conflict,
     CopyMark,
@@ -609,6 +612,57 @@ def test_a_unit_inside_another_is_undone_with_it(world: World) -> None:
     with storage.unit_of_work(write=False) as uow:
         _, found = uow.mount_points.find(world.alice, ListQuery(limit=100))
     assert sorted(mp.name for mp in found) == ["C:\\", "D:\\", "G:\\"]
+
+
+def _volume_names(world: World) -> list[str]:
+    with world.storage.unit_of_work(write=False) as uow:
+        _, found = uow.mount_points.find(world.alice, ListQuery(limit=100))
+    return sorted(mp.name for mp in found)
+
+
+def test_a_unit_that_need_not_undo_nested_ones_alone_keeps_what_they_commit(world: World) -> None:
+    storage = world.storage
+    with storage.unit_of_work(undo_nested=False) as outer:
+        outer.mount_points.add(MountPoint(world.alice, "E:\\", 1))
+        with storage.unit_of_work() as inner:
+            inner.mount_points.add(MountPoint(world.alice, "F:\\", 2))
+            inner.commit()
+        with storage.unit_of_work() as inner:
+            assert inner.mount_points.find(world.alice, ListQuery(filters={"name": "F:\\"}))[0] == 1
+            inner.commit()
+        outer.commit()
+    assert _volume_names(world) == ["C:\\", "D:\\", "E:\\", "F:\\"]
+
+
+@pytest.mark.parametrize("where", ["a refused write", "a failed nested unit", "a nested unit left"])
+def test_a_failure_in_a_unit_that_need_not_undo_alone_never_leaves_a_part_written(world: World, where: str) -> None:
+    """Either the failed part alone is undone (the unit commits the rest), or
+    the unit refuses to commit: never is a part to be undone kept. Storage
+    that did not undo it alone may tell the failure only as its own."""
+    storage = world.storage
+    clash = Workload(world.alice, world.workload.ip, world.credentials.id)  # storage refuses the ip
+    committed = False
+    with storage.unit_of_work(undo_nested=False) as outer:
+        outer.mount_points.add(MountPoint(world.alice, "E:\\", 1))
+        if where == "a refused write":
+            with pytest.raises((Conflict, StorageFailure)):
+                outer.workloads.add(clash)
+        else:
+            with pytest.raises((Conflict, StorageFailure)) if where == "a failed nested unit" else nullcontext():
+                with storage.unit_of_work() as inner:
+                    inner.mount_points.add(MountPoint(world.alice, "F:\\", 2))
+                    if where == "a failed nested unit":
+                        inner.workloads.add(clash)
+                    # left without commit: to be undone
+        try:
+            outer.commit()
+            committed = True
+        except StorageFailure:
+            pass
+    assert committed == isinstance(storage, MemoryStorage)
+    assert _volume_names(world) == (["C:\\", "D:\\", "E:\\"] if committed else ["C:\\", "D:\\"])
+
+
 # --- waves ---------------------------------------------------------------------------
 
 
@@ -1100,8 +1154,8 @@ class _CommitFails:
         self.inner = inner
         self.commits = commits
 
-    def unit_of_work(self, *, write: bool = True) -> Any:
-        return _FailingUnit(self, self.inner.unit_of_work(write=write))
+    def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> Any:
+        return _FailingUnit(self, self.inner.unit_of_work(write=write, undo_nested=undo_nested))
 
     def check(self) -> None:
         self.inner.check()

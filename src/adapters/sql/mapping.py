@@ -383,20 +383,52 @@ class SqlUnitOfWork:
 
     Writes the outermost unit must make last (`later`) wait in it until its
     commit: a unit nested in another (a savepoint) gives them to the
-    outermost, and drops those it made when it is undone."""
+    outermost, and drops those it made when it is undone.
+
+    An outermost unit that need not undo nested units alone (`undo_nested`)
+    makes no savepoints for them nor for its writes: on PostgreSQL each is a
+    subtransaction, and thousands of them in one transaction slow every
+    statement after. A failed write, or a nested unit left without commit,
+    then spoils the unit: it will not commit."""
 
     dialect: Dialect
     _transactions: NestedTransactions | None = None
 
-    def __init__(self, storage: Any, codec: Codec, *, write: bool) -> None:
+    def __init__(self, storage: Any, codec: Codec, *, write: bool, undo_nested: bool = True) -> None:
         self._storage = storage
         self.codec = codec
         self._write = write
+        self._undo_nested = undo_nested
+        self._spoiled = False
         # A dialect's unit is also the session its repositories run statements through.
         self.session = cast(Session, self)
         self._root: SqlUnitOfWork = self
         self._deferred: list[Callable[[Session], object]] = []  # the outermost unit's
         self._deferred_mark = 0
+
+    def _nested_transactions(
+        self, execute: Callable[[str], object], in_transaction: Callable[[], bool]
+    ) -> NestedTransactions:
+        """The unit's transaction on a connection, before `_entered`: a nested
+        unit is a savepoint unless the outermost one need not undo it alone."""
+        units: list[SqlUnitOfWork] = _open_units.__dict__.setdefault("units", [])
+        return NestedTransactions(execute, in_transaction, savepoints=units[0]._undo_nested if units else True)
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """The `Session`'s nested transaction: the dialect's savepoint, or none
+        where the outermost unit gives up whole (a failure spoils it)."""
+        return self._savepoint() if self._root._undo_nested else self._spoiled_by_failure()
+
+    def _savepoint(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    @contextmanager
+    def _spoiled_by_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self._root._spoiled = True
+            raise
 
     def _entered(self) -> None:
         units: list[SqlUnitOfWork] = _open_units.__dict__.setdefault("units", [])
@@ -425,6 +457,8 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         assert self._transactions is not None, "commit inside the `with` block"
+        if self._root is self and self._spoiled:
+            raise StorageFailure("Part of the unit failed and was not undone alone; nothing was written.")
         with self._driver_errors():
             if self._root is self:
                 waiting, self._deferred = self._deferred, []
@@ -445,6 +479,8 @@ class SqlUnitOfWork:
             units.pop()
         if not transactions.committed:
             del self._root._deferred[self._deferred_mark :]
+            if transactions.joined:  # to be undone, and it cannot be alone
+                self._root._spoiled = True
         try:
             with self._driver_errors():
                 transactions.end()
@@ -494,33 +530,37 @@ class NestedTransactions:
     becomes a savepoint, and leaving without `commit()` undoes the unit's
     work (and, for the outermost, all of it)."""
 
-    def __init__(self, execute: Callable[[str], object], in_transaction: Callable[[], bool]) -> None:
+    def __init__(
+        self, execute: Callable[[str], object], in_transaction: Callable[[], bool], *, savepoints: bool = True
+    ) -> None:
         self._execute = execute
         self._in_transaction = in_transaction
+        self._savepoints = savepoints
         self.savepoint: str | None = None
+        self.joined = False  # nested without a savepoint: only the outer unit undoes it
         self.committed = False
 
     def begin(self, begin_statement: str) -> None:
-        if self._in_transaction():
+        if not self._in_transaction():
+            self._execute(begin_statement)
+        elif self._savepoints:
             self.savepoint = f"unit_{id(self)}"
             self._execute(f"SAVEPOINT {self.savepoint}")
         else:
-            self._execute(begin_statement)
-
-    @property
-    def nested(self) -> bool:
-        return self.savepoint is not None
+            self.joined = True
 
     def commit(self) -> None:
         if self.savepoint is not None:
             self._execute(f"RELEASE {self.savepoint}")
+        elif self.joined:
+            pass
         elif self._in_transaction():
             self._execute("COMMIT")
         self.committed = True
 
     def end(self) -> None:
-        """Leave the unit: undo it unless it was committed."""
-        if self.committed or not self._in_transaction():
+        """Leave the unit: undo it unless it was committed (or joined to the outer one)."""
+        if self.committed or self.joined or not self._in_transaction():
             return
         if self.savepoint is not None:
             self._execute(f"ROLLBACK TO {self.savepoint}")
