@@ -6,6 +6,8 @@ Import applies each row through the same use cases as single calls, each a
 savepoint of the import's one transaction, so every rule is the one those
 calls check, and a bad row is undone alone while the others are still
 checked. When any row is bad, nothing is written and every bad row is named.
+The savepoints are only needed once a row fails: the rows are first applied
+without them, and again with them only when something failed (`passes`).
 
 What a row means:
 - rows match workloads by ip (per owner): a new ip creates, a known one
@@ -46,6 +48,7 @@ from .inventory import (
     update_mount_point,
     update_workload,
 )
+from .passes import GaveUp, quick_then_careful
 from .ports import Clock, ListQuery, Repository, Storage, UnitOfWork
 from .waves import create_wave, update_wave
 
@@ -120,36 +123,57 @@ def import_inventory(
 ) -> ImportReport:
     """Apply every row in one transaction, or none (RowsRefused naming every
     bad row). A dry run checks the same and writes nothing."""
-    errors = _repeated_ips(rows)
+    repeated = _repeated_ips(rows)
+
+    def apply(uow: UnitOfWork, careful: bool) -> ImportReport:
+        return _apply(storage, clock, uow, owner_id, rows, list(repeated), progress, careful=careful)
+
+    return quick_then_careful(storage, apply, commit=not dry_run)
+
+
+def _apply(
+    storage: Storage,
+    clock: Clock,
+    uow: UnitOfWork,
+    owner_id: int,
+    rows: Sequence[InventoryRow],
+    errors: list[RowError],
+    progress: Progress | None,
+    *,
+    careful: bool,
+) -> ImportReport:
+    if errors and not careful:
+        raise GaveUp
     repeated = {error.row for error in errors}
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
-    with storage.unit_of_work() as uow:
-        # Rows only name waves; the waves are written after the rows.
-        wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
-        waves = _WaveMoves(wave_names)
-        for done, row in enumerate(rows, start=1):
-            if row.row not in repeated:
-                applied = _Row(storage, clock, uow, owner_id, row, wave_names)
-                try:
-                    with storage.unit_of_work() as savepoint:
-                        outcome = applied.apply()
-                        savepoint.commit()
-                except _RowFailed as failed:
-                    errors.append(RowError(row.row, failed.field, failed.message))
-                else:
-                    outcomes[outcome] += 1
-                    for migration_id, wave in applied.waves:
-                        waves.want(migration_id, row.row, wave)
-            if progress is not None:
-                progress(done, len(rows))
-        errors += waves.apply(storage, uow, owner_id)
-        if errors:
-            raise RowsRefused(
-                f"{len({e.row for e in errors})} row(s) may not be imported; nothing was written.",
-                sorted(errors, key=lambda e: e.row),
-            )
-        if not dry_run:
-            uow.commit()
+    # Rows only name waves; the waves are written after the rows.
+    wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
+    waves = _WaveMoves(wave_names)
+    for done, row in enumerate(rows, start=1):
+        if row.row not in repeated:
+            applied = _Row(storage, clock, uow, owner_id, row, wave_names, careful=careful)
+            try:
+                with storage.unit_of_work() as savepoint:
+                    outcome = applied.apply()
+                    savepoint.commit()
+            except _RowFailed as failed:
+                if not careful:
+                    raise
+                errors.append(RowError(row.row, failed.field, failed.message))
+            else:
+                outcomes[outcome] += 1
+                for migration_id, wave in applied.waves:
+                    waves.want(migration_id, row.row, wave)
+        if progress is not None:
+            progress(done, len(rows))
+    errors += waves.apply(storage, uow, owner_id)
+    if errors and not careful:
+        raise GaveUp
+    if errors:
+        raise RowsRefused(
+            f"{len({e.row for e in errors})} row(s) may not be imported; nothing was written.",
+            sorted(errors, key=lambda e: e.row),
+        )
     return ImportReport(**outcomes)
 
 
@@ -218,9 +242,12 @@ class _Row:
         owner_id: int,
         row: InventoryRow,
         wave_names: Mapping[int, str],
+        *,
+        careful: bool,
     ) -> None:
         self.storage, self.clock, self.uow, self.owner_id, self.row = storage, clock, uow, owner_id, row
         self.wave_names = wave_names
+        self.careful = careful  # False: no failure may be passed over
         self.changed = False
         self.waves: list[tuple[int, str]] = []  # (migration, the wave the row names for it)
 
@@ -393,7 +420,8 @@ class _Row:
         try:
             delete_mount_point(self.storage, self.owner_id, mount_point_id)
         except Conflict:
-            pass
+            if not self.careful:
+                raise
 
 
 def _selection(names: Sequence[str] | None, volumes: Sequence[MountPoint]) -> list[int]:

@@ -4,7 +4,8 @@ A wave holds its members as a list; storage keeps a migration in one wave at
 most and refuses to delete a migration still in one. Deleting a wave releases
 its members: they stay as they are, in no wave. Running a wave starts each
 member by the same rule as a single run (`runs._start`), each in a savepoint
-of one transaction, so one refusal does not hold back the others."""
+of one transaction, so one refusal does not hold back the others (the
+savepoints only once a member was refused: `passes`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .entities import Migration, MigrationState, Volume, Wave
 from .errors import Conflict, NotFound
 from .events import acting
 from .inventory import _referenced
+from .passes import quick_then_careful
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
 from .runs import _cancel, _start, hand_over
 
@@ -119,9 +121,10 @@ def run_wave(
     """Start every member that may start; for the others, the reason its own
     run would give. The starts commit together, then go to the runner.
     `actor` is the user who asked (by default the owner)."""
-    started: list[Migration] = []
-    refused: list[Refusal] = []
-    with storage.unit_of_work() as uow:
+
+    def start(uow: UnitOfWork, careful: bool) -> tuple[list[Migration], list[Refusal]]:
+        started: list[Migration] = []
+        refused: list[Refusal] = []
         for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
             try:
                 with storage.unit_of_work() as one:
@@ -130,8 +133,12 @@ def run_wave(
                     )
                     one.commit()
             except (Conflict, NotFound) as refusal:
+                if not careful:
+                    raise
                 refused.append(Refusal(migration_id, refusal.message))
-        uow.commit()
+        return started, refused
+
+    started, refused = quick_then_careful(storage, start)
     launched: list[int] = []
     for migration in started:
         try:

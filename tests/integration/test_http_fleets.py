@@ -124,6 +124,46 @@ async def test_a_row_of_a_running_migration_is_refused_with_that_reason(alice: U
     assert after == before
 
 
+async def test_bad_rows_among_good_ones_that_wrote_before_them_are_all_named_and_nothing_is_written(
+    alice: User,
+) -> None:
+    """Each bad row is found only once the rows before it were written; every
+    one is still named, with all the good rows around them left unwritten."""
+    good = [
+        "10.0.0.2,u,p,,C:\\=1;D:\\=2,aws,k,s,,C:\\,w1",
+        "10.0.0.3,u,p,,C:\\=1,,,,,,",
+        "10.0.0.5,u,p,,C:\\=1,aws,k,s,,,w1",
+        "10.0.0.7,u,p,,C:\\=1,,,,,,",
+    ]
+    bad = [
+        "10.0.0.4,u,p,,C:\\=1,aws,k,s,,E:\\,w1",  # selects a volume it lacks
+        "10.0.0.6,u,p,,C:\\=1,gcp,k,s,,,",  # no such cloud
+    ]
+    for dry_run in ("?dry_run=true", ""):
+        answer = await upload(alice, rows(good[0], good[1], bad[0], good[2], bad[1], good[3]), 400, dry_run)
+        assert [(r["row"], r["field"]) for r in answer["rows"]] == [(4, "select"), (6, "cloud_type")]
+        assert "2 row(s)" in answer["detail"]
+        assert {kind: len(objects) for kind, objects in (await everything(alice)).items()} == dict.fromkeys(KINDS, 0)
+    assert await upload(alice, rows(*good), 200) == {"created": 4, "updated": 0, "unchanged": 0}
+    stored = await everything(alice)
+    assert len(stored["work_loads"]) == 4 and len(stored["migrations"]) == 2
+    assert [len(wave["migrations"]) for wave in stored["waves"]] == [2]
+
+
+async def test_a_volume_a_row_drops_while_a_migration_still_selects_it_stays_and_the_rows_apply(alice: User) -> None:
+    await upload(alice, rows("10.0.0.1,u,p,,C:\\=1;D:\\=2,aws,k,s,,C:\\;D:\\,w1"), 200)
+    before = await everything(alice)
+    answer = await upload(alice, rows("10.0.0.1,u,p,,C:\\=1,,,,,,", "10.0.0.2,u,p,,C:\\=3,,,,,,"), 200)
+    assert answer == {"created": 1, "updated": 1, "unchanged": 0}
+    after = await everything(alice)
+    kept = next(w for w in after["work_loads"] if w["ip"] == "10.0.0.1")
+    c_drive = next(m["id"] for m in before["mount_points"] if m["name"] == "C:\\")
+    assert kept["storage"] == [c_drive]
+    # D:\ left the workload, yet the migration still selects it: not deleted.
+    assert sorted(m["name"] for m in after["mount_points"]) == ["C:\\", "C:\\", "D:\\"]
+    assert after["migrations"] == before["migrations"] and after["waves"] == before["waves"]
+
+
 # --- hostile files ---------------------------------------------------------------------
 
 
