@@ -122,3 +122,24 @@ def test_instances_opening_a_new_database_at_once_all_succeed(
         thread.join(timeout=60)
     assert failures == []
     assert describe(url)["version"] in (LATEST_VERSION, [(LATEST_VERSION,)])
+
+
+# Every (owner_id, id) key that a composite foreign key refers to.
+REFERRED = ["credentials", "mount_points", "workloads", "migration_targets", "migrations", "waves"]
+
+
+@pytest.mark.parametrize("table", REFERRED)
+def test_a_foreign_key_check_planned_on_an_empty_table_looks_up_its_key(table: str, postgres_url: str) -> None:
+    """PostgreSQL keeps the plan of a foreign key's check made while the table
+    was empty: that plan must find the row by its whole key, not read every
+    row of the owner (which made a large import slower with every row)."""
+    open_storage(postgres_url, SECRET).close()
+    with psycopg.connect(postgres_url) as db:
+        db.execute("SET plan_cache_mode = force_generic_plan")
+        db.execute(
+            f"PREPARE check_key (bigint, bigint) AS"
+            f" SELECT 1 FROM ONLY {table} x WHERE owner_id = $1 AND id = $2 FOR KEY SHARE OF x"
+        )
+        plan = "\n".join(row[0] for row in db.execute("EXPLAIN EXECUTE check_key (1, 1)"))
+    assert "Index Cond: ((owner_id = $1) AND (id = $2))" in plan, plan
+    assert "Filter" not in plan, plan
