@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -213,11 +213,6 @@ class PostgresUnitOfWork(SqlUnitOfWork):
         row = self.execute(f"{sql} RETURNING id", parameters).fetchone()
         assert row is not None
         return int(row[0])
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with _driver_errors():
-            with self.connection.cursor() as cursor:
-                cursor.executemany(_placeholders(sql), rows)
 
     @contextmanager
     def _savepoint(self) -> Iterator[None]:

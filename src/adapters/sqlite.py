@@ -47,7 +47,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -265,10 +265,6 @@ class SqliteUnitOfWork(SqlUnitOfWork):
         row_id = self.execute(sql, parameters).lastrowid
         assert row_id is not None
         return row_id
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with _driver_errors():
-            self.db.conn.executemany(sql, rows)
 
     def _savepoint(self) -> Any:
         return _translated_savepoint(self.db.conn.execute, f"write_{id(self)}")

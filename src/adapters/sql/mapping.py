@@ -11,7 +11,7 @@ import enum
 import functools
 import json
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from types import TracebackType
@@ -86,8 +86,6 @@ class Session(Protocol):
     def insert(self, sql: str, parameters: Sequence[Any]) -> int:
         """Run an INSERT of one row; its new id."""
         ...
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
     def savepoint(self) -> AbstractContextManager[None]:
         """A nested transaction: what fails inside it is undone, and the
@@ -876,12 +874,15 @@ class Repository(Generic[E]):
                 f"DELETE FROM {listed.table} WHERE {listed.parent_column} = ?", [entity.id]
             )
         ids: tuple[int, ...] = getattr(entity, listed.field)
-        if ids:
-            self._session.executemany(
+        items = [(entity.id, position, entity.owner_id, i) for position, i in enumerate(ids)]
+        # One statement per chunk: a round trip each, where a driver's
+        # executemany may cost several.
+        for part in chunks(items):
+            self._session.execute(
                 f"INSERT INTO {listed.table}"
                 f" ({listed.parent_column}, position, owner_id, {listed.item_column})"
-                " VALUES (?, ?, ?, ?)",
-                [(entity.id, position, entity.owner_id, i) for position, i in enumerate(ids)],
+                f" VALUES {', '.join(['(?, ?, ?, ?)'] * len(part))}",
+                [value for item in part for value in item],
             )
 
     @contextmanager
