@@ -104,6 +104,10 @@ class Session(Protocol):
         dialect's lock in a writing unit, nothing in one that only reads."""
         ...
 
+    def take_turn(self) -> None:
+        """Take the dialect's turn for appending events, once a transaction."""
+        ...
+
 
 @contextmanager
 def driver_errors(
@@ -398,6 +402,7 @@ class SqlUnitOfWork:
         self._write = write
         self._undo_nested = undo_nested
         self._spoiled = False
+        self._has_turn = False  # the outermost unit's: held until its end
         # A dialect's unit is also the session its repositories run statements through.
         self.session = cast(Session, self)
         self._root: SqlUnitOfWork = self
@@ -446,6 +451,13 @@ class SqlUnitOfWork:
     @property
     def lock_read_rows(self) -> str:
         return self.dialect.lock_read_rows if self._write else ""
+
+    def take_turn(self) -> None:
+        # Only ever taken outside savepoints (nested units' events wait for
+        # the outermost commit), so no rollback to one gives the turn back.
+        if self.dialect.events_in_turn and not self._root._has_turn:
+            self.session.execute(self.dialect.events_in_turn)
+            self._root._has_turn = True
 
     def _driver_errors(self) -> AbstractContextManager[None]:
         raise NotImplementedError
@@ -651,8 +663,7 @@ class LoginFailures:
 
 def _insert_event(session: Session, event: Event) -> Event:
     """Store `event`, taking the dialect's turn first."""
-    if session.dialect.events_in_turn:
-        session.execute(session.dialect.events_in_turn)
+    session.take_turn()
     try:
         with session.savepoint():
             new_id = session.insert(
