@@ -162,8 +162,8 @@ def _apply(
                 errors.append(RowError(row.row, failed.field, failed.message))
             else:
                 outcomes[outcome] += 1
-                for migration_id, wave in applied.waves:
-                    waves.want(migration_id, row.row, wave)
+                for migration_id, wave, new in applied.waves:
+                    waves.want(migration_id, row.row, wave, new=new)
         if progress is not None:
             progress(done, len(rows))
     errors += waves.apply(storage, uow, owner_id)
@@ -198,15 +198,19 @@ class _WaveMoves:
     def __init__(self, names: Mapping[int, str]) -> None:
         self.names = names  # of the waves as they were before the import
         self.moves: dict[int, tuple[int, str]] = {}  # migration -> (row, wave name)
+        self.new: set[int] = set()  # migrations the import made: in no wave yet
 
-    def want(self, migration_id: int, row: int, wave: str) -> None:
+    def want(self, migration_id: int, row: int, wave: str, *, new: bool) -> None:
         self.moves[migration_id] = (row, wave)
+        if new:
+            self.new.add(migration_id)
 
     def apply(self, storage: Storage, uow: UnitOfWork, owner_id: int) -> list[RowError]:
         leaving: dict[int, list[int]] = {}
         joining: dict[str, list[int]] = {}
         for migration_id, (_row, name) in self.moves.items():
-            current = uow.migrations.get(owner_id, migration_id).wave_id
+            # Another transaction cannot see a new migration, let alone put it in a wave.
+            current = None if migration_id in self.new else uow.migrations.get(owner_id, migration_id).wave_id
             if current is not None and self.names[current] == name:
                 continue
             if current is not None:
@@ -249,7 +253,7 @@ class _Row:
         self.wave_names = wave_names
         self.careful = careful  # False: no failure may be passed over
         self.changed = False
-        self.waves: list[tuple[int, str]] = []  # (migration, the wave the row names for it)
+        self.waves: list[tuple[int, str, bool]] = []  # (migration, the wave the row names, new)
 
     def apply(self) -> str:
         with _blame("ip"):
@@ -310,7 +314,7 @@ class _Row:
                 migration_target_id=target.id, selected_mount_point_ids=selected,
             )
         if plan.wave:
-            self.waves.append((migration.id, plan.wave))
+            self.waves.append((migration.id, plan.wave, True))
         self.changed = True
 
     # -- a known workload --------------------------------------------------
@@ -406,7 +410,7 @@ class _Row:
         if plan.wave is not None:
             current = "" if migration.wave_id is None else self._wave_name(migration.wave_id)
             if plan.wave != current:
-                self.waves.append((migration.id, plan.wave))
+                self.waves.append((migration.id, plan.wave, False))
                 self.changed = True
 
     def _wave_name(self, wave_id: int) -> str:
