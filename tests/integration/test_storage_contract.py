@@ -614,6 +614,29 @@ def test_a_unit_inside_another_is_undone_with_it(world: World) -> None:
     assert sorted(mp.name for mp in found) == ["C:\\", "D:\\", "G:\\"]
 
 
+def test_what_a_unit_wrote_reads_back_as_it_is_now_after_nested_units_undone(world: World) -> None:
+    storage = world.storage
+    with storage.unit_of_work() as outer:
+        added = outer.mount_points.add(MountPoint(world.alice, "E:\\", 1))
+        with storage.unit_of_work() as inner:
+            inner.mount_points.update(attrs.evolve(added, size=5))
+            assert inner.mount_points.get(world.alice, added.id).size == 5
+            # left without commit: the change is undone
+        assert outer.mount_points.get(world.alice, added.id) == added
+        changed = outer.credentials.update(attrs.evolve(world.credentials, password="new"))
+        gone = outer.mount_points.add(MountPoint(world.alice, "F:\\", 2))
+        with storage.unit_of_work() as inner:
+            inner.mount_points.delete(world.alice, gone.id)
+            inner.commit()
+        with pytest.raises(NotFound):
+            outer.mount_points.get(world.alice, gone.id)
+        assert outer.credentials.get(world.alice, changed.id) == changed
+        with pytest.raises(NotFound):
+            outer.credentials.get(world.bob, changed.id)
+        outer.commit()
+    assert read(storage, "credentials", world.alice, world.credentials.id).password == "new"
+
+
 def _volume_names(world: World) -> list[str]:
     with world.storage.unit_of_work(write=False) as uow:
         _, found = uow.mount_points.find(world.alice, ListQuery(limit=100))

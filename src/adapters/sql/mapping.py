@@ -108,6 +108,11 @@ class Session(Protocol):
         """Take the dialect's turn for appending events, once a transaction."""
         ...
 
+    def written(self) -> dict[tuple[str, int], Any]:
+        """Entities this transaction wrote, by (table, id), as stored: locked
+        by it or seen by it alone, so no other transaction changes them."""
+        ...
+
 
 @contextmanager
 def driver_errors(
@@ -403,6 +408,7 @@ class SqlUnitOfWork:
         self._undo_nested = undo_nested
         self._spoiled = False
         self._has_turn = False  # the outermost unit's: held until its end
+        self._written: dict[tuple[str, int], Any] = {}  # the outermost unit's
         # A dialect's unit is also the session its repositories run statements through.
         self.session = cast(Session, self)
         self._root: SqlUnitOfWork = self
@@ -417,21 +423,29 @@ class SqlUnitOfWork:
         units: list[SqlUnitOfWork] = _open_units.__dict__.setdefault("units", [])
         return NestedTransactions(execute, in_transaction, savepoints=units[0]._undo_nested if units else True)
 
-    def savepoint(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
         """The `Session`'s nested transaction: the dialect's savepoint, or none
         where the outermost unit gives up whole (a failure spoils it)."""
-        return self._savepoint() if self._root._undo_nested else self._spoiled_by_failure()
+        try:
+            with self._savepoint() if self._root._undo_nested else nullcontext():
+                yield
+        except BaseException:
+            self._undone()
+            raise
 
     def _savepoint(self) -> AbstractContextManager[None]:
         raise NotImplementedError
 
-    @contextmanager
-    def _spoiled_by_failure(self) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            self._root._spoiled = True
-            raise
+    def _undone(self) -> None:
+        """A part of the transaction was undone, or should have been."""
+        root = self._root
+        root._written.clear()  # what it wrote may be gone, or back as it was
+        if not root._undo_nested:
+            root._spoiled = True
+
+    def written(self) -> dict[tuple[str, int], Any]:
+        return self._root._written
 
     def _entered(self) -> None:
         units: list[SqlUnitOfWork] = _open_units.__dict__.setdefault("units", [])
@@ -489,8 +503,8 @@ class SqlUnitOfWork:
             units.pop()
         if not transactions.committed:
             del self._root._deferred[self._deferred_mark :]
-            if transactions.joined:  # to be undone, and it cannot be alone
-                self._root._spoiled = True
+            if transactions.nested:
+                self._undone()
         try:
             with self._driver_errors():
                 transactions.end()
@@ -549,6 +563,10 @@ class NestedTransactions:
         self.savepoint: str | None = None
         self.joined = False  # nested without a savepoint: only the outer unit undoes it
         self.committed = False
+
+    @property
+    def nested(self) -> bool:
+        return self.savepoint is not None or self.joined
 
     def begin(self, begin_statement: str) -> None:
         if not self._in_transaction():
@@ -758,6 +776,13 @@ class Repository(Generic[E]):
         self._session = session
         self._kind = kind
         self._select, self._insert, self._update = kind.statements
+        # An entity with no list and nothing derived is all in its own row, so
+        # what this transaction wrote of it is what a read would give back.
+        self._remembers = kind.list_field is None and not kind.derived
+
+    def _remember(self, entity: E) -> None:
+        if self._remembers:
+            self._session.written()[self._kind.table, entity.id] = entity
 
     # -- the port --
 
@@ -767,9 +792,14 @@ class Repository(Generic[E]):
             new_id = self._session.insert(self._insert, self._values(entity))
             stored = attrs.evolve(entity, id=new_id)
             self._write_list(stored, replace=False)
+        self._remember(stored)
         return stored
 
     def get(self, owner_id: int, entity_id: int) -> E:
+        # What this transaction wrote is locked by its own write already.
+        known: E | None = self._session.written().get((self._kind.table, entity_id))
+        if known is not None and known.owner_id == owner_id:
+            return known
         # A writing use case reads an entity to write it back: the row stays
         # locked until its commit (its list too: every writer takes the row
         # first). Lists and counts lock nothing.
@@ -784,11 +814,13 @@ class Repository(Generic[E]):
     @translated
     def update(self, entity: E) -> E:
         self._store(entity, self._update, [entity.id, entity.owner_id], self._missing)
+        self._remember(entity)
         return entity
 
     @translated
     def delete(self, owner_id: int, entity_id: int) -> None:
         self.get(owner_id, entity_id)
+        self._session.written().pop((self._kind.table, entity_id), None)
         try:
             with self._session.savepoint():
                 self._session.execute(f"DELETE FROM {self._kind.table} WHERE id = ?", [entity_id])
