@@ -252,6 +252,18 @@ class Kind:
     # (the cost that dominated a 100-row page; see docs/benchmarks.md).
     plain: bool = False
 
+    def select(self, list_in_row: str = "") -> str:
+        """The SELECT of the kind; with its list last, by `list_in_row` (a
+        dialect's template), when given."""
+        read = [*self.columns, *(f"{d.select} AS {d.field}" for d in self.derived)]
+        if list_in_row and (listed := self.list_field) is not None:
+            read.append(
+                list_in_row.format(
+                    item=listed.item_column, table=listed.table, parent=listed.parent_column, of=self.table
+                )
+            )
+        return f"SELECT id, {', '.join(read)} FROM {self.table}"
+
     @functools.cached_property
     def positional(self) -> bool:
         """Whether a row (id first, then the columns) is the entity's fields in
@@ -263,9 +275,8 @@ class Kind:
     def statements(self) -> tuple[str, str, str]:
         """SELECT, INSERT and UPDATE of the kind."""
         marks = ", ".join("?" * len(self.columns))
-        read = [*self.columns, *(f"{d.select} AS {d.field}" for d in self.derived)]
         return (
-            f"SELECT id, {', '.join(read)} FROM {self.table}",
+            self.select(),
             f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES ({marks})",
             f"UPDATE {self.table} SET {', '.join(f'{c} = ?' for c in self.columns)}"
             " WHERE id = ? AND owner_id = ?",
@@ -776,6 +787,10 @@ class Repository(Generic[E]):
         self._session = session
         self._kind = kind
         self._select, self._insert, self._update = kind.statements
+        # Where the dialect reads a list with its row: one round trip, not two.
+        self._list_in_row = kind.list_field is not None and bool(session.dialect.list_in_row)
+        if self._list_in_row:
+            self._select = kind.select(session.dialect.list_in_row)
         # An entity with no list and nothing derived is all in its own row, so
         # what this transaction wrote of it is what a read would give back.
         self._remembers = kind.list_field is None and not kind.derived
@@ -970,7 +985,7 @@ class Repository(Generic[E]):
         codec: Codec = self._session.codec
         if kind.positional:
             return self._plain_entities(rows)
-        lists = self._lists([row[0] for row in rows])
+        lists = {} if self._list_in_row else self._lists([row[0] for row in rows])
         entities = []
         names = ("id", *kind.columns, *(d.field for d in kind.derived))
         for row in rows:
@@ -982,7 +997,7 @@ class Repository(Generic[E]):
                 if values[column] is not None:
                     values[column] = json.loads(values[column])
             if kind.list_field is not None:
-                values[kind.list_field.field] = lists.get(values["id"], [])
+                values[kind.list_field.field] = row[-1] if self._list_in_row else lists.get(values["id"], [])
             entities.append(kind.entity(**values) if kind.plain else codec.entity(values, kind.entity))
         return entities
 

@@ -55,6 +55,10 @@ class Dialect:
     # A session keeps the plan of a foreign key's check it made while the
     # referenced table was nearly empty (PostgreSQL), however large it grows.
     reuses_plans: bool
+    # A row's list (its items in order, as the driver gives a list), read in
+    # the row's own statement; "" where a list is read apart (a statement
+    # costs SQLite no round trip).
+    list_in_row: str
 
     def sql(self, template: str) -> str:
         return template.format(
@@ -74,6 +78,7 @@ SQLITE = Dialect(
     statements_undo_alone=True,
     lock_read_rows="",
     reuses_plans=False,
+    list_in_row="",
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -91,6 +96,7 @@ POSTGRES = Dialect(
     # references (a foreign key check's KEY SHARE) without waiting.
     lock_read_rows=" FOR NO KEY UPDATE",
     reuses_plans=True,
+    list_in_row="ARRAY(SELECT {item} FROM {table} WHERE {parent} = {of}.id ORDER BY position)",
 )
 
 Step = Callable[[Execute, Dialect], None]
