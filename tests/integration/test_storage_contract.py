@@ -637,6 +637,21 @@ def test_what_a_unit_wrote_reads_back_as_it_is_now_after_nested_units_undone(wor
     assert read(storage, "credentials", world.alice, world.credentials.id).password == "new"
 
 
+def test_a_row_a_unit_inserted_is_referred_to_once_the_unit_lists_it(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        new = uow.mount_points.add(MountPoint(world.alice, "E:\\", 1))
+        other = uow.mount_points.add(MountPoint(world.alice, "F:\\", 1))
+        assert uow.workloads.referrers("mount_point_ids", new.id) == []
+        workload = uow.workloads.add(Workload(world.alice, "10.0.0.9", world.credentials.id, (new.id,)))
+        assert uow.workloads.referrers("mount_point_ids", new.id) == [workload.id]
+        uow.workloads.update(attrs.evolve(world.workload, mount_point_ids=(*world.workload.mount_point_ids, other.id)))
+        assert uow.workloads.referrers("mount_point_ids", other.id) == [world.workload.id]
+        migration = uow.migrations.add(Migration(world.alice, workload.id, world.target.id, (new.id,)))
+        assert uow.migrations.referrers("selected_mount_point_ids", new.id) == [migration.id]
+        wave = uow.waves.add(Wave(world.alice, "w", (migration.id,)))
+        assert uow.waves.referrers("migration_ids", migration.id) == [wave.id]
+
+
 def _volume_names(world: World) -> list[str]:
     with world.storage.unit_of_work(write=False) as uow:
         _, found = uow.mount_points.find(world.alice, ListQuery(limit=100))

@@ -108,9 +108,8 @@ class Session(Protocol):
         """Take the dialect's turn for appending events, once a transaction."""
         ...
 
-    def written(self) -> dict[tuple[str, int], Any]:
-        """Entities this transaction wrote, by (table, id), as stored: locked
-        by it or seen by it alone, so no other transaction changes them."""
+    def written(self) -> Written:
+        """What this transaction wrote."""
         ...
 
 
@@ -372,6 +371,24 @@ def marks(count: int) -> str:
 # --- the unit of work -------------------------------------------------------------
 
 
+@attrs.define
+class Written:
+    """What a transaction wrote that no other can change before it ends (rows
+    it locked, rows it alone sees), so it need not ask the database again."""
+
+    entities: dict[tuple[str, int], Any] = attrs.field(factory=dict)  # by (table, id), as stored
+    new: set[tuple[str, int]] = attrs.field(factory=set)  # (table, id) of rows it inserted
+    # (list table, item) of every item it put in a list: only this
+    # transaction can list a row it inserted.
+    listed: set[tuple[str, int]] = attrs.field(factory=set)
+
+    def forget(self) -> None:
+        """After a part was undone: what it wrote may be gone, or back as it
+        was (`listed` may only grow: it makes reads ask)."""
+        self.entities.clear()
+        self.new.clear()
+
+
 class SqlUnit(Protocol):
     """A dialect's unit of work, as code beside the repositories uses it."""
 
@@ -419,7 +436,7 @@ class SqlUnitOfWork:
         self._undo_nested = undo_nested
         self._spoiled = False
         self._has_turn = False  # the outermost unit's: held until its end
-        self._written: dict[tuple[str, int], Any] = {}  # the outermost unit's
+        self._written = Written()  # the outermost unit's
         # A dialect's unit is also the session its repositories run statements through.
         self.session = cast(Session, self)
         self._root: SqlUnitOfWork = self
@@ -451,11 +468,11 @@ class SqlUnitOfWork:
     def _undone(self) -> None:
         """A part of the transaction was undone, or should have been."""
         root = self._root
-        root._written.clear()  # what it wrote may be gone, or back as it was
+        root._written.forget()
         if not root._undo_nested:
             root._spoiled = True
 
-    def written(self) -> dict[tuple[str, int], Any]:
+    def written(self) -> Written:
         return self._root._written
 
     def _entered(self) -> None:
@@ -797,7 +814,7 @@ class Repository(Generic[E]):
 
     def _remember(self, entity: E) -> None:
         if self._remembers:
-            self._session.written()[self._kind.table, entity.id] = entity
+            self._session.written().entities[self._kind.table, entity.id] = entity
 
     # -- the port --
 
@@ -807,12 +824,13 @@ class Repository(Generic[E]):
             new_id = self._session.insert(self._insert, self._values(entity))
             stored = attrs.evolve(entity, id=new_id)
             self._write_list(stored, replace=False)
+        self._session.written().new.add((self._kind.table, new_id))
         self._remember(stored)
         return stored
 
     def get(self, owner_id: int, entity_id: int) -> E:
         # What this transaction wrote is locked by its own write already.
-        known: E | None = self._session.written().get((self._kind.table, entity_id))
+        known: E | None = self._session.written().entities.get((self._kind.table, entity_id))
         if known is not None and known.owner_id == owner_id:
             return known
         # A writing use case reads an entity to write it back: the row stays
@@ -835,7 +853,7 @@ class Repository(Generic[E]):
     @translated
     def delete(self, owner_id: int, entity_id: int) -> None:
         self.get(owner_id, entity_id)
-        self._session.written().pop((self._kind.table, entity_id), None)
+        self._session.written().entities.pop((self._kind.table, entity_id), None)
         try:
             with self._session.savepoint():
                 self._session.execute(f"DELETE FROM {self._kind.table} WHERE id = ?", [entity_id])
@@ -886,6 +904,9 @@ class Repository(Generic[E]):
     def referrers(self, field: str, entity_id: int) -> list[int]:
         listed = self._kind.list_field
         if listed is not None and field == listed.field:
+            written = self._session.written()
+            if (listed.referred, entity_id) in written.new and (listed.table, entity_id) not in written.listed:
+                return []  # a row this transaction inserted and listed nowhere
             sql = (
                 f"SELECT {listed.parent_column} FROM {listed.table}"
                 f" WHERE {listed.item_column} = ? ORDER BY {listed.parent_column}"
@@ -932,6 +953,7 @@ class Repository(Generic[E]):
                 f"DELETE FROM {listed.table} WHERE {listed.parent_column} = ?", [entity.id]
             )
         ids: tuple[int, ...] = getattr(entity, listed.field)
+        self._session.written().listed.update((listed.table, i) for i in ids)
         items = [(entity.id, position, entity.owner_id, i) for position, i in enumerate(ids)]
         # One statement per chunk: a round trip each, where a driver's
         # executemany may cost several.
