@@ -357,6 +357,7 @@ WAVES = Kind(
     plain=True,
 )
 KINDS = (CREDENTIALS, MOUNT_POINTS, WORKLOADS, MIGRATION_TARGETS, MIGRATIONS, WAVES)
+LISTED = frozenset(kind.list_field.referred for kind in KINDS if kind.list_field is not None)
 
 
 def chunks(ids: Sequence[R]) -> Iterator[Sequence[R]]:
@@ -377,7 +378,7 @@ class Written:
     it locked, rows it alone sees), so it need not ask the database again."""
 
     entities: dict[tuple[str, int], Any] = attrs.field(factory=dict)  # by (table, id), as stored
-    new: set[tuple[str, int]] = attrs.field(factory=set)  # (table, id) of rows it inserted
+    new: set[tuple[str, int]] = attrs.field(factory=set)  # (table, id) of rows it inserted, of LISTED tables
     # (list table, item) of every item it put in a list: only this
     # transaction can list a row it inserted.
     listed: set[tuple[str, int]] = attrs.field(factory=set)
@@ -824,7 +825,8 @@ class Repository(Generic[E]):
             new_id = self._session.insert(self._insert, self._values(entity))
             stored = attrs.evolve(entity, id=new_id)
             self._write_list(stored, replace=False)
-        self._session.written().new.add((self._kind.table, new_id))
+        if self._kind.table in LISTED:
+            self._session.written().new.add((self._kind.table, new_id))
         self._remember(stored)
         return stored
 
