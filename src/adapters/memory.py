@@ -230,6 +230,9 @@ class _Repository(Generic[E]):
             raise refusals.not_found(self._name, entity_id)
         return self._view(entity)
 
+    def peek(self, owner_id: int, entity_id: int) -> E:
+        return self.get(owner_id, entity_id)  # writers take turns: nothing to hold
+
     def update(self, entity: E) -> E:
         before = self.get(entity.owner_id, entity.id)
         self._check(entity)

@@ -23,11 +23,13 @@ uses the outer one's connection, as a savepoint.
 
 READ COMMITTED alone would let two read-modify-writes of one row (two
 PATCHes, a cancel and the runner's progress) each write back what it read,
-the later undoing the earlier. So in a writing unit every single-row read of
-an entity (`Repository.get`) locks that row `FOR NO KEY UPDATE` until the
-commit: the other waits, then reads the change. Lists and counts lock
-nothing; read-only units never lock. Rows of several entities are taken in a
-use case's own order (the runner's in id order); the rare cycle is a
+the later undoing the earlier. So in a writing unit a read of an entity to
+write back (`Repository.get`) locks that row `FOR NO KEY UPDATE` until the
+commit: the other waits, then reads the change. What a use case only looks
+at (`Repository.peek`: a run's source, volumes and login), lists and counts
+lock nothing, nor do read-only units: a wave run holding shared rows would
+otherwise wait in a cycle with single runs. Migrations are taken in id order
+(the runner's tick, interruptions, wave runs); the rare remaining cycle is a
 deadlock PostgreSQL breaks, answered as a Conflict.
 
 Schema upgrades hold a transaction-level advisory lock, so instances that

@@ -65,7 +65,16 @@ class Repository(Protocol[E]):
 
     def add(self, entity: E) -> E: ...
 
-    def get(self, owner_id: int, entity_id: int) -> E: ...
+    def get(self, owner_id: int, entity_id: int) -> E:
+        """The entity, to write back: in a writing unit, storage may hold its
+        row until the commit, so that no other unit's change is undone."""
+        ...
+
+    def peek(self, owner_id: int, entity_id: int) -> E:
+        """The entity, only to look at (a check, a copy): nothing written back
+        to it, so storage need not hold its row, and a unit that reads many
+        rows it shares with others does not make them wait or deadlock."""
+        ...
 
     def update(self, entity: E) -> E: ...
 

@@ -75,7 +75,7 @@ def _start(
         raise Conflict(f"Migration {migration_id} is already running.")
     if migration.state is MigrationState.SUCCESS:
         raise Conflict(f"Migration {migration_id} has already succeeded.")
-    source = uow.workloads.get(owner_id, migration.source_id)
+    source = uow.workloads.peek(owner_id, migration.source_id)
     gone = [i for i in migration.selected_mount_point_ids if i not in source.mount_point_ids]
     if gone:
         which = (
@@ -85,7 +85,7 @@ def _start(
         )
         raise Conflict(f"Selected {which} no longer in the storage of workload {source.id}.")
     selected = [
-        uow.mount_points.get(owner_id, i)
+        uow.mount_points.peek(owner_id, i)
         for i in source.mount_point_ids
         if i in migration.selected_mount_point_ids
     ]
@@ -102,7 +102,7 @@ def _start(
         raise Conflict(
             f"Migration target {migration.migration_target_id} is busy with migration {busy[0].id}."
         )
-    credentials = uow.credentials.get(owner_id, source.credentials_id)
+    credentials = uow.credentials.peek(owner_id, source.credentials_id)
     snapshot = TargetVm(
         source.ip, credentials.login, tuple(Volume(mp.name, mp.size) for mp in selected)
     )

@@ -125,7 +125,7 @@ def run_wave(
     def start(uow: UnitOfWork, careful: bool) -> tuple[list[Migration], list[Refusal]]:
         started: list[Migration] = []
         refused: list[Refusal] = []
-        for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
+        for migration_id in _members_in_turn(uow, owner_id, wave_id):
             try:
                 with storage.unit_of_work() as one:
                     started.append(
@@ -157,7 +157,7 @@ def cancel_wave(
     `actor` is the user who asked (by default the owner)."""
     cancelled: list[int] = []
     with storage.unit_of_work() as uow:
-        for migration_id in uow.waves.get(owner_id, wave_id).migration_ids:
+        for migration_id in _members_in_turn(uow, owner_id, wave_id):
             try:
                 with storage.unit_of_work() as one:
                     _cancel(one, clock, owner_id, migration_id, acting(owner_id, actor))
@@ -169,6 +169,14 @@ def cancel_wave(
     for migration_id in cancelled:
         runner.cancel(migration_id)
     return cancelled
+
+
+def _members_in_turn(uow: UnitOfWork, owner_id: int, wave_id: int) -> list[int]:
+    """A wave's members in id order, the order in which the runner's tick and
+    the interruption of runs take migrations: storage may hold each member a
+    unit reads until its commit, and units taking rows in one order never
+    wait for each other in a cycle. The wave itself is only looked at."""
+    return sorted(uow.waves.peek(owner_id, wave_id).migration_ids)
 
 
 def _bytes(uow: UnitOfWork, migration: Migration) -> tuple[int, int]:

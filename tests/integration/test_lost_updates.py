@@ -267,3 +267,34 @@ def test_a_cancel_keeps_the_progress_a_concurrent_report_recorded(storage: Stora
     # A report that found the run still running recorded C:\ copied, at 60%: that stays.
     expected = (60, 1, 1) if still_running == {run} else (0, 0, 0)
     assert (stored.progress, stored.copied.volumes, len(copied)) == expected
+
+
+def test_a_wave_run_and_a_single_run_sharing_a_login_both_go_through(storage: Storage, owner: int) -> None:
+    """A single run holds its migration and reads the login its workload
+    shares with another wave member; meanwhile the wave run, having started
+    that other member, comes to the single run's migration. Only what a run
+    writes back is held, so neither waits for the other in a cycle (which
+    PostgreSQL would break by refusing one of them)."""
+    clock = SystemClock()
+    login = core.create_credentials(storage, owner, username="admin", password="pw")
+    members = []
+    for ip in ("10.0.1.1", "10.0.1.2"):
+        system = core.create_mount_point(storage, owner, name="C:\\", size=10)
+        workload = core.create_workload(storage, owner, ip=ip, credentials_id=login.id, mount_point_ids=[system.id])
+        target = core.create_migration_target(storage, owner, cloud_type="aws", cloud_credentials_id=login.id)
+        members.append(core.create_migration(
+            storage, owner, clock=clock, source_id=workload.id, migration_target_id=target.id,
+            selected_mount_point_ids=[system.id],
+        ).id)
+    wave = core.create_wave(storage, owner, name="first", migration_ids=members)
+
+    single, wave_run = interleave(
+        storage,
+        lambda s: core.start_run(s, clock, owner, members[1]),
+        lambda s: core.run_wave(s, clock, _Runner(), owner, wave.id),
+        first_pauses_before=("find",),  # holding its migration, before it reads the login
+    )
+
+    assert single.state is core.MigrationState.RUNNING
+    assert wave_run.started == (members[0],)
+    assert [(r.migration_id, "already running" in r.detail) for r in wave_run.refused] == [(members[1], True)]

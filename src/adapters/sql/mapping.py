@@ -831,16 +831,21 @@ class Repository(Generic[E]):
         return stored
 
     def get(self, owner_id: int, entity_id: int) -> E:
+        # A writing use case reads an entity to write it back: the row stays
+        # locked until its commit (its list too: every writer takes the row
+        # first). Lists and counts lock nothing.
+        return self._read(owner_id, entity_id, self._session.lock_read_rows)
+
+    def peek(self, owner_id: int, entity_id: int) -> E:
+        return self._read(owner_id, entity_id, "")
+
+    def _read(self, owner_id: int, entity_id: int, lock: str) -> E:
         # What this transaction wrote is locked by its own write already.
         known: E | None = self._session.written().entities.get((self._kind.table, entity_id))
         if known is not None and known.owner_id == owner_id:
             return known
-        # A writing use case reads an entity to write it back: the row stays
-        # locked until its commit (its list too: every writer takes the row
-        # first). Lists and counts lock nothing.
         row = self._session.execute(
-            f"{self._select} WHERE id = ? AND owner_id = ?{self._session.lock_read_rows}",
-            [entity_id, owner_id],
+            f"{self._select} WHERE id = ? AND owner_id = ?{lock}", [entity_id, owner_id]
         ).fetchone()
         if row is None:
             raise refusals.not_found(self._kind.table, entity_id)
