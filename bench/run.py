@@ -60,6 +60,12 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float = 3
     raise SystemExit(f"{url} did not answer within {seconds} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -325,11 +331,17 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
     results: dict[str, list[loadgen.Result]] = defaultdict(list)
     extra: dict[str, list[float]] = defaultdict(list)
 
-    def go(name: str, load: loadgen.Load, connections: int | None = None) -> loadgen.Result:
+    def go(name: str, load: loadgen.Load, connections: int | None = None, pid: int | None = None) -> loadgen.Result:
+        """Measure `load`; with `pid`, also that process's CPU time per request."""
+        before = cpu_seconds(pid) if pid else 0.0
         result = loadgen.run(load, seconds=args.seconds, connections=connections or args.connections)
         results[name].append(result)
+        used = ""
+        if pid and result.requests:
+            extra[f"cpu {name}"].append(1e6 * (cpu_seconds(pid) - before) / result.requests)
+            used = f"  CPU {extra[f'cpu {name}'][-1]:.0f} µs a request"
         print(f"{name:28s} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-              f"errors {result.errors}", flush=True)
+              f"errors {result.errors}{used}", flush=True)
         return result
 
     main_loads = stage.main.loads()
@@ -337,13 +349,14 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
     last_offset = max(0, stage.deep_rows - 100)
     for repetition in range(1, args.repeat + 1):
         print(f"# repetition {repetition}", flush=True)
-        go("ceiling", loadgen.Load(stage.ceiling_base, ["/item"]))
+        go("ceiling", loadgen.Load(stage.ceiling_base, ["/item"]), pid=stage.ceiling.pid)
         for phase, load in main_loads.items():
-            go(phase, load)
+            go(phase, load, pid=stage.service.pid)
         for phase, load in stage.others["postgresql"].loads().items():
             go(f"postgresql {phase}", load)
         go("workers-2 detail", stage.others["workers-2"].loads()["detail"])
-        go("access-log-on detail", stage.others["access-log"].loads()["detail"])
+        logged = stage.others["access-log"]
+        go("access-log-on detail", logged.loads()["detail"], pid=logged.process.pid)
         stage.run_all("run")
         go("detail-under-runs", detail)
         stage.run_all("cancel")
@@ -376,6 +389,11 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
     print(f"deep-page last p50 / first p50: {med('deep-page last', 'p50_ms') / med('deep-page first', 'p50_ms'):.2f}")
     print(f"logins per second during detail-under-logins: {statistics.median(extra['logins']):.1f}")
     print(f"service memory (RSS) after the deep pages: {max(extra['rss']):.0f} MB")
+    spent = ", ".join(
+        f"{name.removeprefix('cpu ')} {statistics.median(values):.0f}"
+        for name, values in extra.items() if name.startswith("cpu ")
+    )
+    print(f"CPU time of the process answering, µs a request (medians): {spent}")
 
 
 if __name__ == "__main__":
