@@ -49,7 +49,7 @@ SETTINGS = [
     Setting("body_timeout", "MIGRATION_BODY_TIMEOUT", "--body-timeout", "30",
             "seconds a request body may take to arrive in full; a slower one answers 408"),
     Setting("access_log", "MIGRATION_ACCESS_LOG", "--access-log", "on",
-            "log one line per request: on or off (off saves about a third of a simple"
+            "log one line per request: on or off (off saves about a quarter of a simple"
             " read's cost; see docs/benchmarks.md)"),
     Setting("metrics", "MIGRATION_METRICS", "--metrics", "on",
             "serve Prometheus metrics at /metrics: on or off"),
