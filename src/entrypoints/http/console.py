@@ -126,7 +126,7 @@ async def _static(request: web.Request) -> web.Response:
 
 
 class ApiIndexSchema(Schema):
-    version = fields.String(metadata={"example": "0.2.0"})
+    version = fields.String(metadata={"example": "0.3.0"})
     console = fields.String(metadata={"example": "/"})
     swagger_ui = fields.String(metadata={"example": SWAGGER_PATH})
     openapi = fields.String(metadata={"example": OPENAPI_PATH})
