@@ -44,12 +44,6 @@ HERE = Path(__file__).resolve().parent
 RUN_SECONDS = 60
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system time the process has used (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = run.free_port()
     process = subprocess.Popen(
@@ -202,10 +196,10 @@ def main() -> None:
             detail = loadgen.Load(base, detail_paths, token=api.token)
 
             def go(name: str) -> None:
-                before = cpu_seconds(service.pid)
+                before = run.cpu_seconds(service.pid)
                 result = loadgen.run(detail, seconds=args.seconds, connections=args.connections)
                 results[name].append(result)
-                cpu[name].append((cpu_seconds(service.pid) - before) / args.seconds)
+                cpu[name].append((run.cpu_seconds(service.pid) - before) / args.seconds)
                 print(
                     f"{name:24s} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
                     f"errors {result.errors}  service CPU {cpu[name][-1]:4.0%}",
