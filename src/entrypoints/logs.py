@@ -28,22 +28,25 @@ class _WithRequestId(logging.Filter):
         return True
 
 
-class _PerSecond:
-    """A timestamp's text to the second, formatted once a second (a busy
-    service logs thousands of lines in each) and completed with milliseconds."""
+class PerSecond:
+    """A moment's text to the second, formatted once a second: a busy service
+    logs thousands of lines in each."""
 
-    def __init__(self, seconds_text: Callable[[int], str], with_milliseconds: str) -> None:
-        self._seconds_text = seconds_text
-        self._with_milliseconds = with_milliseconds
+    def __init__(self, text_of: Callable[[int], str]) -> None:
+        self._text_of = text_of
         self._cached = (-1, "")
 
-    def text(self, created: float) -> str:
-        second = int(created)
-        cached_second, seconds_text = self._cached
+    def text(self, moment: float) -> str:
+        second = int(moment)
+        cached_second, text = self._cached
         if second != cached_second:
-            seconds_text = self._seconds_text(second)
-            self._cached = (second, seconds_text)
-        return self._with_milliseconds % (seconds_text, (created - second) * 1000)
+            text = self._text_of(second)
+            self._cached = (second, text)
+        return text
+
+
+def _milliseconds(moment: float) -> int:
+    return int((moment - int(moment)) * 1000)
 
 
 class TextFormatter(logging.Formatter):
@@ -51,12 +54,10 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._time = _PerSecond(
-            lambda second: time.strftime(self.default_time_format, self.converter(second)), "%s,%03d"
-        )
+        self._seconds = PerSecond(lambda second: time.strftime(self.default_time_format, self.converter(second)))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        return self._time.text(record.created)
+        return f"{self._seconds.text(record.created)},{_milliseconds(record.created):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -70,14 +71,13 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._time = _PerSecond(
-            lambda second: datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
-            "%s.%03d+00:00",
+        self._seconds = PerSecond(
+            lambda second: datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         )
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": self._time.text(record.created),
+            "time": f"{self._seconds.text(record.created)}.{_milliseconds(record.created):03d}+00:00",
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,

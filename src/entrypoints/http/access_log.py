@@ -18,22 +18,9 @@ from datetime import datetime
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from entrypoints.logs import PerSecond
+
 from .request_ids import HEADER
-
-
-class _SecondClock:
-    """`[01/Dec/2026:16:51:36 +0000]` for a moment, computed once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._text = ""
-
-    def text(self, moment: float) -> str:
-        second = int(moment)
-        if second != self._second:
-            self._text = datetime.fromtimestamp(second).astimezone().strftime("[%d/%b/%Y:%H:%M:%S %z]")
-            self._second = second
-        return self._text
 
 
 class AccessLog(AbstractAccessLogger):
@@ -43,7 +30,10 @@ class AccessLog(AbstractAccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        self._clock = _SecondClock()
+        # aiohttp's %t: local time with its offset.
+        self._clock = PerSecond(
+            lambda second: datetime.fromtimestamp(second).astimezone().strftime("[%d/%b/%Y:%H:%M:%S %z]")
+        )
 
     @property
     def enabled(self) -> bool:
