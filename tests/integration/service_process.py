@@ -134,13 +134,6 @@ class ServiceProcess:
         return answer
 
 
-def sqlite_service(directory: Path, *args: str) -> ServiceProcess:
-    """The service as a user first runs it: an SQLite file under `directory`,
-    no MIGRATION_ variable, the secret key generated and kept beside the file."""
-    database = directory / "data" / "migration.db"
-    return ServiceProcess(f"sqlite:///{database}", directory, "service", *args, secret_key=None)
-
-
 def sign_up(service: ServiceProcess, username: str, password: str = "long enough") -> str:
     """Register `username` and return an access token."""
     service.ok("POST", "/api/v1/auth/", {"username": username, "password": password}, status=201)

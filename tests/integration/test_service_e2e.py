@@ -5,22 +5,10 @@ access token still works."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from .service_process import ServiceProcess, sqlite_service
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ServiceProcess]:
-    running = sqlite_service(tmp_path, "--run-seconds", "0")
-    try:
-        yield running
-    finally:
-        running.kill()
+from .service_process import ServiceProcess
 
 
 def _created(answer: tuple[int, Any]) -> dict[str, Any]:
@@ -29,36 +17,36 @@ def _created(answer: tuple[int, Any]) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-def test_objects_and_tokens_survive_a_restart(service: ServiceProcess, tmp_path: Path) -> None:
-    service.start()
-    assert service.call("POST", "/api/v1/auth/", {"username": "alice", "password": "long enough"})[0] == 201
-    status, tokens = service.call("POST", "/api/v1/token/", {"username": "alice", "password": "long enough"})
+def test_objects_and_tokens_survive_a_restart(fresh_service: ServiceProcess, tmp_path: Path) -> None:
+    fresh_service.start()
+    assert fresh_service.call("POST", "/api/v1/auth/", {"username": "alice", "password": "long enough"})[0] == 201
+    status, tokens = fresh_service.call("POST", "/api/v1/token/", {"username": "alice", "password": "long enough"})
     assert status == 200
     access = tokens["access"]
 
     login = {"username": "admin", "password": "pw-SECRET"}
-    credentials = _created(service.call("POST", "/api/v1/credentials/", login, access))
-    mount_point = _created(service.call("POST", "/api/v1/mount_points/", {"name": "C:\\", "size": 1024}, access))
-    workload = _created(service.call(
+    credentials = _created(fresh_service.call("POST", "/api/v1/credentials/", login, access))
+    mount_point = _created(fresh_service.call("POST", "/api/v1/mount_points/", {"name": "C:\\", "size": 1024}, access))
+    workload = _created(fresh_service.call(
         "POST", "/api/v1/work_loads/",
         {"ip": "192.0.2.10", "credentials": credentials["id"], "storage": [mount_point["id"]]}, access,
     ))
-    target = _created(service.call(
+    target = _created(fresh_service.call(
         "POST", "/api/v1/migration_targets/", {"cloud_type": "vsphere", "cloud_credentials": credentials["id"]}, access
     ))
-    migration = _created(service.call(
+    migration = _created(fresh_service.call(
         "POST", "/api/v1/migrations/",
         {"source": workload["id"], "migration_target": target["id"], "selected_mount_points": [mount_point["id"]]},
         access,
     ))
 
-    code, output = service.stop(), service.log()
+    code, output = fresh_service.stop(), fresh_service.log()
     assert code == 0, output
     assert "Traceback" not in output
     assert "pw-SECRET" not in output and access not in output
     assert (tmp_path / "data" / "secret.key").exists()
 
-    service.start()
+    fresh_service.start()
     for path, expected in [
         (f"/api/v1/credentials/{credentials['id']}/", credentials),
         (f"/api/v1/mount_points/{mount_point['id']}/", mount_point),
@@ -66,7 +54,7 @@ def test_objects_and_tokens_survive_a_restart(service: ServiceProcess, tmp_path:
         (f"/api/v1/migration_targets/{target['id']}/", target),
         (f"/api/v1/migrations/{migration['id']}/", migration),
     ]:
-        assert service.call("GET", path, token=access) == (200, expected), path
-    status, listed = service.call("GET", "/api/v1/work_loads?ip=192.0.2.10", token=access)
+        assert fresh_service.call("GET", path, token=access) == (200, expected), path
+    status, listed = fresh_service.call("GET", "/api/v1/work_loads?ip=192.0.2.10", token=access)
     assert (status, listed["count"]) == (200, 1)
-    assert service.stop() == 0, service.log()
+    assert fresh_service.stop() == 0, fresh_service.log()

@@ -11,27 +11,16 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from entrypoints.logs import REQUEST_ID, log_handler
 
-from .service_process import ServiceProcess, sqlite_service
+from .service_process import ServiceProcess
 
 PASSWORD = "user-pass-5d1e8a2f"
 CREDENTIALS_PASSWORD = "cred-pass-0c7b3e91"
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ServiceProcess]:
-    running = sqlite_service(tmp_path, "--run-seconds", "0")
-    try:
-        yield running
-    finally:
-        running.kill()
 
 
 def _call(service: ServiceProcess, method: str, path: str, body: Any = None, *,
@@ -54,13 +43,13 @@ def _call(service: ServiceProcess, method: str, path: str, body: Any = None, *,
     return status, headers["X-Request-Id"], parsed
 
 
-def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(service: ServiceProcess) -> None:
-    service.start("--log-format", "json")
+def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(fresh_service: ServiceProcess) -> None:
+    fresh_service.start("--log-format", "json")
     sent: dict[str, str] = {}  # request id -> "METHOD path"
 
     def call(method: str, path: str, expect: int, body: Any = None, token: str | None = None) -> Any:
         request_id = f"scenario-{len(sent) + 1}"
-        status, answered, found = _call(service, method, path, body, token=token, request_id=request_id)
+        status, answered, found = _call(fresh_service, method, path, body, token=token, request_id=request_id)
         assert (status, answered) == (expect, request_id), (method, path, status, found)
         sent[request_id] = f"{method} {path}"
         return found
@@ -85,12 +74,12 @@ def test_json_logs_of_a_full_scenario_carry_request_ids_and_no_secret(service: S
     call("GET", "/api/v1/nowhere/", 404, token=access)
     call("GET", "/metrics", 200)
     # An id that would make log lines ambiguous is replaced by a new one.
-    status, generated, _ = _call(service, "GET", "/health", request_id="two words")
+    status, generated, _ = _call(fresh_service, "GET", "/health", request_id="two words")
     assert status == 200 and generated and generated != "two words"
-    status, fresh, _ = _call(service, "GET", "/health")
+    status, fresh, _ = _call(fresh_service, "GET", "/health")
     assert status == 200 and fresh and fresh != generated
 
-    code, output = service.stop(), service.log()
+    code, output = fresh_service.stop(), fresh_service.log()
     assert code == 0, output
     lines = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
     assert all({"time", "level", "logger", "pid", "message"} <= set(line) for line in lines)
