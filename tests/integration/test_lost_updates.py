@@ -298,3 +298,47 @@ def test_a_wave_run_and_a_single_run_sharing_a_login_both_go_through(storage: St
     assert single.state is core.MigrationState.RUNNING
     assert wave_run.started == (members[0],)
     assert [(r.migration_id, "already running" in r.detail) for r in wave_run.refused] == [(members[1], True)]
+
+
+def test_two_changes_waiting_for_each_other_on_postgresql_end_in_one_refusal_that_wrote_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Each change renames one login, then reads the other's to write it back:
+    each waits for the other. PostgreSQL breaks the cycle; the change it
+    refuses is a Conflict (409) and none of it stays, the other commits."""
+    storage = open_storage("postgresql", request, tmp_path, SECRET, connections=4)
+    try:
+        with storage.unit_of_work() as uow:
+            owner = uow.users.add(core.User("writer", "not-a-real-hash")).id
+            uow.commit()
+        logins = [core.create_credentials(storage, owner, username=f"login{i}", password="pw") for i in (0, 1)]
+        both_renamed = threading.Barrier(2, timeout=PATIENCE)
+        outcomes: dict[int, BaseException | None] = {}
+
+        def change(mine: int) -> None:
+            try:
+                with storage.unit_of_work() as uow:
+                    own = uow.credentials.get(owner, logins[mine].id)
+                    uow.credentials.update(core.Credentials(owner, f"renamed{mine}", "pw", "", own.id))
+                    both_renamed.wait()
+                    uow.credentials.get(owner, logins[1 - mine].id)
+                    uow.commit()
+                outcomes[mine] = None
+            except BaseException as error:  # noqa: BLE001 - judged below
+                outcomes[mine] = error
+
+        threads = [threading.Thread(target=change, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(PATIENCE)
+        assert not any(thread.is_alive() for thread in threads), "the cycle was not broken"
+        refused = [i for i, error in outcomes.items() if error is not None]
+        assert len(refused) == 1, outcomes
+        error = outcomes[refused[0]]
+        assert isinstance(error, core.Conflict) and "nothing was written" in error.message
+        names = {core.get_credentials(storage, owner, login.id).username for login in logins}
+        committed = 1 - refused[0]
+        assert names == {f"renamed{committed}", f"login{refused[0]}"}
+    finally:
+        storage.close()
