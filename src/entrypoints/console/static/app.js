@@ -71,12 +71,19 @@ function showSession() {
   nav.hidden = !signedIn;
   document.getElementById("session").hidden = !signedIn;
   fill(document.getElementById("who"), signedIn ? `Signed in as ${session.username}` : "");
-  showLive(live.connected);
+  showLive();
 }
 
-function showLive(connected) {
-  liveSign.className = connected ? "live up" : "live down";
-  fill(liveSign, connected ? "Live" : "Live updates lost: reconnecting…");
+const LIVE_SIGNS = {
+  connecting: ["live wait", "Live updates: connecting…"],
+  up: ["live up", "Live"],
+  lost: ["live down", "Live updates lost: reconnecting…"],
+};
+
+function showLive() {
+  const [className, text] = LIVE_SIGNS[live.state];
+  liveSign.className = className;
+  fill(liveSign, text);
 }
 
 async function render() {
@@ -148,6 +155,6 @@ document.querySelector(".skip").addEventListener("click", (event) => {
   main.focus();
 });
 
-live.watch(showLive);
+live.watch(() => showLive());
 window.addEventListener("hashchange", render);
 render();

@@ -1,6 +1,8 @@
 // Live updates: GET /api/v1/events/stream/ read with fetch(), because the token
 // goes in a header and EventSource cannot send one. A lost connection is shown,
 // retried with Last-Event-ID (nothing is missed), and meanwhile screens poll.
+// The state is "connecting" until the stream first answers, then "up", or
+// "lost" after a loss (also while reconnecting), until stop().
 
 import {endSession, renewAccess, session} from "./api.js";
 
@@ -12,19 +14,21 @@ const SILENCE_MS = 45000; // the service comments every 15 s: three missed means
 const listeners = new Set();
 const watchers = new Set();
 let running = false;
-let connected = false;
+let state = "connecting";
 let lastEventId = null;
 let controller = null;
 let retryTimer = null;
 
 export const live = {
-  get connected() { return connected; },
+  get connected() { return state === "up"; },
+  /** "connecting", "up" or "lost". */
+  get state() { return state; },
   /** fn(message) for every message: {id, type, data}. */
   subscribe(fn) {
     listeners.add(fn);
     return () => listeners.delete(fn);
   },
-  /** fn(connected) whenever the connection is made or lost. */
+  /** fn(connected) whenever the state changes. */
   watch(fn) {
     watchers.add(fn);
     return () => watchers.delete(fn);
@@ -39,7 +43,7 @@ export const live = {
     lastEventId = null;
     clearTimeout(retryTimer);
     controller?.abort();
-    setConnected(false);
+    setState("connecting");
   },
 };
 
@@ -51,10 +55,10 @@ export function migrationOf(message) {
   return typeof id === "number" ? id : null;
 }
 
-function setConnected(value) {
-  if (connected === value) return;
-  connected = value;
-  for (const fn of watchers) fn(value);
+function setState(value) {
+  if (state === value) return;
+  state = value;
+  for (const fn of watchers) fn(value === "up");
 }
 
 function later(delay) {
@@ -78,14 +82,15 @@ async function connect(nextDelay, renewed = false) {
       return;
     }
     if (!response.ok || !response.body) throw new Error(`stream answered ${response.status}`);
-    setConnected(true);
+    setState("up");
     await read(response.body, mine);
     nextDelay = FIRST_RETRY_MS; // it worked for a while: start the back-off again
   } catch {
     // Lost or refused: shown below, and tried again.
   }
   if (mine !== controller || !running) return;
-  setConnected(false);
+  // A refusal before any answer is a loss too: the sign must not wait for ever.
+  setState("lost");
   later(nextDelay);
 }
 
