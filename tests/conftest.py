@@ -6,6 +6,9 @@ from hypothesis import HealthCheck, settings
 
 from .postgres_server import PostgresServer, PostgresUnavailable
 
+# The real sshd and the listeners of the SSH tests.
+pytest_plugins = ["tests.sshd_fixtures"]
+
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
