@@ -1,17 +1,24 @@
 """SPEC 3.5 through HTTP: the sample inventory imports as the README shows,
 dry runs write nothing, export imports back to no change, hostile files are
 each a clear 400 or 413 with nothing written, a running migration's row is
-refused, and overlapping imports at once never duplicate an ip."""
+refused, and overlapping imports at once never duplicate an ip. The file is
+sent as the body (text/csv) or as the `file` part of a multipart/form-data
+form (what browsers, `curl -F` and generated clients send): both take the same
+limits and checks and get the same answers."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
 import io
+import json
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import FormData
 from aiohttp.test_utils import TestClient
 
 from entrypoints.http import create_app
@@ -24,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = (ROOT / "examples" / "inventory.csv").read_bytes()
 HEADER = "ip,username,password,domain,volumes,cloud_type,cloud_username,cloud_password,cloud_domain,select,wave\r\n"
 CSV = {"Content-Type": "text/csv"}
+NOT_CSV = "Send the file as text/csv in UTF-8, or as the `file` part of multipart/form-data."
 KINDS = ("credentials", "mount_points", "work_loads", "migration_targets", "migrations", "waves")
 
 
@@ -40,6 +48,28 @@ async def alice(client: TestClient[Any, Any]) -> User:
 
 async def upload(user: User, body: bytes, expect: int, query: str = "", **headers: str) -> Any:
     return await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers={**CSV, **headers})
+
+
+def form(*parts: tuple[str, bytes], boundary: str = "", closed: bool = True) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body of `parts` (each its headers' text and its
+    bytes), written out byte by byte, so that broken forms can be sent too."""
+    boundary = boundary or f"----form{uuid.uuid4().hex}"
+    body = b"".join(b"--%s\r\n%s\r\n\r\n%s\r\n" % (boundary.encode(), head.encode(), data) for head, data in parts)
+    body += b"--%s--\r\n" % boundary.encode() if closed else b""
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def file_part(data: bytes, name: str = "file", content_type: str = "text/csv") -> tuple[str, bytes]:
+    head = f'Content-Disposition: form-data; name="{name}"; filename="inventory.csv"'
+    return head + (f"\r\nContent-Type: {content_type}" if content_type else ""), data
+
+
+async def upload_form(user: User, data: bytes, expect: int, query: str = "") -> Any:
+    body, headers = form(file_part(data))
+    return await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers=headers)
+
+
+SENDS = {"text/csv": upload, "multipart/form-data": upload_form}
 
 
 async def everything(user: User) -> dict[str, list[Any]]:
@@ -187,12 +217,13 @@ HOSTILE = {
 }
 
 
+@pytest.mark.parametrize("sent_as", list(SENDS))
 @pytest.mark.parametrize("name", list(HOSTILE))
-async def test_a_hostile_file_is_refused_clearly_and_nothing_is_written(alice: User, name: str) -> None:
+async def test_a_hostile_file_is_refused_clearly_and_nothing_is_written(alice: User, name: str, sent_as: str) -> None:
     await upload(alice, rows("10.9.9.9,keeper,pw,,C:\\=1,,,,,,"), 200)
     before = await everything(alice)
     body, status, words = HOSTILE[name]
-    answer = await upload(alice, body, status)
+    answer = await SENDS[sent_as](alice, body, status)
     assert words in answer["detail"], answer
     assert isinstance(answer["rows"], list)
     assert await everything(alice) == before
@@ -210,7 +241,7 @@ async def test_eleven_mebibytes_are_refused_with_413_and_nothing_is_written(alic
     assert (await alice.request("POST", f"{API}/credentials/", json=big)).status == 413
 
 
-async def test_only_text_csv_is_taken(alice: User) -> None:
+async def test_only_text_csv_or_a_form_is_taken(alice: User) -> None:
     for content_type in ("application/json", "text/plain", "text/csv; charset=latin-1"):
         answer = await alice.call(
             "POST",
@@ -219,8 +250,112 @@ async def test_only_text_csv_is_taken(alice: User) -> None:
             data=rows("10.0.0.1,u,p,,,,,,,,"),
             headers={"Content-Type": content_type},
         )
-        assert answer == {"detail": "Send the file as text/csv in UTF-8."}
+        assert answer == {"detail": NOT_CSV}
     assert await upload(alice, rows("10.0.0.1,u,p,,,,,,,,"), 200, **{"Content-Type": "text/csv; charset=utf-8"})
+
+
+# --- the file in a form -------------------------------------------------------------------
+
+
+async def test_the_sample_imports_as_a_form_as_it_does_as_the_body(alice: User) -> None:
+    assert await upload_form(alice, SAMPLE, 200, "?dry_run=true") == {"created": 12, "updated": 0, "unchanged": 0}
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
+    # As a client library writes a form (here aiohttp's own).
+    written = FormData()
+    written.add_field("file", SAMPLE, filename="inventory.csv", content_type="text/csv")
+    answer = await alice.call("POST", f"{API}/inventory/import/", 200, data=written)
+    assert answer == {"created": 12, "updated": 0, "unchanged": 0}
+    assert await upload(alice, SAMPLE, 200) == {"created": 0, "updated": 0, "unchanged": 12}
+    exported = (await export(alice)).encode()
+    assert await upload_form(alice, exported, 200) == {"created": 0, "updated": 0, "unchanged": 12}
+
+
+async def test_curl_sends_the_file_with_dash_f(client: TestClient[Any, Any], alice: User, tmp_path: Path) -> None:
+    (tmp_path / "inventory.csv").write_bytes(SAMPLE)
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "--silent", "--show-error", "--max-time", "30", "--noproxy", "*",
+        "-H", f"Authorization: Bearer {alice.access}", "-F", "file=@inventory.csv;type=text/csv",
+        str(client.make_url(f"{API}/inventory/import/")),
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(curl.communicate(), timeout=60)
+    assert curl.returncode == 0, err
+    assert out == b'{"created":12,"updated":0,"unchanged":0}' or json.loads(out) == {
+        "created": 12, "updated": 0, "unchanged": 0
+    }
+    assert len((await everything(alice))["work_loads"]) == 12
+
+
+async def test_a_form_over_ten_mebibytes_is_refused_with_413_however_it_comes(alice: User) -> None:
+    too_large = "The request body is larger than 10 MiB."
+    line = "10.0.0.1,user,pw,," + "x" * 200 + "\n"
+    data = ("ip,username,password,domain,volumes\n" + line * (11 * 2**20 // len(line))).encode()
+    body, headers = form(file_part(data))
+    assert await alice.call("POST", f"{API}/inventory/import/", 413, data=body, headers=headers) == {
+        "detail": too_large
+    }
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: refused as it streams in
+        for start in range(0, len(body), 2**20):
+            yield body[start:start + 2**20]
+
+    answer = await alice.call("POST", f"{API}/inventory/import/", 413, data=chunks(), headers=headers)
+    assert answer == {"detail": too_large}
+    # One byte over the file's limit, in a form well within the form's allowance.
+    body, headers = form(file_part(b"\xff" * (10 * 2**20 + 1)))
+    assert await alice.call("POST", f"{API}/inventory/import/", 413, data=body, headers=headers) == {
+        "detail": too_large
+    }
+    # The file's limit exactly: read and refused for what it holds, not for its size.
+    body, headers = form(file_part(b"\xff" * 10 * 2**20))
+    answer = await alice.call("POST", f"{API}/inventory/import/", 400, data=body, headers=headers)
+    assert "not UTF-8" in answer["detail"]
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
+
+
+GOOD = rows("10.0.0.1,u,p,,C:\\=1,,,,,,")
+ONE_PART = "The form must hold one part, `file`: the CSV file."
+BROKEN_FORMS: dict[str, tuple[tuple[bytes, dict[str, str]], str]] = {
+    "no boundary": ((GOOD, {"Content-Type": "multipart/form-data"}), "not a complete multipart/form-data form"),
+    "not closed": (form(file_part(GOOD), closed=False), "not a complete multipart/form-data form"),
+    "another boundary": (
+        (form(file_part(GOOD), boundary="one")[0], {"Content-Type": "multipart/form-data; boundary=two"}),
+        "not a complete multipart/form-data form",
+    ),
+    "no parts": (form(), "not a complete multipart/form-data form"),
+    "another name": (form(file_part(GOOD, name="upload")), ONE_PART),
+    "no name": (form(("Content-Disposition: form-data", GOOD)), ONE_PART),
+    "no disposition": (form(("Content-Type: text/csv", GOOD)), ONE_PART),
+    "an attachment": (form(('Content-Disposition: attachment; name="file"', GOOD)), ONE_PART),
+    "two files": (form(file_part(GOOD), file_part(GOOD)), ONE_PART),
+    "a field beside": (form(file_part(GOOD), ('Content-Disposition: form-data; name="dry_run"', b"true")), ONE_PART),
+    "a form in the part": (
+        form(file_part(form(file_part(GOOD), boundary="inner")[0], content_type="multipart/mixed; boundary=inner")),
+        "The `file` part of the form is not a file.",
+    ),
+    "bad base64": (
+        form(('Content-Disposition: form-data; name="file"\r\nContent-Transfer-Encoding: base64', b"*not base64*")),
+        "The `file` part of the form is not a file.",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_FORMS))
+async def test_a_broken_form_is_refused_clearly_and_nothing_is_written(alice: User, name: str) -> None:
+    (body, headers), words = BROKEN_FORMS[name]
+    answer = await alice.call("POST", f"{API}/inventory/import/", 400, data=body, headers=headers)
+    assert words in answer["detail"], answer
+    assert answer["rows"] == []
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
+
+
+async def test_a_file_part_in_another_charset_is_refused_with_415(alice: User) -> None:
+    body, headers = form(file_part(GOOD, content_type="text/csv; charset=latin-1"))
+    assert await alice.call("POST", f"{API}/inventory/import/", 415, data=body, headers=headers) == {"detail": NOT_CSV}
+    for content_type in ("text/csv; charset=utf-8", "application/vnd.ms-excel", "application/octet-stream", ""):
+        body, headers = form(file_part(GOOD, content_type=content_type))  # what browsers say of a .csv varies
+        assert await alice.call("POST", f"{API}/inventory/import/", 200, data=body, headers=headers)
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 1
 
 
 async def test_every_bad_row_is_named_with_its_spreadsheet_number_and_column(alice: User) -> None:
