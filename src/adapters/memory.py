@@ -44,6 +44,7 @@ REFERENCES = [
     ("workloads", "credentials_id", "credentials"),
     ("workloads", "mount_point_ids", "mount_points"),
     ("migration_targets", "cloud_credentials_id", "credentials"),
+    ("migration_targets", "host_id", "workloads"),
     ("migrations", "source_id", "workloads"),
     ("migrations", "migration_target_id", "migration_targets"),
     ("migrations", "selected_mount_point_ids", "mount_points"),
@@ -53,6 +54,8 @@ REFERENCES = [
 
 def _ids_in(entity: object, field: str) -> Sequence[int]:
     value = getattr(entity, field)
+    if value is None:  # an optional reference, unset
+        return ()
     return value if isinstance(value, tuple) else (value,)
 
 

@@ -27,11 +27,14 @@ from .entities import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    OperatingSystem,
     TargetVm,
     User,
     Volume,
     Wave,
     Workload,
+    posix_root,
+    system_volume,
     volume_key,
 )
 from .errors import (
@@ -47,6 +50,8 @@ from .errors import (
 from .events import events_after, last_event_id, list_events
 from .fleet import ImportReport, InventoryRow, Plan, export_inventory, import_inventory
 from .inventory import (
+    KEEP,
+    Keep,
     count_migrations_by_state,
     create_credentials,
     create_migration,
@@ -87,6 +92,7 @@ from .ports import (
     UnitOfWork,
     UserRepository,
 )
+from .private_keys import check_private_key
 from .runs import (
     CANCELLED,
     INTERRUPTED,
@@ -133,6 +139,8 @@ __all__ = [
     "ImportReport",
     "InvalidInput",
     "InventoryRow",
+    "KEEP",
+    "Keep",
     "ListQuery",
     "Login",
     "LoginThrottle",
@@ -142,6 +150,7 @@ __all__ = [
     "MigrationTarget",
     "MountPoint",
     "NotFound",
+    "OperatingSystem",
     "Page",
     "PasswordHasher",
     "Plan",
@@ -171,6 +180,7 @@ __all__ = [
     "authenticate",
     "cancel_run",
     "cancel_wave",
+    "check_private_key",
     "complete_run",
     "copy_progress",
     "count_migrations_by_state",
@@ -209,6 +219,7 @@ __all__ = [
     "login",
     "mark_interrupted",
     "position_at",
+    "posix_root",
     "refresh_access",
     "register_user",
     "run_migration",
@@ -216,6 +227,7 @@ __all__ = [
     "run_wave",
     "running_states",
     "start_run",
+    "system_volume",
     "update_credentials",
     "update_migration",
     "update_migration_target",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import posixpath
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import attrs
 
 from .errors import InvalidInput
+from .private_keys import check_private_key
 
 UNSAVED = 0  # the id of an entity storage has not yet assigned one
 
@@ -22,6 +24,11 @@ class CloudType(str, enum.Enum):
     AZURE = "azure"
     VSPHERE = "vsphere"
     VCLOUD = "vcloud"
+
+
+class OperatingSystem(str, enum.Enum):
+    WINDOWS = "windows"
+    LINUX = "linux"
 
 
 class MigrationState(str, enum.Enum):
@@ -41,7 +48,61 @@ def volume_key(name: str) -> str:
     return (stripped or name[:1]).casefold()
 
 
-SYSTEM_VOLUME = volume_key("C:\\")
+def system_volume(os: OperatingSystem | None) -> str:
+    """The volume a run must copy (SPEC 2.2): `/` of a Linux machine, `C:\\`
+    of any other (a machine whose os is unknown is taken for Windows)."""
+    return "/" if os is OperatingSystem.LINUX else "C:\\"
+
+
+def posix_root(value: Any, field: str = "root") -> str:
+    """An absolute POSIX path in its normal form: `//` and `.` collapsed, no
+    trailing `/` (but `/` itself); `..` resolved as a path, not by the machine."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise InvalidInput.field(field, "Must be an absolute POSIX path (starting with /).")
+    if "\x00" in value:
+        raise InvalidInput.field(field, "A path cannot hold a NUL character.")
+    normal = posixpath.normpath(value)
+    # normpath keeps a leading "//" (POSIX leaves its meaning open); Linux does not.
+    return "/" + normal.lstrip("/")
+
+
+def _optional_root(value: Any) -> str | None:
+    return None if value is None else posix_root(value)
+
+
+def _port(_instance: Any, _attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidInput.field("port", "Must be an integer from 1 to 65535 (the SSH port).")
+
+
+def _operating_system(value: Any) -> OperatingSystem | None:
+    if value is None:
+        return None
+    try:
+        return OperatingSystem(value)
+    except ValueError:
+        allowed = ", ".join(o.value for o in OperatingSystem)
+        raise InvalidInput.field("os", f"Must be one of: {allowed}, or null (unknown).") from None
+
+
+def _host_key(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidInput.field("host_key", "Must be a non-empty string, or null.")
+
+
+def _optional_id(field: str) -> Any:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidInput.field(field, f"{value!r} is not an id.")
+
+    return check
+
+
+def _private_key(_instance: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, str):
+        raise InvalidInput.field("private_key", "Must be a string.")
+    if value:
+        check_private_key(value)
 
 
 def canonical_ip(value: Any) -> str:
@@ -114,21 +175,34 @@ class User:
 
 @attrs.frozen
 class Login:
-    """A username, password and domain: what credentials hold, and what a
-    target VM keeps as its copy of the source's login."""
+    """A username, password and domain: what a target VM keeps as its copy of
+    the source's login. The password is empty for a key login; the key itself
+    stays with the credentials."""
 
     username: str = attrs.field(validator=_non_empty("username"))
-    password: str = attrs.field(validator=_non_empty("password"), repr=False)
+    password: str = attrs.field(validator=_string("password"), repr=False)
     domain: str = attrs.field(default="", validator=_string("domain"))
 
 
 @attrs.frozen
 class Credentials:
+    """A login: a password, a private key (OpenSSH or PEM, unencrypted; ""
+    for none), or both."""
+
     owner_id: int
     username: str = attrs.field(validator=_non_empty("username"))
-    password: str = attrs.field(validator=_non_empty("password"), repr=False)
+    password: str = attrs.field(validator=_string("password"), repr=False)
     domain: str = attrs.field(default="", validator=_string("domain"))
+    private_key: str = attrs.field(default="", validator=_private_key, repr=False)
     id: int = UNSAVED
+
+    def __attrs_post_init__(self) -> None:
+        if not self.password and not self.private_key:
+            raise InvalidInput.field("password", "Must be a non-empty string unless a private key is given.")
+
+    @property
+    def has_private_key(self) -> bool:
+        return bool(self.private_key)
 
     @property
     def login(self) -> Login:
@@ -163,6 +237,14 @@ class Workload:
     mount_point_ids: tuple[int, ...] = attrs.field(
         default=(), converter=_ids, validator=_distinct_ids("storage", allow_empty=True)
     )
+    port: int = attrs.field(default=22, validator=_port)  # SSH
+    os: OperatingSystem | None = attrs.field(default=None, converter=_operating_system)
+    # Where the machine's tree is found once logged in (a snapshot or a
+    # rescue system mounts it elsewhere).
+    root: str = attrs.field(default="/", converter=posix_root)
+    # The SSH host key fingerprint pinned at first contact; only the core's
+    # machine use cases set it, and the user may clear it.
+    host_key: str | None = attrs.field(default=None, validator=_host_key)
     id: int = UNSAVED
 
 
@@ -182,7 +264,17 @@ class MigrationTarget:
     cloud_type: CloudType = attrs.field(converter=_cloud_type)
     cloud_credentials_id: int
     target_vm: TargetVm | None = None
+    # The workload that receives a real copy, under `root`; None: runs into
+    # the target are simulated.
+    host_id: int | None = attrs.field(default=None, validator=_optional_id("host"))
+    root: str | None = attrs.field(default=None, converter=_optional_root)
     id: int = UNSAVED
+
+    def __attrs_post_init__(self) -> None:
+        if self.host_id is not None and self.root is None:
+            raise InvalidInput.field("root", "Required with a host: the path on the host under which volumes land.")
+        if self.host_id is None and self.root is not None:
+            raise InvalidInput.field("root", "A root is only given with a host; this target has none.")
 
 
 def _progress(_instance: Any, _attribute: Any, value: int) -> None:

@@ -13,7 +13,9 @@ What a row means:
 - rows match workloads by ip (per owner): a new ip creates, a known one
   updates, an identical one changes nothing;
 - a column absent from the file keeps what is stored; an empty password
-  keeps the stored one (export leaves passwords empty);
+  keeps the stored one (export leaves passwords empty), and so does an
+  empty port, os or root (a new workload gets 22, unknown and `/`);
+- credentials keep their private key: the file carries none;
 - a workload's plan is its latest migration (the highest id), with that
   migration's target; a row without `cloud_type` leaves the plan as it is;
 - credentials used by something besides the row's workload or target are
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -57,7 +59,9 @@ Progress = Callable[[int, int], None]  # rows done, rows in all
 
 _LOGIN = {"username": "username", "password": "password", "domain": "domain"}
 _CLOUD_LOGIN = {"username": "cloud_username", "password": "cloud_password", "domain": "cloud_domain"}
-_WORKLOAD = {"ip": "ip", "storage": "volumes", "credentials": "username"}
+_WORKLOAD = {
+    "ip": "ip", "storage": "volumes", "credentials": "username", "port": "port", "os": "os", "root": "root",
+}
 _TARGET = {"cloud_type": "cloud_type", "cloud_credentials": "cloud_username"}
 _MIGRATION = {"selected_mount_points": "select"}
 
@@ -85,6 +89,16 @@ class InventoryRow:
     domain: str | None = None
     volumes: tuple[tuple[str, int], ...] | None = None  # (name, size in bytes)
     plan: Plan | None = None
+    # None: absent or empty (keep; export gives None for an unknown os).
+    port: int | None = None
+    os: str | None = None
+    root: str | None = None
+
+    @property
+    def machine(self) -> dict[str, Any]:
+        """The port, os and root the row gives, by field name."""
+        given = {"port": self.port, "os": self.os, "root": self.root}
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @attrs.frozen
@@ -292,7 +306,7 @@ class _Row:
         with _blame("ip", _WORKLOAD):
             workload = create_workload(
                 self.storage, self.owner_id, ip=ip, credentials_id=login.id,
-                mount_point_ids=[v.id for v in volumes],
+                mount_point_ids=[v.id for v in volumes], **row.machine,
             )
         if row.plan is not None:
             self._new_plan(row.plan, workload, volumes)
@@ -328,10 +342,17 @@ class _Row:
         if row.volumes is not None:
             volumes = self._volumes(volumes, row.volumes)
         ids = tuple(v.id for v in volumes)
-        if (login_id, ids) != (workload.credentials_id, workload.mount_point_ids):
+        with _blame("ip", _WORKLOAD):
+            # As the workload would store them: "/srv/" is the root "/srv".
+            wanted = attrs.evolve(workload, **row.machine)
+        machine = {
+            name: getattr(wanted, name) for name in row.machine if getattr(wanted, name) != getattr(workload, name)
+        }
+        if machine or (login_id, ids) != (workload.credentials_id, workload.mount_point_ids):
             with _blame("volumes", _WORKLOAD):
                 update_workload(
-                    self.storage, self.owner_id, workload.id, credentials_id=login_id, mount_point_ids=ids
+                    self.storage, self.owner_id, workload.id, credentials_id=login_id, mount_point_ids=ids,
+                    **machine,
                 )
             self.changed = True
         if row.plan is not None:
@@ -367,7 +388,9 @@ class _Row:
         )
         with _blame(column, columns):
             if users > 1:
-                return create_credentials(self.storage, self.owner_id, **values).id
+                return create_credentials(
+                    self.storage, self.owner_id, **values, private_key=current.private_key
+                ).id
             update_credentials(self.storage, self.owner_id, current_id, **values)
         return current_id
 
@@ -483,6 +506,9 @@ def export_inventory(storage: Storage, owner_id: int) -> list[InventoryRow]:
                 domain=login.domain,
                 volumes=tuple((volumes[i].name, volumes[i].size) for i in workload.mount_point_ids),
                 plan=plan,
+                port=workload.port,
+                os=None if workload.os is None else workload.os.value,
+                root=workload.root,
             )
         )
     return rows

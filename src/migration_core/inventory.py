@@ -4,8 +4,9 @@ storage backs the uniqueness rules with its own constraints."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import attrs
 
@@ -16,6 +17,7 @@ from .entities import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    OperatingSystem,
     Workload,
     canonical_ip,
 )
@@ -26,6 +28,15 @@ from .ports import Clock, ListQuery, Page, Repository, Storage, UnitOfWork
 E = TypeVar("E")
 
 Pick = Callable[[UnitOfWork], Repository[E]]
+
+
+class Keep(enum.Enum):
+    """An update's "leave this field as it is", for fields where None is a value."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
 
 
 def _credentials(uow: UnitOfWork) -> Repository[Credentials]:
@@ -81,9 +92,16 @@ def _plural(noun: str, ids: list[int]) -> tuple[str, list[int]]:
 
 
 def create_credentials(
-    storage: Storage, owner_id: int, *, username: str, password: str, domain: str = ""
+    storage: Storage,
+    owner_id: int,
+    *,
+    username: str,
+    password: str = "",
+    domain: str = "",
+    private_key: str = "",
 ) -> Credentials:
-    credentials = Credentials(owner_id, username, password, domain)
+    """A password, a private key, or both."""
+    credentials = Credentials(owner_id, username, password, domain, private_key)
     with storage.unit_of_work() as uow:
         stored = uow.credentials.add(credentials)
         uow.commit()
@@ -106,8 +124,10 @@ def update_credentials(
     username: str | None = None,
     password: str | None = None,
     domain: str | None = None,
+    private_key: str | None = None,
 ) -> Credentials:
-    """Change the given fields; a field left as None keeps its value."""
+    """Change the given fields; a field left as None keeps its value ("" for
+    the password or the key removes it, while the other remains)."""
     with storage.unit_of_work() as uow:
         current = uow.credentials.get(owner_id, credentials_id)
         changed = attrs.evolve(
@@ -115,6 +135,7 @@ def update_credentials(
             username=current.username if username is None else username,
             password=current.password if password is None else password,
             domain=current.domain if domain is None else domain,
+            private_key=current.private_key if private_key is None else private_key,
         )
         stored = uow.credentials.update(changed)
         uow.commit()
@@ -247,8 +268,12 @@ def create_workload(
     ip: str,
     credentials_id: int,
     mount_point_ids: Sequence[int] = (),
+    port: int = 22,
+    os: OperatingSystem | str | None = None,
+    root: str = "/",
 ) -> Workload:
-    workload = Workload(owner_id, ip, credentials_id, tuple(mount_point_ids))
+    """Its host key is pinned at the first contact with the machine, never given."""
+    workload = Workload(owner_id, ip, credentials_id, tuple(mount_point_ids), port=port, os=os, root=root)
     with storage.unit_of_work() as uow:
         _check_workload(uow, workload)
         stored = uow.workloads.add(workload)
@@ -277,8 +302,18 @@ def update_workload(
     ip: str | None = None,
     credentials_id: int | None = None,
     mount_point_ids: Sequence[int] | None = None,
+    port: int | None = None,
+    os: OperatingSystem | str | None | Keep = KEEP,
+    root: str | None = None,
+    host_key: str | None | Keep = KEEP,
 ) -> Workload:
-    """`ip` may be given only as the workload's own: it never changes."""
+    """`ip` may be given only as the workload's own: it never changes. A
+    user may only clear the pinned `host_key` (None): the next contact pins
+    the key it meets."""
+    if host_key is not KEEP and host_key is not None:
+        raise InvalidInput.field(
+            "host_key", "The pinned host key can only be cleared (null); the next check pins the key it meets."
+        )
     with storage.unit_of_work() as uow:
         current = uow.workloads.get(owner_id, workload_id)
         if ip is not None and canonical_ip(ip) != current.ip:
@@ -289,6 +324,10 @@ def update_workload(
             mount_point_ids=current.mount_point_ids
             if mount_point_ids is None
             else tuple(mount_point_ids),
+            port=current.port if port is None else port,
+            os=current.os if os is KEEP else os,
+            root=current.root if root is None else root,
+            host_key=current.host_key if host_key is KEEP else None,
         )
         _check_workload(uow, changed)
         stored = uow.workloads.update(changed)
@@ -301,7 +340,10 @@ def delete_workload(storage: Storage, owner_id: int, workload_id: int) -> None:
         uow.workloads.get(owner_id, workload_id)
         _refuse_if_referenced(
             f"Workload {workload_id}",
-            [_plural("migration", uow.migrations.referrers("source_id", workload_id))],
+            [
+                _plural("migration", uow.migrations.referrers("source_id", workload_id)),
+                _plural("migration target", uow.migration_targets.referrers("host_id", workload_id)),
+            ],
         )
         uow.workloads.delete(owner_id, workload_id)
         uow.commit()
@@ -310,14 +352,27 @@ def delete_workload(storage: Storage, owner_id: int, workload_id: int) -> None:
 # --- migration targets -------------------------------------------------------
 
 
+def _check_target(uow: UnitOfWork, target: MigrationTarget) -> None:
+    owner_id = target.owner_id
+    _referenced(uow.credentials, owner_id, target.cloud_credentials_id, "cloud_credentials", "Credentials")
+    if target.host_id is not None:
+        _referenced(uow.workloads, owner_id, target.host_id, "host", "Workload")
+
+
 def create_migration_target(
-    storage: Storage, owner_id: int, *, cloud_type: str, cloud_credentials_id: int
+    storage: Storage,
+    owner_id: int,
+    *,
+    cloud_type: str,
+    cloud_credentials_id: int,
+    host_id: int | None = None,
+    root: str | None = None,
 ) -> MigrationTarget:
-    target = MigrationTarget(owner_id, cloud_type, cloud_credentials_id)
+    """With a host (a workload of the owner) and a root on it, runs into the
+    target copy for real; without, they are simulated."""
+    target = MigrationTarget(owner_id, cloud_type, cloud_credentials_id, host_id=host_id, root=root)
     with storage.unit_of_work() as uow:
-        _referenced(
-            uow.credentials, owner_id, cloud_credentials_id, "cloud_credentials", "Credentials"
-        )
+        _check_target(uow, target)
         stored = uow.migration_targets.add(target)
         uow.commit()
     return stored
@@ -340,24 +395,25 @@ def update_migration_target(
     *,
     cloud_type: str | None = None,
     cloud_credentials_id: int | None = None,
+    host_id: int | None | Keep = KEEP,
+    root: str | None | Keep = KEEP,
 ) -> MigrationTarget:
-    """`target_vm` is not writable: only a successful migration replaces it."""
+    """`target_vm` is not writable: only a successful migration replaces it.
+    Taking the host away (None) takes its root with it, unless one is given."""
     with storage.unit_of_work() as uow:
         current = uow.migration_targets.get(owner_id, target_id)
+        if root is KEEP:
+            root = None if host_id is None else current.root
         changed = attrs.evolve(
             current,
             cloud_type=current.cloud_type if cloud_type is None else cloud_type,
             cloud_credentials_id=current.cloud_credentials_id
             if cloud_credentials_id is None
             else cloud_credentials_id,
+            host_id=current.host_id if host_id is KEEP else host_id,
+            root=root,
         )
-        _referenced(
-            uow.credentials,
-            owner_id,
-            changed.cloud_credentials_id,
-            "cloud_credentials",
-            "Credentials",
-        )
+        _check_target(uow, changed)
         stored = uow.migration_targets.update(changed)
         uow.commit()
     return stored

@@ -11,13 +11,13 @@ import attrs
 
 from .copying import Elapsed, RunState, fresh_mark, position_at, run_state
 from .entities import (
-    SYSTEM_VOLUME,
     Event,
     EventKind,
     Migration,
     MigrationState,
     TargetVm,
     Volume,
+    system_volume,
     volume_key,
 )
 from .errors import Conflict
@@ -89,8 +89,9 @@ def _start(
         for i in source.mount_point_ids
         if i in migration.selected_mount_point_ids
     ]
-    if not any(volume_key(mp.name) == SYSTEM_VOLUME for mp in selected):
-        raise Conflict("A migration may not run unless volume C:\\ is selected.")
+    system = system_volume(source.os)
+    if not any(volume_key(mp.name) == volume_key(system) for mp in selected):
+        raise Conflict(f"A migration may not run unless volume {system} is selected.")
     _, busy = uow.migrations.find(
         owner_id,
         ListQuery(

@@ -1,4 +1,5 @@
-"""What a migration may select, and the `C:\\` rule at run time."""
+"""What a migration may select, and the system-volume rule at run time: `C:\\`,
+or `/` for a source whose os is linux."""
 
 from __future__ import annotations
 
@@ -68,12 +69,14 @@ def sources(draw: st.DrawFn) -> list[str]:
     return names
 
 
-@given(sources(), st.data())
+@given(sources(), st.sampled_from([None, "windows"]), st.data())
 def test_a_migration_runs_only_when_volume_c_is_selected(
-    names: list[str], data: st.DataObject
+    names: list[str], os: str | None, data: st.DataObject
 ) -> None:
+    """Of a windows source, or one whose os is unknown."""
     inventory = build_inventory(volumes=[Volume(n, 1) for n in names])
     storage, owner = inventory.storage, inventory.owner_id
+    core.update_workload(storage, owner, inventory.workload.id, os=os)
     chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
     migration = inventory.migration(inventory.ids_named(*chosen))
     runner = ManualRunner()
@@ -85,6 +88,28 @@ def test_a_migration_runs_only_when_volume_c_is_selected(
         with pytest.raises(core.Conflict) as refused:
             core.run_migration(storage, FakeClock(), runner, owner, migration.id)
         assert "C:\\" in refused.value.message
+        assert core.get_migration(storage, owner, migration.id) == migration
+        assert runner.launched == []
+
+
+@given(sources(), st.booleans(), st.data())
+def test_a_linux_source_runs_only_when_volume_root_is_selected(
+    names: list[str], with_root: bool, data: st.DataObject
+) -> None:
+    names = [*names, "/"] if with_root else names  # beside C:\\ maybe: that one does not count
+    inventory = build_inventory(volumes=[Volume(n, 1) for n in names])
+    storage, owner = inventory.storage, inventory.owner_id
+    core.update_workload(storage, owner, inventory.workload.id, os="linux")
+    chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
+    migration = inventory.migration(inventory.ids_named(*chosen))
+    runner = ManualRunner()
+    if "/" in chosen:
+        started = core.run_migration(storage, FakeClock(), runner, owner, migration.id)
+        assert started.state is core.MigrationState.RUNNING
+    else:
+        with pytest.raises(core.Conflict) as refused:
+            core.run_migration(storage, FakeClock(), runner, owner, migration.id)
+        assert refused.value.message == "A migration may not run unless volume / is selected."
         assert core.get_migration(storage, owner, migration.id) == migration
         assert runner.launched == []
 
