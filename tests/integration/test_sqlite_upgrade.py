@@ -72,7 +72,13 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
             "old-password",
             "corp",
         )
-        assert core.get_workload(storage, 1, 1).mount_point_ids == (1, 2)
+        workload = core.get_workload(storage, 1, 1)
+        assert workload.mount_point_ids == (1, 2)
+        # Step 8's fields, as the workload and its login had them before: none.
+        assert (workload.port, workload.os, workload.root, workload.host_key) == (22, None, "/", None)
+        assert not credentials.has_private_key
+        target = core.get_migration_target(storage, 1, 1)
+        assert (target.host_id, target.root) == (None, None)
         assert core.get_migration_target(storage, 1, 1).cloud_type is core.CloudType.AZURE
         page = core.list_migrations(storage, 1, core.ListQuery(filters={"state": "not_started"}))
         assert [m.id for m in page.items] == [1]
@@ -94,7 +100,7 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
         storage.close()
 
     db = Database(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 8
     assert {f"{t}_by_{c}" for t, c in FILTER_INDEXES} <= index_names(db)
     plan = " ".join(
         str(row[-1])

@@ -39,6 +39,7 @@ from migration_core import (
     Workload,
 )
 
+from ..ssh_keys import keygen
 from .storages import ALL_STORAGES, open_storage
 
 SECRET = b"contract-suite-secret-key-32-byte"
@@ -408,6 +409,107 @@ def test_count_in_state_counts_the_migrations_of_every_owner(world: World) -> No
         MigrationState.ERROR: 2,
         MigrationState.SUCCESS: 1,
     }
+
+
+# --- what reaching real machines needs ------------------------------------------------
+
+PINNED = "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"
+
+
+@attrs.frozen
+class Machines:
+    """Alice's key login, a Linux host using it, and a target landing on that host."""
+
+    keyed: Credentials
+    host: Workload
+    target: MigrationTarget
+
+
+@pytest.fixture
+def machines(world: World) -> Machines:
+    key = keygen("ed25519", "-t", "ed25519")
+    with world.storage.unit_of_work() as uow:
+        keyed = uow.credentials.add(Credentials(world.alice, "deploy", "", private_key=key))
+        host = uow.workloads.add(
+            Workload(
+                world.alice, "127.0.0.2", keyed.id, (), port=2222, os="linux", root="/srv/host", host_key=PINNED
+            )
+        )
+        target = uow.migration_targets.add(
+            MigrationTarget(world.alice, "vsphere", keyed.id, host_id=host.id, root="/landing")
+        )
+        uow.commit()
+    return Machines(keyed, host, target)
+
+
+def test_the_fields_of_real_machines_read_back_as_written(world: World, machines: Machines) -> None:
+    keyed = read(world.storage, "credentials", world.alice, machines.keyed.id)
+    assert keyed == machines.keyed
+    assert (keyed.password, keyed.private_key) == ("", keygen("ed25519", "-t", "ed25519"))
+    assert read(world.storage, "workloads", world.alice, machines.host.id) == machines.host
+    assert read(world.storage, "migration_targets", world.alice, machines.target.id) == machines.target
+    # What was written before these fields existed reads with their defaults.
+    plain = read(world.storage, "workloads", world.alice, world.workload.id)
+    assert (plain.port, plain.os, plain.root, plain.host_key) == (22, None, "/", None)
+    assert read(world.storage, "credentials", world.alice, world.credentials.id).private_key == ""
+    target = read(world.storage, "migration_targets", world.alice, world.target.id)
+    assert (target.host_id, target.root) == (None, None)
+
+
+def test_updates_replace_the_fields_of_real_machines(world: World, machines: Machines) -> None:
+    password_only = attrs.evolve(machines.keyed, password="n3w", private_key="")
+    forgotten = attrs.evolve(machines.host, port=22, os=None, root="/", host_key=None)
+    simulated = attrs.evolve(machines.target, host_id=None, root=None)
+    keyed = attrs.evolve(world.credentials, private_key=keygen("rsa-pem", "-t", "rsa", "-b", "2048", "-m", "PEM"))
+    with world.storage.unit_of_work() as uow:
+        uow.credentials.update(password_only)
+        uow.credentials.update(keyed)
+        uow.workloads.update(forgotten)
+        uow.migration_targets.update(simulated)
+        uow.commit()
+    assert read(world.storage, "credentials", world.alice, machines.keyed.id) == password_only
+    assert read(world.storage, "credentials", world.alice, world.credentials.id) == keyed
+    assert read(world.storage, "workloads", world.alice, machines.host.id) == forgotten
+    assert read(world.storage, "migration_targets", world.alice, machines.target.id) == simulated
+
+
+def test_a_workload_that_is_a_targets_host_cannot_be_deleted(world: World, machines: Machines) -> None:
+    with world.storage.unit_of_work() as uow:
+        assert uow.migration_targets.referrers("host_id", machines.host.id) == [machines.target.id]
+        assert uow.migration_targets.referrers("host_id", world.workload.id) == []
+        with pytest.raises(Conflict) as refused:
+            uow.workloads.delete(world.alice, machines.host.id)
+        uow.commit()
+    # Every storage says it in the same words.
+    assert refused.value.message == f"Workload {machines.host.id} is still referred to by migration_targets."
+    assert read(world.storage, "workloads", world.alice, machines.host.id) == machines.host
+    with world.storage.unit_of_work() as uow:
+        uow.migration_targets.update(attrs.evolve(machines.target, host_id=None, root=None))
+        uow.workloads.delete(world.alice, machines.host.id)
+        uow.commit()
+    assert find(world.storage, "workloads", world.alice, filters={"ip": "127.0.0.2"}) == (0, [])
+
+
+@pytest.mark.parametrize("whose", ["missing", "bobs"])
+@pytest.mark.parametrize("write", ["add", "update"])
+def test_a_host_is_an_existing_workload_of_the_same_owner(
+    world: World, machines: Machines, whose: str, write: str
+) -> None:
+    with world.storage.unit_of_work() as uow:
+        bobs = uow.workloads.add(Workload(world.bob, "10.0.0.1", world.bobs_credentials.id))
+        uow.commit()
+    host = bobs.id if whose == "bobs" else bobs.id + 1000
+    with world.storage.unit_of_work() as uow:
+        with pytest.raises(Conflict) as refused:
+            if write == "add":
+                uow.migration_targets.add(
+                    MigrationTarget(world.alice, "aws", world.credentials.id, host_id=host, root="/x")
+                )
+            else:
+                uow.migration_targets.update(attrs.evolve(machines.target, host_id=host))
+        uow.commit()
+    assert refused.value.message == f"host_id refers to a missing workloads row {host}."
+    assert find(world.storage, "migration_targets", world.alice)[1] == [world.target, machines.target]
 
 
 # --- compare-and-set ---------------------------------------------------------------

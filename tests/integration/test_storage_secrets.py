@@ -1,6 +1,7 @@
-"""Secrets at rest: no password is written in a readable form to an SQLite file
-or its WAL, nor to what `pg_dump` makes of a PostgreSQL database, yet the
-storage gives each one back, and only with the secret key it was written with."""
+"""Secrets at rest: no password or private key is written in a readable form
+to an SQLite file or its WAL, nor to what `pg_dump` makes of a PostgreSQL
+database, yet the storage gives each one back, and only with the secret key
+it was written with."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from adapters.secrets import SecretBox, SecretError
 from entrypoints.bootstrap import open_storage
 
 from ..postgres_server import find_bin_dir
+from ..ssh_keys import keygen
 from .storages import SQL_STORAGES, storage_url
 
 SECRET = b"secrets-suite-secret-key-32-bytes"
@@ -46,6 +48,13 @@ def readable_forms(password: str) -> list[bytes]:
     return [raw, base64.b64encode(raw), password.encode("utf-16-le")]
 
 
+def key_forms(key: str) -> list[bytes]:
+    """A private key as text, and each line of its body: any one of them is
+    part of the key a reader could take (the body is base64 already)."""
+    lines = [line for line in key.splitlines() if line and not line.startswith("-----")]
+    return [*readable_forms(key), *(line.encode() for line in lines)]
+
+
 @pytest.mark.parametrize("kind", SQL_STORAGES)
 def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -60,6 +69,8 @@ def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
         credentials = core.create_credentials(
             storage, user.id, username="admin", password=credentials_password
         )
+        private_key = keygen("at-rest", "-t", "ed25519")
+        keyed = core.create_credentials(storage, user.id, username="deploy", private_key=private_key)
         system = core.create_mount_point(storage, user.id, name="C:\\", size=1)
         workload = core.create_workload(
             storage, user.id, ip="10.0.0.1", credentials_id=credentials.id, mount_point_ids=[system.id]
@@ -88,8 +99,11 @@ def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
         for password in (user_password, credentials_password):
             for form in readable_forms(password):
                 assert form not in written
+        for form in key_forms(private_key):
+            assert form not in written
 
         assert core.get_credentials(storage, user.id, credentials.id).password == credentials_password
+        assert core.get_credentials(storage, user.id, keyed.id).private_key == private_key
         vm = core.get_migration_target(storage, user.id, target.id).target_vm
         assert vm is not None and vm.credentials.password == credentials_password
         snapshot = core.get_migration(storage, user.id, migration.id).snapshot
@@ -105,6 +119,8 @@ def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
     for password in (user_password, credentials_password):
         for form in readable_forms(password):
             assert form not in written
+    for form in key_forms(private_key):
+        assert form not in written
     assert b"scrypt$" in written
 
 
@@ -118,11 +134,15 @@ def test_reopening_with_the_same_key_reads_the_secrets(
         owner = uow.users.add(core.User("keeper", "h")).id
         uow.commit()
     credentials = core.create_credentials(storage, owner, username="admin", password="kept")
+    keyed = core.create_credentials(
+        storage, owner, username="deploy", private_key=keygen("reopened", "-t", "rsa", "-b", "2048", "-m", "PEM")
+    )
     storage.close()
 
     reopened = open_storage(url, SECRET)
     try:
         assert core.get_credentials(reopened, owner, credentials.id) == credentials
+        assert core.get_credentials(reopened, owner, keyed.id) == keyed
     finally:
         reopened.close()
 
@@ -145,6 +165,8 @@ def test_a_sealed_value_opens_only_with_its_key_and_in_its_place() -> None:
     assert box.seal("hunter2", b"credentials.password") != sealed  # a fresh nonce each time
     with pytest.raises(SecretError):
         box.open(sealed, b"login.password")
+    with pytest.raises(SecretError):  # a password is no private key either
+        box.open(sealed, b"credentials.private_key")
     with pytest.raises(SecretError):
         SecretBox(b"another-key").open(sealed, b"credentials.password")
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])

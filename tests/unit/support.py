@@ -3,12 +3,8 @@ runner that leaves the copy to the test, and a small inventory to run."""
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from functools import cache
-from pathlib import Path
 
 import attrs
 from hypothesis import strategies as st
@@ -153,25 +149,3 @@ def spellings(draw: st.DrawFn, stem: str) -> str:
 
 system_volume_spellings = spellings("c:")
 
-
-# --- private keys ------------------------------------------------------------------
-
-_KEYS = tempfile.TemporaryDirectory(prefix="keys-")  # removed when the test process ends
-
-
-def keys_directory() -> Path:
-    return Path(_KEYS.name)
-
-
-@cache
-def keygen(name: str, *arguments: str, passphrase: str = "") -> str:
-    """The private key file ssh-keygen makes with `arguments` (once per test
-    process), as text; its public key is beside it, as `name`.pub. One name
-    is one key: ssh-keygen would ask before writing over a file."""
-    path = keys_directory() / name
-    assert not path.exists(), f"a key named {name!r} was made with other arguments"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-N", passphrase, "-C", "test key", "-f", str(path), *arguments],
-        check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
-    )
-    return path.read_text()

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import migration_core as core
 
-from .support import build_inventory, field_errors, keygen, owned_storage
+from ..ssh_keys import keygen
+from .support import build_inventory, field_errors, owned_storage
 
 PINNED = "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"
 

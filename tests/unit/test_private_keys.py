@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import migration_core as core
 
-from .support import field_errors, keygen, keys_directory
+from ..ssh_keys import keygen, keys_directory
+from .support import field_errors
 
 # (ssh-keygen's arguments, the kind the check names), one key of each.
 MADE = {

@@ -32,6 +32,7 @@ from migration_core import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    OperatingSystem,
     User,
     Wave,
     Workload,
@@ -46,6 +47,7 @@ R = TypeVar("R")
 E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration, Wave)
 
 _PASSWORD = b"credentials.password"
+_PRIVATE_KEY = b"credentials.private_key"
 _LOGIN_PASSWORD = b"login.password"
 _KEY_CHECK = b"settings.key_check"
 _KEY_CHECK_TEXT = "the secret key this database was written with"
@@ -168,7 +170,7 @@ class Codec:
         self.box = box
         converter = cattrs.Converter()
         # str-based enums would otherwise pass through as enum members.
-        for kind in (CloudType, MigrationState):
+        for kind in (CloudType, MigrationState, OperatingSystem):
             converter.register_unstructure_hook(kind, _enum_value)
         converter.register_unstructure_hook(datetime, _iso_utc)
         converter.register_structure_hook(datetime, lambda text, _: datetime.fromisoformat(text))
@@ -214,6 +216,22 @@ class Codec:
 
 
 @attrs.frozen
+class Secret:
+    """A text column sealed with SecretBox, bound to `context`. An optional
+    one keeps "" (none) as NULL: nothing to seal, nothing to open."""
+
+    column: str
+    context: bytes
+    optional: bool = False
+
+    def seal(self, box: SecretBox, value: str) -> bytes | None:
+        return None if self.optional and not value else box.seal(value, self.context)
+
+    def open(self, box: SecretBox, stored: Any) -> str:
+        return "" if stored is None else box.open(bytes(stored), self.context)
+
+
+@attrs.frozen
 class ListField:
     """A tuple-of-ids field kept in a join table, in the order given."""
 
@@ -242,7 +260,7 @@ class Kind:
     int_columns: frozenset[str]
     references: tuple[tuple[str, str], ...]  # (field, referred table) of scalar fields
     list_field: ListField | None = None
-    secret_column: str | None = None  # sealed with SecretBox
+    secrets: tuple[Secret, ...] = ()
     json_columns: tuple[str, ...] = ()  # attrs values (a TargetVm, a CopyMark), as JSON
     unfilterable: frozenset[str] = frozenset()
     derived: tuple[Derived, ...] = ()
@@ -285,11 +303,11 @@ class Kind:
 CREDENTIALS = Kind(
     "credentials",
     Credentials,
-    ("owner_id", "username", "password", "domain"),
+    ("owner_id", "username", "password", "domain", "private_key"),
     frozenset({"owner_id"}),
     (),
-    secret_column="password",
-    unfilterable=frozenset({"password"}),
+    secrets=(Secret("password", _PASSWORD), Secret("private_key", _PRIVATE_KEY, optional=True)),
+    unfilterable=frozenset({"password", "private_key"}),
     plain=True,
 )
 MOUNT_POINTS = Kind(
@@ -303,8 +321,8 @@ MOUNT_POINTS = Kind(
 WORKLOADS = Kind(
     "workloads",
     Workload,
-    ("owner_id", "ip", "credentials_id"),
-    frozenset({"owner_id", "credentials_id"}),
+    ("owner_id", "ip", "credentials_id", "port", "os", "root", "host_key"),
+    frozenset({"owner_id", "credentials_id", "port"}),
     (("credentials_id", "credentials"),),
     ListField("mount_point_ids", "workload_mount_points", "workload_id", "mount_points"),
     plain=True,
@@ -312,9 +330,9 @@ WORKLOADS = Kind(
 MIGRATION_TARGETS = Kind(
     "migration_targets",
     MigrationTarget,
-    ("owner_id", "cloud_type", "cloud_credentials_id", "target_vm"),
-    frozenset({"owner_id", "cloud_credentials_id"}),
-    (("cloud_credentials_id", "credentials"),),
+    ("owner_id", "cloud_type", "cloud_credentials_id", "target_vm", "host_id", "root"),
+    frozenset({"owner_id", "cloud_credentials_id", "host_id"}),
+    (("cloud_credentials_id", "credentials"), ("host_id", "workloads")),
     json_columns=("target_vm",),
     unfilterable=frozenset({"target_vm"}),
 )
@@ -930,8 +948,8 @@ class Repository(Generic[E]):
         kind = self._kind
         codec = self._session.codec
         row = codec.row(entity)
-        if kind.secret_column is not None:
-            row[kind.secret_column] = codec.box.seal(row[kind.secret_column], _PASSWORD)
+        for secret in kind.secrets:
+            row[secret.column] = secret.seal(codec.box, row[secret.column])
         for column in kind.json_columns:
             if row[column] is not None:
                 row[column] = json.dumps(row[column])
@@ -1019,9 +1037,8 @@ class Repository(Generic[E]):
         names = ("id", *kind.columns, *(d.field for d in kind.derived))
         for row in rows:
             values = dict(zip(names, row))
-            if kind.secret_column is not None:
-                sealed = bytes(values[kind.secret_column])
-                values[kind.secret_column] = codec.box.open(sealed, _PASSWORD)
+            for secret in kind.secrets:
+                values[secret.column] = secret.open(codec.box, values[secret.column])
             for column in kind.json_columns:
                 if values[column] is not None:
                     values[column] = json.loads(values[column])
@@ -1034,14 +1051,17 @@ class Repository(Generic[E]):
         """Rows whose columns are the entity's fields in order, id last."""
         kind: Kind = self._kind
         entity = kind.entity
-        if kind.secret_column is None:
+        if not kind.secrets:
             return [entity(*row[1:], row[0]) for row in rows]
-        secret = 1 + kind.columns.index(kind.secret_column)
+        secrets = [(kind.columns.index(secret.column), secret) for secret in kind.secrets]
         box = self._session.codec.box
-        return [
-            entity(*row[1:secret], box.open(bytes(row[secret]), _PASSWORD), *row[secret + 1 :], row[0])
-            for row in rows
-        ]
+        entities = []
+        for row in rows:
+            values = list(row[1:])
+            for at, secret in secrets:
+                values[at] = secret.open(box, values[at])
+            entities.append(entity(*values, row[0]))
+        return entities
 
     def _lists(self, parent_ids: Sequence[int]) -> dict[int, list[int]]:
         listed = self._kind.list_field
@@ -1077,7 +1097,7 @@ class Repository(Generic[E]):
             return refusals.missing_owner(entity.owner_id)
         for field, referred in kind.references:
             ref = getattr(entity, field)
-            if not self._exists(referred, entity.owner_id, ref):
+            if ref is not None and not self._exists(referred, entity.owner_id, ref):
                 return refusals.missing_reference(field, referred, ref)
         if kind.list_field is not None:
             for ref in getattr(entity, kind.list_field.field):

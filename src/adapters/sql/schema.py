@@ -59,6 +59,9 @@ class Dialect:
     # the row's own statement; "" where a list is read apart (a statement
     # costs SQLite no round trip).
     list_in_row: str
+    # ALTER TABLE can add a table's constraint (a composite foreign key) to
+    # an existing table; SQLite adds a column with its own REFERENCES only.
+    adds_constraints: bool
 
     def sql(self, template: str) -> str:
         return template.format(
@@ -79,6 +82,7 @@ SQLITE = Dialect(
     lock_read_rows="",
     reuses_plans=False,
     list_in_row="",
+    adds_constraints=False,
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -97,6 +101,7 @@ POSTGRES = Dialect(
     lock_read_rows=" FOR NO KEY UPDATE",
     reuses_plans=True,
     list_in_row="ARRAY(SELECT {item} FROM {table} WHERE {parent} = {of}.id ORDER BY position)",
+    adds_constraints=True,
 )
 
 Step = Callable[[Execute, Dialect], None]
@@ -416,6 +421,49 @@ def _filters_by_value_first(execute: Execute, dialect: Dialect) -> None:
         execute(f"CREATE INDEX {table}_by_{column} ON {table} ({column}, owner_id)")
 
 
+def _real_machines(execute: Execute, dialect: Dialect) -> None:
+    """Step 8: what reaching real machines needs. Credentials may hold a
+    private key (sealed like the password; NULL: none); a workload has its
+    SSH port, os, root and pinned host key; a target may name a host (a
+    workload of its owner that receives the copy) and a root on it.
+
+    The host is a reference like the others: deleting a workload that is a
+    target's host is refused. PostgreSQL adds the composite (owner_id,
+    host_id) key; SQLite cannot add one to an existing table without
+    rebuilding it (see step 6), so the column refers to the workload's id,
+    and triggers refuse a host of another owner as that key would."""
+    host = "host_id {int}" if dialect.adds_constraints else "host_id {int} REFERENCES workloads (id) ON DELETE RESTRICT"
+    _run(execute, dialect, [
+        "ALTER TABLE credentials ADD COLUMN private_key {blob}",
+        "ALTER TABLE workloads ADD COLUMN port {int} NOT NULL DEFAULT 22 CHECK (port BETWEEN 1 AND 65535)",
+        "ALTER TABLE workloads ADD COLUMN os TEXT CHECK (os IN ('windows', 'linux'))",
+        "ALTER TABLE workloads ADD COLUMN root TEXT NOT NULL DEFAULT '/' CHECK (substr(root, 1, 1) = '/')",
+        "ALTER TABLE workloads ADD COLUMN host_key TEXT",
+        f"ALTER TABLE migration_targets ADD COLUMN {host}",
+        """
+        ALTER TABLE migration_targets ADD COLUMN root TEXT
+            CHECK ((root IS NULL) = (host_id IS NULL) AND (root IS NULL OR substr(root, 1, 1) = '/'))
+        """,
+        "CREATE INDEX migration_targets_host ON migration_targets (host_id)",
+    ])
+    if dialect.adds_constraints:
+        execute(
+            "ALTER TABLE migration_targets ADD FOREIGN KEY (owner_id, host_id)"
+            " REFERENCES workloads (owner_id, id) ON DELETE RESTRICT"
+        )
+        return
+    for event, when in (("INSERT", "INSERT"), ("UPDATE", "UPDATE OF owner_id, host_id")):
+        execute(
+            f"""
+            CREATE TRIGGER migration_targets_host_owner_{event.lower()} BEFORE {when} ON migration_targets
+            WHEN NEW.host_id IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM workloads WHERE id = NEW.host_id AND owner_id = NEW.owner_id
+            )
+            BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed'); END
+            """
+        )
+
+
 STEPS: list[Step] = [
     _create_tables,
     _index_list_filters,
@@ -424,6 +472,7 @@ STEPS: list[Step] = [
     _events,
     _waves,
     _filters_by_value_first,
+    _real_machines,
 ]
 LATEST_VERSION = len(STEPS)
 
