@@ -25,7 +25,7 @@ from entrypoints.bootstrap import ServiceRunner, Settings, bootstrap
 from entrypoints.http import create_app
 from entrypoints.http.app import server_options
 from entrypoints.http.requests import SERVICES
-from entrypoints.http.stream import HUB, PAGE, EventHub, StreamOptions
+from entrypoints.http.stream import BAD_LAST_EVENT_ID, HUB, PAGE, EventHub, StreamOptions
 from migration_core import Clock, Storage
 
 from .http_client import PASSWORD, TEST_KEY, User
@@ -408,8 +408,12 @@ async def test_the_stream_needs_a_token_in_the_header_and_a_numeric_last_event_i
     answer = await client.get(STREAM)
     assert answer.status == 401 and "detail" in await answer.json()
     assert answer.headers["WWW-Authenticate"] == "Bearer"
-    answer = await client.get(STREAM, headers={"Authorization": f"Bearer {user.access}", "Last-Event-ID": "x1"})
-    assert answer.status == 400 and "Last-Event-ID" in (await answer.json())["errors"]
+    # Empty, not a number, not ASCII digits, signed, a fraction, too large: each a 400 saying what to send.
+    for bad in ("", "x1", "\u00b2", "-1", "+1", "1.5", "1e3", "0x10", str(2**63), "9" * 30):
+        headers = {"Authorization": f"Bearer {user.access}", "Last-Event-ID": bad}
+        answer = await client.get(STREAM, headers=headers)
+        assert answer.status == 400, (bad, answer.status)
+        assert (await answer.json())["errors"] == {"Last-Event-ID": [BAD_LAST_EVENT_ID]}, bad
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(make_client: MakeClient) -> None:

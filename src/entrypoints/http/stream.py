@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -261,12 +262,21 @@ class EventHub:
 HUB = web.AppKey("event_hub", EventHub)
 
 
+_ID_DIGITS = re.compile(r"[0-9]{1,19}")
+BAD_LAST_EVENT_ID = (
+    "Send the id of the last message received (a whole number from 0 to 2**63-1), or no Last-Event-ID at all."
+)
+
+
 def _last_event_id(request: web.Request) -> int | None:
+    """The id the client says it has every event up to; None without the
+    header. Any other value (empty too) is refused: guessing what it means
+    could skip events or send them twice."""
     value = request.headers.get("Last-Event-ID")
-    if value is None or not value.strip():
+    if value is None:
         return None
-    if not value.strip().isdigit() or int(value) > MAX_ID:
-        raise InvalidInput({"Last-Event-ID": ["Send the id of the last message received."]})
+    if not _ID_DIGITS.fullmatch(value) or int(value) > MAX_ID:
+        raise InvalidInput({"Last-Event-ID": [BAD_LAST_EVENT_ID]})
     return int(value)
 
 
@@ -291,7 +301,8 @@ def _last_event_id(request: web.Request) -> int | None:
             "name": "Last-Event-ID",
             "required": False,
             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
-            "description": "The id of the last message received on an earlier connection.",
+            "description": "The id of the last message received on an earlier connection. Any other"
+            " value, an empty one included, is refused with 400; leave the header out to start afresh.",
         }
     ],
     responses={

@@ -128,7 +128,8 @@ async function read(body, mine) {
 }
 
 function dispatch(message) {
-  if (message.id !== null) lastEventId = message.id;
+  // An empty id forgets the last one (as EventSource does): no Last-Event-ID is sent then.
+  if (message.id !== null) lastEventId = message.id || null;
   if (!message.data.length) return;
   const text = message.data.join("\n");
   let data = text;
