@@ -14,6 +14,7 @@ import {overview} from "./screens/overview.js";
 import {targets} from "./screens/targets.js";
 import {wave} from "./screens/wave.js";
 import {waves} from "./screens/waves.js";
+import {workload} from "./screens/workload.js";
 import {workloads} from "./screens/workloads.js";
 
 const ROUTES = [
@@ -23,6 +24,7 @@ const ROUTES = [
   {pattern: /^\/credentials$/, screen: credentials, nav: "Credentials", href: "/credentials"},
   {pattern: /^\/mount_points$/, screen: mountPoints, nav: "Mount points", href: "/mount_points"},
   {pattern: /^\/workloads$/, screen: workloads, nav: "Workloads", href: "/workloads"},
+  {pattern: /^\/workloads\/(\d+)$/, screen: workload, section: "/workloads"},
   {pattern: /^\/targets$/, screen: targets, nav: "Targets", href: "/targets"},
   {pattern: /^\/migrations$/, screen: migrations, nav: "Migrations", href: "/migrations"},
   {pattern: /^\/migrations\/(\d+)$/, screen: migration, section: "/migrations"},

@@ -5,6 +5,12 @@ import {bytes} from "./dom.js";
 
 export const CLOUD_TYPES = ["aws", "azure", "vsphere", "vcloud"];
 export const STATES = ["not_started", "running", "error", "success"];
+export const OPERATING_SYSTEMS = ["linux", "windows"];
+
+/** A workload's os: null until told or found by a check. */
+export function osLabel(os) {
+  return os || "unknown";
+}
 
 export function login(credentials) {
   if (!credentials) return "—";

@@ -1,5 +1,6 @@
 import {all, byId} from "../api.js";
-import {credentialsLabel, login, named, volumeLabel} from "../labels.js";
+import {h} from "../dom.js";
+import {OPERATING_SYSTEMS, credentialsLabel, login, named, osLabel, volumeLabel} from "../labels.js";
 import {resourceScreen} from "../resource.js";
 
 async function loadRefs() {
@@ -23,7 +24,8 @@ export const workloads = resourceScreen({
   filters: () => [{name: "ip", label: "IP address"}],
   columns: [
     {label: "ID", cell: (item) => String(item.id)},
-    {label: "IP address", cell: (item) => item.ip},
+    {label: "IP address", cell: (item) => h("a", {href: `#/workloads/${item.id}`}, item.ip)},
+    {label: "OS", cell: (item) => osLabel(item.os)},
     {label: "Login", cell: (item, refs) => named(refs.credentialsById, item.credentials, login)},
     {label: "Volumes", cell: (item, refs) => item.storage.map((id) => named(refs.mountPointsById, id, (volume) => volume.name)).join(", ") || "—"},
   ],
@@ -40,5 +42,19 @@ export const workloads = resourceScreen({
         const elsewhere = holder && holder.id !== item?.id;
         return {value: volume.id, label: volumeLabel(volume), note: elsewhere ? `(in workload ${holder.ip})` : null};
       })},
+    {name: "os", label: "Operating system", type: "select", value: item?.os, placeholder: "Unknown",
+      options: OPERATING_SYSTEMS.map((os) => ({value: os, label: os})),
+      hint: "Unknown until you say or a check finds it. Only Linux machines have their volumes discovered and are copied for real."},
+    {name: "port", label: "SSH port", value: item ? String(item.port ?? 22) : "22", inputmode: "numeric"},
+    {name: "root", label: "Root", value: item?.root ?? "/",
+      hint: "The absolute path of the machine's tree once logged in: / for the machine itself, or a snapshot's mount."},
   ],
+  body: (values) => {
+    const body = {...values};
+    const port = String(body.port).trim();
+    if (port === "") delete body.port;
+    else body.port = /^\d+$/.test(port) ? Number(port) : port; // anything else for the API to refuse in its words
+    if (body.root === "") delete body.root;
+    return body;
+  },
 });
