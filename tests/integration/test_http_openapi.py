@@ -128,11 +128,14 @@ async def test_lists_document_paging_filters_and_ordering(document: dict[str, An
 async def test_wire_fields_are_documented_and_the_password_is_write_only(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     assert schemas["Credentials"]["properties"]["password"]["writeOnly"] is True
+    assert schemas["Credentials"]["properties"]["private_key"]["writeOnly"] is True
+    assert schemas["Credentials"]["properties"]["has_private_key"]["readOnly"] is True
+    assert schemas["Workload"]["properties"]["host_key"]["readOnly"] is True
     wire = {
-        "Credentials": {"id", "username", "password", "domain"},
+        "Credentials": {"id", "username", "password", "domain", "private_key", "has_private_key"},
         "MountPoint": {"id", "name", "size"},
-        "Workload": {"id", "ip", "credentials", "storage"},
-        "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm"},
+        "Workload": {"id", "ip", "credentials", "storage", "port", "os", "root", "host_key"},
+        "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm", "host", "root"},
         "Migration": {"id", "source", "migration_target", "selected_mount_points", "state", "progress",
                       "error", "started_at", "finished_at", "wave"},
         "Wave": {"id", "name", "migrations"},

@@ -37,11 +37,11 @@ async def _credentials_case(user: User) -> dict[str, Any]:
     return {
         "path": f"{API}/credentials/",
         "create": {"username": "admin", "password": f"{SECRET_MARKER}-1", "domain": "CORP"},
-        "created": {"username": "admin", "domain": "CORP"},
+        "created": {"username": "admin", "domain": "CORP", "has_private_key": False},
         "replace": {"username": "root", "password": f"{SECRET_MARKER}-2"},
-        "replaced": {"username": "root", "domain": ""},
+        "replaced": {"username": "root", "domain": "", "has_private_key": False},
         "patch": {"domain": "LAB"},
-        "patched": {"username": "root", "domain": "LAB"},
+        "patched": {"username": "root", "domain": "LAB", "has_private_key": False},
     }
 
 
@@ -62,28 +62,38 @@ async def _workload_case(user: User) -> dict[str, Any]:
     second = (await user.credentials("second"))["id"]
     c = (await user.mount_point("C:\\"))["id"]
     d = (await user.mount_point("D:\\"))["id"]
+    machine = {"port": 22, "os": None, "root": "/", "host_key": None}
     return {
         "path": f"{API}/work_loads/",
         "create": {"ip": "10.0.0.7", "credentials": first, "storage": [c]},
-        "created": {"ip": "10.0.0.7", "credentials": first, "storage": [c]},
-        "replace": {"credentials": second, "storage": [d, c]},
-        "replaced": {"ip": "10.0.0.7", "credentials": second, "storage": [d, c]},
-        "patch": {"storage": []},
-        "patched": {"ip": "10.0.0.7", "credentials": second, "storage": []},
+        "created": {"ip": "10.0.0.7", "credentials": first, "storage": [c], **machine},
+        "replace": {"credentials": second, "storage": [d, c], "port": 2222, "os": "linux", "root": "/mnt/snap/"},
+        "replaced": {
+            "ip": "10.0.0.7", "credentials": second, "storage": [d, c],
+            **machine, "port": 2222, "os": "linux", "root": "/mnt/snap",
+        },
+        "patch": {"storage": [], "os": None},
+        "patched": {
+            "ip": "10.0.0.7", "credentials": second, "storage": [], **machine, "port": 2222, "root": "/mnt/snap",
+        },
     }
 
 
 async def _target_case(user: User) -> dict[str, Any]:
     first = (await user.credentials("first"))["id"]
     second = (await user.credentials("second"))["id"]
+    host = (await user.workload("127.0.0.2", first, []))["id"]
+    simulated = {"target_vm": None, "host": None, "root": None}
     return {
         "path": f"{API}/migration_targets/",
         "create": {"cloud_type": "aws", "cloud_credentials": first},
-        "created": {"cloud_type": "aws", "cloud_credentials": first, "target_vm": None},
-        "replace": {"cloud_type": "vsphere", "cloud_credentials": second},
-        "replaced": {"cloud_type": "vsphere", "cloud_credentials": second, "target_vm": None},
-        "patch": {"cloud_type": "azure"},
-        "patched": {"cloud_type": "azure", "cloud_credentials": second, "target_vm": None},
+        "created": {"cloud_type": "aws", "cloud_credentials": first, **simulated},
+        "replace": {"cloud_type": "vsphere", "cloud_credentials": second, "host": host, "root": "/landing/"},
+        "replaced": {
+            "cloud_type": "vsphere", "cloud_credentials": second, "target_vm": None, "host": host, "root": "/landing",
+        },
+        "patch": {"cloud_type": "azure", "host": None},
+        "patched": {"cloud_type": "azure", "cloud_credentials": second, **simulated},
     }
 
 
@@ -201,6 +211,10 @@ async def test_a_missing_or_non_integer_id_is_404(alice: User, kind: str, suffix
 async def test_read_only_fields_in_a_body_are_ignored(alice: User, kind: str) -> None:
     case = await CASES[kind](alice)
     read_only: dict[str, Any] = {"id": 4242}
+    if kind == "credentials":
+        read_only["has_private_key"] = True
+    if kind == "work_loads":
+        read_only["host_key"] = "SHA256:not-pinned-by-a-user"
     if kind == "migration_targets":
         read_only["target_vm"] = {"ip": "1.1.1.1", "credentials": {}, "storage": []}
     if kind == "migrations":
@@ -230,7 +244,7 @@ async def test_credentials_password_is_write_only_everywhere(alice: User) -> Non
             "PATCH", f"{API}/credentials/{created['id']}/", 200, json={"password": f"{SECRET_MARKER}-new"}
         ),
     ):
-        assert set(answer) == {"id", "username", "domain"}
+        assert set(answer) == {"id", "username", "domain", "has_private_key"}
 
 
 # A migration body whose references all resolve; each case below breaks one.

@@ -32,6 +32,7 @@ from migration_core import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    OperatingSystem,
     Refusal,
     RunState,
     TargetVm,
@@ -43,6 +44,8 @@ from migration_core import (
     Workload,
 )
 
+from ..ssh_keys import keygen
+
 ids = st.integers(1, 2**63 - 1)
 text = st.text(min_size=1, max_size=20)
 sizes = st.integers(0, 2**63 - 1)
@@ -50,10 +53,28 @@ moments = st.none() | st.datetimes(timezones=st.just(timezone.utc))
 ips = st.ip_addresses().map(str)
 id_lists = st.lists(ids, min_size=1, max_size=5, unique=True)
 
-credentials = st.builds(Credentials, owner_id=ids, username=text, password=text, domain=st.text(max_size=10), id=ids)
+roots = st.lists(st.text("abc. /-", min_size=1, max_size=6), max_size=3).map(lambda parts: "/" + "/".join(parts))
+credentials = st.builds(
+    Credentials,
+    owner_id=ids,
+    username=text,
+    password=text,
+    domain=st.text(max_size=10),
+    private_key=st.sampled_from(["", keygen("views", "-t", "ed25519")]),
+    id=ids,
+)
 mount_points = st.builds(MountPoint, owner_id=ids, name=text, size=sizes, id=ids)
 workloads = st.builds(
-    Workload, owner_id=ids, ip=ips, credentials_id=ids, mount_point_ids=st.lists(ids, max_size=5, unique=True), id=ids
+    Workload,
+    owner_id=ids,
+    ip=ips,
+    credentials_id=ids,
+    mount_point_ids=st.lists(ids, max_size=5, unique=True),
+    port=st.integers(1, 65535),
+    os=st.none() | st.sampled_from(OperatingSystem),
+    root=roots,
+    host_key=st.none() | text,
+    id=ids,
 )
 target_vms = st.builds(
     TargetVm,
@@ -67,6 +88,8 @@ targets = st.builds(
     cloud_type=st.sampled_from(CloudType),
     cloud_credentials_id=ids,
     target_vm=st.none() | target_vms,
+    host_id=st.shared(st.none() | ids, key="host"),
+    root=st.shared(st.none() | ids, key="host").flatmap(lambda host: st.none() if host is None else roots),
     id=ids,
 )
 migrations = st.builds(
@@ -87,9 +110,10 @@ waves = st.builds(Wave, owner_id=ids, name=text, migration_ids=st.lists(ids, max
 
 
 @given(credentials)
-def test_credentials_view_is_the_schema_dump_without_the_password(entity: Credentials) -> None:
+def test_credentials_view_is_the_schema_dump_without_the_password_or_key(entity: Credentials) -> None:
     assert views.credentials_view(entity) == CredentialsSchema().dump(entity)
     assert "password" not in views.credentials_view(entity)
+    assert "private_key" not in views.credentials_view(entity)
 
 
 @given(mount_points)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from ..ssh_keys import keygen
 from .http_client import make_app
 
 API = "/api/v1"
@@ -88,6 +89,14 @@ async def test_no_secret_in_any_log_line_or_answer(client: TestClient[Any, Any],
                                    json={"username": "cloud", "password": CLOUD_PASSWORD, "domain": "aws"})
     await send("PATCH", f"{API}/credentials/{cloud_credentials['id']}/", 200, token=access,
                json={"password": CLOUD_PASSWORD + "-2"})
+    private_key = keygen("logs", "-t", "rsa", "-b", "2048", "-m", "PEM")
+    keyed = await send("POST", f"{API}/credentials/", 201, token=access,
+                       json={"username": "deploy", "private_key": private_key})
+    await send("PUT", f"{API}/credentials/{keyed['id']}/", 200, token=access,
+               json={"username": "deploy", "private_key": private_key})
+    # Refused, one with junk after its end: the refusal must not echo the key.
+    await send("PATCH", f"{API}/credentials/{keyed['id']}/", 400, token=access,
+               json={"private_key": private_key.replace("-----END", "AAAA\n-----END")})
     volume = await send("POST", f"{API}/mount_points/", 201, token=access, json={"name": "C:\\", "size": 10})
     workload = await send("POST", f"{API}/work_loads/", 201, token=access,
                           json={"ip": "10.0.0.1", "credentials": login_credentials["id"], "storage": [volume["id"]]})
@@ -109,7 +118,8 @@ async def test_no_secret_in_any_log_line_or_answer(client: TestClient[Any, Any],
         await send("GET", f"{API}/{kind}/", 200, token=access)
     await send("DELETE", f"{API}/credentials/{login_credentials['id']}/", 409, token=access)
 
-    secrets = [USER_PASSWORD, CREDENTIALS_PASSWORD, CLOUD_PASSWORD, *tokens]
+    key_lines = [line for line in private_key.splitlines() if line and not line.startswith("-----")]
+    secrets = [USER_PASSWORD, CREDENTIALS_PASSWORD, CLOUD_PASSWORD, *tokens, *key_lines]
     # Token pieces too: a log line could show a header or a payload alone.
     secrets += [part for token in tokens for part in token.split(".")[1:]]
     assert any("aiohttp.access" in line for line in recorder.lines), "the access log was not captured"

@@ -23,6 +23,7 @@ from .routes import Route
 from .schemas import (
     MAX_ID,
     CredentialsQuerySchema,
+    CredentialsReplaceSchema,
     CredentialsSchema,
     MigrationEventQuerySchema,
     MigrationEventSchema,
@@ -39,6 +40,7 @@ from .schemas import (
     WaveRunSchema,
     WaveSchema,
     WaveStateSchema,
+    WorkloadChangeSchema,
     WorkloadQuerySchema,
     WorkloadReplaceSchema,
     WorkloadSchema,
@@ -80,6 +82,8 @@ class Resource:
     # Whether its creates and updates record events: they take the clock and
     # the acting user.
     recorded: bool = False
+    # What a PATCH may carry, all optional (by default the create's fields).
+    patch_schema: type[Schema] | None = None
 
 
 def object_id(request: web.Request) -> int:
@@ -184,7 +188,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         parameters=[ID_PARAMETER],
         responses=answers({200: (answer, "Changed.")}, *WRITE_ERRORS, 401, 404, *update_conflict),
     )
-    @json_body(resource.schema(partial=True))
+    @json_body((resource.patch_schema or resource.schema)(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
         updated = await write(request, _update, resource, request)
         return json_answer(resource.view(updated))
@@ -243,7 +247,7 @@ RESOURCES = [
         name="Credentials",
         schema=CredentialsSchema,
         view=views.credentials_view,
-        replace_schema=CredentialsSchema,
+        replace_schema=CredentialsReplaceSchema,
         query_schema=CredentialsQuerySchema,
         create=core.create_credentials,
         get=core.get_credentials,
@@ -282,6 +286,7 @@ RESOURCES = [
         delete=core.delete_workload,
         create_conflicts=True,  # a duplicate ip, a mount point held by another workload
         update_conflicts=True,
+        patch_schema=WorkloadChangeSchema,  # may clear the pinned host key
     ),
     Resource(
         path="/api/v1/migration_targets/",
@@ -345,7 +350,8 @@ MIGRATION_ACTIONS = "migrations"
     tags=[MIGRATION_ACTIONS],
     summary="Run a migration",
     description="From `not_started` or `error` (a retry). Refused (409) while it runs,"
-    " once it has succeeded, when volume C:\\ is not selected, when the selection is no"
+    " once it has succeeded, when the source's system volume (C:\\, or / for a linux source)"
+    " is not selected, when the selection is no"
     " longer in the source, or while another migration runs into the same target.",
     operation_id="runMigration",
     parameters=[ID_PARAMETER],

@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, fields, pre_load, validate
 
-from migration_core import CloudType, EventKind, MigrationState
+from migration_core import CloudType, EventKind, MigrationState, OperatingSystem
 
 MAX_ID = 2**63 - 1
 MAX_SIZE = 2**63 - 1
@@ -21,6 +21,9 @@ NAME_MAX = 255
 PASSWORD_MAX = 1024
 USERNAME_MAX = 150
 IP_MAX = 45  # the longest textual IPv6 address (with an embedded IPv4 part)
+PRIVATE_KEY_MAX = 16_384  # an RSA key of 8192 bits, in PEM, is about 6.5 KB
+ROOT_MAX = 4096  # Linux's PATH_MAX
+PORT_MAX = 65535
 TOKEN_MAX = 4096
 LIST_MAX = 1000
 WAVE_MAX = 20_000  # as many migrations as one import brings in
@@ -153,17 +156,39 @@ class HealthSchema(Schema):
 # --- resources ---------------------------------------------------------------
 
 
+_PASSWORD = "Write-only: stored encrypted, never returned. Required unless `private_key` is given."
+_PRIVATE_KEY = (
+    "Write-only: an OpenSSH (`-----BEGIN OPENSSH PRIVATE KEY-----`) or PEM (RSA, EC, DSA,"
+    " PKCS#8) private key, unencrypted; checked to parse, stored encrypted, never returned."
+    " Kept when absent; \"\" removes it."
+)
+
+
 class CredentialsSchema(Body):
     id = Id(dump_only=True)
     username = Text(required=True, min_length=1, metadata={"example": "administrator"})
     password = Text(
-        required=True,
-        min_length=1,
         max_length=PASSWORD_MAX,
         load_only=True,
-        metadata={"description": "Write-only: stored encrypted, never returned.", "example": "s3cret!"},
+        metadata={"description": _PASSWORD, "example": "s3cret!"},
     )
     domain = Text(load_default="", metadata={"example": "CORP"})
+    private_key = Text(max_length=PRIVATE_KEY_MAX, load_only=True, metadata={"description": _PRIVATE_KEY})
+    has_private_key = fields.Boolean(
+        dump_only=True, metadata={"description": "Whether a private key is stored (the key itself never is shown)."}
+    )
+
+
+class CredentialsReplaceSchema(CredentialsSchema):
+    """A replacement states the password it keeps: left out, the login has
+    none, which is allowed only with a private key (given, or kept)."""
+
+    password = Text(
+        load_default="",
+        max_length=PASSWORD_MAX,
+        load_only=True,
+        metadata={"description": _PASSWORD + " Left out of a PUT: no password.", "example": "s3cret!"},
+    )
 
 
 class MountPointSchema(Body):
@@ -181,6 +206,12 @@ def _ids_list(**kwargs: Any) -> fields.List:
     return fields.List(Id(), validate=validate.Length(max=LIST_MAX), **kwargs)
 
 
+_HOST_KEY = (
+    "The SSH host key fingerprint pinned at the first contact with the machine (null until"
+    " then). Read-only but for one change: null clears it, and the next contact pins the key it meets."
+)
+
+
 class WorkloadSchema(Body):
     id = Id(dump_only=True)
     ip = Text(
@@ -194,9 +225,38 @@ class WorkloadSchema(Body):
         attribute="mount_point_ids",
         metadata={"description": "Mount point ids, each in one workload at most."},
     )
+    port = fields.Integer(
+        strict=True,
+        validate=validate.Range(1, PORT_MAX),
+        metadata={"description": "The machine's SSH port; 22 by default, kept when absent.", "example": 22},
+    )
+    os = fields.Enum(
+        OperatingSystem,
+        by_value=True,
+        allow_none=True,
+        metadata={
+            "description": "windows, linux or null (unknown; a check sets it when null). A linux"
+            " source's system volume is /, any other's C:\\. Kept when absent."
+        },
+    )
+    root = Text(
+        max_length=ROOT_MAX,
+        metadata={
+            "description": "An absolute POSIX path, / by default (kept when absent), where the machine's"
+            " tree is found once logged in; stored normalised (no //, no trailing /).",
+            "example": "/",
+        },
+    )
+    host_key = fields.String(dump_only=True, allow_none=True, metadata={"description": _HOST_KEY})
 
 
-class WorkloadReplaceSchema(WorkloadSchema):
+class WorkloadChangeSchema(WorkloadSchema):
+    """A replacement or a patch may clear the pinned host key (null)."""
+
+    host_key = Text(allow_none=True, metadata={"description": _HOST_KEY})
+
+
+class WorkloadReplaceSchema(WorkloadChangeSchema):
     """A workload's ip is set on create: a replacement may repeat it, or leave it
     out. Its storage is required like every other writable field of a PUT: left
     out, it would silently empty the workload."""
@@ -242,6 +302,23 @@ class MigrationTargetSchema(Body):
         allow_none=True,
         metadata={"description": "null until a migration into this target succeeds."},
     )
+    host = Id(
+        allow_none=True,
+        attribute="host_id",
+        metadata={
+            "description": "The workload (id) that receives the copy, or null: runs into a target"
+            " without a host are simulated. Kept when absent; null takes its root away too."
+        },
+    )
+    root = Text(
+        max_length=ROOT_MAX,
+        allow_none=True,
+        metadata={
+            "description": "Required with a host, refused without one: the absolute path on the host"
+            " under which the volumes land (/ allowed, never a default). Kept when absent.",
+            "example": "/srv/landing",
+        },
+    )
 
 
 class MigrationSchema(Body):
@@ -255,7 +332,10 @@ class MigrationSchema(Body):
         required=True,
         validate=validate.Length(min=1, max=LIST_MAX),
         attribute="selected_mount_point_ids",
-        metadata={"description": "Mount point ids of the source; C:\\ must be among them to run."},
+        metadata={
+            "description": "Mount point ids of the source; its system volume (C:\\, or / for a linux"
+            " source) must be among them to run."
+        },
     )
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
     progress = fields.Integer(dump_only=True, metadata={"description": "0 to 100."})

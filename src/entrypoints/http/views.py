@@ -30,8 +30,13 @@ def _utc(moment: datetime | None) -> str | None:
 
 
 def credentials_view(credentials: Credentials) -> View:
-    # The password is write-only: it never leaves the service.
-    return {"id": credentials.id, "username": credentials.username, "domain": credentials.domain}
+    # The password and the key are write-only: they never leave the service.
+    return {
+        "id": credentials.id,
+        "username": credentials.username,
+        "domain": credentials.domain,
+        "has_private_key": credentials.has_private_key,
+    }
 
 
 def mount_point_view(mount_point: MountPoint) -> View:
@@ -44,6 +49,10 @@ def workload_view(workload: Workload) -> View:
         "ip": workload.ip,
         "credentials": workload.credentials_id,
         "storage": list(workload.mount_point_ids),
+        "port": workload.port,
+        "os": None if workload.os is None else workload.os.value,
+        "root": workload.root,
+        "host_key": workload.host_key,
     }
 
 
@@ -63,6 +72,8 @@ def migration_target_view(target: MigrationTarget) -> View:
         "cloud_type": target.cloud_type.value,
         "cloud_credentials": target.cloud_credentials_id,
         "target_vm": target_vm_view(target.target_vm),
+        "host": target.host_id,
+        "root": target.root,
     }
 
 
