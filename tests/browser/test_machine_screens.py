@@ -6,8 +6,10 @@ host and root."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from playwright.sync_api import expect
@@ -15,6 +17,16 @@ from playwright.sync_api import expect
 from ..sshd_fixtures import Machine
 from .conftest import Service
 from .support import Console, unique
+
+
+def bytes_text(count: int) -> str:
+    """A size as the console writes it (dom.js bytes())."""
+    value, unit = float(count), 0
+    while value >= 1024 and unit < 6:
+        value, unit = value / 1024, unit + 1
+    if unit == 0:
+        return f"{count} B"
+    return f"{value:.{1 if value < 10 else 0}f} {['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'][unit]}"
 
 
 def _get(service: Service, token: str, path: str) -> dict[str, Any]:
@@ -217,3 +229,98 @@ def test_the_target_form_picks_a_host_and_a_root(console: Console, service: Serv
     target = _get(service, token, f"/api/v1/migration_targets/{found[1]}/")
     assert (target["host"], target["root"]) == (None, None)
     expect(console.main.get_by_role("row").filter(has_text="aws")).to_contain_text("None: a simulated copy")
+
+
+def _real_migration(
+    service: Service, token: str, source: Machine, host: Machine, host_login: dict[str, Any]
+) -> dict[str, Any]:
+    """Volumes / and /data of `source` selected, into a target whose host is `host`."""
+    volumes = {
+        name: service.api.create(token, "mount_points", {"name": name, "size": 4096})["id"] for name in ("/", "/data")
+    }
+    workload = _workload_of(service, token, source, os="linux", storage=list(volumes.values()))
+    receiver = service.api.create(
+        token,
+        "work_loads",
+        {"ip": host.ip, "credentials": host_login["id"], "port": host.port, "root": str(host.root), "os": "linux"},
+    )
+    target = service.api.create(
+        token,
+        "migration_targets",
+        {
+            "cloud_type": "aws",
+            "cloud_credentials": host_login["id"],
+            "host": receiver["id"],
+            "root": str(host.root / "landing"),
+        },
+    )
+    return service.api.create(
+        token,
+        "migrations",
+        {"source": workload["id"], "migration_target": target["id"], "selected_mount_points": list(volumes.values())},
+    )
+
+
+def test_a_real_run_shows_bytes_files_and_verification_per_volume(
+    console: Console, service: Service, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "etc").mkdir()
+    (source.root / "etc" / "hostname").write_text("source\n")
+    (source.root / "etc" / "empty").write_bytes(b"")
+    (source.root / "big").write_bytes(os.urandom(300_000))
+    (source.root / "data").mkdir()
+    (source.root / "data" / "rows").write_bytes(os.urandom(70_000))
+    username = unique("copier")
+    token = service.api.user(username)
+    migration = _real_migration(service, token, source, host, _key_login(service, token, host))["id"]
+
+    console.sign_in(username, place=f"/migrations/{migration}")
+    console.heading(f"Migration {migration}")
+    console.page.get_by_role("button", name="Run").click()
+    expect(console.main.locator(".state")).to_have_text("success", timeout=60_000)
+    expect(console.overall()).to_have_attribute("value", "100")
+    rows = console.page.get_by_role("table", name="Volumes").get_by_role("row")
+    expect(rows).to_have_count(3)
+    root_bytes = len("source\n") + 300_000
+    cells = {
+        "/": [
+            "/",
+            f"{bytes_text(root_bytes)} of {bytes_text(root_bytes)}",
+            "3",
+            re.compile(rf"^Verified: {root_bytes:,} bytes in 3 files"),
+            "100%",
+        ],
+        "/data": [
+            "/data",
+            f"{bytes_text(70_000)} of {bytes_text(70_000)}",
+            "1",
+            re.compile(r"^Verified: 70,000 bytes in 1 file,"),
+            "100%",
+        ],
+    }
+    expect(rows.nth(1).get_by_role("cell")).to_have_text(cells["/"])
+    expect(rows.nth(2).get_by_role("cell")).to_have_text(cells["/data"])
+    assert (host.root / "landing" / "data" / "rows").read_bytes() == (source.root / "data" / "rows").read_bytes()
+    console.shoot("real-run")
+
+
+def test_a_real_run_that_fails_says_why_in_words(
+    console: Console, service: Service, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "data").mkdir()
+    username = unique("refused")
+    token = service.api.user(username)
+    wrong = service.api.create(token, "credentials", {"username": host.username, "password": "not the password"})
+    migration = _real_migration(service, token, source, host, wrong)["id"]
+
+    console.sign_in(username, place=f"/migrations/{migration}")
+    console.heading(f"Migration {migration}")
+    console.page.get_by_role("button", name="Run").click()
+    expect(console.main.locator(".state")).to_have_text("error", timeout=60_000)
+    error = _get(service, token, f"/api/v1/migrations/{migration}/")["error"]
+    assert error and "login" in error.lower(), error
+    expect(console.main.locator(".run-error")).to_have_text(f"The run failed: {error}")
+    expect(console.page.get_by_role("button", name="Retry")).to_be_visible()
+    assert not (host.root / "landing").exists()

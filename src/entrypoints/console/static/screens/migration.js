@@ -7,7 +7,34 @@ import {keepFresh, migrationOf} from "../live.js";
 import {named, targetLabel} from "../labels.js";
 import {targetVm} from "./targets.js";
 
-function volumeRows(migration, state, mountPointsById) {
+/** What each volume's newest `volume_copied` event says, by mount point: bytes, files, verified (real copies). */
+function copiedDetails(log) {
+  const found = new Map();
+  const newest = new Map();
+  for (const event of log || []) {
+    if (event.kind !== "volume_copied" || !event.detail || typeof event.detail !== "object") continue;
+    const key = event.detail.mount_point;
+    if (newest.has(key) && newest.get(key) > event.id) continue;
+    newest.set(key, event.id);
+    found.set(key, event.detail);
+  }
+  return found;
+}
+
+function verification(detail, volume, state) {
+  if (detail) {
+    if (detail.verified === true) {
+      return h("span", {class: "ok"}, `Verified: ${Number(detail.bytes).toLocaleString()} bytes in `
+        + `${Number(detail.files).toLocaleString()} file${detail.files === 1 ? "" : "s"}, the same on both machines`);
+    }
+    return h("span", {class: "empty"}, "Simulated copy: nothing to verify");
+  }
+  if (state.state === "running" && volume.copied) return "Copying…";
+  if (state.state === "error" && volume.copied) return h("span", {class: "error-text"}, "Not in place: the run stopped");
+  return "—";
+}
+
+function volumeRows(migration, state, mountPointsById, details) {
   // Services without per-volume figures: the selection, copied only once it succeeded.
   const volumes = state.volumes || migration.selected_mount_points.map((id) => {
     const volume = mountPointsById.get(id);
@@ -16,6 +43,7 @@ function volumeRows(migration, state, mountPointsById) {
   });
   return volumes.map((volume) => {
     const label = `${volume.name} copied`;
+    const detail = details.get(volume.mount_point);
     let meter;
     if (volume.copied === null || volume.copied === undefined) {
       meter = h("span", {class: "bar"}, h("progress", {max: "100", "aria-label": label}), h("span", {class: "bar-figure"}, "…"));
@@ -25,8 +53,9 @@ function volumeRows(migration, state, mountPointsById) {
     }
     return h("tr", {},
       h("td", {"data-label": "Volume"}, volume.name),
-      h("td", {"data-label": "Size"}, bytes(volume.size)),
-      h("td", {"data-label": "Copied"}, bytes(volume.copied)),
+      h("td", {"data-label": "Copied"}, `${bytes(volume.copied)} of ${bytes(volume.size)}`),
+      h("td", {"data-label": "Files"}, detail && detail.files !== undefined ? Number(detail.files).toLocaleString() : "—"),
+      h("td", {"data-label": "Verification"}, verification(detail, volume, state)),
       h("td", {"data-label": "Progress"}, meter));
   });
 }
@@ -39,9 +68,13 @@ function detailText(detail) {
     .join(", ");
 }
 
-async function history(id) {
+function by(actor) {
+  return actor === null || actor === undefined ? "the service" : `user ${actor}`;
+}
+
+async function history(id, query = "") {
   try {
-    const page = await get(`/api/v1/migrations/${id}/events/?limit=1000`);
+    const page = await get(`/api/v1/migrations/${id}/events/?limit=1000${query}`);
     return Array.isArray(page) ? page : page.results;
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) return null;
@@ -103,8 +136,10 @@ export const migration = {
     }
 
     async function refresh() {
-      const [item, state, log] = await Promise.all([
+      // The volumes' own events apart: the newest, however long the history.
+      const [item, state, log, copies] = await Promise.all([
         get(`/api/v1/migrations/${id}/`), get(`/api/v1/migrations/${id}/state/`), history(id),
+        history(id, "&kind=volume_copied&ordering=-id"),
       ]);
       if (!ctx.alive) return;
       current = state.state;
@@ -116,13 +151,16 @@ export const migration = {
         shownState = state.state;
       }
       fill(progress,
-        h("p", {}, stateBadge(state.state), state.error ? h("span", {class: "error-text"}, ` ${state.error}`) : null),
+        h("p", {}, stateBadge(state.state)),
+        state.error ? h("p", {class: "error-text run-error"},
+          state.error === "cancelled" ? "The run was cancelled." : `The run failed: ${state.error}`) : null,
         h("p", {class: "overall"}, bar(state.progress, "Overall progress")),
         state.bytes_total !== undefined
           ? h("p", {}, `${bytes(state.bytes_copied)} of ${bytes(state.bytes_total)} copied`,
             state.eta && !state.finished ? `, done about ${when(state.eta)}` : "", ".")
           : null,
-        table("Volumes", ["Volume", "Size", "Copied", "Progress"], volumeRows(item, state, refs.mountPointsById)));
+        table("Volumes", ["Volume", "Copied", "Files", "Verification", "Progress"],
+          volumeRows(item, state, refs.mountPointsById, copiedDetails(copies))));
       await showVm(item, state);
       showHistory(log);
     }
@@ -144,10 +182,10 @@ export const migration = {
       } else {
         fill(events, table("Events, oldest first", ["When", "What", "Details", "By"], log.map((event) =>
           h("tr", {},
-            h("td", {"data-label": "When"}, when(event.time)),
+            h("td", {"data-label": "When"}, when(event.at ?? event.time)),
             h("td", {"data-label": "What"}, String(event.kind).replace(/_/g, " ")),
             h("td", {"data-label": "Details"}, detailText(event.detail)),
-            h("td", {"data-label": "By"}, event.user === null || event.user === undefined ? "the service" : `user ${event.user}`)))));
+            h("td", {"data-label": "By"}, by(event.actor ?? event.user))))));
       }
     }
 
