@@ -324,3 +324,23 @@ def test_a_real_run_that_fails_says_why_in_words(
     expect(console.main.locator(".run-error")).to_have_text(f"The run failed: {error}")
     expect(console.page.get_by_role("button", name="Retry")).to_be_visible()
     assert not (host.root / "landing").exists()
+
+
+def test_the_workload_page_fits_a_phone(narrow_console: Console, service: Service, machine: Machine) -> None:
+    username = unique("pocket")
+    token = service.api.user(username)
+    workload = _workload_of(service, token, machine)["id"]
+    deep = machine.root / ("snapshot-of-the-machine-" * 5)
+    deep.mkdir()
+    assert service.api.call("PATCH", f"/api/v1/work_loads/{workload}/", {"root": str(deep)}, token)[0] == 200
+    narrow_console.sign_in(username, place=f"/workloads/{workload}")
+    narrow_console.heading(f"Workload {machine.ip}")
+    narrow_console.page.get_by_role("button", name="Check", exact=True).click()
+    expect(narrow_console.page.get_by_role("region", name="Check", exact=True)).to_contain_text(
+        "Check passed", timeout=20_000
+    )
+    narrow_console.page.get_by_role("button", name="Discover volumes").click()
+    expect(narrow_console.page.get_by_role("region", name="Discovery", exact=True)).to_be_visible(timeout=20_000)
+    narrow_console.page.get_by_role("button", name="Clear host key").click()
+    narrow_console.fits_the_width()
+    narrow_console.shoot("workload-390")
