@@ -2,8 +2,7 @@ import {h} from "../dom.js";
 import {resourceScreen} from "../resource.js";
 
 function secrets(item) {
-  const held = [item.has_private_key ? "key stored" : null].filter(Boolean);
-  return held.length ? h("span", {class: "ok"}, held.join(", ")) : "password";
+  return item.has_private_key ? h("span", {class: "ok"}, "key stored") : "password";
 }
 
 export const credentials = resourceScreen({
