@@ -321,6 +321,7 @@ class SshServer:
         tmp = self.directory
         root = os.geteuid() == 0
         listen = "".join(f"ListenAddress {address}\n" for address in self.addresses)
+        (tmp / "home").mkdir(exist_ok=True)
         # UsePAM no: Debian's PAM stack wants pam_loginuid, which fails in many
         # containers; without PAM, sshd checks passwords against /etc/shadow.
         return f"""\
@@ -345,6 +346,10 @@ PrintMotd no
 PrintLastLog no
 X11Forwarding no
 Subsystem sftp internal-sftp
+# A session's shell starts in an empty home of the server's own: bash run by
+# sshd reads ~/.bashrc, and this machine's (pyenv's rehash lock) can hang a
+# session for a minute once a killed session left the lock behind.
+SetEnv HOME={tmp / "home"}
 """
 
     def _start_on_a_free_port(self) -> None:

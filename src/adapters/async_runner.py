@@ -40,20 +40,26 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
 from migration_core import (
     Clock,
+    CopyFailed,
+    CopyHandle,
+    CopyProgress,
     DomainError,
     Elapsed,
+    Machines,
     Migration,
     NotFound,
+    Report,
     RunRef,
     Storage,
     advance_runs,
     complete_run,
+    copy_job,
     fail_run,
     mark_interrupted,
 )
@@ -78,6 +84,9 @@ class _Run:
     started: float  # monotonic
     stopped: bool = False  # set under _carry_lock
     failed_completions: int = 0
+    # A real copy: what carries it, and its latest report not yet written.
+    copy: CopyHandle | None = None
+    report: CopyProgress | None = None
 
 
 @attrs.frozen
@@ -108,6 +117,7 @@ class AsyncRunner:
         completion_budget: float | None = None,
         registry: InstanceRegistry | None = None,
         instance: Instance | None = None,
+        machines: Machines | None = None,
     ) -> None:
         if duration < 0:
             raise ValueError(f"duration must be >= 0 seconds, not {duration}")
@@ -116,6 +126,11 @@ class AsyncRunner:
         self._storage = storage
         self._clock = clock
         self._duration = duration
+        # Carries the real copies (runs into a target with a host); without
+        # it every run is simulated.
+        self._machines = machines
+        self._real: set[_Run] = set()  # real runs with a report to write
+        self._waiters = ThreadPoolExecutor(max_workers=8, thread_name_prefix="copy-waiter")
         self._tick = tick
         self._monotonic = monotonic
         # Completions in one job stop after this long, so progress of the other
@@ -179,11 +194,16 @@ class AsyncRunner:
             self._ticker = None
         if self._executor is None:
             return 0
+        copies = [run.copy for run in left if run.copy is not None]
+        if copies:
+            assert self._loop is not None
+            await asyncio.gather(*(self._loop.run_in_executor(self._waiters, copy.cancel) for copy in copies))
         # Queued behind any job the ticker left running: the executor has one thread.
         interrupted = await self._in_executor(self._leave, left)
         self._executor.shutdown(wait=True)
         self._executor = None
         self._loop = None
+        self._waiters.shutdown(wait=False)
         return interrupted
 
     # -- the Runner port (any thread) -------------------------------------
@@ -191,6 +211,10 @@ class AsyncRunner:
     def launch(self, migration: Migration) -> None:
         if migration.snapshot is None:
             raise ValueError(f"migration {migration.id} was started without its snapshot")
+        job = copy_job(self._storage, migration)
+        if job is not None:
+            self._launch_real(migration, job)
+            return
         run = _Run(RunRef.of(migration), self._monotonic())
         with self._carry_lock, self._table_lock:
             if not self._accepting or self._loop is None:
@@ -207,11 +231,70 @@ class AsyncRunner:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake_ticker)
 
+    def _launch_real(self, migration: Migration, job: Any) -> None:
+        if self._machines is None:
+            raise RuntimeError("this runner reaches no real machines")
+        run = _Run(RunRef.of(migration), self._monotonic())
+        with self._carry_lock, self._table_lock:
+            if not self._accepting or self._loop is None:
+                raise RuntimeError("the migration runner is not running")
+            previous = self._runs.get(migration.id)
+            if previous is not None:
+                previous.stopped = True
+            self._runs[migration.id] = run
+            loop = self._loop
+        run.copy = self._machines.start_copy(job, lambda progress: self._on_report(run, progress))
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._carry_real(run)))
+
+    def _on_report(self, run: _Run, progress: CopyProgress) -> None:
+        """A real copy's report (from the driver's thread), written at the next tick."""
+        with self._table_lock:
+            run.report = progress
+            self._real.add(run)
+
+    async def _carry_real(self, run: _Run) -> None:
+        """Wait for a real copy to end, then record its end (on the runner's executor)."""
+        assert self._loop is not None and run.copy is not None
+        failure: str | None = None
+        try:
+            await self._loop.run_in_executor(self._waiters, run.copy.wait)
+        except CopyFailed as failed:
+            failure = failed.message
+        except Exception as exc:  # the copy's own fault, said as it is
+            log.exception("the copy of migration %d failed", run.ref.migration_id)
+            failure = f"The copy failed: {exc}"
+        if self._executor is None:
+            return
+        try:
+            await self._in_executor(self._end_real, run, failure)
+        except Exception:
+            log.exception("could not record the end of migration %d", run.ref.migration_id)
+        self._forget([run])
+
+    def _end_real(self, run: _Run, failure: str | None) -> None:
+        with self._carry_lock:
+            if run.stopped:
+                return  # cancelled, or this instance is stopping: recorded elsewhere
+            with self._table_lock:
+                report, run.report = run.report, None
+                self._real.discard(run)
+            try:
+                if failure is not None:
+                    fail_run(self._storage, self._clock, run.ref, failure)
+                    return
+                if report is not None:
+                    advance_runs(self._storage, self._clock, {run.ref: report})
+                complete_run(self._storage, self._clock, run.ref)
+            except NotFound:
+                pass
+
     def cancel(self, migration_id: int) -> None:
         with self._carry_lock, self._table_lock:
             run = self._runs.pop(migration_id, None)
             if run is not None:
                 run.stopped = True
+        if run is not None and run.copy is not None:
+            run.copy.cancel()  # its remote processes stop and its staging goes
 
     @property
     def active(self) -> frozenset[int]:
@@ -283,13 +366,21 @@ class AsyncRunner:
             except Exception:
                 log.exception("could not renew this instance's lease; retrying at the next tick")
         due: list[_Run] = []
-        progress: dict[_Run, Elapsed] = {}
+        progress: dict[_Run, Report] = {}
         with self._table_lock:
+            for run in self._real:
+                if not run.stopped and run.report is not None:
+                    progress[run] = run.report
+            self._real.clear()
             ready, self._retry = self._retry, []
             while self._due and self._due[0][0] <= now:
                 ready.append(heapq.heappop(self._due)[2])
             for run in dict.fromkeys(ready):
                 if run.stopped or self._runs.get(run.ref.migration_id) is not run:
+                    continue
+                if run.copy is not None:
+                    if run.report is not None:
+                        progress[run] = run.report  # refused before: written again
                     continue
                 if now - run.started >= self._duration:
                     due.append(run)
@@ -302,20 +393,33 @@ class AsyncRunner:
         ended = set(outcome.ended)
         with self._table_lock:
             for run in progress:
-                if run not in ended:
-                    # Progress storage refused is written again at the next tick.
-                    self._plan(run, now, retry=outcome.unrecorded)
+                if run in ended:
+                    continue
+                if run.copy is not None:
+                    if outcome.unrecorded:
+                        self._retry.append(run)
+                    continue
+                # Progress storage refused is written again at the next tick.
+                self._plan(run, now, retry=outcome.unrecorded)
             for run in due:
                 if run not in ended:
                     self._plan(run, now, retry=run not in outcome.untried)
         return outcome.unfinished
 
     def _forget(self, ended: Iterable[_Run]) -> None:
+        """Drop runs that ended; a real copy whose run ended elsewhere (a cancel
+        through another instance) is stopped."""
+        stopping = []
         with self._table_lock:
             for run in ended:
+                if run.copy is not None and not run.stopped:
+                    stopping.append(run.copy)
                 run.stopped = True
                 if self._runs.get(run.ref.migration_id) is run:
                     del self._runs[run.ref.migration_id]
+        if stopping and self._loop is not None:
+            for copy in stopping:
+                self._loop.run_in_executor(self._waiters, copy.cancel)
 
     # -- storage work (in the executor) -----------------------------------
 
@@ -323,7 +427,7 @@ class AsyncRunner:
         assert self._loop is not None and self._executor is not None
         return await self._loop.run_in_executor(self._executor, call, *args)
 
-    def _persist(self, progress: dict[_Run, Elapsed], due: Sequence[_Run]) -> _Outcome:
+    def _persist(self, progress: dict[_Run, Report], due: Sequence[_Run]) -> _Outcome:
         ended: list[_Run] = []
         unrecorded = False
         if progress:
@@ -340,7 +444,7 @@ class AsyncRunner:
                 return _Outcome(ended, untried=list(due[tried:]), unrecorded=unrecorded)
         return _Outcome(ended, untried=[], unrecorded=unrecorded)
 
-    def _advance(self, progress: dict[_Run, Elapsed]) -> list[_Run]:
+    def _advance(self, progress: dict[_Run, Report]) -> list[_Run]:
         """Runs that ended in storage (cancelled elsewhere, interrupted, gone)."""
         with self._carry_lock:
             carried = {run: report for run, report in progress.items() if not run.stopped}

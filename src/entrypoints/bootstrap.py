@@ -17,7 +17,8 @@ from adapters.instances import Instance, InstanceRegistry
 from adapters.jwt_tokens import JwtTokens
 from adapters.memory import MemoryStorage
 from adapters.passwords import ScryptHasher
-from migration_core import Clock, LoginThrottle, PasswordHasher, Runner, Storage, TokenIssuer
+from adapters.ssh import SshMachines
+from migration_core import Clock, LoginThrottle, Machines, PasswordHasher, Runner, Storage, TokenIssuer
 
 from .keys import load_or_create_secret_key, master_key, subkey
 from .settings import SETTINGS, BadSetting, Settings, label, redacted
@@ -92,17 +93,25 @@ class Services:
     # (PostgreSQL) or a lock (memory) goes to a worker thread.
     reads_on_loop: bool = False
     registry: InstanceRegistry | None = None
+    # Real machines, reached over SSH only inside the allowed networks. The
+    # default reaches none, for services built without settings.
+    machines: Machines = attrs.field(factory=lambda: SshMachines(()))
 
 
-RunnerFactory = Callable[[Storage, Clock, float, InstanceRegistry, Instance], ServiceRunner]
+RunnerFactory = Callable[[Storage, Clock, float, InstanceRegistry, Instance, Machines], ServiceRunner]
 
 
 def _async_runner(
-    storage: Storage, clock: Clock, duration: float, registry: InstanceRegistry, instance: Instance
+    storage: Storage,
+    clock: Clock,
+    duration: float,
+    registry: InstanceRegistry,
+    instance: Instance,
+    machines: Machines,
 ) -> ServiceRunner:
     from adapters.async_runner import AsyncRunner
 
-    return AsyncRunner(storage, clock, duration, registry=registry, instance=instance)
+    return AsyncRunner(storage, clock, duration, registry=registry, instance=instance, machines=machines)
 
 
 def bootstrap(
@@ -119,7 +128,8 @@ def bootstrap(
     try:
         registry = _registry(storage)
         instance = Instance.this_process(settings.lease_seconds)
-        runner = make_runner(storage, clock, settings.run_seconds, registry, instance)
+        machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
+        runner = make_runner(storage, clock, settings.run_seconds, registry, instance, machines)
         tokens = JwtTokens(
             subkey(master, "tokens"),
             clock,
@@ -139,6 +149,7 @@ def bootstrap(
         write_executor=_write_executor(storage),
         reads_on_loop=bool(getattr(storage, "reads_never_wait", False)),
         registry=registry,
+        machines=machines,
     )
 
 

@@ -31,7 +31,17 @@ from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap, con
 from entrypoints.inventory_csv import MAX_BYTES, export_csv, import_csv
 from entrypoints.settings import label
 from entrypoints.workers import Supervisor, is_worker
-from migration_core import NotFound, RowsRefused, Storage, user_named
+from migration_core import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RowsRefused,
+    Storage,
+    check_workload,
+    discover_volumes,
+    user_named,
+    workload_with_ip,
+)
 
 PROG = "migration-api"
 log = logging.getLogger(__name__)
@@ -71,10 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
         " 2: bad command line, setting or user.",
     )
     exporting.add_argument("--output", metavar="FILE", help="write here instead of standard output")
-    for command in (importing, exporting):
+    checking = commands.add_parser(
+        "check",
+        help="check a user's workload over SSH",
+        description="Connect to a workload, log in and read its facts, as POST"
+        " /api/v1/work_loads/{id}/check/ does; print the answer as JSON. Exit 0: ok; 1: not ok"
+        " (the message says why); 2: bad command line, setting, user or workload, or an address"
+        " outside the allowed networks.",
+    )
+    discovering = commands.add_parser(
+        "discover",
+        help="discover a user's workload's volumes over SSH",
+        description="Read a workload's mounted filesystems and write them as its mount points, as"
+        " POST /api/v1/work_loads/{id}/discover/ does; print the answer as JSON. Exit codes as check.",
+    )
+    discovering.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+    for command in (checking, discovering):
+        command.add_argument("ip", metavar="IP", help="the workload's ip")
+    machine_settings = ("allowed_networks", "connect_timeout")
+    for command in (importing, exporting, checking, discovering):
         command.add_argument("--user", required=True, metavar="NAME", help="the user whose inventory it is")
         for setting in SETTINGS:
-            if setting.name in ("storage", "secret_key"):
+            if setting.name in ("storage", "secret_key") or (
+                command in (checking, discovering) and setting.name in machine_settings
+            ):
                 command.add_argument(
                     setting.flag, dest=setting.name, metavar="VALUE", help=f"variable {setting.variable}"
                 )
@@ -186,9 +216,13 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _settings_for(arguments: argparse.Namespace) -> Settings:
+    names = ("storage", "secret_key", "allowed_networks", "connect_timeout")
+    return Settings.from_sources(os.environ, {name: getattr(arguments, name, None) for name in names})
+
+
 def _storage_for(arguments: argparse.Namespace) -> Storage:
-    flags = {"storage": arguments.storage, "secret_key": arguments.secret_key}
-    return configured_storage(Settings.from_sources(os.environ, flags))
+    return configured_storage(_settings_for(arguments))
 
 
 class ProgressBar:
@@ -251,6 +285,37 @@ def export_command(arguments: argparse.Namespace) -> int:
     return _with_user(arguments, write)
 
 
+def machine_command(arguments: argparse.Namespace) -> int:
+    from adapters.ssh import SshMachines
+    from entrypoints.http.machines import check_view, discovery_view
+
+    def act(storage: Storage, owner_id: int) -> int:
+        settings = _settings_for(arguments)
+        machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
+        try:
+            workload = workload_with_ip(storage, owner_id, arguments.ip)
+            if arguments.command == "check":
+                checked = check_workload(storage, machines, owner_id, workload.id)
+                ok, answer = checked.ok, check_view(checked)
+            else:
+                found = discover_volumes(storage, machines, owner_id, workload.id, dry_run=arguments.dry_run)
+                ok, answer = found.ok, discovery_view(found)
+        except (Conflict, InvalidInput) as error:
+            return _fail(error.message if not isinstance(error, InvalidInput) else _field_errors(error))
+        finally:
+            machines.close()
+        print(json.dumps(answer))
+        if not ok:
+            print(f"{PROG}: {arguments.command} failed: {answer['message']}", file=sys.stderr)
+        return 0 if ok else 1
+
+    return _with_user(arguments, act)
+
+
+def _field_errors(error: InvalidInput) -> str:
+    return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.errors.items())
+
+
 def _with_user(arguments: argparse.Namespace, work: Callable[[Storage, int], int]) -> int:
     try:
         storage = _storage_for(arguments)
@@ -274,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return import_command(arguments)
     if arguments.command == "export":
         return export_command(arguments)
+    if arguments.command in ("check", "discover"):
+        return machine_command(arguments)
     return 2  # argparse refuses unknown commands before this
 
 

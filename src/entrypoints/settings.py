@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from adapters.jwt_tokens import MIN_KEY_BYTES
+from adapters.ssh import IpNetwork, parse_networks
 from entrypoints.logs import LOG_FORMATS
 
 SECRET_KEY_FILE = "secret.key"
@@ -59,6 +60,11 @@ SETTINGS = [
             "processes serving the one port, each an instance (1 to 64)"),
     Setting("lease_seconds", "MIGRATION_LEASE_SECONDS", "--lease-seconds", "15",
             "how long an instance's lease in storage lasts between renewals, in seconds"),
+    Setting("allowed_networks", "MIGRATION_ALLOWED_NETWORKS", "--allowed-networks", "127.0.0.0/8,::1/128",
+            "the only networks the service may connect to over SSH (checks, discoveries, real copies),"
+            " comma-separated CIDR blocks; any other address is refused before a packet is sent"),
+    Setting("connect_timeout", "MIGRATION_CONNECT_TIMEOUT", "--connect-timeout", "10",
+            "seconds to connect to a machine and log in"),
     Setting("secret_key", "MIGRATION_SECRET_KEY", "--secret-key", None,
             f"key that signs tokens and encrypts stored passwords, at least {MIN_KEY_BYTES} bytes;"
             f" default: generated once and kept in {SECRET_KEY_FILE} beside the database"
@@ -114,6 +120,13 @@ def _positive_seconds(name: str, raw: str) -> float:
     return value
 
 
+def _networks(raw: str) -> tuple[IpNetwork, ...]:
+    try:
+        return parse_networks(raw)
+    except ValueError as error:
+        raise BadSetting(f"{label('allowed_networks')}: {error}") from None
+
+
 def redacted(url: str) -> str:
     """A storage URL as a message may show it: without its password."""
     parts = urlsplit(url)
@@ -156,6 +169,8 @@ class Settings:
     log_format: str = "text"
     workers: int = 1
     lease_seconds: float = 15.0
+    allowed_networks: tuple[IpNetwork, ...] = attrs.field(factory=lambda: parse_networks("127.0.0.0/8,::1/128"))
+    connect_timeout: float = 10.0
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -210,6 +225,8 @@ class Settings:
             log_format=_choice("log_format", text("log_format"), LOG_FORMATS),
             workers=workers,
             lease_seconds=_positive_seconds("lease_seconds", text("lease_seconds")),
+            allowed_networks=_networks(text("allowed_networks")),
+            connect_timeout=_positive_seconds("connect_timeout", text("connect_timeout")),
             secret_key=secret_key,
         )
 

@@ -6,24 +6,34 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 
 from .copying import Elapsed, RunState, fresh_mark, position_at, run_state
 from .entities import (
+    CopyMark,
     Event,
     EventKind,
     Migration,
     MigrationState,
+    MigrationTarget,
+    OperatingSystem,
     TargetVm,
     Volume,
+    Workload,
     system_volume,
     volume_key,
 )
 from .errors import Conflict
 from .events import acting, append, event
 from .inventory import get_migration
+from .machines import CopyJob, CopyProgress, MachineAddress, VolumeToCopy
 from .ports import Clock, ListQuery, Runner, Storage, UnitOfWork
+
+# What a runner reports of a run's copy: the time a simulated copy has taken,
+# or where a real copy is, in bytes.
+Report = Elapsed | CopyProgress
 
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
@@ -44,22 +54,50 @@ class RunRef:
         return cls(migration.owner_id, migration.id)
 
 
-def _volumes_copied(migration: Migration, first: int, end: int, at: datetime) -> list[Event]:
-    """`volume_copied` for the volumes first..end-1 of the run's snapshot."""
+def _volumes_copied(
+    migration: Migration, first: int, end: int, at: datetime, real: CopyProgress | None = None
+) -> list[Event]:
+    """`volume_copied` for the volumes first..end-1 of the run's snapshot;
+    with a real copy's report, what passed of each and its verification."""
     mark, snapshot = migration.copied, migration.snapshot
     if mark is None or snapshot is None:
         return []
-    return [
-        event(
-            migration,
-            EventKind.VOLUME_COPIED,
-            at,
-            mount_point=mark.mount_point_ids[index],
-            name=snapshot.storage[index].name,
-            size=snapshot.storage[index].size,
-        )
-        for index in range(first, end)
-    ]
+    passed = {} if real is None else {done.index: done for done in real.done}
+    events = []
+    for index in range(first, end):
+        detail: dict[str, Any] = {
+            "mount_point": mark.mount_point_ids[index],
+            "name": snapshot.storage[index].name,
+            "size": snapshot.storage[index].size,
+        }
+        if index in passed:
+            detail.update(bytes=passed[index].bytes, files=passed[index].files, verified=True)
+        events.append(event(migration, EventKind.VOLUME_COPIED, at, **detail))
+    return events
+
+
+def _real_target(uow: UnitOfWork, owner_id: int, target_id: int, source: Workload) -> MigrationTarget | None:
+    """The target when a run into it copies for real (it names a host), after
+    the checks only a real copy needs; None for a simulated copy."""
+    target = uow.migration_targets.peek(owner_id, target_id)
+    if target.host_id is None:
+        return None
+    host = uow.workloads.peek(owner_id, target.host_id)
+    for role, machine in (("source", source), ("host", host)):
+        if machine.os is OperatingSystem.WINDOWS:
+            raise Conflict(
+                f"Only Linux machines are copied for real: the {role}, workload {machine.id}, runs windows."
+            )
+    return target
+
+
+def _resumed_at(migration: Migration, mount_point_ids: list[int]) -> int:
+    """How many volumes a real re-run may leave as they are: those its last
+    run verified in place, when it copied the same volumes."""
+    mark, snapshot = migration.copied, migration.snapshot
+    if migration.state is not MigrationState.ERROR or mark is None or snapshot is None:
+        return 0
+    return mark.volumes if list(mark.mount_point_ids) == mount_point_ids else 0
 
 
 def _start(
@@ -104,22 +142,32 @@ def _start(
             f"Migration target {migration.migration_target_id} is busy with migration {busy[0].id}."
         )
     credentials = uow.credentials.peek(owner_id, source.credentials_id)
-    snapshot = TargetVm(
-        source.ip, credentials.login, tuple(Volume(mp.name, mp.size) for mp in selected)
-    )
-    sizes = [mp.size for mp in selected]
+    volumes = [Volume(mp.name, mp.size) for mp in selected]
+    ids = [mp.id for mp in selected]
+    mark = fresh_mark(ids, [mp.size for mp in selected])
+    resumed = 0
+    if _real_target(uow, owner_id, migration.migration_target_id, source) is not None:
+        # Every volume is copied for real, empty ones too; one verified in
+        # place by the last run keeps what it copied.
+        resumed = _resumed_at(migration, ids)
+        if resumed:
+            assert migration.snapshot is not None
+            volumes[:resumed] = migration.snapshot.storage[:resumed]
+        mark = CopyMark(tuple(ids), resumed, 0)
+    snapshot = TargetVm(source.ip, credentials.login, tuple(volumes))
+    sizes = [volume.size for volume in volumes]
     now = clock.now()
     started = uow.migrations.update_if(
         attrs.evolve(
             migration,
             state=RUNNING,
-            progress=0,
             error=None,
             started_at=now,
             finished_at=None,
             snapshot=snapshot,
             instance_id=instance_id,
-            copied=fresh_mark([mp.id for mp in selected], sizes),
+            copied=mark,
+            progress=_percent(sizes, mark.volumes, 0) if resumed else 0,
         ),
         expected=STARTABLE,
     )
@@ -133,8 +181,9 @@ def _start(
             instance=instance_id,
             volumes=len(sizes),
             bytes_total=sum(sizes),
+            **({"resumed_at_volume": resumed} if resumed else {}),
         ),
-        *_volumes_copied(started, 0, started.copied.volumes, now),
+        *_volumes_copied(started, resumed, started.copied.volumes, now),
     ])
     return started
 
@@ -203,6 +252,46 @@ def run_migration(
     return get_migration(storage, owner_id, migration_id)
 
 
+def _percent(sizes: list[int], volumes: int, partial: int) -> int:
+    """floor(100 * copied / total), equal shares when every size is 0; below 100."""
+    total = sum(sizes)
+    if total == 0:
+        return min(99, 100 * volumes // max(1, len(sizes)))
+    done = sum(sizes[:volumes]) + (min(partial, sizes[volumes]) if volumes < len(sizes) else 0)
+    return min(99, 100 * done // total)
+
+
+def _copied_for_real(migration: Migration, report: CopyProgress, now: datetime) -> Migration | None:
+    """The migration with its real copy where `report` puts it: a volume done
+    takes the size that passed, a volume that outgrows its estimate shows the
+    bytes passed as its size, and the end is estimated from the rate seen."""
+    mark, snapshot, started_at = migration.copied, migration.snapshot, migration.started_at
+    if mark is None or snapshot is None or started_at is None:
+        return None
+    if (report.volumes, report.partial) <= (mark.volumes, mark.partial) and report.volumes == mark.volumes:
+        return None
+    storage = list(snapshot.storage)
+    for done in report.done:
+        if mark.volumes <= done.index < report.volumes:
+            storage[done.index] = attrs.evolve(storage[done.index], size=done.bytes)
+    volumes = max(report.volumes, mark.volumes)
+    partial = report.partial if volumes == report.volumes else mark.partial
+    if volumes < len(storage) and partial > storage[volumes].size:
+        storage[volumes] = attrs.evolve(storage[volumes], size=partial)
+    sizes = [volume.size for volume in storage]
+    copied = sum(sizes[:volumes]) + (min(partial, sizes[volumes]) if volumes < len(sizes) else 0)
+    elapsed = (now - started_at).total_seconds()
+    eta = mark.eta
+    if copied > 0 and elapsed > 0:
+        eta = now + timedelta(seconds=elapsed * (sum(sizes) - copied) / copied)
+    return attrs.evolve(
+        migration,
+        progress=max(migration.progress, _percent(sizes, volumes, partial)),
+        snapshot=attrs.evolve(snapshot, storage=tuple(storage)),
+        copied=attrs.evolve(mark, volumes=volumes, partial=partial, eta=eta),
+    )
+
+
 def _advanced(migration: Migration, report: Elapsed) -> Migration | None:
     """The migration with its copy where `report` puts it, or None when that
     changes nothing recorded: the volumes copied and the progress only grow,
@@ -231,7 +320,7 @@ def _advanced(migration: Migration, report: Elapsed) -> Migration | None:
     )
 
 
-def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Elapsed]) -> set[RunRef]:
+def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Report]) -> set[RunRef]:
     """Record how far many runs have copied, in one transaction, with a
     `volume_copied` event for each volume completed since the last record.
     Returns the runs that are still running; the others were cancelled or
@@ -247,12 +336,17 @@ def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Elapse
             if migration.state is not RUNNING:
                 continue
             still_running.add(ref)
-            advanced = _advanced(migration, report)
+            real = report if isinstance(report, CopyProgress) else None
+            advanced = (
+                _copied_for_real(migration, report, now)
+                if isinstance(report, CopyProgress)
+                else _advanced(migration, report)
+            )
             if advanced is None:
                 continue
             stored = uow.migrations.update_if(advanced, expected=(RUNNING,))
             assert migration.copied is not None and stored.copied is not None
-            events += _volumes_copied(stored, migration.copied.volumes, stored.copied.volumes, now)
+            events += _volumes_copied(stored, migration.copied.volumes, stored.copied.volumes, now, real)
         append(uow, events)
         uow.commit()
     return still_running
@@ -417,3 +511,30 @@ def running_states(storage: Storage, owner_ids: Collection[int]) -> list[tuple[i
     in id order: what a live view shows of runs in progress."""
     with storage.unit_of_work(write=False) as uow:
         return [(m.owner_id, run_state(m)) for m in uow.migrations.running() if m.owner_id in owner_ids]
+
+
+def copy_job(storage: Storage, migration: Migration) -> CopyJob | None:
+    """What a run just started copies for real, or None when its target names
+    no host (the copy is simulated)."""
+    owner_id = migration.owner_id
+    with storage.unit_of_work(write=False) as uow:
+        target = uow.migration_targets.peek(owner_id, migration.migration_target_id)
+        if target.host_id is None:
+            return None
+        assert target.root is not None, "a target with a host has a root"
+        stored = uow.migrations.peek(owner_id, migration.id)
+        snapshot, mark = stored.snapshot, stored.copied
+        assert snapshot is not None and mark is not None, "a started migration has its snapshot"
+        source = uow.workloads.peek(owner_id, stored.source_id)
+        host = uow.workloads.peek(owner_id, target.host_id)
+        names = [uow.mount_points.peek(owner_id, i).name for i in source.mount_point_ids]
+        source_login = uow.credentials.peek(owner_id, source.credentials_id)
+        host_login = uow.credentials.peek(owner_id, host.credentials_id)
+    return CopyJob(
+        migration_id=migration.id,
+        source=MachineAddress.of(source, source_login),
+        host=attrs.evolve(MachineAddress.of(host, host_login), root=target.root),
+        volumes=tuple(VolumeToCopy(volume.name, volume.size) for volume in snapshot.storage),
+        first=mark.volumes,
+        source_volumes=tuple(names),
+    )

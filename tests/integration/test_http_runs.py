@@ -24,7 +24,7 @@ from adapters.instances import Instance, InstanceRegistry
 from adapters.passwords import ScryptHasher
 from entrypoints.bootstrap import ServiceRunner, Services, Settings, bootstrap
 from entrypoints.http import create_app
-from migration_core import Clock, Storage
+from migration_core import Clock, Machines, Storage
 
 from .http_client import PASSWORD, TEST_KEY, User
 
@@ -38,9 +38,9 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def _quick_runner(
-    storage: Storage, clock: Clock, duration: float, registry: InstanceRegistry, instance: Instance
+    storage: Storage, clock: Clock, duration: float, registry: InstanceRegistry, instance: Instance, machines: Machines
 ) -> ServiceRunner:
-    return AsyncRunner(storage, clock, duration, tick=TICK, registry=registry, instance=instance)
+    return AsyncRunner(storage, clock, duration, tick=TICK, registry=registry, instance=instance, machines=machines)
 
 
 def make_services(run_seconds: float, storage: str = "memory://") -> Services:

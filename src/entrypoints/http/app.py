@@ -11,7 +11,7 @@ from aiohttp import web
 
 from entrypoints.bootstrap import Services
 
-from . import accounts, console, fleets, resources, stream
+from . import accounts, console, fleets, machines, resources, stream
 from .errors import json_errors
 from .metrics import count_requests, setup_metrics
 from .openapi import setup_openapi
@@ -45,6 +45,7 @@ async def _services_lifetime(app: web.Application) -> AsyncIterator[None]:
         if found.write_executor is not None:
             found.write_executor.shutdown()
         found.password_executor.shutdown()
+        found.machines.close()
         found.storage.close()
 
 
@@ -83,6 +84,7 @@ def create_app(
         accounts.ROUTES
         + resources.routes()
         + fleets.ROUTES
+        + machines.ROUTES
         + stream.routes()
         + (setup_metrics(app) if metrics else []),
     )

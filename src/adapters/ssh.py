@@ -1,0 +1,367 @@
+"""The SSH driver: reaches real machines with asyncssh (satisfies
+`migration_core.Machines`). Its I/O runs on an event loop of its own, in one
+thread started at the first connection, so the service's loop never carries
+a machine's bytes and a program that embeds the core and never connects has
+no thread. Every address is checked against the allowed networks before a
+socket is opened; host keys are pinned by fingerprint; every remote command
+is written by `remote_shell`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import posixpath
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+import asyncssh
+
+from migration_core import (
+    Conflict,
+    CopyHandle,
+    CopyJob,
+    CopyProgress,
+    Discovered,
+    Filesystem,
+    HostKeyChanged,
+    MachineAddress,
+    MachineFacts,
+    MachineUnreachable,
+    OperatingSystem,
+)
+
+from .remote_shell import remote_script
+
+T = TypeVar("T")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ALLOWED_NETWORKS_SETTING = "MIGRATION_ALLOWED_NETWORKS"
+
+# Filesystems that hold no data of the machine's own: kernel views, memory,
+# container layers and the like. The filesystem holding the root is kept
+# whatever its type (in a container the root itself is an overlay).
+PSEUDO_FILESYSTEMS = frozenset({
+    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts",
+    "devtmpfs", "efivarfs", "fuse.gvfsd-fuse", "fuse.lxcfs", "fuse.portal", "fusectl",
+    "hugetlbfs", "mqueue", "nsfs", "overlay", "proc", "pstore", "ramfs", "rpc_pipefs",
+    "securityfs", "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs", "nfsd", "aufs",
+})
+
+# The facts of a check, one a line: the kernel's name, the hostname, its
+# release, then "yes" or "no" for each tool named as an argument.
+_FACTS = (
+    'uname -s; uname -n; uname -r; '
+    'for t do if command -v "$t" >/dev/null 2>&1; then echo yes; else echo no; fi; done'
+)
+# Used blocks of each directory's filesystem as `stat -f` counts them, one
+# line a path given ("-" for one that is no directory or cannot be read).
+_USAGE = (
+    'for p do if [ -d "$p" ] && u=$(stat -f -c "%b %f %S" -- "$p" 2>/dev/null); '
+    'then echo "$u"; else echo -; fi; done'
+)
+_MOUNTS = "cat /proc/self/mounts"
+
+
+def parse_networks(text: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated CIDR blocks; ValueError naming the bad one."""
+    networks = []
+    for part in text.split(","):
+        block = part.strip()
+        if not block:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(block, strict=False))
+        except ValueError:
+            raise ValueError(f"{block!r} is not a network (CIDR block such as 127.0.0.0/8)") from None
+    if not networks:
+        raise ValueError("name at least one network")
+    return tuple(networks)
+
+
+class _IoThread:
+    """An event loop in a daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="ssh-io", daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop()).result()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+            loop.close()
+
+
+class _PinningClient(asyncssh.SSHClient):
+    """Accepts the host key pinned (any key when none is), and remembers the
+    fingerprint of the key the server showed."""
+
+    def __init__(self, pinned: str | None) -> None:
+        self.pinned = pinned
+        self.seen: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.seen = key.get_fingerprint("sha256")
+        return self.pinned is None or self.seen == self.pinned
+
+
+class SshMachines:
+    """Satisfies `migration_core.Machines`. `connect_timeout` bounds the
+    connection and the login; `command_timeout` a check's or a discovery's
+    commands."""
+
+    def __init__(
+        self,
+        allowed_networks: Iterable[IpNetwork],
+        connect_timeout: float = 10.0,
+        *,
+        command_timeout: float = 120.0,
+        setting: str = ALLOWED_NETWORKS_SETTING,
+    ) -> None:
+        self.allowed_networks = tuple(allowed_networks)
+        self.connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._setting = setting
+        self._io = _IoThread()
+        # Called on the driver's loop once a volume's stream is in staging and
+        # before it is verified (index, staging path): a seam for fault tests.
+        self.after_stream: Callable[[int, str], Awaitable[None]] | None = None
+
+    # -- the Machines port (any thread but the driver's own) ---------------
+
+    def facts(self, address: MachineAddress) -> MachineFacts:
+        return self._io.run(self._facts(address))
+
+    def filesystems(self, address: MachineAddress) -> Discovered:
+        return self._io.run(self._filesystems(address))
+
+    def start_copy(self, job: CopyJob, report: Callable[[CopyProgress], None]) -> CopyHandle:
+        from .ssh_copy import CopyInBackground, SshCopy
+
+        copy = SshCopy(job, report, self.connection, after_stream=self.after_stream)
+        return CopyInBackground(copy, self._io.loop())
+
+    def close(self) -> None:
+        self._io.close()
+
+    # -- connections (on the driver's loop) -------------------------------
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the driver's loop and wait for it (from another thread)."""
+        return self._io.run(coroutine)
+
+    def ensure_allowed(self, ip: str) -> None:
+        """Conflict, before any packet, for an address outside the allowed networks."""
+        address = ipaddress.ip_address(ip)
+        if not any(address in network for network in self.allowed_networks):
+            allowed = ", ".join(map(str, self.allowed_networks))
+            raise Conflict(
+                f"{ip} is outside the networks the service may connect to ({self._setting}: {allowed})."
+            )
+
+    @contextlib.asynccontextmanager
+    async def connection(self, address: MachineAddress) -> AsyncIterator[tuple[asyncssh.SSHClientConnection, str]]:
+        """A logged-in connection and the fingerprint of the host key it met."""
+        self.ensure_allowed(address.ip)
+        where = f"{address.ip} port {address.port}"
+        client = _PinningClient(address.host_key)
+        keys = None
+        if address.private_key:
+            try:
+                keys = [asyncssh.import_private_key(address.private_key)]
+            except (asyncssh.KeyImportError, ValueError) as error:
+                raise MachineUnreachable(f"The credentials' private key cannot be used: {error}.") from None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                connection, _ = await asyncssh.create_connection(
+                    lambda: client,
+                    address.ip,
+                    address.port,
+                    username=address.username,
+                    password=address.password or None,
+                    client_keys=keys,
+                    known_hosts=([], [], []),
+                    agent_path=None,
+                    config=None,
+                    gss_auth=False,
+                    gss_kex=False,
+                    kbdint_auth=bool(address.password),
+                    ignore_encrypted=True,
+                    connect_timeout=None,
+                    login_timeout=self.connect_timeout,
+                    keepalive_interval=15,
+                    keepalive_count_max=4,
+                )
+        except TimeoutError:
+            raise MachineUnreachable(
+                f"Timed out after {self.connect_timeout:g} s connecting and logging in to {where}."
+            ) from None
+        except asyncssh.HostKeyNotVerifiable:
+            if client.seen is not None and address.host_key is not None and client.seen != address.host_key:
+                raise HostKeyChanged(
+                    f"Host key changed at {where}: it showed {client.seen}, but {address.host_key} is"
+                    " pinned. If the machine was rebuilt, clear the workload's host_key and check it again."
+                ) from None
+            raise MachineUnreachable(f"The host key of {where} could not be verified.") from None
+        except asyncssh.PermissionDenied:
+            raise MachineUnreachable(f"Login refused for user {address.username!r} at {where}.") from None
+        except (asyncssh.ProtocolError, asyncssh.ConnectionLost) as error:
+            raise MachineUnreachable(f"{where} did not answer as an SSH server ({error.reason}).") from None
+        except asyncssh.Error as error:
+            raise MachineUnreachable(f"The SSH connection to {where} failed: {error.reason}.") from None
+        except OSError as error:
+            raise MachineUnreachable(_socket_failure(where, error)) from None
+        except ValueError as error:  # a username or password SSH cannot carry (SASLprep)
+            raise MachineUnreachable(f"The login cannot be sent to {where}: {error}.") from None
+        assert client.seen is not None, "a logged-in connection has verified a host key"
+        try:
+            yield connection, client.seen
+        finally:
+            connection.close()
+            with contextlib.suppress(Exception):
+                await connection.wait_closed()
+
+    async def output(self, connection: asyncssh.SSHClientConnection, command: str) -> tuple[int, bytes]:
+        """Run a command, bounded by the command timeout: its exit status and output."""
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                result = await connection.run(command, check=False, encoding=None, stdin=asyncssh.DEVNULL)
+        except TimeoutError:
+            raise MachineUnreachable(f"A command timed out after {self._command_timeout:g} s.") from None
+        except (asyncssh.Error, OSError) as error:
+            raise MachineUnreachable(f"The machine closed the connection: {error}.") from None
+        stdout = result.stdout if isinstance(result.stdout, bytes) else b""
+        return result.exit_status if result.exit_status is not None else -1, stdout
+
+    # -- what a check and a discovery read ---------------------------------
+
+    async def _facts(self, address: MachineAddress) -> MachineFacts:
+        tools = ("tar", "sha256sum")
+        async with self.connection(address) as (connection, host_key):
+            status, out = await self.output(connection, remote_script(_FACTS, *tools))
+            lines = _text(out).splitlines()
+            if status != 0 or len(lines) != 3 + len(tools):
+                return MachineFacts(host_key, None, "", "", dict.fromkeys(tools, False))
+            system, hostname, kernel = lines[:3]
+            return MachineFacts(
+                host_key=host_key,
+                os=OperatingSystem.LINUX if system == "Linux" else None,
+                hostname=hostname,
+                kernel=kernel,
+                tools={tool: answer == "yes" for tool, answer in zip(tools, lines[3:])},
+            )
+
+    async def _filesystems(self, address: MachineAddress) -> Discovered:
+        async with self.connection(address) as (connection, host_key):
+            status, out = await self.output(connection, _MOUNTS)
+            if status != 0:
+                raise MachineUnreachable("The machine's mounted filesystems could not be read (/proc/self/mounts).")
+            candidates = volumes_under(address.root, parse_mounts(out))
+            if not candidates:
+                return Discovered(host_key, ())
+            status, out = await self.output(connection, remote_script(_USAGE, *(path for _, path in candidates)))
+            usage = _text(out).splitlines()
+            if status != 0 or len(usage) != len(candidates):
+                raise MachineUnreachable("The used bytes of the machine's filesystems could not be read.")
+            found = []
+            for (name, _), line in zip(candidates, usage):
+                used = _used_bytes(line)
+                if used is not None:
+                    found.append(Filesystem(name, used))
+            return Discovered(host_key, tuple(found))
+
+
+def _socket_failure(where: str, error: OSError) -> str:
+    if error.errno == errno.ECONNREFUSED:
+        return f"Connection refused at {where}: nothing listens there."
+    if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"No route to {where}."
+    return f"Could not reach {where}: {error.strerror or error}."
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _used_bytes(line: str) -> int | None:
+    parts = line.split()
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        return None
+    blocks, free, block_size = map(int, parts)
+    return max(0, blocks - free) * block_size
+
+
+def _unescape_mount_field(field: bytes) -> bytes:
+    """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
+    out = bytearray()
+    index = 0
+    while index < len(field):
+        if field[index : index + 1] == b"\\" and field[index + 1 : index + 4].isdigit():
+            out.append(int(field[index + 1 : index + 4], 8) & 0xFF)
+            index += 4
+        else:
+            out += field[index : index + 1]
+            index += 1
+    return bytes(out)
+
+
+def parse_mounts(data: bytes) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of each line of /proc/self/mounts, in
+    order. A mount point that is not UTF-8 cannot be a volume's name and is
+    left out."""
+    mounts = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) < 3:
+            continue
+        try:
+            path = _unescape_mount_field(fields[1]).decode("utf-8")
+            kind = _unescape_mount_field(fields[2]).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if path.startswith("/"):
+            mounts.append((posixpath.normpath(path).replace("//", "/"), kind))
+    return mounts
+
+
+def volumes_under(root: str, mounts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(volume name as seen from `root`, path on the machine) of each data
+    filesystem at or below `root`, the one holding `root` first as `/`. A
+    mount point mounted over again counts once."""
+    root = posixpath.normpath(root).replace("//", "/")
+    prefix = root.rstrip("/") + "/"
+    holder = None
+    below: dict[str, str] = {}
+    for path, kind in mounts:
+        if path == root or root.startswith(path.rstrip("/") + "/"):
+            if holder is None or len(path) >= len(holder):
+                holder = path
+            continue
+        if path.startswith(prefix):
+            name = "/" + path[len(prefix):]
+            if kind in PSEUDO_FILESYSTEMS:
+                below.pop(name, None)  # a pseudo filesystem mounted over a data one hides it
+            else:
+                below[name] = path
+    volumes = [("/", root)] if holder is not None else []
+    return volumes + sorted(below.items())

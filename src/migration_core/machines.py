@@ -1,0 +1,328 @@
+"""Real machines: what the service asks of a machine it logs in to (the
+`Machines` port), and the use cases that check a workload and discover its
+volumes (SPEC 2.7). The port's adapter does the connecting; these use cases
+read and write storage around it, never holding a transaction open while a
+machine answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import attrs
+
+from .entities import Credentials, MountPoint, OperatingSystem, Workload, canonical_ip, volume_key
+from .errors import Conflict, DomainError, NotFound
+from .ports import ListQuery, Storage
+
+# The tools a real copy needs on both machines (SPEC 2.8).
+COPY_TOOLS = ("tar", "sha256sum")
+
+
+class MachineUnreachable(DomainError):
+    """The machine could not be reached, or would not let the service in: the
+    message says why in words (no route, refused, timed out, not an SSH
+    server, login refused, host key changed)."""
+
+
+class HostKeyChanged(MachineUnreachable):
+    """The machine answered with another host key than the one pinned."""
+
+
+@attrs.frozen
+class MachineAddress:
+    """How to reach a machine and log in to it. `host_key` is the pinned
+    fingerprint; None trusts the first key met (and the caller pins it)."""
+
+    ip: str
+    port: int
+    username: str
+    password: str = attrs.field(repr=False)
+    private_key: str = attrs.field(repr=False)
+    root: str
+    host_key: str | None
+
+    @classmethod
+    def of(cls, workload: Workload, credentials: Credentials) -> MachineAddress:
+        return cls(
+            ip=workload.ip,
+            port=workload.port,
+            username=credentials.username,
+            password=credentials.password,
+            private_key=credentials.private_key,
+            root=workload.root,
+            host_key=workload.host_key,
+        )
+
+
+@attrs.frozen
+class MachineFacts:
+    """What a check reads of a machine."""
+
+    host_key: str  # the fingerprint of the key it answered with
+    os: OperatingSystem | None
+    hostname: str
+    kernel: str
+    tools: Mapping[str, bool]
+
+    @property
+    def missing_tools(self) -> list[str]:
+        return [tool for tool, present in self.tools.items() if not present]
+
+
+@attrs.frozen
+class Filesystem:
+    """A mounted filesystem as seen from a machine's root: `name` is its mount
+    point relative to the root (`/` for the one holding the root itself),
+    `used` its used bytes."""
+
+    name: str
+    used: int
+
+
+@attrs.frozen
+class Discovered:
+    """What a discovery read: the key the machine answered with, and its filesystems."""
+
+    host_key: str
+    filesystems: Sequence[Filesystem]
+
+
+class CopyFailed(DomainError):
+    """A real copy stopped: the message says why in words, with the path or
+    the host it concerns."""
+
+
+@attrs.frozen
+class VolumeToCopy:
+    """One volume of a run: its name on the source (and at the target's root),
+    and the bytes the run expects (the size it started with)."""
+
+    name: str
+    estimate: int
+
+
+@attrs.frozen
+class CopyJob:
+    """What a real run copies: the run's volumes, in order, from the source's
+    root to the target's root on the host, starting at `first` (those before
+    it are verified in place). `source_volumes` names every volume of the
+    source, so that each copy leaves the others below it out."""
+
+    migration_id: int
+    source: MachineAddress
+    host: MachineAddress  # its root is the target's root: where the volumes land
+    volumes: tuple[VolumeToCopy, ...]
+    first: int
+    source_volumes: tuple[str, ...]
+
+
+@attrs.frozen
+class VolumeCopied:
+    """What passed of one volume (the `index`-th of the run), once verified in place."""
+
+    index: int
+    bytes: int
+    files: int
+
+
+@attrs.frozen
+class CopyProgress:
+    """Where a real copy is: the volumes before `volumes` are verified in place
+    (`done` says what passed of those this copy made), and `partial` bytes in
+    `files` files of the next one have passed."""
+
+    volumes: int
+    partial: int = 0
+    files: int = 0
+    done: tuple[VolumeCopied, ...] = ()
+
+
+class CopyHandle(Protocol):
+    def cancel(self) -> None:
+        """Stop the copy's remote processes at once and remove its staging."""
+        ...
+
+    def wait(self) -> None:
+        """Block until every volume is verified in place; raise CopyFailed
+        (in words) when the copy failed, and CopyFailed("cancelled") when cancelled."""
+        ...
+
+
+class Machines(Protocol):
+    """What the service asks of real machines. Each call connects and logs in
+    (refusing an address outside the allowed networks with Conflict, before
+    any packet is sent), and raises MachineUnreachable, with the reason in
+    words, when the machine cannot be reached or refuses the login."""
+
+    def facts(self, address: MachineAddress) -> MachineFacts: ...
+
+    def filesystems(self, address: MachineAddress) -> Discovered: ...
+
+    def start_copy(self, job: CopyJob, report: Callable[[CopyProgress], None]) -> CopyHandle:
+        """Begin copying `job` in the background; `report` is called, from
+        another thread, as bytes pass and as each volume is verified in place."""
+        ...
+
+    def close(self) -> None:
+        """End every connection and what carries them."""
+        ...
+
+
+@attrs.frozen
+class CheckReport:
+    ok: bool
+    message: str
+    os: OperatingSystem | None = None
+    hostname: str | None = None
+    kernel: str | None = None
+    tools: Mapping[str, bool] = attrs.field(factory=dict)
+    host_key: str | None = None
+
+
+@attrs.frozen
+class VolumeChange:
+    name: str
+    size: int
+    was: int | None = None  # the size before, for a volume updated
+
+
+@attrs.frozen
+class DiscoveryReport:
+    ok: bool
+    message: str
+    added: tuple[VolumeChange, ...] = ()
+    updated: tuple[VolumeChange, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+def _address(storage: Storage, owner_id: int, workload_id: int) -> tuple[Workload, MachineAddress]:
+    with storage.unit_of_work(write=False) as uow:
+        workload = uow.workloads.peek(owner_id, workload_id)
+        credentials = uow.credentials.peek(owner_id, workload.credentials_id)
+    return workload, MachineAddress.of(workload, credentials)
+
+
+def _contact(workload: Workload) -> tuple[object, ...]:
+    """What a contact with a workload relied on: where it is and the key pinned."""
+    return workload.ip, workload.port, workload.root, workload.host_key
+
+
+def _learn(
+    storage: Storage, owner_id: int, seen: Workload, host_key: str, os: OperatingSystem | None = None
+) -> None:
+    """Pin the host key met at first contact, and record the os when unknown.
+    Nothing is written when the workload was changed meanwhile in what this
+    contact relied on (its address or its pinned key)."""
+    with storage.unit_of_work() as uow:
+        workload = uow.workloads.get(owner_id, seen.id)
+        if _contact(workload) != _contact(seen):
+            return
+        learnt = attrs.evolve(
+            workload,
+            host_key=workload.host_key or host_key,
+            os=workload.os or os,
+        )
+        if learnt != workload:
+            uow.workloads.update(learnt)
+            uow.commit()
+
+
+def check_workload(storage: Storage, machines: Machines, owner_id: int, workload_id: int) -> CheckReport:
+    """Connect to a workload, log in and read its facts. A machine that cannot
+    be reached is a report with `ok` false and the reason, not an error; an
+    address outside the allowed networks raises Conflict. A first contact
+    pins the host key; the os is recorded when it was unknown."""
+    workload, address = _address(storage, owner_id, workload_id)
+    try:
+        facts = machines.facts(address)
+    except MachineUnreachable as failure:
+        return CheckReport(ok=False, message=failure.message, host_key=workload.host_key)
+    _learn(storage, owner_id, workload, facts.host_key, facts.os)
+    missing = facts.missing_tools
+    if missing:
+        message = f"Logged in to {facts.hostname}, but it lacks {' and '.join(missing)}, which a copy needs."
+    else:
+        message = f"Logged in to {facts.hostname} as {address.username}; it has every tool a copy needs."
+    return CheckReport(
+        ok=not missing,
+        message=message,
+        os=facts.os,
+        hostname=facts.hostname,
+        kernel=facts.kernel,
+        tools=facts.tools,
+        host_key=facts.host_key,
+    )
+
+
+def discover_volumes(
+    storage: Storage, machines: Machines, owner_id: int, workload_id: int, *, dry_run: bool = False
+) -> DiscoveryReport:
+    """Read a Linux workload's mounted filesystems under its root and write
+    them as its mount points: a new one is added with its used bytes as size,
+    a known one (same name) gets its size updated, none is removed. With
+    `dry_run`, only report what would change."""
+    workload, address = _address(storage, owner_id, workload_id)
+    if workload.os is OperatingSystem.WINDOWS:
+        raise Conflict(f"Workload {workload_id} runs windows: only Linux volumes can be discovered.")
+    try:
+        found = machines.filesystems(address)
+    except MachineUnreachable as failure:
+        return DiscoveryReport(ok=False, message=failure.message)
+    with storage.unit_of_work(write=not dry_run) as uow:
+        current = workload if dry_run else uow.workloads.get(owner_id, workload_id)
+        if _contact(current) != _contact(workload):
+            raise Conflict(f"Workload {workload_id} changed while it was read; discover it again.")
+        read = uow.mount_points.peek if dry_run else uow.mount_points.get
+        known: dict[str, MountPoint] = {}
+        for mount_point_id in current.mount_point_ids:
+            mount_point = read(owner_id, mount_point_id)
+            known[mount_point.key] = mount_point
+        added: list[VolumeChange] = []
+        updated: list[VolumeChange] = []
+        unchanged: list[str] = []
+        new_ids: list[int] = []
+        seen: set[str] = set()
+        for filesystem in found.filesystems:
+            key = volume_key(filesystem.name)
+            if key in seen:
+                continue  # a machine may list one mount point twice (mounted over)
+            seen.add(key)
+            existing = known.get(key)
+            if existing is None:
+                added.append(VolumeChange(filesystem.name, filesystem.used))
+                if not dry_run:
+                    made = uow.mount_points.add(MountPoint(owner_id, filesystem.name, filesystem.used))
+                    new_ids.append(made.id)
+            elif existing.size != filesystem.used:
+                updated.append(VolumeChange(existing.name, filesystem.used, was=existing.size))
+                if not dry_run:
+                    uow.mount_points.update(attrs.evolve(existing, size=filesystem.used))
+            else:
+                unchanged.append(existing.name)
+        if not dry_run:
+            uow.workloads.update(
+                attrs.evolve(
+                    current,
+                    mount_point_ids=(*current.mount_point_ids, *new_ids),
+                    host_key=current.host_key or found.host_key,
+                    os=current.os or OperatingSystem.LINUX,
+                )
+            )
+            uow.commit()
+    verb = "would change" if dry_run else "changed"
+    message = (
+        f"Found {len(found.filesystems)} filesystem(s) under {address.root}:"
+        f" {verb} {len(added)} added, {len(updated)} updated, {len(unchanged)} unchanged."
+    )
+    return DiscoveryReport(True, message, tuple(added), tuple(updated), tuple(unchanged))
+
+
+def workload_with_ip(storage: Storage, owner_id: int, ip: str) -> Workload:
+    """The owner's workload at `ip` (any form of the address); NotFound otherwise."""
+    canonical = canonical_ip(ip)
+    with storage.unit_of_work(write=False) as uow:
+        _, found = uow.workloads.find(owner_id, ListQuery(filters={"ip": canonical}, limit=1))
+    if not found:
+        raise NotFound(f"No workload has ip {canonical}.")
+    return found[0]
