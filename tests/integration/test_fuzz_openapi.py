@@ -22,6 +22,7 @@ import pytest
 import requests
 import schemathesis
 from aiohttp import web
+from aiohttp_apigami import docs
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -36,6 +37,7 @@ import entrypoints
 import migration_core
 from entrypoints.http import create_app
 from entrypoints.http.app import server_options
+from entrypoints.http.openapi import setup_openapi
 from entrypoints.http.schema_file import served_document
 
 from .http_client import PASSWORD, make_services
@@ -305,6 +307,31 @@ def test_without_a_token(case: schemathesis.Case, server: dict[str, Any]) -> Non
     """Without a token: the same checks; every protected operation answers 401."""
     case.headers = {key: value for key, value in (case.headers or {}).items() if key.lower() != "authorization"}
     _call_and_check(case, server["base_url"], {})
+
+
+def test_an_operation_that_takes_a_body_lists_what_reading_one_answers_even_unasked() -> None:
+    """A body may be too large (413) or too slow (408) on any operation that
+    reads one: the document says so of each, also where its route forgot."""
+
+    @docs(summary="takes a body", requestBody={"content": {"application/json": {"schema": {"type": "object"}}}},
+          responses={200: {"description": "taken"}})
+    async def forgetful(_request: web.Request) -> web.Response:
+        raise AssertionError("documented only")
+
+    app = web.Application()
+    app.router.add_post("/forgetful/", forgetful)
+    answers = setup_openapi(app)["paths"]["/forgetful/"]["post"]["responses"]
+    assert sorted(answers) == ["200", "408", "413"]
+    assert answers["413"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    unlisted = [
+        f"{method.upper()} {path} {code}"
+        for path, operations in DOCUMENT["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+        for code in ("408", "413")
+        if code not in operation["responses"]
+    ]
+    assert unlisted == []
 
 
 def test_every_documented_status_was_answered_or_is_explained() -> None:

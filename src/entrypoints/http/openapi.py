@@ -58,6 +58,8 @@ _ERRORS: dict[int, dict[str, Any]] = {
     503: {"schema": ErrorSchema, "description": "Storage does not answer."},
 }
 WRITE_ERRORS = (400, 408, 413, 415)
+# What reading any body may answer, documented on every operation that takes one.
+BODY_ERRORS = (408, 413)
 
 
 def answers(
@@ -99,6 +101,22 @@ def _without_swagger2_keys(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _with_body_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that takes a body lists the answers of reading one,
+    whether or not its route named them."""
+    error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name(ErrorSchema)}"}}}}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "requestBody" not in operation:
+                continue
+            responses = operation.setdefault("responses", {})
+            listed = {str(code) for code in responses}
+            for code in BODY_ERRORS:
+                if str(code) not in listed:
+                    responses[str(code)] = {"description": _ERRORS[code]["description"], **error}
+    return document
+
+
 # apispec writes a nullable reference (OpenAPI 3.0) as "the referenced schema or
 # any object", and client generators then make a model of that any object. The
 # alternative meant is null alone.
@@ -137,7 +155,7 @@ def setup_openapi(app: web.Application) -> dict[str, Any]:
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         api.register(app, in_place=True)
     # Through JSON once, so the document is exactly what clients read (string keys).
-    built = _null_for_any_object(_without_swagger2_keys(api.swagger_dict()))
+    built = _null_for_any_object(_with_body_errors(_without_swagger2_keys(api.swagger_dict())))
     document: dict[str, Any] = json.loads(json.dumps(built))
     app[OPENAPI] = document
     app.router.add_get(OPENAPI_PATH, _serve_document, allow_head=False)
