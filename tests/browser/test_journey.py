@@ -18,6 +18,8 @@ def _journey(console: Console, shots: str = "") -> None:
 
     def seen(name: str) -> None:
         console.fits_the_width()
+        if name != "sign-in":  # the README's pictures show the live sign as a user sees it once connected
+            expect(console.page.locator("#live")).to_have_text("Live")
         console.shoot(name + shots)
 
     console.open("/")
