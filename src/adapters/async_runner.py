@@ -279,12 +279,13 @@ class AsyncRunner:
                 report, run.report = run.report, None
                 self._real.discard(run)
             try:
-                if failure is not None:
-                    fail_run(self._storage, self._clock, run.ref, failure)
-                    return
+                # What was verified in place is recorded first: a re-run starts after it.
                 if report is not None:
                     advance_runs(self._storage, self._clock, {run.ref: report})
-                complete_run(self._storage, self._clock, run.ref)
+                if failure is not None:
+                    fail_run(self._storage, self._clock, run.ref, failure)
+                else:
+                    complete_run(self._storage, self._clock, run.ref)
             except NotFound:
                 pass
 

@@ -23,3 +23,19 @@ def remote_command(*argv: str) -> str:
 def remote_script(script: str, *arguments: str) -> str:
     """Run the constant `script` with `sh`, its data as "$1", "$2", ... (and "$@")."""
     return remote_command("sh", "-c", script, "sh", *arguments)
+
+
+# Says its process id (that of the SSH session's leader: the login shell
+# execs it), then becomes `argv`: the caller can kill the session's whole
+# process group, pipelines included, with `kill -KILL -- -PID`.
+_SAYING_ITS_PID = 'echo "$$"; exec "$@"'
+
+
+def tracked_command(*argv: str) -> str:
+    """`argv` run so that its first output line is the id of its process group."""
+    return remote_script(_SAYING_ITS_PID, *argv)
+
+
+def kill_groups(*pids: int) -> str:
+    """Kill the process groups a tracked command said it leads."""
+    return remote_command("kill", "-KILL", "--", *(f"-{int(pid)}" for pid in pids))

@@ -28,7 +28,7 @@ from migration_core import (
     VolumeToCopy,
 )
 
-from .remote_shell import remote_command, remote_script
+from .remote_shell import kill_groups, remote_command, tracked_command
 from .tar_stream import TarCounter
 
 CHUNK = 256 * 1024
@@ -93,6 +93,10 @@ def nested_volumes(name: str, others: Sequence[str]) -> list[str]:
     return ["./" + other[len(prefix):] for other in others if other != name and other.startswith(prefix)]
 
 
+def _bytes(output: object) -> bytes:
+    return output if isinstance(output, bytes) else b""
+
+
 def _first_line(stderr: bytes, default: str) -> str:
     lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
     return lines[0].strip() if lines else default
@@ -126,6 +130,8 @@ class SshCopy:
         self._after_stream = after_stream
         self._done: list[VolumeCopied] = []
         self._last_report = 0.0
+        # The process groups still running on each machine, to kill on a stop.
+        self._running: dict[str, set[int]] = {"source": set(), "host": set()}
 
     async def run(self) -> None:
         job = self._job
@@ -133,15 +139,46 @@ class SshCopy:
         try:
             async with self._connect(job.source) as (source, _), self._connect(job.host) as (host, _):
                 try:
-                    await self._must(host, remote_command("rm", "-rf", "--", staging), "host", "")
+                    await self._must(host, ("rm", "-rf", "--", staging), "host", "")
                     for index in range(job.first, len(job.volumes)):
                         await self._volume(source, host, index, staging)
                 finally:
-                    with contextlib.suppress(Exception):
-                        async with asyncio.timeout(30):
-                            await host.run(remote_command("rm", "-rf", "--", staging), check=False)
+                    await self._stop_remote({"source": source, "host": host}, staging)
         except MachineUnreachable as failure:
             raise CopyFailed(failure.message) from None
+
+    async def _stop_remote(self, connections: dict[str, asyncssh.SSHClientConnection], staging: str) -> None:
+        """Kill what still runs of this copy on both machines, then remove the staging."""
+        for side, connection in connections.items():
+            pids = self._running[side]
+            if pids and not connection.is_closed():
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(10):
+                        await connection.run(kill_groups(*pids), check=False, stdin=asyncssh.DEVNULL)
+            pids.clear()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(30):
+                await connections["host"].run(
+                    remote_command("rm", "-rf", "--", staging), check=False, stdin=asyncssh.DEVNULL
+                )
+
+    async def _start(
+        self, connection: asyncssh.SSHClientConnection, side: str, argv: Sequence[str], *, stdin: object = None
+    ) -> tuple[asyncssh.SSHClientProcess[bytes], int]:
+        """Start a tracked remote process; it and the id of its process group."""
+        options: dict[str, object] = {"encoding": None}
+        if stdin is not None:
+            options["stdin"] = stdin
+        process: asyncssh.SSHClientProcess[bytes] = await connection.create_process(
+            tracked_command(*argv), **options
+        )
+        line = await process.stdout.readline()
+        if not line.strip().isdigit():
+            process.close()
+            raise CopyFailed(f"The {side} did not start {argv[0]} (it said {line[:80]!r}).")
+        pid = int(line)
+        self._running[side].add(pid)
+        return process, pid
 
     def _progress(self, index: int, partial: int = 0, files: int = 0, *, now: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -161,7 +198,7 @@ class SshCopy:
         staged = f"{staging}/{index}"
         left_out = nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")])
         self._progress(index, now=True)
-        await self._must(host, remote_command("mkdir", "-p", "--", staged), "host", job.host.root)
+        await self._must(host, ("mkdir", "-p", "--", staged), "host", job.host.root)
         await self._stream(source, host, origin, staged, left_out, index)
         if self._after_stream is not None:
             await self._after_stream(index, staged)
@@ -179,7 +216,7 @@ class SshCopy:
             )
         await self._must(
             host,
-            remote_script(_MOVE_INTO_PLACE, staged, target, f"{staging}/old-{index}"),
+            ("sh", "-c", _MOVE_INTO_PLACE, "sh", staged, target, f"{staging}/old-{index}"),
             "host",
             target,
         )
@@ -197,19 +234,16 @@ class SshCopy:
         index: int,
     ) -> None:
         excludes = [f"--exclude={path}" for path in left_out]
-        reading = remote_command(
+        reading = (
             "tar", "-C", origin, "--one-file-system", "--no-wildcards", "--anchored", *excludes,
             "-cpf", "-", "--", ".",
         )
-        writing = remote_command("tar", "-C", staged, "-xpf", "-")
+        writing = ("tar", "-C", staged, "-xpf", "-")
         counter = TarCounter()
-        sender = await source.create_process(reading, encoding=None, stdin=asyncssh.DEVNULL)
+        sender, sender_pid = await self._start(source, "source", reading, stdin=asyncssh.DEVNULL)
         try:
-            receiver = await host.create_process(writing, encoding=None)
+            receiver, receiver_pid = await self._start(host, "host", writing)
             try:
-                sent_errors = asyncio.ensure_future(sender.stderr.read())
-                received_errors = asyncio.ensure_future(receiver.stderr.read())
-                drained = asyncio.ensure_future(receiver.stdout.read())
                 while chunk := await sender.stdout.read(CHUNK):
                     counter.feed(chunk)
                     receiver.stdin.write(chunk)
@@ -218,17 +252,19 @@ class SshCopy:
                 sent = await sender.wait()
                 if source.is_closed() or sent.exit_status is None:
                     raise CopyFailed(self._vanished("source", "its connection closed"))
+                self._running["source"].discard(sender_pid)
                 receiver.stdin.write_eof()
+                # wait() gathers what the process wrote and nobody read: its errors.
                 received = await receiver.wait()
-                await drained
+                self._running["host"].discard(receiver_pid)
                 if received.exit_status != 0:
                     raise CopyFailed(
-                        _why(await received_errors, self._job.host.root, "tar on the host failed")
+                        _why(_bytes(received.stderr), self._job.host.root, "tar on the host failed")
                         + f" (writing {origin} into {staged} on the host)"
                     )
                 if sent.exit_status != 0:
                     raise CopyFailed(
-                        _why(await sent_errors, origin, f"tar on the source failed reading {origin}")
+                        _why(_bytes(sent.stderr), origin, f"tar on the source failed reading {origin}")
                         + " (on the source)"
                     )
             finally:
@@ -251,8 +287,8 @@ class SshCopy:
     async def _manifest(
         self, connection: asyncssh.SSHClientConnection, directory: str, patterns: list[str], side: str
     ) -> dict[bytes, tuple[int, bytes]]:
-        sizes_out = await self._must(connection, remote_script(_SIZES, directory, *patterns), side, directory)
-        hashes_out = await self._must(connection, remote_script(_HASHES, directory, *patterns), side, directory)
+        sizes_out = await self._must(connection, ("sh", "-c", _SIZES, "sh", directory, *patterns), side, directory)
+        hashes_out = await self._must(connection, ("sh", "-c", _HASHES, "sh", directory, *patterns), side, directory)
         sizes = {}
         for entry in sizes_out.split(b"\0"):
             if entry:
@@ -265,16 +301,23 @@ class SshCopy:
                 manifest[path] = (sizes.get(path, -1), digest)
         return manifest
 
-    async def _must(self, connection: asyncssh.SSHClientConnection, command: str, side: str, where: str) -> bytes:
-        """Run a command; its output, or CopyFailed in words."""
+    async def _must(
+        self, connection: asyncssh.SSHClientConnection, argv: Sequence[str], side: str, where: str
+    ) -> bytes:
+        """Run a tracked command to its end; its output, or CopyFailed in words."""
         try:
-            result = await connection.run(command, check=False, encoding=None, stdin=asyncssh.DEVNULL)
+            process, pid = await self._start(connection, side, argv, stdin=asyncssh.DEVNULL)
+            try:
+                result = await process.wait()
+            finally:
+                process.close()
+            stdout, stderr = _bytes(result.stdout), _bytes(result.stderr)
+            self._running[side].discard(pid)
         except (asyncssh.Error, OSError) as error:
             raise CopyFailed(self._vanished(side, error)) from None
         if result.exit_status != 0:
-            stderr = result.stderr if isinstance(result.stderr, bytes) else b""
             raise CopyFailed(_why(stderr, where, f"a command failed on the {side}") + f" (on the {side})")
-        return result.stdout if isinstance(result.stdout, bytes) else b""
+        return stdout
 
 
 class CopyInBackground:

@@ -48,9 +48,7 @@ def _workload(
     private_key: str = "",
     root: str = "/",
 ) -> int:
-    credentials = core.create_credentials(
-        storage, OWNER, username=username, password=password, private_key=private_key
-    )
+    credentials = core.create_credentials(storage, OWNER, username=username, password=password, private_key=private_key)
     return core.create_workload(storage, OWNER, ip=ip, credentials_id=credentials.id, port=port, root=root).id
 
 
@@ -154,7 +152,9 @@ def test_an_address_outside_the_allowed_networks_is_refused_before_any_packet(
     driver = SshMachines([ipaddress.ip_network("127.0.0.1/32")], connect_timeout=2)
     try:
         for action in (core.check_workload, core.discover_volumes):
-            with pytest.raises(Conflict, match=r"127\.0\.0\.9 is outside .*MIGRATION_ALLOWED_NETWORKS: 127\.0\.0\.1/32"):
+            with pytest.raises(
+                Conflict, match=r"127\.0\.0\.9 is outside .*MIGRATION_ALLOWED_NETWORKS: 127\.0\.0\.1/32"
+            ):
                 action(storage, driver, OWNER, workload_id)
     finally:
         driver.close()
@@ -245,7 +245,9 @@ def test_hostile_roots_and_usernames_pass_through_as_data(
         assert not (place / "CANARY").exists()
 
 
-def test_a_windows_workload_is_not_discovered(machine: Machine, machines: SshMachines, witness_listener: Callable[[str], Witness]) -> None:
+def test_a_windows_workload_is_not_discovered(
+    machine: Machine, machines: SshMachines, witness_listener: Callable[[str], Witness]
+) -> None:
     witness = witness_listener("127.0.0.9")
     storage = _storage()
     workload_id = _workload(storage, "127.0.0.9", witness.port, username="Administrator", password="x")

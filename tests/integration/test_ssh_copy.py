@@ -173,20 +173,32 @@ def test_no_space_left_on_the_host_fails_in_words_and_leaves_no_staging(
         subprocess.run(["umount", str(target)], check=True)
 
 
-def test_a_source_file_the_login_may_not_read_fails_naming_the_path(sshd: SshServer, make_machine: object, machines: SshMachines, tmp_path: Path) -> None:
+def test_a_source_file_the_login_may_not_read_fails_naming_the_path(
+    sshd: SshServer, make_machine: object, machines: SshMachines, tmp_path: Path
+) -> None:
     source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")  # type: ignore[operator]
     user = source.add_password_user()
-    tree = Path(subprocess.run(["mktemp", "-d", "-p", "/tmp"], check=True, capture_output=True, text=True).stdout.strip())
+    tree = Path(
+        subprocess.run(["mktemp", "-d", "-p", "/tmp"], check=True, capture_output=True, text=True).stdout.strip()
+    )
     try:
         os.chmod(tree, 0o755)
         (tree / "open").write_text("anyone")
         (tree / "closed").write_text("root only")
         os.chmod(tree / "closed", 0o600)
-        target = Path(subprocess.run(["mktemp", "-d", "-p", "/tmp"], check=True, capture_output=True, text=True).stdout.strip())
+        target = Path(
+            subprocess.run(["mktemp", "-d", "-p", "/tmp"], check=True, capture_output=True, text=True).stdout.strip()
+        )
         subprocess.run(["chown", user.name, str(target)], check=True)
         login = MachineAddress("127.0.0.1", source.port, user.name, user.password, "", str(tree), None)
-        job = CopyJob(MIGRATION, login, MachineAddress("127.0.0.2", host.port, user.name, user.password, "", str(target), None),
-                      (VolumeToCopy("/", 10),), 0, ("/",))
+        job = CopyJob(
+            MIGRATION,
+            login,
+            MachineAddress("127.0.0.2", host.port, user.name, user.password, "", str(target), None),
+            (VolumeToCopy("/", 10),),
+            0,
+            ("/",),
+        )
         with pytest.raises(CopyFailed, match=r"Permission denied: .*closed"):
             machines.start_copy(job, lambda _p: None).wait()
         assert list(target.iterdir()) == []
@@ -194,9 +206,10 @@ def test_a_source_file_the_login_may_not_read_fails_naming_the_path(sshd: SshSer
         subprocess.run(["rm", "-rf", str(tree), str(target)], check=False)
 
 
-def _remote_tars(staging: str) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in listing.splitlines() if "tar" in line and (staging in line or "-cpf" in line)]
+def _remote(*roots: Path) -> list[str]:
+    """The processes sshd runs below these trees for the copy (tar, find, sha256sum)."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if any(str(root) in line for root in roots)]
 
 
 def test_cancel_mid_copy_stops_the_remote_processes_and_removes_the_staging(
@@ -213,13 +226,14 @@ def test_cancel_mid_copy_stops_the_remote_processes_and_removes_the_staging(
 
     copy = machines.start_copy(_job(source, host, target, ["/"], []), report)
     assert passing.wait(30), "no byte passed"
+    assert _remote(source.root, host.root)  # the two tars
     copy.cancel()
 
     with pytest.raises(CopyFailed, match="cancelled"):
         copy.wait()
     staging = staging_of(str(target), MIGRATION)
     assert not Path(staging).exists()
-    assert _remote_tars(staging) == []
+    assert _remote(source.root, host.root) == []
     assert not (target / "huge").exists()
 
 

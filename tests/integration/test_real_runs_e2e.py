@@ -1,0 +1,226 @@
+"""Real runs through the service as users run it (a `serve` process on an
+SQLite file) against a real OpenSSH server: the source at 127.0.0.1, the host
+at 127.0.0.2, each a directory. The test compares the trees itself."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..sshd_fixtures import Machine
+from .service_process import ServiceProcess, sign_up, wait_for
+
+
+def _digest(root: Path) -> dict[str, tuple[str, int, str]]:
+    found = {}
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            info = path.lstat()
+            contents = os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+            found[str(path.relative_to(root))] = (oct(info.st_mode), info.st_size, contents)
+    return found
+
+
+class RealPlan:
+    """A source with its volumes, a host, a target onto it, and a migration."""
+
+    def __init__(self, service: ServiceProcess, source: Machine, host: Machine, volumes: list[str]) -> None:
+        self.service = service
+        self.token = sign_up(service, "mover")
+        self.landing = host.root / "landing"
+        key = self.ok(
+            "POST", "/api/v1/credentials/", {"username": source.username, "private_key": source.private_key}, 201
+        )
+        cloud = self.ok("POST", "/api/v1/credentials/", {"username": "cloud", "password": "pw"}, 201)
+        self.mount_points = [
+            self.ok("POST", "/api/v1/mount_points/", {"name": name, "size": 1000}, 201)["id"] for name in volumes
+        ]
+        self.source = self.ok(
+            "POST",
+            "/api/v1/work_loads/",
+            {
+                "ip": source.ip,
+                "port": source.port,
+                "credentials": key["id"],
+                "storage": self.mount_points,
+                "os": "linux",
+                "root": str(source.root),
+            },
+            201,
+        )["id"]
+        self.host = self.ok(
+            "POST",
+            "/api/v1/work_loads/",
+            {
+                "ip": host.ip,
+                "port": host.port,
+                "credentials": key["id"],
+                "storage": [],
+            },
+            201,
+        )["id"]
+        self.target = self.ok(
+            "POST",
+            "/api/v1/migration_targets/",
+            {
+                "cloud_type": "vsphere",
+                "cloud_credentials": cloud["id"],
+                "host": self.host,
+                "root": str(self.landing),
+            },
+            201,
+        )["id"]
+        self.migration = self.ok(
+            "POST",
+            "/api/v1/migrations/",
+            {
+                "source": self.source,
+                "migration_target": self.target,
+                "selected_mount_points": self.mount_points,
+            },
+            201,
+        )["id"]
+
+    def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        return self.service.ok(method, path, body, self.token, status)
+
+    def state(self) -> Any:
+        return self.ok("GET", f"/api/v1/migrations/{self.migration}/state/")
+
+    def until(self, check: Callable[[Any], bool]) -> Any:
+        return wait_for("the run's state", lambda: (lambda s: s if check(s) else None)(self.state()), patience=60)
+
+    def events(self, kind: str) -> list[Any]:
+        return self.ok("GET", f"/api/v1/migrations/{self.migration}/events/?kind={kind}")["results"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(f"sqlite:///{tmp_path / 'service.db'}", tmp_path, "service", "--access-log", "off")
+    yield process.start()
+    process.kill()
+
+
+def _big_tree(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc" / "motd").write_text("hello\n")
+    (root / "huge").write_bytes(os.urandom(2**20) * 384)  # long enough to act on mid-copy
+
+
+def _remote(*roots: Path) -> list[str]:
+    """The processes working below these trees (the source's, the host's): the
+    copy's tar, find and sha256sum, run by sshd for the service."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if any(str(root) in line for root in roots)]
+
+
+def test_a_real_run_copies_every_volume_verified_and_the_target_vm_holds_what_passed(
+    service: ServiceProcess, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "etc").mkdir()
+    (source.root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (source.root / "empty").write_bytes(b"")
+    (source.root / "data").mkdir()
+    (source.root / "data" / "table").write_bytes(os.urandom(300_000))
+    plan = RealPlan(service, source, host, ["/", "/data"])
+
+    assert plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)["state"] == "running"
+    done = plan.until(lambda s: s["finished"])
+
+    assert (done["state"], done["progress"], done["error"]) == ("success", 100, None)
+    assert _digest(source.root) == _digest(plan.landing)
+    sizes = [volume["size"] for volume in done["volumes"]]
+    assert sizes == [len("127.0.0.1 localhost\n"), 300_000] == [volume["copied"] for volume in done["volumes"]]
+    details = [event["detail"] for event in plan.events("volume_copied")]
+    assert [(d["name"], d["bytes"], d["files"], d["verified"]) for d in details] == [
+        ("/", sizes[0], 2, True),
+        ("/data", 300_000, 1, True),
+    ]
+    vm = plan.ok("GET", f"/api/v1/migration_targets/{plan.target}/")["target_vm"]
+    assert vm["storage"] == [{"name": "/", "size": sizes[0]}, {"name": "/data", "size": 300_000}]
+    assert not any(name.startswith(".migration-staging") for name in os.listdir(plan.landing))
+
+
+def test_cancel_mid_copy_stops_the_remote_processes_and_leaves_nothing_at_the_place(
+    service: ServiceProcess, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    _big_tree(source.root)
+    plan = RealPlan(service, source, host, ["/"])
+    plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+    wait_for("the copy's remote processes", lambda: _remote(source.root, host.root) or None)
+
+    cancelled = plan.ok("POST", f"/api/v1/migrations/{plan.migration}/cancel/")
+
+    assert (cancelled["state"], cancelled["error"]) == ("error", "cancelled")
+    assert _remote(source.root, host.root) == []
+    assert not plan.landing.exists() or os.listdir(plan.landing) == []
+
+
+def test_a_service_killed_mid_copy_is_interrupted_and_the_rerun_is_whole_and_leaves_no_staging(
+    service: ServiceProcess, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    _big_tree(source.root)
+    plan = RealPlan(service, source, host, ["/"])
+    plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+    plan.until(lambda s: s["bytes_copied"] > 0)
+
+    service.stop(signal.SIGKILL)
+    wait_for("the killed service's copies to end", lambda: _remote(source.root, host.root) == [] or None)
+    assert not (plan.landing / "huge").exists()
+    service.start()
+    after = plan.state()
+    assert (after["state"], after["error"]) == ("error", "interrupted")
+
+    plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+    done = plan.until(lambda s: s["finished"])
+
+    assert done["state"] == "success", done
+    assert _digest(source.root) == _digest(plan.landing)
+    assert sorted(os.listdir(plan.landing)) == ["etc", "huge"]
+
+
+def test_a_rerun_starts_at_the_first_volume_not_yet_verified_in_place(
+    service: ServiceProcess, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "first").write_text("one")
+    plan = RealPlan(service, source, host, ["/", "/later"])  # /later is not there yet
+    plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+    failed = plan.until(lambda s: s["finished"])
+    assert failed["state"] == "error" and "/later" in failed["error"], failed
+    (plan.landing / "first").write_text("changed on the host after its verification")
+
+    (source.root / "later").mkdir()
+    (source.root / "later" / "file").write_text("two")
+    plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+    done = plan.until(lambda s: s["finished"])
+
+    assert done["state"] == "success", done
+    started = plan.events("started")[-1]["detail"]
+    assert started["resumed_at_volume"] == 1
+    assert (plan.landing / "first").read_text() == "changed on the host after its verification"  # left as it was
+    assert (plan.landing / "later" / "file").read_text() == "two"
+
+
+def test_a_windows_source_is_refused_before_it_starts(
+    service: ServiceProcess, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    plan = RealPlan(service, source, host, ["C:\\"])
+    plan.ok("PATCH", f"/api/v1/work_loads/{plan.source}/", {"os": "windows"})
+
+    status, answer = service.call("POST", f"/api/v1/migrations/{plan.migration}/run/", None, plan.token)
+
+    assert status == 409 and "Only Linux machines are copied for real" in answer["detail"]
+    assert plan.state()["state"] == "not_started"
