@@ -4,10 +4,16 @@ line alike: the file parsed into the core's rows, and rows written back.
 The file: UTF-8 (a byte order mark is accepted), comma-separated, a header
 row naming known columns in any order (`ip` required), at most 20,000 rows
 and 10 MiB. Blank rows are skipped; rows are numbered as a spreadsheet shows
-them (the header is row 1). `volumes` is `NAME=SIZE` pairs separated by `;`
-(a name may hold `=`: the size follows the last one; it cannot hold `;`);
+them (the header is row 1). `volumes` is `NAME=SIZE` pairs separated by `;`;
 SIZE is bytes, or a number with a unit: KB MB GB TB (powers of 1000) or KiB
-MiB GiB TiB (powers of 1024), in any case, whole bytes in the end.
+MiB GiB TiB (powers of 1024), in any case, whole bytes in the end. A name
+in double quotes is taken as it is, `""` standing for a quote inside: so a
+name may hold `;`, `=` or `"` (export quotes those, and names with blank
+space at an end). An unquoted name may hold `=` too (the size follows the
+last one). `select` lists names the same way, separated by `;`.
+
+`port`, `os` and `root` say how the machine is reached (SPEC 2.1); an empty
+cell keeps what is stored (a new workload: 22, unknown, `/`).
 
 Cells that a spreadsheet would run as a formula (starting with = + - @, a tab
 or a carriage return) are written with a `'` in front; import removes that
@@ -35,16 +41,15 @@ from migration_core import (
 )
 from migration_core.fleet import Progress
 
-COLUMNS = (
-    "ip", "username", "password", "domain", "volumes",
-    "cloud_type", "cloud_username", "cloud_password", "cloud_domain", "select", "wave",
-)
-PLAN_COLUMNS = COLUMNS[6:]  # each needs cloud_type
+PLAN_COLUMNS = ("cloud_username", "cloud_password", "cloud_domain", "select", "wave")  # each needs cloud_type
+COLUMNS = ("ip", "username", "password", "domain", "volumes", "port", "os", "root", "cloud_type", *PLAN_COLUMNS)
 MAX_BYTES = 10 * 1024 * 1024
 MAX_ROWS = 20_000
 MAX_SIZE = 2**63 - 1
 # The wire limits of the JSON API (entrypoints.http.schemas), cell by cell.
-MAX_LENGTH = {"ip": 45, "password": 1024, "cloud_password": 1024, "volumes": 1000 * 300, "select": 1000 * 256}
+MAX_LENGTH = {
+    "ip": 45, "password": 1024, "cloud_password": 1024, "volumes": 1000 * 300, "select": 1000 * 256, "root": 4096,
+}
 TEXT_MAX = 255
 FILENAME = "inventory.csv"
 
@@ -55,6 +60,8 @@ _UNITS = {
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+_PORT = re.compile(r"\s*(\d{1,6})\s*")
+_QUOTED_IN_NAMES = ';="'
 
 
 class _BadCell(ValueError):
@@ -190,17 +197,80 @@ def _row(number: int, columns: Sequence[str], cells: Sequence[str]) -> Inventory
         domain=values.get("domain"),
         volumes=None if "volumes" not in values else _volumes(values["volumes"]),
         plan=plan,
+        port=_port(values.get("port", "")),
+        os=values.get("os", "").strip() or None,
+        root=values.get("root") if values.get("root", "").strip() else None,
     )
 
 
+def _port(cell: str) -> int | None:
+    if not cell.strip():
+        return None
+    match = _PORT.fullmatch(cell)
+    if match is None:
+        raise _CellError("port", f"{cell.strip()!r} is not a port: a whole number from 1 to 65535.")
+    return int(match.group(1))
+
+
+def _items(cell: str, column: str) -> list[tuple[str | None, str]]:
+    """The `;`-separated items of a cell, each as (its name, when the item
+    starts with one in double quotes, and what follows the name) or (None,
+    the item as it is)."""
+    items: list[tuple[str | None, str]] = []
+    at = 0
+    while at <= len(cell):
+        start = at
+        while at < len(cell) and cell[at] in " \t":
+            at += 1
+        name = None
+        if at < len(cell) and cell[at] == '"':
+            name, at = _quoted(cell, at, column)
+            start = at
+        end = cell.find(";", at)
+        end = len(cell) if end < 0 else end
+        items.append((name, cell[start:end]))
+        at = end + 1
+    return items
+
+
+def _quoted(cell: str, at: int, column: str) -> tuple[str, int]:
+    """The name in double quotes that starts at `at`, and where it ends."""
+    parts = []
+    at += 1
+    while True:
+        closing = cell.find('"', at)
+        if closing < 0:
+            raise _CellError(column, f"A name in double quotes has no closing quote: {cell[at - 1 :][:40]!r}.")
+        parts.append(cell[at:closing])
+        if cell.startswith('"', closing + 1):  # "" is a quote inside the name
+            parts.append('"')
+            at = closing + 2
+            continue
+        return "".join(parts), closing + 1
+
+
 def _names(cell: str) -> tuple[str, ...] | None:
-    names = tuple(name.strip() for name in cell.split(";") if name.strip())
-    return names or None
+    names = []
+    for quoted, rest in _items(cell, "select"):
+        if quoted is None:
+            if rest.strip():
+                names.append(rest.strip())
+        elif rest.strip():
+            raise _CellError("select", f"After the name {quoted!r} in quotes comes ; or the end, not {rest.strip()!r}.")
+        else:
+            names.append(quoted)
+    return tuple(names) or None
 
 
 def _volumes(cell: str) -> tuple[tuple[str, int], ...]:
     volumes = []
-    for pair in cell.split(";"):
+    for quoted, pair in _items(cell, "volumes"):
+        if quoted is not None:
+            equals, size = pair.strip()[:1], pair.strip()[1:]
+            if equals != "=":
+                raise _CellError("volumes", f"The name {quoted!r} in quotes has no size: write \"NAME\"=SIZE.")
+            volumes.append((quoted, _size(size)))
+            continue
         if not pair.strip():
             continue
         name, equals, size = pair.rpartition("=")
@@ -251,16 +321,24 @@ def render(rows: Iterable[InventoryRow]) -> str:
     return out.getvalue()
 
 
+def _name(name: str) -> str:
+    """A volume name as a cell lists it: in double quotes where it must be."""
+    if any(c in name for c in _QUOTED_IN_NAMES) or name != name.strip() or not name:
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def _cells(row: InventoryRow) -> list[str]:
     plan = row.plan
     login = [row.username or "", row.password or "", row.domain or ""]
-    volumes = ";".join(f"{name}={size}" for name, size in row.volumes or ())
+    volumes = ";".join(f"{_name(name)}={size}" for name, size in row.volumes or ())
+    machine = ["" if row.port is None else str(row.port), row.os or "", row.root or ""]
     if plan is None:
-        return [row.ip, *login, volumes, *[""] * 6]
+        return [row.ip, *login, volumes, *machine, *[""] * 6]
     return [
-        row.ip, *login, volumes,
+        row.ip, *login, volumes, *machine,
         plan.cloud_type, plan.cloud_username or "", plan.cloud_password or "", plan.cloud_domain or "",
-        ";".join(plan.select or ()), plan.wave or "",
+        ";".join(map(_name, plan.select or ())), plan.wave or "",
     ]
 
 

@@ -396,10 +396,10 @@ async def test_formula_cells_are_stored_as_given_and_exported_behind_a_quote(ali
     assert await upload(alice, body, 200) == {"created": 1, "updated": 0, "unchanged": 0}
     assert (await alice.call("GET", f"{API}/credentials/?limit=10", 200))["results"][0]["username"] == hostile
     exported = await export(alice)
-    cells = list(csv.reader(io.StringIO(exported)))[1]
+    header, cells = list(csv.reader(io.StringIO(exported)))[:2]
     dangerous = [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
     assert dangerous == []
-    assert cells[1] == "'" + hostile and cells[3] == "'+1" and cells[10] == "'=wave"
+    assert cells[1] == "'" + hostile and cells[3] == "'+1" and cells[header.index("wave")] == "'=wave"
     assert await upload(alice, exported.encode(), 200) == {"created": 0, "updated": 0, "unchanged": 1}
 
 
@@ -416,6 +416,97 @@ async def test_another_users_ip_is_a_workload_of_ones_own(client: TestClient[Any
     bob = await User(client, "bob").sign_up()
     assert await upload(bob, rows("10.0.0.1,bob,p,,C:\\=1,,,,,,"), 200) == {"created": 1, "updated": 0, "unchanged": 0}
     assert "alice" in await export(alice) and "alice" not in await export(bob)
+
+
+# --- machines and quoted names -----------------------------------------------------------
+
+MACHINE_HEADER = "ip,username,password,volumes,port,os,root,cloud_type,cloud_username,cloud_password,select\r\n"
+
+
+def machine_rows(*lines: str) -> bytes:
+    return (MACHINE_HEADER + "".join(line + "\r\n" for line in lines)).encode("utf-8")
+
+
+async def test_port_os_and_root_import_export_and_an_empty_cell_keeps_them(alice: User) -> None:
+    body = machine_rows("10.0.0.1,root,p,/=1GB,2222,linux,//mnt/snap/,,,,", "10.0.0.2,admin,p,C:\\=1,,,,,,,")
+    assert await upload(alice, body, 200) == {"created": 2, "updated": 0, "unchanged": 0}
+    by_ip = {w["ip"]: w for w in (await alice.call("GET", f"{API}/work_loads/", 200))["results"]}
+    assert [(by_ip[ip]["port"], by_ip[ip]["os"], by_ip[ip]["root"]) for ip in ("10.0.0.1", "10.0.0.2")] == [
+        (2222, "linux", "/mnt/snap"), (22, None, "/"),
+    ]
+    exported = await export(alice)
+    header, *lines = list(csv.reader(io.StringIO(exported)))
+    first = dict(zip(header, lines[0]))
+    assert (first["port"], first["os"], first["root"]) == ("2222", "linux", "/mnt/snap")
+    second = dict(zip(header, lines[1]))
+    assert (second["port"], second["os"], second["root"]) == ("22", "", "/")
+    assert await upload(alice, exported.encode(), 200) == {"created": 0, "updated": 0, "unchanged": 2}
+    # Empty cells keep what is stored; a given one changes it.
+    kept = machine_rows("10.0.0.1,root,,/=1GB,,,,,,,", "10.0.0.2,admin,,C:\\=1,2200,windows,/,,,,")
+    assert await upload(alice, kept, 200) == {"created": 0, "updated": 1, "unchanged": 1}
+    by_ip = {w["ip"]: w for w in (await alice.call("GET", f"{API}/work_loads/", 200))["results"]}
+    assert (by_ip["10.0.0.1"]["port"], by_ip["10.0.0.1"]["os"], by_ip["10.0.0.1"]["root"]) == (
+        2222, "linux", "/mnt/snap",
+    )
+    assert (by_ip["10.0.0.2"]["port"], by_ip["10.0.0.2"]["os"]) == (2200, "windows")
+
+
+async def test_a_bad_port_os_or_root_is_named_by_its_row_and_column(alice: User) -> None:
+    body = machine_rows(
+        "10.0.0.1,u,p,,0,,,,,,",
+        "10.0.0.2,u,p,,22x,,,,,,",
+        "10.0.0.3,u,p,,,macos,,,,,",
+        "10.0.0.4,u,p,,,,mnt/snap,,,,",
+        "10.0.0.5,u,p,,65535,linux,/,,,,",
+    )
+    answer = await upload(alice, body, 400)
+    assert [(row["row"], row["field"]) for row in answer["rows"]] == [(2, "port"), (3, "port"), (4, "os"), (5, "root")]
+    assert (await alice.call("GET", f"{API}/work_loads/", 200))["count"] == 0
+
+
+HOSTILE_NAMES = ["/data;old", "k=v", 'say "hi"', '"', "a;b=c", " padded ", "/srv/\u00e9t\u00e9"]
+
+
+async def test_volume_names_with_separators_and_quotes_round_trip(alice: User) -> None:
+    """A name holding `;`, `=` or `"` is exported in double quotes (`""` for a
+    quote) and imports back to exactly what was stored."""
+    credentials = (await alice.credentials())["id"]
+    system = (await alice.mount_point("/", 1))["id"]
+    others = [(await alice.mount_point(name, 10 + i))["id"] for i, name in enumerate(HOSTILE_NAMES)]
+    workload = await alice.workload("10.0.0.1", credentials, [system, *others])
+    target = await alice.target(credentials)
+    await alice.migration(workload["id"], target["id"], [system, others[0], others[2]])
+    stored = await everything(alice)
+
+    exported = await export(alice)
+    header, cells = list(csv.reader(io.StringIO(exported)))[:2]
+    row = dict(zip(header, cells))
+    assert row["volumes"].startswith('/=1;"/data;old"=10;"k=v"=11;"say ""hi"""=12;""""=13;')
+    assert row["select"] == '/;"/data;old";"say ""hi"""'
+    filled = exported.replace(",administrator,,", ",administrator,pw-SECRET-administrator,", 1)
+    for again in (exported, filled):
+        assert await upload(alice, again.encode(), 200) == {"created": 0, "updated": 0, "unchanged": 1}
+    assert await everything(alice) == stored
+    assert await export(alice) == exported
+
+
+def csv_line(*cells: str) -> str:
+    """One CSV row holding these cells as they are (quotes and all)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(cells)
+    return out.getvalue()
+
+
+async def test_a_quoted_name_is_read_as_written_and_a_broken_one_is_named(alice: User) -> None:
+    volumes = '"a;b"=1;"say ""x"""=2KB; "c=d" =3'
+    body = rows(csv_line("10.0.0.1", "u", "p", "", volumes, "aws", "c", "s", "", '"a;b";c=d', ""))
+    assert await upload(alice, body, 200) == {"created": 1, "updated": 0, "unchanged": 0}
+    names = {m["name"]: m["size"] for m in (await alice.call("GET", f"{API}/mount_points/", 200))["results"]}
+    assert names == {"a;b": 1, 'say "x"': 2000, "c=d": 3}
+    for volumes, select in [('"open=1', ""), ('"a"1', ""), ('"a"=x', ""), ("a=1", '"a" b'), ("a=1", '"a')]:
+        line = csv_line("10.0.0.2", "u", "p", "", volumes, "aws", "c", "s", "", select, "")
+        answer = await upload(alice, rows(line), 400)
+        assert [(r["row"], r["field"]) for r in answer["rows"]] == [(2, "select" if select else "volumes")], volumes
 
 
 # --- imports at once ---------------------------------------------------------------------

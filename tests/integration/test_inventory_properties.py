@@ -31,6 +31,12 @@ cell_text = st.text(
 required_text = cell_text.filter(bool)
 # Names are trimmed on import and `;` separates them, so names hold neither.
 name = cell_text.map(lambda s: s.replace(";", "").strip()).filter(bool)
+# Volume names are quoted where they must be, so they hold anything: `;`,
+# `=`, quotes, blank space at the ends.
+volume_name = required_text | st.sampled_from(['a;b', 'k=v', 'say "hi"', '"', '";"', ';', '=', ' padded ', '""x'])
+ports = st.none() | st.integers(1, 65535)
+systems = st.none() | st.sampled_from(["windows", "linux"])
+roots = st.none() | st.sampled_from(["/", "/mnt/snap", "//srv/./a b/", "/x;y", '/"q"'])
 
 
 @st.composite
@@ -40,7 +46,7 @@ def inventories(draw: st.DrawFn, min_size: int = 0) -> list[InventoryRow]:
     waves = draw(st.lists(name, min_size=1, max_size=3, unique=True))
     rows = []
     for number, ip in enumerate(ips, start=2):
-        volume_names = draw(st.lists(name, max_size=4, unique_by=core.volume_key))
+        volume_names = draw(st.lists(volume_name, max_size=4, unique_by=core.volume_key))
         volumes = tuple((n, draw(st.integers(0, 2**63 - 1))) for n in volume_names)
         plan = None
         if volume_names and draw(st.booleans()):
@@ -62,6 +68,9 @@ def inventories(draw: st.DrawFn, min_size: int = 0) -> list[InventoryRow]:
                 domain=draw(cell_text),
                 volumes=volumes,
                 plan=plan,
+                port=draw(ports),
+                os=draw(systems),
+                root=draw(roots),
             )
         )
     return rows
