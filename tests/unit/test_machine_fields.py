@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import migration_core as core
 
 from ..ssh_keys import keygen
-from .support import build_inventory, field_errors, owned_storage
+from .support import FakeClock, build_inventory, field_errors, owned_storage
 
 PINNED = "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8"
 
@@ -214,3 +214,28 @@ def test_a_workload_that_is_a_targets_host_cannot_be_deleted() -> None:
     core.delete_workload(storage, owner, host)
     with pytest.raises(core.NotFound):
         core.get_workload(storage, owner, host)
+
+
+# --- the inventory ----------------------------------------------------------------
+
+
+def test_an_import_keeps_a_logins_private_key_even_when_it_copies_the_login() -> None:
+    """A row's login shared with something else is copied, not changed in
+    place: the copy keeps the key, which the file does not carry."""
+    key = keygen("ed25519", "-t", "ed25519")
+    storage = owned_storage()
+    login = core.create_credentials(storage, 1, username="deploy", private_key=key)
+    workload = core.create_workload(storage, 1, ip="10.0.0.1", credentials_id=login.id, os="linux", root="/srv")
+    core.create_migration_target(storage, 1, cloud_type="aws", cloud_credentials_id=login.id)
+    rows = core.export_inventory(storage, 1)
+    assert (rows[0].password, rows[0].port, rows[0].os, rows[0].root) == ("", 22, "linux", "/srv")
+    unchanged = core.import_inventory(storage, FakeClock(), 1, rows)
+    assert (unchanged.created, unchanged.updated, unchanged.unchanged) == (0, 0, 1)
+
+    report = core.import_inventory(storage, FakeClock(), 1, [attrs.evolve(rows[0], domain="CORP")])
+    assert (report.created, report.updated, report.unchanged) == (0, 1, 0)
+    moved = core.get_workload(storage, 1, workload.id)
+    assert moved.credentials_id != login.id
+    copied = core.get_credentials(storage, 1, moved.credentials_id)
+    assert (copied.username, copied.domain, copied.private_key, copied.password) == ("deploy", "CORP", key, "")
+    assert core.get_credentials(storage, 1, login.id) == login
