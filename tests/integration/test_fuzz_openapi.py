@@ -65,9 +65,14 @@ EXPLAINED_ABSENCES: dict[int, str] = {
 _HELD_ELSEWHERE = "a mount point another workload holds: test_http_resources.py and test_isolation.py"
 STREAM = "/api/v1/events/stream/"
 _NEVER_ENDS = "the stream never ends, so it is not fuzzed with a token: test_http_events.py reads it"
+# The fuzzer's workloads are at addresses outside the allowed networks (409,
+# nothing sent); a machine that answers is test_http_machines.py's real sshd.
+_REACHABLE_MACHINE = "needs a machine inside the allowed networks: test_http_machines.py"
 EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     ("PUT", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
     ("PATCH", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
+    ("POST", "/api/v1/work_loads/{id}/check/", 200): _REACHABLE_MACHINE,
+    ("POST", "/api/v1/work_loads/{id}/discover/", 200): _REACHABLE_MACHINE,
     ("POST", "/api/v1/inventory/import/", 200): "generated text is seldom an inventory: test_http_fleets.py"
     " and test_inventory_properties.py import valid ones",
     ("GET", STREAM, 200): _NEVER_ENDS,
