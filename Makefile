@@ -12,10 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each with its own
+# PostgreSQL server, browser and services; the tests of one xdist_group mark
+# run in one of them. The 15 slowest are listed at the end.
+TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # Serve the API on http://127.0.0.1:8080, data in ./data/ (see "Configuration" in README.md).
 run: $(STAMP)

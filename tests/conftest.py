@@ -16,8 +16,28 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-# A real PostgreSQL server (see tests/postgres_server.py): one per test session,
-# a fresh empty database per test.
+# A real PostgreSQL server (see tests/postgres_server.py): one per test session
+# (with pytest-xdist, one per worker), a fresh empty database per test.
+
+# Databases whose test (or module) is over, dropped once all of that test's
+# fixtures have ended: a fixture set up before the database (an app holding a
+# pool of connections to it, a service process) ends after it, and must not
+# find its database gone (a pool would wait out its timeout reconnecting).
+_finished_databases: list[tuple[PostgresServer, str]] = []
+
+
+def _drop_finished_databases() -> None:
+    while _finished_databases:
+        server, name = _finished_databases.pop()
+        server.drop_database(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        _drop_finished_databases()
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +56,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         yield server
     finally:
-        server.stop()
+        try:
+            _drop_finished_databases()  # the last test's, on a server that stays (a URL given)
+        finally:
+            server.stop()
 
 
 def _database_url(server: PostgresServer) -> Iterator[str]:
@@ -44,12 +67,12 @@ def _database_url(server: PostgresServer) -> Iterator[str]:
     try:
         yield server.url(name)
     finally:
-        server.drop_database(name)
+        _finished_databases.append((server, name))
 
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A new empty database for this test alone, dropped afterwards."""
+    """A new empty database for this test alone, dropped after it."""
     yield from _database_url(postgres_server)
 
 

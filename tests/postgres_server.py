@@ -26,7 +26,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -39,6 +38,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
+
+from .ports import reserved_port
 
 BIN_ENV = "MIGRATION_TEST_POSTGRES_BIN"
 URL_ENV = "MIGRATION_TEST_POSTGRES_URL"
@@ -148,12 +149,6 @@ def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complet
         group=NOBODY if root else None,
         extra_groups=[] if root else None,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _kill_if_still_ours(pid: int, tmp: Path) -> None:
@@ -288,16 +283,17 @@ class PostgresServer:
             conf.write(SETTINGS + f"unix_socket_directories = '{socket_dir}'\n")
 
     def _start_on_a_free_port(self, bin_dir: Path, tmp: Path) -> None:
-        # Another process may take the port between our probe and the bind.
+        # The port stays reserved until the server listens; a bind that fails
+        # all the same (a port taken otherwise) is tried again on another one.
         log = tmp / "server.log"
         for _ in range(5):
-            self.port = _free_port()
             log.unlink(missing_ok=True)
-            started = _run(
-                [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
-                 "-o", f"-p {self.port}", "-w", "-t", "60", "start"],
-                cwd=tmp,
-            )
+            with reserved_port() as self.port:
+                started = _run(
+                    [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
+                     "-o", f"-p {self.port}", "-w", "-t", "60", "start"],
+                    cwd=tmp,
+                )
             if started.returncode == 0:
                 return
             text = log.read_text() if log.exists() else ""

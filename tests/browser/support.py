@@ -120,6 +120,14 @@ class Console:
             self.page.wait_for_timeout(50)
         raise AssertionError(f"the screen of {what} did not load: {state}")
 
+    def wait_until(self, check: Callable[[], bool], what: str, patience: float = 10) -> None:
+        """Let the page run (its timers, its requests, the routes' handlers here)
+        until `check` holds; a bound, never an expectation."""
+        deadline = time.monotonic() + patience
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            self.page.wait_for_timeout(50)
+
     def heading(self, name: str | re.Pattern[str]) -> None:
         expect(self.page.get_by_role("heading", level=1)).to_have_text(name)
 

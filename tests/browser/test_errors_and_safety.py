@@ -167,7 +167,10 @@ def test_an_access_token_expiring_mid_form_loses_nothing(slow_console: Console, 
     first_token = slow_console.page.evaluate("sessionStorage.getItem('console.access')")
     form = slow_console.new("Mount points", "mount point")
     slow_console.fill(form, {"Name": "E:\\", "Size": "2 GiB"})
-    slow_console.page.wait_for_timeout(2500)
+    slow_console.wait_until(
+        lambda: slow_service.api.call("GET", "/api/v1/credentials/", token=first_token)[0] == 401,
+        "the service to refuse the first access token",
+    )
     form.get_by_role("button", name="Create").click()
     expect(slow_console.status).to_contain_text("Created mount point")
     slow_console.heading("Mount points")  # still here, not sent to sign in

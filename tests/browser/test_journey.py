@@ -96,6 +96,7 @@ def test_a_running_migration_can_be_cancelled_then_retried(slow_console: Console
     slow_console.page.get_by_role("button", name="Cancel").click()
     expect(slow_console.main.locator(".state")).to_have_text("error")
     expect(slow_console.main).to_contain_text("cancelled")
+    token = slow_service.api.token(username)  # access tokens live 2 seconds on this service
     assert (
         slow_service.api.call("GET", f"/api/v1/migrations/{migration}/state/", token=token)[1]["error"] == "cancelled"
     )

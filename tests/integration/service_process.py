@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..ports import reserved_port
+
 PATIENCE = 30.0  # seconds: a bound on every wait, never an expectation
+STARTS = 5  # attempts at a start whose port someone else took all the same
 SECRET_KEY = "multi-instance-tests-secret-key-0123456789"
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], T | None], patience: float = PATIENCE) -> T:
@@ -71,8 +67,18 @@ class ServiceProcess:
 
     def start(self, *args: str) -> ServiceProcess:
         assert self.process is None or self.process.poll() is not None
-        self.port = free_port()
-        self.starts += 1
+        for _ in range(STARTS):
+            with reserved_port() as port:
+                self.port = port
+                self.starts += 1
+                self._spawn(args)
+                if wait_for(f"{self.name} to answer /health:\n{self.log()}", self._healthy_or_ended) == "healthy":
+                    return self
+            if "the port is already in use" not in self.log():
+                break
+        raise AssertionError(f"{self.name} ended early:\n{self.log()}")
+
+    def _spawn(self, args: Sequence[str]) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
         if self.secret_key is not None:
             environ["MIGRATION_SECRET_KEY"] = self.secret_key
@@ -86,16 +92,15 @@ class ServiceProcess:
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
-        wait_for(f"{self.name} to answer /health:\n{self.log()}", self._healthy)
-        return self
 
-    def _healthy(self) -> bool:
+    def _healthy_or_ended(self) -> str | None:
         assert self.process is not None
-        assert self.process.poll() is None, f"{self.name} ended early:\n{self.log()}"
+        if self.process.poll() is not None:
+            return "ended"
         try:
-            return self.call("GET", "/health")[0] == 200
+            return "healthy" if self.call("GET", "/health")[0] == 200 else None
         except OSError:
-            return False
+            return None
 
     def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
         """Send `how` and wait for the process to end; its exit code."""

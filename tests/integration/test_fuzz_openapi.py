@@ -42,6 +42,10 @@ from entrypoints.http.schema_file import served_document
 
 from .http_client import PASSWORD, make_services
 
+# One process runs the whole module (make test's --dist loadgroup): the last
+# test reads what the fuzz tests before it saw.
+pytestmark = pytest.mark.xdist_group("fuzz_openapi")
+
 OPENAPI_PATH = "/api/v1/openapi.json"
 EXAMPLES_PER_OPERATION = 25
 CHECKS = [

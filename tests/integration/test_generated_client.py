@@ -30,6 +30,10 @@ import yaml
 
 from .http_client import PASSWORD, make_app
 
+# One process runs the whole module (make test's --dist loadgroup), so the
+# client is generated once.
+pytestmark = pytest.mark.xdist_group("generated_client")
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = (ROOT / "examples" / "inventory.csv").read_bytes()
 PACKAGE = "generated_migration_client"

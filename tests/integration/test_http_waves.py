@@ -21,12 +21,15 @@ from .storages import ALL_STORAGES, storage_url
 from .test_http_runs import SLOW, make_services
 
 API = "/api/v1"
+# The runs the fleets below start through the core carry no instance, and a
+# runner marks such runs interrupted once a lease period: longer than a test.
+LEASE = 3600.0
 
 
 @pytest.fixture
 def make_client(aiohttp_client: Any) -> Callable[..., Awaitable[tuple[TestClient[Any, Any], Any]]]:
     async def make(run_seconds: float, storage: str = "memory://") -> tuple[TestClient[Any, Any], Any]:
-        services = make_services(run_seconds, storage)
+        services = make_services(run_seconds, storage, lease_seconds=LEASE)
         return await aiohttp_client(create_app(services)), services
 
     return make

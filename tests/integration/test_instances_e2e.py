@@ -20,6 +20,9 @@ import pytest
 from .service_process import PATIENCE, ServiceProcess, plan_migration, sign_up, wait_for
 
 LEASE = 1.0  # seconds: short, so that a lapse is seen quickly
+# Seconds of A's run: it must outlast B's stop, restart and kill and two lease
+# periods after them, however loaded the machine.
+LONG_RUN = "15"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,15 +50,15 @@ def test_a_run_on_a_succeeds_while_b_stops_restarts_and_is_killed(
     pair: tuple[ServiceProcess, ServiceProcess],
 ) -> None:
     a, b = pair
-    a.start("--run-seconds", "6")
-    b.start("--run-seconds", "6")
+    a.start("--run-seconds", LONG_RUN)
+    b.start("--run-seconds", LONG_RUN)
     token = sign_up(a, "alice")
     migration = plan_migration(a, token, "10.0.0.1")
     a.ok("POST", f"/api/v1/migrations/{migration}/run/", token=token, status=202)
 
     assert b.stop(signal.SIGTERM) == 0, b.log()
     assert state(a, token, migration)["state"] == "running"
-    b.start("--run-seconds", "6")
+    b.start("--run-seconds", LONG_RUN)
     assert state(b, token, migration)["state"] == "running"
     b.stop(signal.SIGKILL)
     time.sleep(2 * LEASE)  # B's leftovers, if it had any, would be found by now

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+
+from .service_process import ServiceProcess
 
 IDLE_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
@@ -26,42 +22,18 @@ HEALTH_BOUND = 5.0
 SILENT_CONNECTIONS = 200
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "entrypoints", "serve",
-        "--storage", "memory://", "--port", str(port), "--secret-key", "s" * 32,
-        "--idle-timeout", str(IDLE_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
-    ]
-    service = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    service = ServiceProcess(
+        "memory://", tmp_path_factory.mktemp("slow-clients"), "service",
+        "--idle-timeout", str(IDLE_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT), secret_key="s" * 32,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if service.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the service did not start: {service.stderr.read()!r}") from None  # type: ignore[union-attr]
-                time.sleep(0.1)
-        yield url
+        service.start()
+        yield service.url
+        service.stop()
     finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
+        service.kill()
 
 
 @pytest.fixture
