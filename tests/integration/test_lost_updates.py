@@ -319,7 +319,7 @@ def test_two_changes_waiting_for_each_other_on_postgresql_end_in_one_refusal_tha
             try:
                 with storage.unit_of_work() as uow:
                     own = uow.credentials.get(owner, logins[mine].id)
-                    uow.credentials.update(core.Credentials(owner, f"renamed{mine}", "pw", "", own.id))
+                    uow.credentials.update(core.Credentials(owner, f"renamed{mine}", "pw", "", id=own.id))
                     both_renamed.wait()
                     uow.credentials.get(owner, logins[1 - mine].id)
                     uow.commit()
