@@ -296,6 +296,9 @@ def _socket_failure(where: str, error: OSError) -> str:
         return f"Connection refused at {where}: nothing listens there."
     if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
         return f"No route to {where}."
+    if error.errno in (errno.ECONNRESET, errno.EPIPE):
+        # Closed on the service before the SSH greeting was done.
+        return f"{where} did not answer as an SSH server (it closed the connection)."
     return f"Could not reach {where}: {error.strerror or error}."
 
 

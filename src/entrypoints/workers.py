@@ -47,6 +47,8 @@ def worker_environment(settings: Settings, environ: Mapping[str, str], index: in
 def _as_text(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, tuple):  # the allowed networks
+        return ",".join(map(str, value))
     return str(value)
 
 
