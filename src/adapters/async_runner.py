@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 
@@ -48,6 +48,7 @@ from migration_core import (
     Clock,
     CopyFailed,
     CopyHandle,
+    CopyJob,
     CopyProgress,
     DomainError,
     Elapsed,
@@ -216,33 +217,32 @@ class AsyncRunner:
             self._launch_real(migration, job)
             return
         run = _Run(RunRef.of(migration), self._monotonic())
-        with self._carry_lock, self._table_lock:
-            if not self._accepting or self._loop is None:
-                raise RuntimeError("the migration runner is not running")
-            previous = self._runs.get(migration.id)
-            if previous is not None:
-                previous.stopped = True
-            self._runs[migration.id] = run
-            self._plan(run, run.started)
-            loop = self._loop
+        loop = self._take(run, simulated=True)
         if self._duration < self._tick:
             # Due before the next regular tick: let the ticker plan its sleep again.
             # A loop closed meanwhile was stopped, and stop() interrupted this run.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake_ticker)
 
-    def _launch_real(self, migration: Migration, job: Any) -> None:
-        if self._machines is None:
-            raise RuntimeError("this runner reaches no real machines")
-        run = _Run(RunRef.of(migration), self._monotonic())
+    def _take(self, run: _Run, *, simulated: bool) -> asyncio.AbstractEventLoop:
+        """Carry `run` from now on (a previous run of its migration stops); the
+        runner's loop. A simulated run is planned on the ticker's schedule."""
         with self._carry_lock, self._table_lock:
             if not self._accepting or self._loop is None:
                 raise RuntimeError("the migration runner is not running")
-            previous = self._runs.get(migration.id)
+            previous = self._runs.get(run.ref.migration_id)
             if previous is not None:
                 previous.stopped = True
-            self._runs[migration.id] = run
-            loop = self._loop
+            self._runs[run.ref.migration_id] = run
+            if simulated:
+                self._plan(run, run.started)
+            return self._loop
+
+    def _launch_real(self, migration: Migration, job: CopyJob) -> None:
+        if self._machines is None:
+            raise RuntimeError("this runner reaches no real machines")
+        run = _Run(RunRef.of(migration), self._monotonic())
+        loop = self._take(run, simulated=False)
         run.copy = self._machines.start_copy(job, lambda progress: self._on_report(run, progress))
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._carry_real(run)))
 

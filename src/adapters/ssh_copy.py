@@ -264,7 +264,7 @@ class SshCopy:
                     )
                 if sent.exit_status != 0:
                     raise CopyFailed(
-                        _why(_bytes(sent.stderr), origin, f"tar on the source failed reading {origin}")
+                        _why(_bytes(sent.stderr), origin, "tar on the source failed reading " + origin)
                         + " (on the source)"
                     )
             finally:

@@ -64,8 +64,14 @@ def _serving(folder: Path, *flags: str) -> Iterator[Service]:
 
 @pytest.fixture(scope="package")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """Runs take 2 seconds: long enough to see a bar move, short enough to wait for."""
-    yield from _serving(tmp_path_factory.mktemp("service"), "--run-seconds", "2")
+    """Runs take 2 seconds: long enough to see a bar move, short enough to wait for.
+    It reaches only the two machines of the sshd fixture (127.0.0.1 and .2):
+    any other address is outside its allowed networks."""
+    yield from _serving(
+        tmp_path_factory.mktemp("service"),
+        "--run-seconds", "2",
+        "--allowed-networks", "127.0.0.1/32,127.0.0.2/32",
+    )
 
 
 @pytest.fixture(scope="package")

@@ -14,7 +14,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from ..sshd_fixtures import Machine
+from ..sshd_fixtures import Machine, Witness
 from .conftest import Service
 from .support import Console, unique
 
@@ -140,13 +140,18 @@ def test_a_key_login_checks_the_machine_and_clearing_its_pinned_key_asks_first(
     console.shoot("workload-checked")
 
 
-def test_a_machine_outside_the_allowed_networks_is_refused_in_plain_words(console: Console, service: Service) -> None:
+def test_a_machine_outside_the_allowed_networks_is_refused_in_plain_words(
+    console: Console, service: Service, witness_listener: Callable[[str], Witness]
+) -> None:
+    witness = witness_listener("127.0.0.9")  # outside the service's allowed networks
     username = unique("prober")
     token = service.api.user(username)
     login = service.api.create(token, "credentials", {"username": "root", "password": "pw"})
-    workload = service.api.create(token, "work_loads", {"ip": "10.41.0.1", "credentials": login["id"]})["id"]
+    workload = service.api.create(
+        token, "work_loads", {"ip": "127.0.0.9", "port": witness.port, "credentials": login["id"]}
+    )["id"]
     console.sign_in(username, place=f"/workloads/{workload}")
-    console.heading("Workload 10.41.0.1")
+    console.heading("Workload 127.0.0.9")
     console.page.get_by_role("button", name="Check", exact=True).click()
     alert = console.main.get_by_role("alert").filter(has_text="The check was not run.")
     expect(alert).to_contain_text("MIGRATION_ALLOWED_NETWORKS")
@@ -155,6 +160,7 @@ def test_a_machine_outside_the_allowed_networks_is_refused_in_plain_words(consol
         "MIGRATION_ALLOWED_NETWORKS"
     )
     assert _get(service, token, f"/api/v1/work_loads/{workload}/")["host_key"] is None
+    assert witness.attempts() == []
 
 
 def test_discovery_shows_its_dry_run_and_writes_only_once_confirmed(
@@ -198,13 +204,13 @@ def test_the_target_form_picks_a_host_and_a_root(console: Console, service: Serv
     username = unique("hoster")
     token = service.api.user(username)
     login = service.api.create(token, "credentials", {"username": "root", "password": "pw"})
-    host = service.api.create(token, "work_loads", {"ip": "10.42.0.1", "credentials": login["id"], "os": "linux"})
+    host = service.api.create(token, "work_loads", {"ip": "127.0.0.42", "credentials": login["id"], "os": "linux"})
     console.sign_in(username, place="/")
 
     form = console.new("Targets", "target")
     root = form.get_by_label("Root on the host", exact=True)
     expect(root).to_be_disabled()  # no host: a simulated copy, no root to give
-    console.fill(form, selects={"Cloud": "aws", "Cloud login": "root", "Host": "10.42.0.1"})
+    console.fill(form, selects={"Cloud": "aws", "Cloud login": "root", "Host": "127.0.0.42"})
     expect(root).to_be_enabled()
     form.get_by_role("button", name="Create").click()
     console.field_says(form, "Root on the host", re.compile("Required with a host"))
@@ -217,7 +223,7 @@ def test_the_target_form_picks_a_host_and_a_root(console: Console, service: Serv
     target = _get(service, token, f"/api/v1/migration_targets/{found[1]}/")
     assert (target["host"], target["root"]) == (host["id"], "/srv/restore")
     row = console.main.get_by_role("row").filter(has_text="aws")
-    expect(row.get_by_role("cell").filter(has_text="10.42.0.1")).to_have_text("10.42.0.1 under /srv/restore")
+    expect(row.get_by_role("cell").filter(has_text="127.0.0.42")).to_have_text("127.0.0.42 under /srv/restore")
 
     # Edited back to no host: its root goes with it.
     console.open(f"/targets?edit={found[1]}")
