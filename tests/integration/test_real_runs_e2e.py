@@ -224,3 +224,20 @@ def test_a_windows_source_is_refused_before_it_starts(
 
     assert status == 409 and "Only Linux machines are copied for real" in answer["detail"]
     assert plan.state()["state"] == "not_started"
+
+
+def test_a_wave_runs_a_real_migration_as_a_single_run_would(
+    service: ServiceProcess, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "file").write_text("in a wave")
+    plan = RealPlan(service, source, host, ["/"])
+    wave = plan.ok("POST", "/api/v1/waves/", {"name": "first", "migrations": [plan.migration]}, 201)["id"]
+
+    started = plan.ok("POST", f"/api/v1/waves/{wave}/run/", status=202)
+    done = plan.until(lambda s: s["finished"])
+
+    assert started == {"started": [plan.migration], "refused": []}
+    assert done["state"] == "success", done
+    assert (plan.landing / "file").read_text() == "in a wave"
+    assert plan.ok("GET", f"/api/v1/waves/{wave}/state/")["counts"]["success"] == 1
