@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 # The suite in TEST_WORKERS processes (pytest-xdist), each with its own
 # PostgreSQL server, browser and services; the tests of one xdist_group mark
 # run in one of them. The 15 slowest are listed at the end.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src

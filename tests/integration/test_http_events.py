@@ -362,8 +362,10 @@ async def test_reconnecting_with_last_event_id_delivers_exactly_the_missed_event
 
 async def test_a_progress_message_id_resumes_without_losing_or_repeating(make_client: MakeClient) -> None:
     user = await User(await make_client(3.0), "alice").sign_up()
-    migration = (await user.plan())["migration"]
+    # Open before the plan, so that the stream surely has the migration's whole
+    # history (a stream opened after it may start after its first events).
     first = await open_stream(user)
+    migration = (await user.plan())["migration"]
     await user.call("POST", path(migration, "run"), 202)
     messages = await first.events_until(lambda m: m.get("event") == "progress" and m["data"]["progress"] > 0)
     resume_at = messages[-1]["id"]
