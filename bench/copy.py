@@ -61,7 +61,7 @@ from typing import Any
 import loadgen
 from adapters.remote_shell import remote_command, remote_script
 from adapters.ssh_copy import _HASHES, _SIZES  # the copier's own manifest commands
-from run import Api, cpu_seconds, free_port, wait_until_up  # also puts the repository on sys.path
+from run import Api, cpu_seconds, free_port, stop_process, wait_until_up  # also puts the repository on sys.path
 
 MiB = 1 << 20
 SOURCE, HOST = "127.0.0.1", "127.0.0.2"
@@ -282,12 +282,7 @@ class Service:
                 "files": copied["files"]}
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
+        stop_process(self.process, self._log)
 
 
 class Memory:

@@ -33,12 +33,24 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import loadgen
 
 HERE = Path(__file__).resolve().parent
 PASSWORD = "bench password 1"
 sys.path.insert(0, str(HERE.parent))  # the tests' PostgreSQL server
+
+
+def stop_process(process: subprocess.Popen[bytes], log: IO[bytes] | None = None) -> None:
+    """SIGTERM, a killed process after 30 s, then its log closed."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    if log is not None:
+        log.close()
 
 
 def free_port() -> int:
@@ -165,13 +177,7 @@ class Service:
         }
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        if self._log is not None:
-            self._log.close()
+        stop_process(self.process, self._log)
 
 
 class Stage:

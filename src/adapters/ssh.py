@@ -166,10 +166,6 @@ class SshMachines:
 
     # -- connections (on the driver's loop) -------------------------------
 
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run `coroutine` on the driver's loop and wait for it (from another thread)."""
-        return self._io.run(coroutine)
-
     def ensure_allowed(self, ip: str) -> None:
         """Conflict, before any packet, for an address outside the allowed networks."""
         address = ipaddress.ip_address(ip)

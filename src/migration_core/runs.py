@@ -268,8 +268,8 @@ def _copied_for_real(migration: Migration, report: CopyProgress, now: datetime) 
     mark, snapshot, started_at = migration.copied, migration.snapshot, migration.started_at
     if mark is None or snapshot is None or started_at is None:
         return None
-    if (report.volumes, report.partial) <= (mark.volumes, mark.partial) and report.volumes == mark.volumes:
-        return None
+    if report.volumes == mark.volumes and report.partial <= mark.partial:
+        return None  # nothing new passed
     storage = list(snapshot.storage)
     for done in report.done:
         if mark.volumes <= done.index < report.volumes:

@@ -102,22 +102,29 @@ export const workload = {
 
     const discoverButton = h("button", {type: "button", onclick: () => busy(discoverButton, dryRun)}, "Discover volumes");
 
-    async function dryRun() {
-      fill(discoverArea, h("p", {}, "Reading the machine's filesystems (a dry run: nothing is written)…"));
+    // One discovery call: its report, or null once a refusal or a failure is shown.
+    async function discover(query, refusedWords) {
       let report;
       try {
-        report = await call("POST", `${BASE}${id}/discover/?dry_run=true`);
+        report = await call("POST", `${BASE}${id}/discover/${query}`);
       } catch (error) {
-        fill(discoverArea);
-        const text = refusal("The discovery was not run.", error);
+        if (query) fill(discoverArea);
+        const text = refusal(refusedWords, error);
         if (text !== null) fill(problem, h("p", {}, text));
-        return;
+        return null;
       }
-      if (!ctx.alive) return;
+      if (!ctx.alive) return null;
       if (!report.ok) {
         fill(discoverArea, h("p", {class: "error-text"}, `Discovery failed: ${report.message}`));
-        return;
+        return null;
       }
+      return report;
+    }
+
+    async function dryRun() {
+      fill(discoverArea, h("p", {}, "Reading the machine's filesystems (a dry run: nothing is written)…"));
+      const report = await discover("?dry_run=true", "The discovery was not run.");
+      if (report === null) return;
       const changes = report.added.length + report.updated.length;
       if (!changes) {
         fill(discoverArea, h("section", {class: "panel", "aria-label": "Discovery"},
@@ -136,19 +143,8 @@ export const workload = {
     }
 
     async function write() {
-      let report;
-      try {
-        report = await call("POST", `${BASE}${id}/discover/`);
-      } catch (error) {
-        const text = refusal("The discovery was not written.", error);
-        if (text !== null) fill(problem, h("p", {}, text));
-        return;
-      }
-      if (!ctx.alive) return;
-      if (!report.ok) {
-        fill(discoverArea, h("p", {class: "error-text"}, `Discovery failed: ${report.message}`));
-        return;
-      }
+      const report = await discover("", "The discovery was not written.");
+      if (report === null) return;
       fill(discoverArea, h("section", {class: "panel", "aria-label": "Discovery"},
         h("h2", {}, "Discovery: written"),
         h("p", {class: "ok"}, `Discovery written: ${report.added.length} added, ${report.updated.length} updated.`),
