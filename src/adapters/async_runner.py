@@ -1,31 +1,34 @@
-"""The asyncio runner: carries out the simulated copies of many migrations in
-one event loop without per-migration tasks, as one service instance among
-those sharing the storage (`adapters.instances`).
+"""The asyncio runner: carries out the copies of many migrations in one event
+loop without per-migration tasks, as one service instance among those sharing
+the storage (`adapters.instances`). The bytes are the copier's (simulated or
+real, `carrying.CopyRouter`); the runner records what its copies report.
 
-One ticker task wakes when a run has something to report: each run reports
-its elapsed time (monotonic) at each hundredth of its copy (a tick at least)
-and at its end, so a tick costs what the runs due cost, not what every run
-costs (10,000 may be running). The reports go to the core in one
-`advance_runs` transaction, which records what changed; runs whose duration
-has elapsed are completed in the same job. Storage is synchronous, so every storage call runs
-in the runner's own one-thread executor: the event loop never waits on it, the
-ticker's writes are serialised, and HTTP requests using the loop's default
-executor never queue behind the ticker (nor the ticker behind them).
+One ticker task wakes when a copy has news: a real copy says so (`changed`),
+a simulated one is asked at the moments it names (`next_due`: a hundredth of
+its copy, a tick at least, and its end), so a tick costs what the runs with
+news cost, not what every run costs (10,000 may be running). The reports go to
+the core in one `advance_runs` transaction; copies that ended are recorded in
+the same job, each with its last report. Storage is synchronous, so every
+storage call runs in the runner's own one-thread executor: the event loop never
+waits on it, the ticker's writes are serialised, and HTTP requests using the
+loop's default executor never queue behind the ticker (nor the ticker behind
+them).
 
 Instances: `start` registers this instance and marks interrupted the runs of
 instances that are gone (never those of a live one); the ticker renews the
 lease three times a lease period and looks for runs of gone instances once a
 lease period, so a run whose instance vanished is interrupted within two lease
-periods; `stop` marks only this instance's own runs interrupted.
+periods; `stop` stops this instance's copies and marks its runs interrupted.
 
 Threading: `launch` and `cancel` are called from worker threads (the core calls
-them after committing a start or a cancel). The table of active runs is guarded
-by `_table_lock`, held only for dictionary operations, so the loop never waits
-on a transaction. `_carry_lock` is held by the executor around each storage
-write on behalf of runs, and by `cancel`/`launch` while they mark a run
-stopped: once `cancel` returns, no write for the stopped run can still be in
-flight, so a run cancelled and started again at once is never completed (or
-advanced) by its predecessor's pending work.
+them after committing a start or a cancel), `changed` from a copier's. The
+table of active runs is guarded by `_table_lock`, held only for dictionary
+operations, so the loop never waits on a transaction. `_carry_lock` is held by
+the executor around each storage write on behalf of runs, and by
+`cancel`/`launch` while they mark a run stopped: once `cancel` returns, no
+write for the stopped run can still be in flight, so a run cancelled and
+started again at once is never completed (or advanced) by its predecessor's
+pending work.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -46,35 +48,22 @@ import attrs
 
 from migration_core import (
     Clock,
-    CopyFailed,
+    Copier,
+    CopyEnd,
     CopyHandle,
     CopyJob,
     CopyProgress,
-    DomainError,
-    Elapsed,
-    Machines,
-    Migration,
-    NotFound,
-    Report,
     RunRef,
     Storage,
-    advance_runs,
-    complete_run,
-    copy_job,
-    fail_run,
     mark_interrupted,
 )
 
+from .carrying import Carrier
 from .instances import Instance, InstanceRegistry, MemoryRegistry
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# A completion that keeps failing is retried on this many ticks, then the run
-# is failed so that it can be run again.
-COMPLETION_ATTEMPTS = 3
-
 
 @attrs.define(eq=False)
 class _Run:
@@ -82,25 +71,18 @@ class _Run:
     after a cancel is a new `_Run`, even with the same RunRef."""
 
     ref: RunRef
-    started: float  # monotonic
+    copy: CopyHandle | None = None  # set once its copier has started it
     stopped: bool = False  # set under _carry_lock
-    failed_completions: int = 0
-    # A real copy: what carries it, and its latest report not yet written.
-    copy: CopyHandle | None = None
-    report: CopyProgress | None = None
+    end_attempts: int = 0
 
 
 @attrs.frozen
 class _Outcome:
     """What one executor job learnt about the runs it wrote for."""
 
-    ended: list[_Run]  # completed, failed, or no longer running in storage
-    untried: list[_Run]  # due, but the time budget ran out before their turn
-    unrecorded: bool = False  # the progress could not be written (storage failed)
-
-    @property
-    def unfinished(self) -> bool:
-        return bool(self.untried)
+    ended: list[_Run]  # recorded as ended, or no longer running in storage
+    again: list[_Run]  # to be written again: storage refused, or the time budget ran out
+    unfinished: bool = False  # ends were left for an immediate next step
 
 
 class AsyncRunner:
@@ -111,42 +93,38 @@ class AsyncRunner:
         self,
         storage: Storage,
         clock: Clock,
-        duration: float,
+        copier: Copier,
         *,
         tick: float = 0.5,
         monotonic: Callable[[], float] = time.monotonic,
         completion_budget: float | None = None,
         registry: InstanceRegistry | None = None,
         instance: Instance | None = None,
-        machines: Machines | None = None,
     ) -> None:
-        if duration < 0:
-            raise ValueError(f"duration must be >= 0 seconds, not {duration}")
         if not 0 < tick <= 1:
             raise ValueError(f"tick must be in (0, 1] seconds, not {tick}")
         self._storage = storage
         self._clock = clock
-        self._duration = duration
-        # Carries the real copies (runs into a target with a host); without
-        # it every run is simulated.
-        self._machines = machines
-        self._real: set[_Run] = set()  # real runs with a report to write
-        self._waiters = ThreadPoolExecutor(max_workers=8, thread_name_prefix="copy-waiter")
+        self._copier = copier
+        self._carrier = Carrier(storage, clock)
+        # Cancels of real copies wait for their cleanup: off the loop and the executor.
+        self._cancels = ThreadPoolExecutor(max_workers=8, thread_name_prefix="copy-cancel")
         self._tick = tick
         self._monotonic = monotonic
-        # Completions in one job stop after this long, so progress of the other
-        # runs is still written about once a tick during a burst of completions.
+        # Ends recorded in one job stop after this long, so progress of the other
+        # runs is still written about once a tick during a burst of ends.
         self._completion_budget = tick / 2 if completion_budget is None else completion_budget
         self._registry: InstanceRegistry = registry or MemoryRegistry()
         self._instance = instance or Instance.this_process(lease_seconds=15.0)
         self._renewed_at = 0.0  # monotonic
         self._scanned_at = 0.0  # monotonic
         self._runs: dict[int, _Run] = {}
-        # When each run next has something to report, earliest first: a tick
+        # When each copy next has news unasked, earliest first: a tick
         # touches the runs that are due, not every run (10,000 may be running).
         self._due: list[tuple[float, int, _Run]] = []
         self._order = itertools.count()
-        self._retry: list[_Run] = []  # what storage refused: tried again at the next tick
+        self._news: set[_Run] = set()  # copies that said they have news
+        self._again: list[_Run] = []  # what storage refused: tried at the next tick
         self._table_lock = threading.Lock()
         self._carry_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,8 +158,8 @@ class AsyncRunner:
             self._accepting = True
 
     async def stop(self) -> int:
-        """Stop the ticker and mark every run this instance still carries as
-        interrupted, so it can be run again; how many were."""
+        """Stop the ticker and the copies, and mark every run this instance
+        still carries as interrupted, so it can be run again; how many were."""
         with self._table_lock:
             self._accepting = False
             left = list(self._runs.values())
@@ -198,96 +176,46 @@ class AsyncRunner:
         copies = [run.copy for run in left if run.copy is not None]
         if copies:
             assert self._loop is not None
-            await asyncio.gather(*(self._loop.run_in_executor(self._waiters, copy.cancel) for copy in copies))
+            await asyncio.gather(*(self._loop.run_in_executor(self._cancels, copy.cancel) for copy in copies))
         # Queued behind any job the ticker left running: the executor has one thread.
         interrupted = await self._in_executor(self._leave, left)
         self._executor.shutdown(wait=True)
         self._executor = None
         self._loop = None
-        self._waiters.shutdown(wait=False)
+        self._cancels.shutdown(wait=False)
         return interrupted
 
     # -- the Runner port (any thread) -------------------------------------
 
-    def launch(self, migration: Migration) -> None:
-        if migration.snapshot is None:
-            raise ValueError(f"migration {migration.id} was started without its snapshot")
-        job = copy_job(self._storage, migration)
-        if job is not None:
-            self._launch_real(migration, job)
-            return
-        run = _Run(RunRef.of(migration), self._monotonic())
-        loop = self._take(run, simulated=True)
-        if self._duration < self._tick:
-            # Due before the next regular tick: let the ticker plan its sleep again.
-            # A loop closed meanwhile was stopped, and stop() interrupted this run.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake_ticker)
-
-    def _take(self, run: _Run, *, simulated: bool) -> asyncio.AbstractEventLoop:
-        """Carry `run` from now on (a previous run of its migration stops); the
-        runner's loop. A simulated run is planned on the ticker's schedule."""
+    def launch(self, job: CopyJob) -> None:
+        run = _Run(RunRef.of_job(job))
         with self._carry_lock, self._table_lock:
             if not self._accepting or self._loop is None:
                 raise RuntimeError("the migration runner is not running")
-            previous = self._runs.get(run.ref.migration_id)
+            loop = self._loop
+            previous = self._runs.get(job.migration_id)
             if previous is not None:
                 previous.stopped = True
-            self._runs[run.ref.migration_id] = run
-            if simulated:
-                self._plan(run, run.started)
-            return self._loop
-
-    def _launch_real(self, migration: Migration, job: CopyJob) -> None:
-        if self._machines is None:
-            raise RuntimeError("this runner reaches no real machines")
-        run = _Run(RunRef.of(migration), self._monotonic())
-        loop = self._take(run, simulated=False)
-        run.copy = self._machines.start_copy(job, lambda progress: self._on_report(run, progress))
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._carry_real(run)))
-
-    def _on_report(self, run: _Run, progress: CopyProgress) -> None:
-        """A real copy's report (from the driver's thread), written at the next tick."""
-        with self._table_lock:
-            run.report = progress
-            self._real.add(run)
-
-    async def _carry_real(self, run: _Run) -> None:
-        """Wait for a real copy to end, then record its end (on the runner's executor)."""
-        assert self._loop is not None and run.copy is not None
-        failure: str | None = None
+            self._runs[job.migration_id] = run
         try:
-            await self._loop.run_in_executor(self._waiters, run.copy.wait)
-        except CopyFailed as failed:
-            failure = failed.message
-        except Exception as exc:  # the copy's own fault, said as it is
-            log.exception("the copy of migration %d failed", run.ref.migration_id)
-            failure = f"The copy failed: {exc}"
-        if self._executor is None:
-            return
-        try:
-            await self._in_executor(self._end_real, run, failure)
-        except Exception:
-            log.exception("could not record the end of migration %d", run.ref.migration_id)
-        self._forget([run])
-
-    def _end_real(self, run: _Run, failure: str | None) -> None:
-        with self._carry_lock:
-            if run.stopped:
-                return  # cancelled, or this instance is stopping: recorded elsewhere
+            copy = self._copier.start_copy(job, lambda: self._changed(run))
+        except BaseException:
             with self._table_lock:
-                report, run.report = run.report, None
-                self._real.discard(run)
-            try:
-                # What was verified in place is recorded first: a re-run starts after it.
-                if report is not None:
-                    advance_runs(self._storage, self._clock, {run.ref: report})
-                if failure is not None:
-                    fail_run(self._storage, self._clock, run.ref, failure)
-                else:
-                    complete_run(self._storage, self._clock, run.ref)
-            except NotFound:
-                pass
+                if self._runs.get(job.migration_id) is run:
+                    del self._runs[job.migration_id]
+            raise
+        with self._table_lock:
+            run.copy = copy
+            self._plan(run)
+        # Perhaps due before the next regular tick: let the ticker plan its sleep
+        # again. A loop closed meanwhile was stopped, and stop() interrupted this run.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake_ticker)
+
+    def _changed(self, run: _Run) -> None:
+        """A copy has news (from its copier's thread): written at the next tick."""
+        with self._table_lock:
+            self._news.add(run)
 
     def cancel(self, migration_id: int) -> None:
         with self._carry_lock, self._table_lock:
@@ -295,7 +223,7 @@ class AsyncRunner:
             if run is not None:
                 run.stopped = True
         if run is not None and run.copy is not None:
-            run.copy.cancel()  # its remote processes stop and its staging goes
+            run.copy.cancel()  # a real copy's remote processes stop and its staging goes
 
     @property
     def active(self) -> frozenset[int]:
@@ -320,7 +248,7 @@ class AsyncRunner:
                 await asyncio.sleep(self._tick)
                 continue
             if unfinished:
-                await asyncio.sleep(0)  # completions left over: go on, but let others run
+                await asyncio.sleep(0)  # ends left over: go on, but let others run
                 continue
             await self._sleep_until(next_tick)
 
@@ -345,70 +273,56 @@ class AsyncRunner:
         with self._table_lock:
             return self._due[0][0] if self._due else None
 
-    def _plan(self, run: _Run, now: float, *, retry: bool = False) -> None:
-        """When `run` next reports (under _table_lock): at the next step of its
-        progress (a hundredth of the copy, a tick at least), or at its end.
-        What storage refused is tried again at the next regular tick."""
-        if retry:
-            self._retry.append(run)
-            return
-        step = max(self._tick, self._duration / 100)
-        due = run.started + (math.floor((now - run.started) / step) + 1) * step
-        heapq.heappush(self._due, (min(due, run.started + self._duration), next(self._order), run))
+    def _plan(self, run: _Run) -> None:
+        """When `run` is next asked for news, if its copy names a moment (under _table_lock)."""
+        assert run.copy is not None
+        due = run.copy.next_due()
+        if due is not None:
+            heapq.heappush(self._due, (due, next(self._order), run))
 
     async def _step(self) -> bool:
-        """Keep the lease, write the progress of the runs that have something to
-        report and complete the due ones. True when due runs were left for an
-        immediate next step."""
+        """Keep the lease, then write what the copies with news report, and
+        their ends. True when ends were left for an immediate next step."""
         now = self._monotonic()
         if now - self._renewed_at >= self._instance.lease_seconds / 3:
             try:
                 await self._in_executor(self._keep_lease, False)
             except Exception:
                 log.exception("could not renew this instance's lease; retrying at the next tick")
-        due: list[_Run] = []
-        progress: dict[_Run, Report] = {}
         with self._table_lock:
-            for run in self._real:
-                if not run.stopped and run.report is not None:
-                    progress[run] = run.report
-            self._real.clear()
-            ready, self._retry = self._retry, []
+            ready, self._again = self._again, []
+            ready += self._news
+            self._news.clear()
             while self._due and self._due[0][0] <= now:
                 ready.append(heapq.heappop(self._due)[2])
-            for run in dict.fromkeys(ready):
-                if run.stopped or self._runs.get(run.ref.migration_id) is not run:
-                    continue
-                if run.copy is not None:
-                    if run.report is not None:
-                        progress[run] = run.report  # refused before: written again
-                    continue
-                if now - run.started >= self._duration:
-                    due.append(run)
-                else:
-                    progress[run] = Elapsed(now - run.started, self._duration)
-        if not due and not progress:
+            ready = [
+                run
+                for run in dict.fromkeys(ready)
+                if not run.stopped and run.copy is not None and self._runs.get(run.ref.migration_id) is run
+            ]
+        if not ready:
             return False
-        outcome = await self._in_executor(self._persist, progress, due)
+        reports: dict[_Run, CopyProgress] = {}
+        ends: list[tuple[_Run, CopyEnd]] = []
+        for run in ready:
+            assert run.copy is not None
+            end, progress = run.copy.ended(), run.copy.progress()
+            if end is not None:
+                ends.append((run, end))
+            if progress is not None and end is None:
+                reports[run] = progress
+        outcome = await self._in_executor(self._persist, reports, ends)
         self._forget(outcome.ended)
-        ended = set(outcome.ended)
+        ended, again = set(outcome.ended), set(outcome.again)
         with self._table_lock:
-            for run in progress:
-                if run in ended:
-                    continue
-                if run.copy is not None:
-                    if outcome.unrecorded:
-                        self._retry.append(run)
-                    continue
-                # Progress storage refused is written again at the next tick.
-                self._plan(run, now, retry=outcome.unrecorded)
-            for run in due:
-                if run not in ended:
-                    self._plan(run, now, retry=run not in outcome.untried)
+            self._again += [run for run in ready if run in again]
+            for run in ready:
+                if run not in ended and run not in again:
+                    self._plan(run)
         return outcome.unfinished
 
     def _forget(self, ended: Iterable[_Run]) -> None:
-        """Drop runs that ended; a real copy whose run ended elsewhere (a cancel
+        """Drop runs that ended; a copy whose run ended elsewhere (a cancel
         through another instance) is stopped."""
         stopping = []
         with self._table_lock:
@@ -420,7 +334,7 @@ class AsyncRunner:
                     del self._runs[run.ref.migration_id]
         if stopping and self._loop is not None:
             for copy in stopping:
-                self._loop.run_in_executor(self._waiters, copy.cancel)
+                self._loop.run_in_executor(self._cancels, copy.cancel)
 
     # -- storage work (in the executor) -----------------------------------
 
@@ -428,72 +342,41 @@ class AsyncRunner:
         assert self._loop is not None and self._executor is not None
         return await self._loop.run_in_executor(self._executor, call, *args)
 
-    def _persist(self, progress: dict[_Run, Report], due: Sequence[_Run]) -> _Outcome:
+    def _persist(self, reports: dict[_Run, CopyProgress], ends: Sequence[tuple[_Run, CopyEnd]]) -> _Outcome:
         ended: list[_Run] = []
-        unrecorded = False
-        if progress:
+        again: list[_Run] = []
+        if reports:
             try:
-                ended.extend(self._advance(progress))
+                ended += self._advance(reports)
             except Exception:
-                log.exception("could not record the progress of %d run(s)", len(progress))
-                unrecorded = True
+                log.exception("could not record the progress of %d run(s)", len(reports))
+                again += reports
         deadline = time.monotonic() + self._completion_budget
-        for tried, run in enumerate(due, start=1):
-            if self._complete(run):
+        for tried, (run, end) in enumerate(ends, start=1):
+            if self._end(run, end):
                 ended.append(run)
-            if tried < len(due) and time.monotonic() >= deadline:
-                return _Outcome(ended, untried=list(due[tried:]), unrecorded=unrecorded)
-        return _Outcome(ended, untried=[], unrecorded=unrecorded)
+            else:
+                again.append(run)
+            if tried < len(ends) and time.monotonic() >= deadline:
+                again += [run for run, _ in ends[tried:]]
+                return _Outcome(ended, again, unfinished=True)
+        return _Outcome(ended, again)
 
-    def _advance(self, progress: dict[_Run, Report]) -> list[_Run]:
+    def _advance(self, reports: dict[_Run, CopyProgress]) -> list[_Run]:
         """Runs that ended in storage (cancelled elsewhere, interrupted, gone)."""
         with self._carry_lock:
-            carried = {run: report for run, report in progress.items() if not run.stopped}
-            by_ref = {run.ref: report for run, report in carried.items()}
-            try:
-                still_running = advance_runs(self._storage, self._clock, by_ref)
-            except DomainError:
-                # One run's migration is gone; write the others one by one.
-                still_running = set()
-                for ref, report in by_ref.items():
-                    with contextlib.suppress(NotFound):
-                        still_running |= advance_runs(self._storage, self._clock, {ref: report})
+            carried = {run: report for run, report in reports.items() if not run.stopped}
+            still_running = self._carrier.record({run.ref: report for run, report in carried.items()})
         return [run for run in carried if run.ref not in still_running]
 
-    def _complete(self, run: _Run) -> bool:
-        """Complete one due run; True when it is over (whatever the reason)."""
+    def _end(self, run: _Run, end: CopyEnd) -> bool:
+        """Record how one copy ended; True when its run is over (whatever the reason)."""
         with self._carry_lock:
             if run.stopped:
-                return True
-            try:
-                complete_run(self._storage, self._clock, run.ref)
-                return True
-            except NotFound:
-                return True
-            except Exception as exc:
-                run.failed_completions += 1
-                if run.failed_completions < COMPLETION_ATTEMPTS:
-                    log.warning(
-                        "could not complete migration %d (attempt %d): %s",
-                        run.ref.migration_id,
-                        run.failed_completions,
-                        exc,
-                    )
-                    return False
-                log.exception("giving up completing migration %d", run.ref.migration_id)
-                try:
-                    fail_run(
-                        self._storage,
-                        self._clock,
-                        run.ref,
-                        f"The copy could not be completed: {exc}",
-                    )
-                except NotFound:
-                    pass
-                except Exception:
-                    log.exception("could not fail migration %d either", run.ref.migration_id)
-                    return False
-                return True
+                return True  # cancelled, or this instance is stopping: recorded elsewhere
+            assert run.copy is not None
+            run.end_attempts += 1
+            return self._carrier.end(run.ref, end, run.copy.progress(), run.end_attempts)
 
     def _keep_lease(self, starting: bool) -> None:
         """Register or renew this instance; once a lease period (and at start),

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from migration_core import Conflict, NotFound
+from migration_core.errors import target_busy
+
+__all__ = ["target_busy"]  # the core's sentence, said by storage too
 
 # One object of each table, as a sentence names it.
 NOUNS = {
@@ -49,10 +52,6 @@ def ip_taken(workload_id: int, ip: str) -> Conflict:
 
 def mount_point_taken(mount_point_id: int, workload_id: int) -> Conflict:
     return Conflict(f"Mount point {mount_point_id} already belongs to workload {workload_id}.")
-
-
-def target_busy(target_id: int, migration_id: int) -> Conflict:
-    return Conflict(f"Migration target {target_id} is busy with migration {migration_id}.")
 
 
 def not_in_state(migration_id: int, state: str) -> Conflict:

@@ -155,11 +155,13 @@ class SshMachines:
     def filesystems(self, address: MachineAddress) -> Discovered:
         return self._io.run(self._filesystems(address))
 
-    def start_copy(self, job: CopyJob, report: Callable[[CopyProgress], None]) -> CopyHandle:
+    def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> CopyHandle:
         from .ssh_copy import CopyInBackground, SshCopy
 
-        copy = SshCopy(job, report, self.connection, after_stream=self.after_stream)
-        return CopyInBackground(copy, self._io.loop())
+        def copy(report: Callable[[CopyProgress], None]) -> SshCopy:
+            return SshCopy(job, report, self.connection, after_stream=self.after_stream)
+
+        return CopyInBackground(job, copy, changed, self._io.loop())
 
     def close(self) -> None:
         self._io.close()

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import posixpath
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future
 
 import asyncssh
 
 from migration_core import (
+    CopyEnd,
     CopyFailed,
     CopyJob,
     CopyProgress,
@@ -30,6 +31,8 @@ from migration_core import (
 
 from .remote_shell import kill_groups, remote_command, tracked_command
 from .tar_stream import TarCounter
+
+log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 # A report at most this often (bytes in between are counted, not reported).
@@ -123,7 +126,10 @@ class SshCopy:
         *,
         after_stream: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
+        if job.host is None:
+            raise ValueError(f"migration {job.migration_id}'s target names no host to copy onto")
         self._job = job
+        self._host: MachineAddress = job.host
         self._report = report
         self._connect = connect
         # Called once a volume's stream is in staging, before it is verified.
@@ -135,9 +141,9 @@ class SshCopy:
 
     async def run(self) -> None:
         job = self._job
-        staging = staging_of(job.host.root, job.migration_id)
+        staging = staging_of(self._host.root, job.migration_id)
         try:
-            async with self._connect(job.source) as (source, _), self._connect(job.host) as (host, _):
+            async with self._connect(job.source) as (source, _), self._connect(self._host) as (host, _):
                 try:
                     await self._must(host, ("rm", "-rf", "--", staging), "host", "")
                     for index in range(job.first, len(job.volumes)):
@@ -194,11 +200,11 @@ class SshCopy:
         volume: VolumeToCopy = job.volumes[index]
         name = _volume_path(volume.name)
         origin = place(job.source.root, name)
-        target = place(job.host.root, name)
+        target = place(self._host.root, name)
         staged = f"{staging}/{index}"
         left_out = nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")])
         self._progress(index, now=True)
-        await self._must(host, ("mkdir", "-p", "--", staged), "host", job.host.root)
+        await self._must(host, ("mkdir", "-p", "--", staged), "host", self._host.root)
         await self._stream(source, host, origin, staged, left_out, index)
         if self._after_stream is not None:
             await self._after_stream(index, staged)
@@ -259,7 +265,7 @@ class SshCopy:
                 self._running["host"].discard(receiver_pid)
                 if received.exit_status != 0:
                     raise CopyFailed(
-                        _why(_bytes(received.stderr), self._job.host.root, "tar on the host failed")
+                        _why(_bytes(received.stderr), self._host.root, "tar on the host failed")
                         + f" (writing {origin} into {staged} on the host)"
                     )
                 if sent.exit_status != 0:
@@ -281,7 +287,7 @@ class SshCopy:
             sender.close()
 
     def _vanished(self, which: str, error: object) -> str:
-        address = self._job.source if which == "source" else self._job.host
+        address = self._job.source if which == "source" else self._host
         return f"The {which} {address.ip} port {address.port} vanished mid-copy ({error})."
 
     async def _manifest(
@@ -321,28 +327,57 @@ class SshCopy:
 
 
 class CopyInBackground:
-    """A copy running on the driver's loop, as the core's CopyHandle."""
+    """A copy running on the driver's loop, as the core's CopyHandle: its
+    reports and its end are kept for the runner, which `changed` tells."""
 
     # How long a cancel waits for the copy's own cleanup (its staging removed).
     CLEANUP_SECONDS = 40.0
 
-    def __init__(self, copy: SshCopy, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, job: CopyJob, start: Callable[[Callable[[CopyProgress], None]], SshCopy],
+                 changed: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        self._migration_id = job.migration_id
+        self._changed = changed
+        self._lock = threading.Lock()
+        self._progress: CopyProgress | None = None
+        self._end: CopyEnd | None = None
         self._ended = threading.Event()
+        copy = start(self._report)
         self._future: Future[None] = asyncio.run_coroutine_threadsafe(self._carry(copy), loop)
 
+    def _report(self, progress: CopyProgress) -> None:
+        with self._lock:
+            self._progress = progress
+        self._changed()
+
     async def _carry(self, copy: SshCopy) -> None:
+        end = CopyEnd()
         try:
             await copy.run()
+        except CopyFailed as failed:
+            end = CopyEnd(failed.message)
+        except asyncio.CancelledError:
+            end = CopyEnd("cancelled")
+            raise
+        except Exception as exc:  # the copy's own fault, said as it is
+            log.exception("the copy of migration %d failed", self._migration_id)
+            end = CopyEnd(f"The copy failed: {exc}")
         finally:
+            with self._lock:
+                self._end = end
             self._ended.set()
+            self._changed()
+
+    def progress(self) -> CopyProgress | None:
+        with self._lock:
+            return self._progress
+
+    def ended(self) -> CopyEnd | None:
+        with self._lock:
+            return self._end
+
+    def next_due(self) -> None:
+        return None  # every report calls `changed`
 
     def cancel(self) -> None:
         self._future.cancel()
         self._ended.wait(self.CLEANUP_SECONDS)
-
-    def wait(self) -> None:
-        try:
-            self._future.result()
-        except (FutureCancelled, asyncio.CancelledError):
-            self._ended.wait(self.CLEANUP_SECONDS)
-            raise CopyFailed("cancelled") from None

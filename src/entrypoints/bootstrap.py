@@ -12,13 +12,15 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from adapters.carrying import CopyRouter
 from adapters.clock import SystemClock
 from adapters.instances import Instance, InstanceRegistry
 from adapters.jwt_tokens import JwtTokens
 from adapters.memory import MemoryStorage
 from adapters.passwords import ScryptHasher
+from adapters.simulated_copy import SimulatedCopy
 from adapters.ssh import SshMachines
-from migration_core import Clock, LoginThrottle, Machines, PasswordHasher, Runner, Storage, TokenIssuer
+from migration_core import Clock, Copier, LoginThrottle, Machines, PasswordHasher, Runner, Storage, TokenIssuer
 
 from .keys import load_or_create_secret_key, master_key, subkey
 from .settings import SETTINGS, BadSetting, Settings, label, redacted
@@ -98,20 +100,17 @@ class Services:
     machines: Machines = attrs.field(factory=lambda: SshMachines(()))
 
 
-RunnerFactory = Callable[[Storage, Clock, float, InstanceRegistry, Instance, Machines], ServiceRunner]
+# What builds the service's runner: from its storage, clock, copier (the
+# simulated copy and the real machines), register of instances and instance.
+RunnerFactory = Callable[[Storage, Clock, Copier, InstanceRegistry, Instance], ServiceRunner]
 
 
 def _async_runner(
-    storage: Storage,
-    clock: Clock,
-    duration: float,
-    registry: InstanceRegistry,
-    instance: Instance,
-    machines: Machines,
+    storage: Storage, clock: Clock, copier: Copier, registry: InstanceRegistry, instance: Instance
 ) -> ServiceRunner:
     from adapters.async_runner import AsyncRunner
 
-    return AsyncRunner(storage, clock, duration, registry=registry, instance=instance, machines=machines)
+    return AsyncRunner(storage, clock, copier, registry=registry, instance=instance)
 
 
 def bootstrap(
@@ -129,7 +128,8 @@ def bootstrap(
         registry = _registry(storage)
         instance = Instance.this_process(settings.lease_seconds)
         machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
-        runner = make_runner(storage, clock, settings.run_seconds, registry, instance, machines)
+        copier = CopyRouter(SimulatedCopy(settings.run_seconds), machines)
+        runner = make_runner(storage, clock, copier, registry, instance)
         tokens = JwtTokens(
             subkey(master, "tokens"),
             clock,

@@ -15,7 +15,7 @@ from .accounts import (
     user_from_token,
     user_named,
 )
-from .copying import Elapsed, Position, RunState, VolumeState, copy_progress, position_at, run_state
+from .copying import RunState, VolumeState, run_state
 from .entities import (
     CloudType,
     CopyMark,
@@ -82,6 +82,8 @@ from .inventory import (
 from .machines import (
     COPY_TOOLS,
     CheckReport,
+    Copier,
+    CopyEnd,
     CopyFailed,
     CopyHandle,
     CopyJob,
@@ -118,12 +120,10 @@ from .private_keys import check_private_key
 from .runs import (
     CANCELLED,
     INTERRUPTED,
-    Report,
     RunRef,
     advance_runs,
     cancel_run,
     complete_run,
-    copy_job,
     fail_run,
     get_run_state,
     launch_run,
@@ -147,7 +147,6 @@ from .waves import (
 )
 
 __all__ = [
-    "Report",
     "AuthenticationFailed",
     "CANCELLED",
     "COPY_TOOLS",
@@ -155,6 +154,8 @@ __all__ = [
     "Clock",
     "CloudType",
     "Conflict",
+    "Copier",
+    "CopyEnd",
     "CopyFailed",
     "CopyHandle",
     "CopyJob",
@@ -164,7 +165,6 @@ __all__ = [
     "Discovered",
     "DiscoveryReport",
     "DomainError",
-    "Elapsed",
     "Event",
     "EventKind",
     "EventRepository",
@@ -193,7 +193,6 @@ __all__ = [
     "Page",
     "PasswordHasher",
     "Plan",
-    "Position",
     "Refusal",
     "Repository",
     "RowError",
@@ -224,9 +223,7 @@ __all__ = [
     "cancel_wave",
     "check_private_key",
     "check_workload",
-    "copy_job",
     "complete_run",
-    "copy_progress",
     "count_migrations_by_state",
     "create_credentials",
     "create_migration",
@@ -263,7 +260,6 @@ __all__ = [
     "list_workloads",
     "login",
     "mark_interrupted",
-    "position_at",
     "posix_root",
     "refresh_access",
     "register_user",

@@ -1,35 +1,23 @@
-"""The byte model of a run: the selected volumes are copied one
-after another, in the source's order, at one byte rate.
+"""The byte model of a run: the selected volumes are copied one after
+another, in the source's order. A copier reports where its copy is in bytes
+(`CopyProgress`); the core records only what grows: `copied` never
+decreases, never exceeds a volume's size, and the bytes copied are the sum of
+the volumes' `copied`. Progress is `floor(100 * bytes_copied / bytes_total)`,
+below 100 until success (`percent`).
 
-A run's position is an exact fraction of its time, so the model is exact
-integer arithmetic: `copied` never decreases, never exceeds a volume's size,
-and the bytes copied are the sum of the volumes' `copied`. Progress is
-`floor(100 * bytes_copied / bytes_total)`, and 100 only at the end.
-
-Volumes of 0 bytes: when some volume has bytes, an empty one takes no time
-and is copied as soon as the copy reaches it (those before the first byte at
-the very start). When every volume is empty, each takes an equal share of the
-time, and progress counts those shares. An empty volume's `copied` is 0
-either way; whether it is done shows in the count of volumes copied (and in
-its `volume_copied` event)."""
+Volumes of 0 bytes: when every volume is empty, progress counts the volumes
+done. An empty volume's `copied` is 0 either way; whether it is done shows in
+the count of volumes copied (and in its `volume_copied` event)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from fractions import Fraction
 
 import attrs
 
-from .entities import CopyMark, Migration, MigrationState, Volume
-
-
-@attrs.frozen
-class Elapsed:
-    """What a runner reports of a run's copy: `seconds` of its `duration`
-    have passed (the simulated copy goes at one rate for `duration`)."""
-
-    seconds: float
-    duration: float
+from .entities import Migration, MigrationState, Volume
 
 
 @attrs.frozen
@@ -42,38 +30,33 @@ class Position:
     progress: int
 
 
-def _fraction(elapsed: float, duration: float) -> tuple[int, int]:
-    """elapsed / duration, exactly, as (numerator, denominator) within 0..1."""
-    if duration <= 0 or elapsed >= duration:
-        return 1, 1
-    if elapsed <= 0:
-        return 0, 1
-    a, b = elapsed.as_integer_ratio()
-    c, d = duration.as_integer_ratio()
-    return a * d, b * c
-
-
-def position_at(sizes: Sequence[int], elapsed: float, duration: float) -> Position:
-    """The position of a copy of volumes of `sizes` after `elapsed` of `duration` seconds."""
-    numerator, denominator = _fraction(elapsed, duration)
+def position_of(sizes: Sequence[int], done: Fraction) -> Position:
+    """Where a copy of volumes of `sizes` is when the fraction `done` (0..1)
+    of it has passed: of its bytes, or when every volume is empty, of its
+    volumes taken in equal shares."""
+    done = min(max(done, Fraction(0)), Fraction(1))
     total = sum(sizes)
     if total == 0:
-        # Equal shares of the time; nothing to count in bytes.
-        return Position(len(sizes) * numerator // denominator, 0, 100 * numerator // denominator)
-    done = total * numerator // denominator
+        return Position(int(len(sizes) * done), 0, int(100 * done))
+    passed = int(total * done)
     volumes, end = 0, 0
     for size in sizes:
-        if end + size > done:
+        if end + size > passed:
             break
         end += size
         volumes += 1
-    return Position(volumes, done - end, 100 * done // total)
+    return Position(volumes, passed - end, 100 * passed // total)
 
 
-def copy_progress(volumes: Sequence[Volume], elapsed: float, duration: float) -> int:
-    """Percent of the selected bytes copied after `elapsed` of `duration`
-    seconds: 100 only once the whole duration has passed."""
-    return position_at([v.size for v in volumes], elapsed, duration).progress
+def percent(sizes: Sequence[int], volumes: int, partial: int) -> int:
+    """The progress of a copy with the first `volumes` done and `partial`
+    bytes of the next: floor(100 * copied / total), the share of volumes done
+    when every size is 0; below 100, which only success reaches."""
+    total = sum(sizes)
+    if total == 0:
+        return min(99, 100 * volumes // max(1, len(sizes)))
+    done = sum(sizes[:volumes]) + (min(partial, sizes[volumes]) if volumes < len(sizes) else 0)
+    return min(99, 100 * done // total)
 
 
 def copied_bytes(sizes: Sequence[int], volumes: int, partial: int) -> list[int]:
@@ -133,7 +116,7 @@ def run_state(migration: Migration, plan: Sequence[tuple[int, Volume]] = ()) -> 
     elif snapshot is not None and mark is not None:
         volumes, partial = mark.volumes, mark.partial
     else:
-        at = position_at(sizes, migration.progress, 100)
+        at = position_of(sizes, Fraction(migration.progress, 100))
         volumes, partial = at.volumes, at.partial
     copied = copied_bytes(sizes, volumes, partial)
     running = migration.state is MigrationState.RUNNING
@@ -148,10 +131,3 @@ def run_state(migration: Migration, plan: Sequence[tuple[int, Volume]] = ()) -> 
             for (mount_point_id, volume), done in zip(pairs, copied)
         ),
     )
-
-
-def fresh_mark(mount_point_ids: Sequence[int], sizes: Sequence[int]) -> CopyMark:
-    """The mark of a run that has just started: empty volumes before the
-    first byte are already copied."""
-    at = position_at(sizes, 0.0, 1.0)
-    return CopyMark(tuple(mount_point_ids), at.volumes, at.partial)

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from .errors import InvalidInput
+from .errors import Conflict, InvalidInput
 from .private_keys import check_private_key
 
 UNSAVED = 0  # the id of an entity storage has not yet assigned one
@@ -325,6 +325,81 @@ class Migration:
     # What the current (or last) run has copied; None before any run.
     copied: CopyMark | None = None
     id: int = UNSAVED
+
+    # -- the changes of state of a run (SPEC 2.2, 2.3) ----------------------
+
+    def ensure_startable(self) -> None:
+        """Conflict for a run that is running or has succeeded."""
+        if self.state is MigrationState.RUNNING:
+            raise Conflict(f"Migration {self.id} is already running.")
+        if self.state is MigrationState.SUCCESS:
+            raise Conflict(f"Migration {self.id} has already succeeded.")
+
+    def start(
+        self, *, at: datetime, snapshot: TargetVm, mark: CopyMark, instance_id: str | None, progress: int = 0
+    ) -> Migration:
+        """Running from `at`, copying `snapshot` from where `mark` says."""
+        self.ensure_startable()
+        return attrs.evolve(
+            self,
+            state=MigrationState.RUNNING,
+            error=None,
+            started_at=at,
+            finished_at=None,
+            snapshot=snapshot,
+            instance_id=instance_id,
+            copied=mark,
+            progress=progress,
+        )
+
+    def advance(self, *, storage: tuple[Volume, ...], mark: CopyMark, progress: int) -> Migration:
+        """Copied as far as `mark` says, with the volumes' sizes as they passed;
+        progress never goes down."""
+        assert self.snapshot is not None, "a running migration has its snapshot"
+        return attrs.evolve(
+            self,
+            progress=max(self.progress, progress),
+            snapshot=attrs.evolve(self.snapshot, storage=storage),
+            copied=mark,
+        )
+
+    def succeed(self, at: datetime) -> Migration:
+        """Every volume copied: progress 100, only here."""
+        mark = self.copied
+        return attrs.evolve(
+            self,
+            state=MigrationState.SUCCESS,
+            progress=100,
+            error=None,
+            finished_at=at,
+            copied=None
+            if mark is None
+            else attrs.evolve(mark, volumes=len(mark.mount_point_ids), partial=0, eta=None),
+        )
+
+    def fail(self, at: datetime, error: str) -> Migration:
+        """Ended with `error`; what was copied stays as last recorded."""
+        mark = self.copied
+        return attrs.evolve(
+            self,
+            state=MigrationState.ERROR,
+            error=error,
+            finished_at=at,
+            copied=None if mark is None else attrs.evolve(mark, eta=None),
+        )
+
+    def replanned(self) -> Migration:
+        """A changed plan: not started, nothing of an earlier run kept."""
+        return attrs.evolve(
+            self,
+            state=MigrationState.NOT_STARTED,
+            progress=0,
+            error=None,
+            started_at=None,
+            finished_at=None,
+            snapshot=None,
+            copied=None,
+        )
 
 
 @attrs.frozen

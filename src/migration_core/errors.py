@@ -34,6 +34,12 @@ class Conflict(DomainError):
     """The request is valid but clashes with the current state."""
 
 
+def target_busy(target_id: int, migration_id: int) -> Conflict:
+    """What a run into a target another run is copying into is told, and an
+    edit of where that target copies to: the one sentence for it."""
+    return Conflict(f"Migration target {target_id} is busy with migration {migration_id}.")
+
+
 class AuthenticationFailed(DomainError):
     """Wrong username or password, or an unusable token."""
 

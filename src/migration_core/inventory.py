@@ -21,7 +21,7 @@ from .entities import (
     Workload,
     canonical_ip,
 )
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound, target_busy
 from .events import acting, append, event
 from .ports import Clock, ListQuery, Page, Repository, Storage, UnitOfWork
 
@@ -414,6 +414,14 @@ def update_migration_target(
             root=root,
         )
         _check_target(uow, changed)
+        if (changed.host_id, changed.root) != (current.host_id, current.root):
+            # A run copying onto the host keeps the host and root it started with.
+            _, running = uow.migrations.find(
+                owner_id,
+                ListQuery(filters={"migration_target_id": target_id, "state": MigrationState.RUNNING.value}, limit=1),
+            )
+            if running:
+                raise target_busy(target_id, running[0].id)
         stored = uow.migration_targets.update(changed)
         uow.commit()
     return stored
@@ -536,16 +544,7 @@ def update_migration(
         if changed == current:
             return current
         _check_migration(uow, changed)
-        reset = attrs.evolve(
-            changed,
-            state=MigrationState.NOT_STARTED,
-            progress=0,
-            error=None,
-            started_at=None,
-            finished_at=None,
-            snapshot=None,
-            copied=None,
-        )
+        reset = changed.replanned()
         stored = uow.migrations.update_if(
             reset, expected=(MigrationState.NOT_STARTED, MigrationState.ERROR, MigrationState.SUCCESS)
         )

@@ -104,14 +104,16 @@ class VolumeToCopy:
 
 @attrs.frozen
 class CopyJob:
-    """What a real run copies: the run's volumes, in order, from the source's
-    root to the target's root on the host, starting at `first` (those before
-    it are verified in place). `source_volumes` names every volume of the
-    source, so that each copy leaves the others below it out."""
+    """What a run copies: its volumes, in order, from the source's root to the
+    target's root on the host, starting at `first` (those before it are
+    verified in place). `source_volumes` names every volume of the source, so
+    that each copy leaves the others below it out. A target without a host
+    (`host` None) has its copy simulated."""
 
+    owner_id: int
     migration_id: int
     source: MachineAddress
-    host: MachineAddress  # its root is the target's root: where the volumes land
+    host: MachineAddress | None  # its root is the target's root: where the volumes land
     volumes: tuple[VolumeToCopy, ...]
     first: int
     source_volumes: tuple[str, ...]
@@ -128,9 +130,10 @@ class VolumeCopied:
 
 @attrs.frozen
 class CopyProgress:
-    """Where a real copy is: the volumes before `volumes` are verified in place
-    (`done` says what passed of those this copy made), and `partial` bytes in
-    `files` files of the next one have passed."""
+    """Where a copy is, in bytes: the volumes before `volumes` are done (`done`
+    says what passed of those a real copy verified), and `partial` bytes in
+    `files` files of the next one have passed. The core records only what
+    grows."""
 
     volumes: int
     partial: int = 0
@@ -138,18 +141,47 @@ class CopyProgress:
     done: tuple[VolumeCopied, ...] = ()
 
 
+@attrs.frozen
+class CopyEnd:
+    """How a copy ended: `failure` None when every volume is in place, else why not, in words."""
+
+    failure: str | None = None
+
+
 class CopyHandle(Protocol):
+    """One copy under way, as its copier reports it. A copier says when there
+    is news by calling the `changed` it was given, or by `next_due`."""
+
+    def progress(self) -> CopyProgress | None:
+        """Where the copy is now (None before its first report)."""
+        ...
+
+    def ended(self) -> CopyEnd | None:
+        """How the copy ended, or None while it goes on."""
+        ...
+
+    def next_due(self) -> float | None:
+        """When (time.monotonic, or the copier's own clock) the copy next has
+        news without calling `changed`; None when it always calls."""
+        ...
+
     def cancel(self) -> None:
-        """Stop the copy's remote processes at once and remove its staging."""
-        ...
-
-    def wait(self) -> None:
-        """Block until every volume is verified in place; raise CopyFailed
-        (in words) when the copy failed, and CopyFailed("cancelled") when cancelled."""
+        """Stop the copy at once (a real copy's remote processes, and its staging goes)."""
         ...
 
 
-class Machines(Protocol):
+class Copier(Protocol):
+    """What carries the bytes of runs: the simulated copy of a target without
+    a host, or the real copy onto it (SPEC 2.8)."""
+
+    def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> CopyHandle:
+        """Begin copying `job` in the background; `changed` is called, from
+        any thread, when the copy has news (bytes passed, a volume verified,
+        its end)."""
+        ...
+
+
+class Machines(Copier, Protocol):
     """What the service asks of real machines. Each call connects and logs in
     (refusing an address outside the allowed networks with Conflict, before
     any packet is sent), and raises MachineUnreachable, with the reason in
@@ -158,11 +190,6 @@ class Machines(Protocol):
     def facts(self, address: MachineAddress) -> MachineFacts: ...
 
     def filesystems(self, address: MachineAddress) -> Discovered: ...
-
-    def start_copy(self, job: CopyJob, report: Callable[[CopyProgress], None]) -> CopyHandle:
-        """Begin copying `job` in the background; `report` is called, from
-        another thread, as bytes pass and as each volume is verified in place."""
-        ...
 
     def close(self) -> None:
         """End every connection and what carries them."""

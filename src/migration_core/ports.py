@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -21,6 +21,9 @@ from .entities import (
     Wave,
     Workload,
 )
+
+if TYPE_CHECKING:
+    from .machines import CopyJob
 
 E = TypeVar("E")
 E_co = TypeVar("E_co", covariant=True)
@@ -233,7 +236,10 @@ class Runner(Protocol):
         it starts (None: none, as in a program that embeds the core)."""
         ...
 
-    def launch(self, migration: Migration) -> None: ...
+    def launch(self, job: CopyJob) -> None:
+        """Carry out the copy of a run just started (and committed), from
+        another thread or in this one; raise when it cannot be taken."""
+        ...
 
     def cancel(self, migration_id: int) -> None:
         """Stop the copy of a migration the core has just cancelled, promptly."""

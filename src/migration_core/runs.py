@@ -1,6 +1,7 @@
 """The life of a migration run. The core decides every change of state and
-writes its events with it; a runner adapter only reports time passing
-(`advance_runs`) and the end of the copy (`complete_run`, `fail_run`)."""
+writes its events with it; what carries a run (a runner, with the copier of
+the run's target) only reports where the copy is, in bytes (`advance_runs`),
+and its end (`complete_run`, `fail_run`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from .copying import Elapsed, RunState, fresh_mark, position_at, run_state
+from .copying import RunState, percent, run_state
 from .entities import (
     CopyMark,
     Event,
@@ -29,11 +30,7 @@ from .errors import Conflict
 from .events import acting, append, event
 from .inventory import get_migration
 from .machines import CopyJob, CopyProgress, MachineAddress, VolumeToCopy
-from .ports import Clock, ListQuery, Runner, Storage, UnitOfWork
-
-# What a runner reports of a run's copy: the time a simulated copy has taken,
-# or where a real copy is, in bytes.
-Report = Elapsed | CopyProgress
+from .ports import Clock, Runner, Storage, UnitOfWork
 
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
@@ -52,6 +49,10 @@ class RunRef:
     @classmethod
     def of(cls, migration: Migration) -> RunRef:
         return cls(migration.owner_id, migration.id)
+
+    @classmethod
+    def of_job(cls, job: CopyJob) -> RunRef:
+        return cls(job.owner_id, job.migration_id)
 
 
 def _volumes_copied(
@@ -76,19 +77,20 @@ def _volumes_copied(
     return events
 
 
-def _real_target(uow: UnitOfWork, owner_id: int, target_id: int, source: Workload) -> MigrationTarget | None:
-    """The target when a run into it copies for real (it names a host), after
-    the checks only a real copy needs; None for a simulated copy."""
-    target = uow.migration_targets.peek(owner_id, target_id)
+def _host(uow: UnitOfWork, owner_id: int, target: MigrationTarget, source: Workload) -> MachineAddress | None:
+    """Where a run into `target` copies for real (its host, at the target's
+    root), after the checks only a real copy needs; None for a simulated copy."""
     if target.host_id is None:
         return None
+    assert target.root is not None, "a target with a host has a root"
     host = uow.workloads.peek(owner_id, target.host_id)
     for role, machine in (("source", source), ("host", host)):
         if machine.os is OperatingSystem.WINDOWS:
             raise Conflict(
                 f"Only Linux machines are copied for real: the {role}, workload {machine.id}, runs windows."
             )
-    return target
+    login = uow.credentials.peek(owner_id, host.credentials_id)
+    return attrs.evolve(MachineAddress.of(host, login), root=target.root)
 
 
 def _resumed_at(migration: Migration, mount_point_ids: list[int]) -> int:
@@ -107,12 +109,11 @@ def _start(
     migration_id: int,
     instance_id: str | None,
     actor: int,
-) -> Migration:
+) -> tuple[Migration, CopyJob]:
+    """Start a run (storage refuses it while the target is busy); the
+    migration as stored and what its copier is to copy."""
     migration = uow.migrations.get(owner_id, migration_id)
-    if migration.state is RUNNING:
-        raise Conflict(f"Migration {migration_id} is already running.")
-    if migration.state is MigrationState.SUCCESS:
-        raise Conflict(f"Migration {migration_id} has already succeeded.")
+    migration.ensure_startable()
     source = uow.workloads.peek(owner_id, migration.source_id)
     gone = [i for i in migration.selected_mount_point_ids if i not in source.mount_point_ids]
     if gone:
@@ -130,48 +131,28 @@ def _start(
     system = system_volume(source.os)
     if not any(volume_key(mp.name) == volume_key(system) for mp in selected):
         raise Conflict(f"A migration may not run unless volume {system} is selected.")
-    _, busy = uow.migrations.find(
-        owner_id,
-        ListQuery(
-            filters={"migration_target_id": migration.migration_target_id, "state": RUNNING.value},
-            limit=1,
-        ),
-    )
-    if busy:
-        raise Conflict(
-            f"Migration target {migration.migration_target_id} is busy with migration {busy[0].id}."
-        )
     credentials = uow.credentials.peek(owner_id, source.credentials_id)
+    target = uow.migration_targets.peek(owner_id, migration.migration_target_id)
+    host = _host(uow, owner_id, target, source)
     volumes = [Volume(mp.name, mp.size) for mp in selected]
     ids = [mp.id for mp in selected]
-    mark = fresh_mark(ids, [mp.size for mp in selected])
-    resumed = 0
-    if _real_target(uow, owner_id, migration.migration_target_id, source) is not None:
-        # Every volume is copied for real, empty ones too; one verified in
-        # place by the last run keeps what it copied.
-        resumed = _resumed_at(migration, ids)
-        if resumed:
-            assert migration.snapshot is not None
-            volumes[:resumed] = migration.snapshot.storage[:resumed]
-        mark = CopyMark(tuple(ids), resumed, 0)
-    snapshot = TargetVm(source.ip, credentials.login, tuple(volumes))
+    # A real re-run keeps the volumes its last run verified in place.
+    resumed = 0 if host is None else _resumed_at(migration, ids)
+    if resumed:
+        assert migration.snapshot is not None
+        volumes[:resumed] = migration.snapshot.storage[:resumed]
     sizes = [volume.size for volume in volumes]
     now = clock.now()
     started = uow.migrations.update_if(
-        attrs.evolve(
-            migration,
-            state=RUNNING,
-            error=None,
-            started_at=now,
-            finished_at=None,
-            snapshot=snapshot,
+        migration.start(
+            at=now,
+            snapshot=TargetVm(source.ip, credentials.login, tuple(volumes)),
+            mark=CopyMark(tuple(ids), resumed, 0),
             instance_id=instance_id,
-            copied=mark,
-            progress=_percent(sizes, mark.volumes, 0) if resumed else 0,
+            progress=percent(sizes, resumed, 0),
         ),
         expected=STARTABLE,
     )
-    assert started.copied is not None
     append(uow, [
         event(started, EventKind.RUN_REQUESTED, now, actor=actor),
         event(
@@ -183,9 +164,20 @@ def _start(
             bytes_total=sum(sizes),
             **({"resumed_at_volume": resumed} if resumed else {}),
         ),
-        *_volumes_copied(started, resumed, started.copied.volumes, now),
     ])
-    return started
+    job = CopyJob(
+        owner_id=owner_id,
+        migration_id=migration_id,
+        source=MachineAddress.of(source, credentials),
+        host=host,
+        volumes=tuple(VolumeToCopy(volume.name, volume.size) for volume in volumes),
+        first=resumed,
+        # A real copy leaves the source's other volumes out of each one.
+        source_volumes=()
+        if host is None
+        else tuple(uow.mount_points.peek(owner_id, i).name for i in source.mount_point_ids),
+    )
+    return started, job
 
 
 def start_run(
@@ -201,10 +193,14 @@ def start_run(
     or raise Conflict saying why it may not. Storage makes the move a
     compare-and-set, so of concurrent starts one wins. `actor` is the user
     who asked (by default the owner, for whom every call acts)."""
+    return _started(storage, clock, owner_id, migration_id, instance_id, actor)[0]
+
+
+def _started(
+    storage: Storage, clock: Clock, owner_id: int, migration_id: int, instance_id: str | None, actor: int | None
+) -> tuple[Migration, CopyJob]:
     with storage.unit_of_work() as uow:
-        started = _start(
-            uow, clock, owner_id, migration_id, instance_id, acting(owner_id, actor)
-        )
+        started = _start(uow, clock, owner_id, migration_id, instance_id, acting(owner_id, actor))
         uow.commit()
     return started
 
@@ -220,20 +216,18 @@ def launch_run(
 ) -> Migration:
     """Start a run and hand it to the runner; the migration as started (state
     `running`), whatever a background runner has done with it since."""
-    started = start_run(
-        storage, clock, owner_id, migration_id, instance_id=runner.instance_id, actor=actor
-    )
-    hand_over(storage, clock, runner, started)
+    started, job = _started(storage, clock, owner_id, migration_id, runner.instance_id, actor)
+    hand_over(storage, clock, runner, job)
     return started
 
 
-def hand_over(storage: Storage, clock: Clock, runner: Runner, started: Migration) -> None:
+def hand_over(storage: Storage, clock: Clock, runner: Runner, job: CopyJob) -> None:
     """Give a run just started (and committed) to the runner; when the runner
     cannot take it, the run fails with the reason, and the error goes on."""
     try:
-        runner.launch(started)
+        runner.launch(job)
     except Exception as exc:
-        fail_run(storage, clock, RunRef.of(started), f"The copy could not start: {exc}")
+        fail_run(storage, clock, RunRef.of_job(job), f"The copy could not start: {exc}")
         raise
 
 
@@ -252,75 +246,40 @@ def run_migration(
     return get_migration(storage, owner_id, migration_id)
 
 
-def _percent(sizes: list[int], volumes: int, partial: int) -> int:
-    """floor(100 * copied / total), equal shares when every size is 0; below 100."""
-    total = sum(sizes)
-    if total == 0:
-        return min(99, 100 * volumes // max(1, len(sizes)))
-    done = sum(sizes[:volumes]) + (min(partial, sizes[volumes]) if volumes < len(sizes) else 0)
-    return min(99, 100 * done // total)
-
-
-def _copied_for_real(migration: Migration, report: CopyProgress, now: datetime) -> Migration | None:
-    """The migration with its real copy where `report` puts it: a volume done
-    takes the size that passed, a volume that outgrows its estimate shows the
-    bytes passed as its size, and the end is estimated from the rate seen."""
+def _advanced(migration: Migration, report: CopyProgress, now: datetime) -> Migration | None:
+    """The migration with its copy where `report` puts it, or None when the
+    report brings nothing new: what is recorded only grows. A volume a real
+    copy verified takes the size that passed, a volume that outgrows its
+    estimate shows the bytes passed as its size, and the end is estimated
+    from the rate seen."""
     mark, snapshot, started_at = migration.copied, migration.snapshot, migration.started_at
     if mark is None or snapshot is None or started_at is None:
         return None
-    if report.volumes == mark.volumes and report.partial <= mark.partial:
-        return None  # nothing new passed
+    if (report.volumes, report.partial) <= (mark.volumes, mark.partial):
+        return None
     storage = list(snapshot.storage)
     for done in report.done:
         if mark.volumes <= done.index < report.volumes:
             storage[done.index] = attrs.evolve(storage[done.index], size=done.bytes)
-    volumes = max(report.volumes, mark.volumes)
-    partial = report.partial if volumes == report.volumes else mark.partial
-    if volumes < len(storage) and partial > storage[volumes].size:
+    volumes, partial = min(report.volumes, len(storage)), report.partial
+    if volumes == len(storage):
+        partial = 0
+    elif partial > storage[volumes].size:
         storage[volumes] = attrs.evolve(storage[volumes], size=partial)
     sizes = [volume.size for volume in storage]
-    copied = sum(sizes[:volumes]) + (min(partial, sizes[volumes]) if volumes < len(sizes) else 0)
+    copied = sum(sizes[:volumes]) + (partial if volumes < len(sizes) else 0)
     elapsed = (now - started_at).total_seconds()
     eta = mark.eta
     if copied > 0 and elapsed > 0:
         eta = now + timedelta(seconds=elapsed * (sum(sizes) - copied) / copied)
-    return attrs.evolve(
-        migration,
-        progress=max(migration.progress, _percent(sizes, volumes, partial)),
-        snapshot=attrs.evolve(snapshot, storage=tuple(storage)),
-        copied=attrs.evolve(mark, volumes=volumes, partial=partial, eta=eta),
+    return migration.advance(
+        storage=tuple(storage),
+        mark=attrs.evolve(mark, volumes=volumes, partial=partial, eta=eta),
+        progress=percent(sizes, volumes, partial),
     )
 
 
-def _advanced(migration: Migration, report: Elapsed) -> Migration | None:
-    """The migration with its copy where `report` puts it, or None when that
-    changes nothing recorded: the volumes copied and the progress only grow,
-    and progress stays below 100 until success. Bytes within a volume are
-    recorded along with a change of those, not at every report, so a run
-    costs a write per percent and per volume, not per tick."""
-    mark, snapshot, started_at = migration.copied, migration.snapshot, migration.started_at
-    if mark is None or snapshot is None or started_at is None:
-        return None
-    at = position_at([volume.size for volume in snapshot.storage], report.seconds, report.duration)
-    progress = min(99, at.progress)
-    # The simulated copy keeps one rate: the rate seen so far ends it at its duration.
-    eta = started_at + timedelta(seconds=max(report.duration, 0.0)) if report.seconds > 0 else mark.eta
-    if progress <= migration.progress and at.volumes <= mark.volumes and eta == mark.eta:
-        return None
-    ahead = (at.volumes, at.partial) > (mark.volumes, mark.partial)
-    return attrs.evolve(
-        migration,
-        progress=max(progress, migration.progress),
-        copied=attrs.evolve(
-            mark,
-            volumes=at.volumes if ahead else mark.volumes,
-            partial=at.partial if ahead else mark.partial,
-            eta=eta,
-        ),
-    )
-
-
-def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Report]) -> set[RunRef]:
+def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, CopyProgress]) -> set[RunRef]:
     """Record how far many runs have copied, in one transaction, with a
     `volume_copied` event for each volume completed since the last record.
     Returns the runs that are still running; the others were cancelled or
@@ -336,17 +295,12 @@ def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, Report
             if migration.state is not RUNNING:
                 continue
             still_running.add(ref)
-            real = report if isinstance(report, CopyProgress) else None
-            advanced = (
-                _copied_for_real(migration, report, now)
-                if isinstance(report, CopyProgress)
-                else _advanced(migration, report)
-            )
+            advanced = _advanced(migration, report, now)
             if advanced is None:
                 continue
             stored = uow.migrations.update_if(advanced, expected=(RUNNING,))
             assert migration.copied is not None and stored.copied is not None
-            events += _volumes_copied(stored, migration.copied.volumes, stored.copied.volumes, now, real)
+            events += _volumes_copied(stored, migration.copied.volumes, stored.copied.volumes, now, report)
         append(uow, events)
         uow.commit()
     return still_running
@@ -360,41 +314,33 @@ def _finish(
     error: str | None,
     kind: EventKind,
     actor: int | None = None,
+    last: CopyProgress | None = None,
 ) -> tuple[Migration, list[Event]] | None:
-    """End a running run (None when it is not running); the migration as
-    stored and its events, which the caller appends after its other writes."""
+    """End a running run (None when it is not running), with the copy's
+    `last` report recorded first; the migration as stored and its events,
+    which the caller appends after its other writes."""
     migration = uow.migrations.get(ref.owner_id, ref.migration_id)
     if migration.state is not RUNNING:
         return None
     now = clock.now()
+    events: list[Event] = []
+    advanced = None if last is None else _advanced(migration, last, now)
+    if advanced is not None:
+        assert migration.copied is not None and advanced.copied is not None
+        events += _volumes_copied(advanced, migration.copied.volumes, advanced.copied.volumes, now, last)
+        migration = advanced
     mark = migration.copied
     if error is None:
         assert migration.snapshot is not None, "a running migration has its snapshot"
         target = uow.migration_targets.get(ref.owner_id, migration.migration_target_id)
         uow.migration_targets.update(attrs.evolve(target, target_vm=migration.snapshot))
-        finished = attrs.evolve(
-            migration,
-            state=MigrationState.SUCCESS,
-            progress=100,
-            error=None,
-            finished_at=now,
-            copied=None
-            if mark is None
-            else attrs.evolve(mark, volumes=len(mark.mount_point_ids), partial=0, eta=None),
-        )
+        finished = migration.succeed(now)
     else:
         # What was copied stays as last recorded, at most a report behind the stop.
-        finished = attrs.evolve(
-            migration,
-            state=MigrationState.ERROR,
-            error=error,
-            finished_at=now,
-            copied=None if mark is None else attrs.evolve(mark, eta=None),
-        )
+        finished = migration.fail(now, error)
     stored = uow.migrations.update_if(finished, expected=(RUNNING,))
-    events = []
     if error is None and mark is not None:
-        events = _volumes_copied(stored, mark.volumes, len(mark.mount_point_ids), now)
+        events += _volumes_copied(stored, mark.volumes, len(mark.mount_point_ids), now)
     detail: dict[EventKind, dict[str, object]] = {
         EventKind.SUCCEEDED: {"migration_target": migration.migration_target_id},
         EventKind.FAILED: {"reason": error},
@@ -412,25 +358,29 @@ def _finish_one(
     *,
     error: str | None,
     kind: EventKind,
-    actor: int | None = None,
+    last: CopyProgress | None,
 ) -> Migration | None:
     with storage.unit_of_work() as uow:
-        finished = _finish(uow, clock, ref, error=error, kind=kind, actor=actor)
+        finished = _finish(uow, clock, ref, error=error, kind=kind, last=last)
         if finished is not None:
             append(uow, finished[1])
         uow.commit()
     return None if finished is None else finished[0]
 
 
-def complete_run(storage: Storage, clock: Clock, ref: RunRef) -> Migration | None:
+def complete_run(storage: Storage, clock: Clock, ref: RunRef, last: CopyProgress | None = None) -> Migration | None:
     """The copy is over: replace the target's VM with the snapshot, in the same
-    transaction as the move to `success`. None when the run had already ended."""
-    return _finish_one(storage, clock, ref, error=None, kind=EventKind.SUCCEEDED)
+    transaction as the move to `success` (and the copy's `last` report). None
+    when the run had already ended."""
+    return _finish_one(storage, clock, ref, error=None, kind=EventKind.SUCCEEDED, last=last)
 
 
-def fail_run(storage: Storage, clock: Clock, ref: RunRef, error: str) -> Migration | None:
-    """The copy failed; the target is left as it was. None when already ended."""
-    return _finish_one(storage, clock, ref, error=error, kind=EventKind.FAILED)
+def fail_run(
+    storage: Storage, clock: Clock, ref: RunRef, error: str, last: CopyProgress | None = None
+) -> Migration | None:
+    """The copy failed; the target is left as it was, and what the copy's
+    `last` report says was verified in place is kept. None when already ended."""
+    return _finish_one(storage, clock, ref, error=error, kind=EventKind.FAILED, last=last)
 
 
 def cancel_run(
@@ -511,30 +461,3 @@ def running_states(storage: Storage, owner_ids: Collection[int]) -> list[tuple[i
     in id order: what a live view shows of runs in progress."""
     with storage.unit_of_work(write=False) as uow:
         return [(m.owner_id, run_state(m)) for m in uow.migrations.running() if m.owner_id in owner_ids]
-
-
-def copy_job(storage: Storage, migration: Migration) -> CopyJob | None:
-    """What a run just started copies for real, or None when its target names
-    no host (the copy is simulated)."""
-    owner_id = migration.owner_id
-    with storage.unit_of_work(write=False) as uow:
-        target = uow.migration_targets.peek(owner_id, migration.migration_target_id)
-        if target.host_id is None:
-            return None
-        assert target.root is not None, "a target with a host has a root"
-        stored = uow.migrations.peek(owner_id, migration.id)
-        snapshot, mark = stored.snapshot, stored.copied
-        assert snapshot is not None and mark is not None, "a started migration has its snapshot"
-        source = uow.workloads.peek(owner_id, stored.source_id)
-        host = uow.workloads.peek(owner_id, target.host_id)
-        names = [uow.mount_points.peek(owner_id, i).name for i in source.mount_point_ids]
-        source_login = uow.credentials.peek(owner_id, source.credentials_id)
-        host_login = uow.credentials.peek(owner_id, host.credentials_id)
-    return CopyJob(
-        migration_id=migration.id,
-        source=MachineAddress.of(source, source_login),
-        host=attrs.evolve(MachineAddress.of(host, host_login), root=target.root),
-        volumes=tuple(VolumeToCopy(volume.name, volume.size) for volume in snapshot.storage),
-        first=mark.volumes,
-        source_volumes=tuple(names),
-    )

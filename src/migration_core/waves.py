@@ -19,6 +19,7 @@ from .entities import Migration, MigrationState, Volume, Wave
 from .errors import Conflict, NotFound
 from .events import acting
 from .inventory import _referenced
+from .machines import CopyJob
 from .passes import quick_then_careful
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
 from .runs import _cancel, _start, hand_over
@@ -122,15 +123,14 @@ def run_wave(
     run would give. The starts commit together, then go to the runner.
     `actor` is the user who asked (by default the owner)."""
 
-    def start(uow: UnitOfWork, careful: bool) -> tuple[list[Migration], list[Refusal]]:
-        started: list[Migration] = []
+    def start(uow: UnitOfWork, careful: bool) -> tuple[list[CopyJob], list[Refusal]]:
+        started: list[CopyJob] = []
         refused: list[Refusal] = []
         for migration_id in _members_in_turn(uow, owner_id, wave_id):
             try:
                 with storage.unit_of_work() as one:
-                    started.append(
-                        _start(one, clock, owner_id, migration_id, runner.instance_id, acting(owner_id, actor))
-                    )
+                    _, job = _start(one, clock, owner_id, migration_id, runner.instance_id, acting(owner_id, actor))
+                    started.append(job)
                     one.commit()
             except (Conflict, NotFound) as refusal:
                 if not careful:
@@ -140,13 +140,13 @@ def run_wave(
 
     started, refused = quick_then_careful(storage, start)
     launched: list[int] = []
-    for migration in started:
+    for job in started:
         try:
-            hand_over(storage, clock, runner, migration)
+            hand_over(storage, clock, runner, job)
         except Exception as exc:
-            refused.append(Refusal(migration.id, f"The copy could not start: {exc}"))
+            refused.append(Refusal(job.migration_id, f"The copy could not start: {exc}"))
         else:
-            launched.append(migration.id)
+            launched.append(job.migration_id)
     return WaveRun(tuple(launched), tuple(sorted(refused, key=lambda r: r.migration_id)))
 
 

@@ -72,6 +72,7 @@ _NEVER_ENDS = "the stream never ends, so it is not fuzzed with a token: test_htt
 # The fuzzer's workloads are at addresses outside the allowed networks (409,
 # nothing sent); a machine that answers is test_http_machines.py's real sshd.
 _REACHABLE_MACHINE = "needs a machine inside the allowed networks: test_http_machines.py"
+_WAVE_REPLACED = "test_http_waves.py replaces a wave (200), and one with a name or a member taken (409)"
 EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     ("PUT", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
     ("PATCH", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
@@ -79,6 +80,10 @@ EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     ("POST", "/api/v1/work_loads/{id}/discover/", 200): _REACHABLE_MACHINE,
     ("POST", "/api/v1/inventory/import/", 200): "generated text is seldom an inventory: test_http_fleets.py"
     " and test_inventory_properties.py import valid ones",
+    # Which answers a replacement of a wave gets hangs on the names generated
+    # (unique per owner) and the members drawn: the examples move with the document.
+    ("PUT", "/api/v1/waves/{id}/", 200): _WAVE_REPLACED,
+    ("PUT", "/api/v1/waves/{id}/", 409): _WAVE_REPLACED,
     ("GET", STREAM, 200): _NEVER_ENDS,
     ("GET", STREAM, 400): _NEVER_ENDS,
 }

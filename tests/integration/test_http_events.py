@@ -26,7 +26,7 @@ from entrypoints.http import create_app
 from entrypoints.http.app import server_options
 from entrypoints.http.requests import SERVICES
 from entrypoints.http.stream import BAD_LAST_EVENT_ID, HUB, PAGE, EventHub, StreamOptions
-from migration_core import Clock, Machines, Storage
+from migration_core import Clock, Copier, Storage
 
 from .http_client import PASSWORD, TEST_KEY, User
 
@@ -41,9 +41,9 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def _runner(
-    storage: Storage, clock: Clock, duration: float, registry: InstanceRegistry, instance: Instance, machines: Machines
+    storage: Storage, clock: Clock, copier: Copier, registry: InstanceRegistry, instance: Instance
 ) -> ServiceRunner:
-    return AsyncRunner(storage, clock, duration, tick=0.05, registry=registry, instance=instance, machines=machines)
+    return AsyncRunner(storage, clock, copier, tick=0.05, registry=registry, instance=instance)
 
 
 @pytest.fixture

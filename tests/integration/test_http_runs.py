@@ -24,7 +24,7 @@ from adapters.instances import Instance, InstanceRegistry
 from adapters.passwords import ScryptHasher
 from entrypoints.bootstrap import ServiceRunner, Services, Settings, bootstrap
 from entrypoints.http import create_app
-from migration_core import Clock, Machines, Storage
+from migration_core import Clock, Copier, Storage
 
 from .http_client import PASSWORD, TEST_KEY, User
 
@@ -41,9 +41,9 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def _quick_runner(
-    storage: Storage, clock: Clock, duration: float, registry: InstanceRegistry, instance: Instance, machines: Machines
+    storage: Storage, clock: Clock, copier: Copier, registry: InstanceRegistry, instance: Instance
 ) -> ServiceRunner:
-    return AsyncRunner(storage, clock, duration, tick=TICK, registry=registry, instance=instance, machines=machines)
+    return AsyncRunner(storage, clock, copier, tick=TICK, registry=registry, instance=instance)
 
 
 def make_services(run_seconds: float, storage: str = "memory://", **settings: Any) -> Services:

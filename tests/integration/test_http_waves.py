@@ -47,6 +47,29 @@ async def signed_up(client: TestClient[Any, Any], username: str) -> tuple[User, 
 # --- the resource --------------------------------------------------------------------
 
 
+async def test_a_wave_is_replaced_whole_and_a_replacement_taking_a_name_or_a_member_is_refused(
+    make_client: Any,
+) -> None:
+    client, _ = await make_client(SLOW)
+    user, _ = await signed_up(client, "replacer")
+    first, second = await user.plan("10.0.0.1"), await user.plan("10.0.0.2")
+    one = await user.call("POST", f"{API}/waves/", 201, json={"name": "one", "migrations": [first["migration"]]})
+    other = await user.call("POST", f"{API}/waves/", 201, json={"name": "other", "migrations": []})
+
+    replaced = await user.call(
+        "PUT", f"{API}/waves/{one['id']}/", 200, json={"name": "renamed", "migrations": [second["migration"]]}
+    )
+    assert replaced == {"id": one["id"], "name": "renamed", "migrations": [second["migration"]]}
+    taken = await user.call("PUT", f"{API}/waves/{other['id']}/", 409, json={"name": "renamed", "migrations": []})
+    assert taken["detail"] == f"Wave {one['id']} is already named 'renamed'."
+    held = await user.call(
+        "PUT", f"{API}/waves/{other['id']}/", 409, json={"name": "other", "migrations": [second["migration"]]}
+    )
+    assert held["detail"] == f"Migration {second['migration']} is already in wave {one['id']} ('renamed')."
+    assert (await user.call("GET", f"{API}/waves/{other['id']}/", 200))["migrations"] == []
+
+
+
 async def test_a_wave_holds_migrations_which_show_it_and_filter_by_it(make_client: Any) -> None:
     client, _ = await make_client(SLOW)
     user, _ = await signed_up(client, "planner")

@@ -228,7 +228,7 @@ def test_an_import_keeps_a_patch_made_after_it_matched_the_workload(storage: Sto
 class _Runner:
     instance_id = None
 
-    def launch(self, migration: core.Migration) -> None:
+    def launch(self, job: core.CopyJob) -> None:
         """The test reports the copy itself."""
 
     def cancel(self, migration_id: int) -> None:
@@ -251,7 +251,7 @@ def test_a_cancel_keeps_the_progress_a_concurrent_report_recorded(storage: Stora
         selected_mount_point_ids=[v.id for v in volumes],
     )
     run = core.RunRef.of(core.start_run(storage, clock, owner, migration.id))
-    halfway_and_more = {run: core.Elapsed(seconds=60, duration=100)}
+    halfway_and_more = {run: core.CopyProgress(volumes=1, partial=10)}  # 60 of 100 bytes
 
     _, still_running = interleave(
         storage,
@@ -292,7 +292,7 @@ def test_a_wave_run_and_a_single_run_sharing_a_login_both_go_through(storage: St
         storage,
         lambda s: core.start_run(s, clock, owner, members[1]),
         lambda s: core.run_wave(s, clock, _Runner(), owner, wave.id),
-        first_pauses_before=("find",),  # holding its migration, before it reads the login
+        first_pauses_before=("peek",),  # holding its migration, before it reads the login
     )
 
     assert single.state is core.MigrationState.RUNNING

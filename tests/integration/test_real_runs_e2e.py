@@ -32,10 +32,19 @@ def _digest(root: Path) -> dict[str, tuple[str, int, str]]:
 class RealPlan:
     """A source with its volumes, a host, a target onto it, and a migration."""
 
-    def __init__(self, service: ServiceProcess, source: Machine, host: Machine, volumes: list[str]) -> None:
+    def __init__(
+        self,
+        service: ServiceProcess,
+        source: Machine,
+        host: Machine,
+        volumes: list[str],
+        *,
+        user: str = "mover",
+        landing: str = "landing",
+    ) -> None:
         self.service = service
-        self.token = sign_up(service, "mover")
-        self.landing = host.root / "landing"
+        self.token = sign_up(service, user)
+        self.landing = host.root / landing
         key = self.ok(
             "POST", "/api/v1/credentials/", {"username": source.username, "private_key": source.private_key}, 201
         )
@@ -109,10 +118,10 @@ def service(tmp_path: Path) -> Iterator[ServiceProcess]:
     process.kill()
 
 
-def _big_tree(root: Path) -> None:
+def _big_tree(root: Path, mebibytes: int = 384) -> None:
     (root / "etc").mkdir()
     (root / "etc" / "motd").write_text("hello\n")
-    (root / "huge").write_bytes(os.urandom(2**20) * 384)  # long enough to act on mid-copy
+    (root / "huge").write_bytes(os.urandom(2**20) * mebibytes)  # long enough to act on mid-copy
 
 
 def _copying_a_big_tree(
@@ -247,3 +256,44 @@ def test_a_wave_runs_a_real_migration_as_a_single_run_would(
     assert done["state"] == "success", done
     assert (plan.landing / "file").read_text() == "in a wave"
     assert plan.ok("GET", f"/api/v1/waves/{wave}/state/")["counts"]["success"] == 1
+
+
+def test_two_instances_on_one_postgresql_each_carry_a_real_run_through_the_other_s_restart(
+    postgres_url: str, tmp_path: Path, make_machine: Callable[[str], Machine]
+) -> None:
+    """SPEC 2.4 with real copies: B is killed mid-copy, A marks B's run
+    interrupted and its own copy goes on; B comes back and its re-run is whole.
+    Neither instance touches the other's live run."""
+    a = ServiceProcess(postgres_url, tmp_path, "a", "--lease-seconds", "1", "--access-log", "off")
+    b = ServiceProcess(postgres_url, tmp_path, "b", "--lease-seconds", "1", "--access-log", "off")
+    try:
+        a.start()
+        b.start()
+        first, host, second = make_machine("127.0.0.1"), make_machine("127.0.0.2"), make_machine("127.0.0.3")
+        _big_tree(first.root, 256)
+        _big_tree(second.root, 128)
+        on_a = RealPlan(a, first, host, ["/"], user="ann", landing="from-a")
+        on_b = RealPlan(b, second, host, ["/"], user="bob", landing="from-b")
+        on_a.ok("POST", f"/api/v1/migrations/{on_a.migration}/run/", status=202)
+        on_b.ok("POST", f"/api/v1/migrations/{on_b.migration}/run/", status=202)
+        on_b.until(lambda s: s["bytes_copied"] > 0)
+
+        b.stop(signal.SIGKILL)
+        on_b.service = a  # its state, read through the live instance
+        interrupted = on_b.until(lambda s: s["finished"])
+        assert (interrupted["state"], interrupted["error"]) == ("error", "interrupted")
+        assert on_a.state()["state"] in ("running", "success")  # A's own copy was left alone
+        b.start()
+        on_b.service = b
+        on_b.ok("POST", f"/api/v1/migrations/{on_b.migration}/run/", status=202)
+
+        for plan, source in ((on_a, first), (on_b, second)):
+            done = plan.until(lambda s: s["finished"])
+            assert (done["state"], done["error"]) == ("success", None), done
+            assert _digest(source.root) == _digest(plan.landing)
+            assert sorted(os.listdir(plan.landing)) == ["etc", "huge"]  # no staging left
+        # A's run was never interrupted nor started again.
+        assert (len(on_a.events("started")), on_a.events("interrupted")) == (1, [])
+    finally:
+        a.kill()
+        b.kill()

@@ -10,7 +10,8 @@ import os
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from ..sshd_fixtures import Machine
 from ..sshd_server import SshServer
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
+OWNER = 1
 MIGRATION = 7
 
 
@@ -39,6 +41,7 @@ def _address(machine: Machine, root: Path) -> MachineAddress:
 
 def _job(source: Machine, host: Machine, target: Path, volumes: list[str], others: list[str]) -> CopyJob:
     return CopyJob(
+        owner_id=OWNER,
         migration_id=MIGRATION,
         source=_address(source, source.root),
         host=_address(host, target),
@@ -88,10 +91,45 @@ def _source_tree(root: Path) -> None:
     (root / "srv" / "secret").write_text("not selected")
 
 
+class _Copy:
+    """A copy as its runner sees it: each report it tells of, and its end."""
+
+    def __init__(
+        self, machines: SshMachines, job: CopyJob, on_report: Callable[[CopyProgress], None] = lambda _p: None
+    ) -> None:
+        self.reports: list[CopyProgress] = []
+        self._on_report = on_report
+        self._started = threading.Event()
+        self._news = threading.Event()
+        self.handle = machines.start_copy(job, self._changed)
+        self._started.set()
+
+    def _changed(self) -> None:
+        self._started.wait()
+        progress = self.handle.progress()
+        if progress is not None and (not self.reports or self.reports[-1] is not progress):
+            self.reports.append(progress)
+            self._on_report(progress)
+        self._news.set()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Until the copy ends; CopyFailed with its words when it failed."""
+        deadline = time.monotonic() + timeout
+        while (end := self.handle.ended()) is None:
+            assert time.monotonic() < deadline, "the copy did not end"
+            self._news.wait(0.5)
+            self._news.clear()
+        if end.failure is not None:
+            raise CopyFailed(end.failure)
+
+
 def _copy(machines: SshMachines, job: CopyJob) -> list[CopyProgress]:
-    reports: list[CopyProgress] = []
-    machines.start_copy(job, reports.append).wait()
-    return reports
+    copy = _Copy(machines, job)
+    copy.wait()
+    return copy.reports
 
 
 def test_a_tree_is_copied_exactly_each_volume_on_its_own(
@@ -192,6 +230,7 @@ def test_a_source_file_the_login_may_not_read_fails_naming_the_path(
         subprocess.run(["chown", user.name, str(target)], check=True)
         login = MachineAddress("127.0.0.1", source.port, user.name, user.password, "", str(tree), None)
         job = CopyJob(
+            OWNER,
             MIGRATION,
             login,
             MachineAddress("127.0.0.2", host.port, user.name, user.password, "", str(target), None),
@@ -200,7 +239,7 @@ def test_a_source_file_the_login_may_not_read_fails_naming_the_path(
             ("/",),
         )
         with pytest.raises(CopyFailed, match=r"Permission denied: .*closed"):
-            machines.start_copy(job, lambda _p: None).wait()
+            _Copy(machines, job).wait()
         assert list(target.iterdir()) == []
     finally:
         subprocess.run(["rm", "-rf", str(tree), str(target)], check=False)
@@ -224,7 +263,7 @@ def test_cancel_mid_copy_stops_the_remote_processes_and_removes_the_staging(
         if progress.partial > 0:
             passing.set()
 
-    copy = machines.start_copy(_job(source, host, target, ["/"], []), report)
+    copy = _Copy(machines, _job(source, host, target, ["/"], []), report)
     assert passing.wait(30), "no byte passed"
     assert _remote(source.root, host.root)  # the two tars
     copy.cancel()
@@ -244,7 +283,7 @@ def test_sshd_killed_mid_copy_fails_as_a_vanished_machine(
     (source.root / "huge").write_bytes(os.urandom(2**20) * 256)
     target = host.root / "landing"
     passing = threading.Event()
-    copy = machines.start_copy(_job(source, host, target, ["/"], []), lambda p: passing.set() if p.partial else None)
+    copy = _Copy(machines, _job(source, host, target, ["/"], []), lambda p: passing.set() if p.partial else None)
     assert passing.wait(30)
     sshd.kill()
 

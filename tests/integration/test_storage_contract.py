@@ -1152,7 +1152,7 @@ class _Clock:
 class _Runner:
     instance_id = "instance-a"
 
-    def launch(self, migration: Migration) -> None:
+    def launch(self, job: core.CopyJob) -> None:
         """The test plays the copy's part."""
 
     def cancel(self, migration_id: int) -> None:
@@ -1191,7 +1191,7 @@ def _bring(run: Run, start: str) -> None:
     if start == "not_started":
         return
     core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
-    core.advance_runs(run.storage, run.clock, {run.ref: core.Elapsed(20, 100)})  # 80 bytes: C:\ not done
+    core.advance_runs(run.storage, run.clock, {run.ref: core.CopyProgress(0, 80)})  # 80 bytes: C:\ not done
     if start == "success":
         core.complete_run(run.storage, run.clock, run.ref)
     elif start == "failed":
@@ -1213,7 +1213,7 @@ def _act(run: Run, action: str) -> None:
     elif action == "fail":
         core.fail_run(s, clock, run.ref, "disk unreadable")
     elif action == "advance":
-        core.advance_runs(s, clock, {run.ref: core.Elapsed(60, 100)})  # 240 bytes: C:\ done
+        core.advance_runs(s, clock, {run.ref: core.CopyProgress(1, 140)})  # 240 bytes: C:\ done
     elif action == "interrupt":
         core.mark_interrupted(s, clock)
     else:

@@ -17,6 +17,7 @@ from adapters.clock import SystemClock
 from adapters.passwords import ScryptHasher
 from adapters.runners import BlockingRunner
 from adapters.secrets import SecretBox, SecretError
+from adapters.simulated_copy import SimulatedCopy
 from entrypoints.bootstrap import open_storage
 
 from ..postgres_server import find_bin_dir
@@ -88,7 +89,8 @@ def test_passwords_are_unreadable_at_rest_and_read_back_through_the_storage(
         )
         clock = SystemClock()
         # Success copies the source's login into the target VM, via the run's snapshot.
-        done = core.run_migration(storage, clock, BlockingRunner(storage, clock, 0), user.id, migration.id)
+        runner = BlockingRunner(storage, clock, SimulatedCopy(0))
+        done = core.run_migration(storage, clock, runner, user.id, migration.id)
         assert done.state is core.MigrationState.SUCCESS
 
         if kind == "sqlite":

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 import migration_core as core
 from adapters.memory import MemoryStorage
+from adapters.simulated_copy import progress_after, time_share
+from migration_core.copying import Position, position_of
 
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -28,6 +30,18 @@ class FakeClock:
         self.current += timedelta(seconds=seconds)
 
 
+def position_at(sizes: Sequence[int], elapsed: float, duration: float) -> Position:
+    """Where the simulated copy of volumes of `sizes` is after `elapsed` of its `duration` seconds."""
+    return position_of(sizes, time_share(elapsed, duration))
+
+
+def elapsed(storage: core.Storage, ref: core.RunRef, seconds: float, duration: float = 100) -> core.CopyProgress:
+    """What the simulated copy of a run reports after `seconds` of its `duration`."""
+    snapshot = core.get_migration(storage, ref.owner_id, ref.migration_id).snapshot
+    sizes = [] if snapshot is None else [volume.size for volume in snapshot.storage]
+    return progress_after(sizes, seconds, duration)
+
+
 class ManualRunner:
     """Leaves a started run `running`; the test plays the copy's part."""
 
@@ -37,8 +51,8 @@ class ManualRunner:
         self.launched: list[int] = []
         self.cancelled: list[int] = []
 
-    def launch(self, migration: core.Migration) -> None:
-        self.launched.append(migration.id)
+    def launch(self, job: core.CopyJob) -> None:
+        self.launched.append(job.migration_id)
 
     def cancel(self, migration_id: int) -> None:
         self.cancelled.append(migration_id)

@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
+from adapters.simulated_copy import progress_after
+from migration_core.copying import Position
 
-from .support import FakeClock, ManualRunner, Volume, build_inventory
+from .support import FakeClock, ManualRunner, Volume, build_inventory, position_at
 
 sizes = st.lists(st.integers(0, 10**15), min_size=1, max_size=6)
 durations = st.floats(0.001, 1e5, allow_nan=False)
@@ -22,13 +24,13 @@ def times(duration: float) -> st.SearchStrategy[list[float]]:
 
 
 def copied_at(volume_sizes: list[int], elapsed: float, duration: float) -> list[int]:
-    at = core.position_at(volume_sizes, elapsed, duration)
+    at = position_at(volume_sizes, elapsed, duration)
     volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(volume_sizes)]
     migration = _migration_at(volumes, at)
     return [volume.copied for volume in core.run_state(migration).volumes]
 
 
-def _migration_at(volumes: list[core.Volume], at: core.Position) -> core.Migration:
+def _migration_at(volumes: list[core.Volume], at: Position) -> core.Migration:
     """A running migration whose copy is recorded at `at`."""
     ids = tuple(range(1, len(volumes) + 1))
     return core.Migration(
@@ -61,7 +63,7 @@ def test_volumes_complete_in_source_order(volume_sizes: list[int], duration: flo
     one is partly copied, no later one has a byte."""
     elapsed = data.draw(st.floats(-1.0, duration * 1.5, allow_nan=False))
     copied = copied_at(volume_sizes, elapsed, duration)
-    at = core.position_at(volume_sizes, elapsed, duration)
+    at = position_at(volume_sizes, elapsed, duration)
     for index, (done, size) in enumerate(zip(copied, volume_sizes)):
         if done > 0:
             assert copied[:index] == volume_sizes[:index]
@@ -78,7 +80,7 @@ def test_the_sum_is_bytes_copied_and_progress_is_the_floor_of_its_share(
     volume_sizes: list[int], duration: float, data: st.DataObject
 ) -> None:
     elapsed = data.draw(st.floats(-1.0, duration * 1.5, allow_nan=False))
-    at = core.position_at(volume_sizes, elapsed, duration)
+    at = position_at(volume_sizes, elapsed, duration)
     volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(volume_sizes)]
     state = core.run_state(_migration_at(volumes, at))
     total = sum(volume_sizes)
@@ -95,7 +97,7 @@ def test_the_sum_is_bytes_copied_and_progress_is_the_floor_of_its_share(
 @given(st.integers(1, 8), durations, st.data())
 def test_all_empty_volumes_share_the_time_equally(count: int, duration: float, data: st.DataObject) -> None:
     elapsed = data.draw(st.floats(0.0, duration, allow_nan=False))
-    at = core.position_at([0] * count, elapsed, duration)
+    at = position_at([0] * count, elapsed, duration)
     fraction = elapsed / duration
     if elapsed < duration:
         assert at.volumes == pytest.approx(count * fraction, abs=1)
@@ -126,7 +128,7 @@ def test_what_a_run_records_never_goes_down_and_reaches_100_only_at_success(
     total = sum(volume_sizes)
     previous = core.get_run_state(storage, owner, migration.id)
     for seconds in reports:
-        core.advance_runs(storage, clock, {ref: core.Elapsed(seconds, 100)})
+        core.advance_runs(storage, clock, {ref: progress_after(volume_sizes, seconds, 100)})
         state = core.get_run_state(storage, owner, migration.id)
         assert all(a.copied <= b.copied <= b.size for a, b in zip(previous.volumes, state.volumes))
         assert previous.progress <= state.progress <= 99

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import migration_core as core
 
-from .support import FakeClock, ManualRunner, Volume, build_inventory
+from .support import FakeClock, ManualRunner, Volume, build_inventory, elapsed, position_at
 
 State = core.MigrationState
 NOT_STARTED, RUNNING, ERROR, SUCCESS = State.NOT_STARTED, State.RUNNING, State.ERROR, State.SUCCESS
@@ -97,12 +97,11 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
                 elif mine.state is RUNNING:
                     mine.state, mine.error = ERROR, "disk unreadable"
             elif name == "advance":
-                report = core.Elapsed(step[2], 100)
-                still = core.advance_runs(storage, clock, {ref: report})
+                still = core.advance_runs(storage, clock, {ref: elapsed(storage, ref, step[2])})
                 assert still == ({ref} if mine.state is RUNNING else set())
                 if mine.state is RUNNING:
                     volumes = core.get_migration(storage, owner, ids[index]).snapshot.storage
-                    percent = core.copy_progress(volumes, report.seconds, report.duration)
+                    percent = position_at([v.size for v in volumes], step[2], 100).progress
                     mine.progress = max(mine.progress, min(99, percent))
             elif name == "edit":
                 # Switch between two valid selections, so each edit is a change.
@@ -194,23 +193,21 @@ def test_a_running_migration_cannot_be_run_edited_or_deleted(action: str) -> Non
 def test_copy_progress_never_goes_down_and_reaches_100_only_at_the_end(
     sizes: list[int], duration: float, data: st.DataObject
 ) -> None:
-    volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(sizes)]
     times = sorted(data.draw(st.lists(st.floats(-1.0, duration * 2), min_size=2, max_size=10)))
-    progress = [core.copy_progress(volumes, t, duration) for t in times]
+    progress = [position_at(sizes, t, duration).progress for t in times]
     assert progress == sorted(progress)
-    for elapsed, percent in zip(times, progress):
+    for moment, percent in zip(times, progress):
         assert 0 <= percent <= 100
-        assert (percent == 100) == (elapsed >= duration)
-    assert core.copy_progress(volumes, 0.0, duration) == 0
+        assert (percent == 100) == (moment >= duration)
+    assert position_at(sizes, 0.0, duration).progress == 0
 
 
 @given(st.lists(st.integers(1, 1000), min_size=2, max_size=5), st.data())
 def test_copy_progress_is_weighted_by_size(sizes: list[int], data: st.DataObject) -> None:
     """When the time of the first k volumes has passed, their share of the bytes is
     copied (one byte a second, so the times are exact)."""
-    volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(sizes)]
     k = data.draw(st.integers(1, len(sizes) - 1))
-    progress = core.copy_progress(volumes, float(sum(sizes[:k])), float(sum(sizes)))
+    progress = position_at(sizes, float(sum(sizes[:k])), float(sum(sizes))).progress
     assert progress == 100 * sum(sizes[:k]) // sum(sizes)
     assert progress <= 99
 
@@ -226,7 +223,7 @@ def test_recorded_progress_never_goes_down_and_stays_below_100_until_success(
     ref = core.RunRef.of(migration)
     seen = [0]
     for report in reports:
-        core.advance_runs(storage, clock, {ref: core.Elapsed(report, 100)})
+        core.advance_runs(storage, clock, {ref: elapsed(storage, ref, report)})
         seen.append(core.get_migration(storage, owner, migration.id).progress)
     assert seen == sorted(seen)
     # C:\ and D:\ hold 400 bytes: each percent of the time is four bytes.
@@ -276,7 +273,7 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
         core.run_migration(storage, clock, runner, owner, rival.id)
     elif start != "not_started":
         core.run_migration(storage, clock, runner, owner, migration.id)
-        core.advance_runs(storage, clock, {ref: core.Elapsed(30, 100)})
+        core.advance_runs(storage, clock, {ref: elapsed(storage, ref, 30)})
         if start == "success":
             core.complete_run(storage, clock, ref)
         elif start == "failed":
@@ -298,7 +295,7 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
         if action == "fail":
             return core.fail_run(storage, clock, ref, "disk unreadable")
         if action == "advance":
-            return core.advance_runs(storage, clock, {ref: core.Elapsed(60, 100)})
+            return core.advance_runs(storage, clock, {ref: elapsed(storage, ref, 60)})
         if action == "interrupt":
             return core.mark_interrupted(storage, clock)
         if action == "edit":
@@ -328,3 +325,17 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
     )
     assert (after.finished_at == clock.now()) == after.state.finished
     assert (after.started_at == clock.now()) == (action == "run")
+
+
+def test_where_a_target_copies_to_cannot_change_while_a_run_copies_into_it() -> None:
+    """Host and root stay as the running copy started with them; its other fields may change."""
+    inventory = build_inventory()
+    storage, owner, target = inventory.storage, inventory.owner_id, inventory.target.id
+    migration = inventory.migration()
+    core.run_migration(storage, FakeClock(), ManualRunner(), owner, migration.id)
+    with pytest.raises(core.Conflict, match=rf"^Migration target {target} is busy with migration {migration.id}\.$"):
+        core.update_migration_target(storage, owner, target, host_id=inventory.workload.id, root="/srv")
+    assert core.update_migration_target(storage, owner, target, cloud_type="azure").host_id is None
+    core.fail_run(storage, FakeClock(), core.RunRef.of(migration), "stopped")
+    moved = core.update_migration_target(storage, owner, target, host_id=inventory.workload.id, root="/srv")
+    assert (moved.host_id, moved.root) == (inventory.workload.id, "/srv")

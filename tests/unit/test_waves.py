@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import migration_core as core
 from migration_core import Conflict, InvalidInput, MigrationState, NotFound
 
-from .support import FakeClock, ManualRunner, Volume, build_inventory, owned_storage
+from .support import FakeClock, ManualRunner, Volume, build_inventory, elapsed, owned_storage
 
 
 def test_a_wave_is_named_and_its_name_is_unique_per_owner() -> None:
@@ -130,7 +130,8 @@ def test_the_state_counts_members_and_weighs_progress_by_bytes() -> None:
         finished=False,
     )
     core.run_wave(storage, clock, runner, 1, wave.id)
-    core.advance_runs(storage, clock, {core.RunRef(1, ids[0]): core.Elapsed(50, 100)})  # 200 of 400 bytes
+    first = core.RunRef(1, ids[0])
+    core.advance_runs(storage, clock, {first: elapsed(storage, first, 50)})  # 200 of 400 bytes
     core.complete_run(storage, clock, core.RunRef(1, small.id))  # 200 of 200
     state = core.wave_state(storage, 1, wave.id)
     assert (state.bytes_copied, state.progress, state.finished) == (400, 40, False)
@@ -154,7 +155,9 @@ def test_wave_progress_is_the_byte_weighted_share_and_below_100_until_every_memb
         ids.append(inventory.migration().id)
     wave = core.create_wave(storage, 1, name="w", migration_ids=ids)
     core.run_wave(storage, clock, ManualRunner(), 1, wave.id)
-    core.advance_runs(storage, clock, {core.RunRef(1, i): core.Elapsed(p, 100) for i, (_s, p) in zip(ids, members)})
+    core.advance_runs(
+        storage, clock, {core.RunRef(1, i): elapsed(storage, core.RunRef(1, i), p) for i, (_s, p) in zip(ids, members)}
+    )
     state = core.wave_state(storage, 1, wave.id)
     total = sum(size for size, _ in members)
     copied = sum(core.get_run_state(storage, 1, i).bytes_copied for i in ids)

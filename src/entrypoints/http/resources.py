@@ -302,6 +302,7 @@ RESOURCES = [
         find=core.list_migration_targets,
         update=core.update_migration_target,
         delete=core.delete_migration_target,
+        update_conflicts=True,  # its host or root, while a run copies into it
     ),
     Resource(
         path="/api/v1/migrations/",
