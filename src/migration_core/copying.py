@@ -74,6 +74,8 @@ class VolumeState:
     name: str
     size: int
     copied: int
+    # Of the volume a real run is copying, the files passed so far; else None.
+    files: int | None = None
 
 
 @attrs.frozen
@@ -127,7 +129,13 @@ def run_state(migration: Migration, plan: Sequence[tuple[int, Volume]] = ()) -> 
         error=migration.error,
         eta=mark.eta if running and mark is not None else None,
         volumes=tuple(
-            VolumeState(mount_point_id, volume.name, volume.size, done)
-            for (mount_point_id, volume), done in zip(pairs, copied)
+            VolumeState(
+                mount_point_id,
+                volume.name,
+                volume.size,
+                done,
+                mark.files if running and mark is not None and index == mark.volumes else None,
+            )
+            for index, ((mount_point_id, volume), done) in enumerate(zip(pairs, copied))
         ),
     )

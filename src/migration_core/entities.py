@@ -300,6 +300,9 @@ class CopyMark:
     # The estimated end, from the rate seen so far; None until a rate is seen
     # and once the run has ended.
     eta: datetime | None = None
+    # The files of the next volume that have passed, as a real copy counts
+    # them; None when the copier counts none (the simulated copy).
+    files: int | None = attrs.field(default=None, validator=attrs.validators.optional(_count))
 
 
 @attrs.frozen

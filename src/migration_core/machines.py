@@ -137,7 +137,7 @@ class CopyProgress:
 
     volumes: int
     partial: int = 0
-    files: int = 0
+    files: int | None = None  # None: the copier counts no files
     done: tuple[VolumeCopied, ...] = ()
 
 

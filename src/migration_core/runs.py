@@ -274,7 +274,9 @@ def _advanced(migration: Migration, report: CopyProgress, now: datetime) -> Migr
         eta = now + timedelta(seconds=elapsed * (sum(sizes) - copied) / copied)
     return migration.advance(
         storage=tuple(storage),
-        mark=attrs.evolve(mark, volumes=volumes, partial=partial, eta=eta),
+        mark=attrs.evolve(
+            mark, volumes=volumes, partial=partial, files=report.files if volumes < len(storage) else None, eta=eta
+        ),
         progress=percent(sizes, volumes, partial),
     )
 

@@ -311,6 +311,32 @@ def test_a_real_run_shows_bytes_files_and_verification_per_volume(
     console.shoot("real-run")
 
 
+def test_a_real_run_counts_the_files_of_the_volume_it_copies_as_they_pass(
+    console: Console, service: Service, make_machine: Callable[[str], Machine]
+) -> None:
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "etc").mkdir()
+    (source.root / "etc" / "motd").write_text("hello\n")
+    (source.root / "huge").write_bytes(os.urandom(2**20) * 256)  # long enough to watch
+    (source.root / "data").mkdir()
+    username = unique("watcher")
+    token = service.api.user(username)
+    migration = _real_migration(service, token, source, host, _key_login(service, token, host))["id"]
+
+    console.sign_in(username, place=f"/migrations/{migration}")
+    console.heading(f"Migration {migration}")
+    console.page.get_by_role("button", name="Run").click()
+    rows = console.page.get_by_role("table", name="Volumes").get_by_role("row")
+    files = rows.nth(1).get_by_role("cell").nth(2)
+    expect(files).to_have_text(re.compile(r"^[1-9][0-9]* so far$"), timeout=30_000)
+    state = _get(service, token, f"/api/v1/migrations/{migration}/state/")
+    if state["state"] == "running":
+        assert state["volumes"][1]["files"] is None  # only the volume being copied counts
+    console.page.get_by_role("button", name="Cancel").click()
+    expect(console.main.locator(".state")).to_have_text("error", timeout=30_000)
+    expect(files).to_have_text("—")
+
+
 def test_a_real_run_that_fails_says_why_in_words(
     console: Console, service: Service, make_machine: Callable[[str], Machine]
 ) -> None:

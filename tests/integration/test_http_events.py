@@ -108,9 +108,9 @@ async def test_state_shows_each_volume_in_source_order_before_during_and_after_a
         "bytes_copied": 0,
         "eta": None,
         "volumes": [
-            {"mount_point": d, "name": "D:\\", "size": 3000, "copied": 0},
-            {"mount_point": c, "name": "C:\\", "size": 1000, "copied": 0},
-            {"mount_point": e, "name": "E:\\", "size": 0, "copied": 0},
+            {"mount_point": d, "name": "D:\\", "size": 3000, "copied": 0, "files": None},
+            {"mount_point": c, "name": "C:\\", "size": 1000, "copied": 0, "files": None},
+            {"mount_point": e, "name": "E:\\", "size": 0, "copied": 0, "files": None},
         ],
     }
     started = await user.call("POST", path(migration, "run"), 202)

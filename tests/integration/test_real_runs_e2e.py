@@ -188,7 +188,8 @@ def test_a_service_killed_mid_copy_is_interrupted_and_the_rerun_is_whole_and_lea
     service: ServiceProcess, make_machine: Callable[[str], Machine]
 ) -> None:
     plan, source, host = _copying_a_big_tree(service, make_machine)
-    plan.until(lambda s: s["bytes_copied"] > 0)
+    copying = plan.until(lambda s: s["bytes_copied"] > 0)
+    assert copying["volumes"][0]["files"] >= 1  # the files of the volume being copied, as they pass
 
     service.stop(signal.SIGKILL)
     wait_for("the killed service's copies to end", lambda: _remote(source.root, host.root) == [] or None)

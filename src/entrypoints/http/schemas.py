@@ -362,6 +362,15 @@ class VolumeCopySchema(Schema):
             " event says when the copy passed it)."
         },
     )
+    files = fields.Integer(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "Of the volume a real run is copying, the files that have passed so far;"
+            " null for the others (a copied volume's `volume_copied` event says its files) and"
+            " for a simulated copy."
+        },
+    )
 
 
 class MigrationRunStateSchema(Schema):

@@ -102,7 +102,7 @@ def run_state_view(state: RunState) -> View:
         "bytes_copied": state.bytes_copied,
         "eta": _utc(state.eta),
         "volumes": [
-            {"mount_point": v.mount_point_id, "name": v.name, "size": v.size, "copied": v.copied}
+            {"mount_point": v.mount_point_id, "name": v.name, "size": v.size, "copied": v.copied, "files": v.files}
             for v in state.volumes
         ],
     }

@@ -34,6 +34,13 @@ function verification(detail, volume, state) {
   return "—";
 }
 
+/** A volume's files: those its verification counted, or those passed so far of the one a real run copies. */
+function filesPassed(detail, volume, state) {
+  if (detail && detail.files !== undefined) return Number(detail.files).toLocaleString();
+  if (state.state === "running" && Number.isInteger(volume.files)) return `${volume.files.toLocaleString()} so far`;
+  return "—";
+}
+
 function volumeRows(migration, state, mountPointsById, details) {
   // Services without per-volume figures: the selection, copied only once it succeeded.
   const volumes = state.volumes || migration.selected_mount_points.map((id) => {
@@ -54,7 +61,7 @@ function volumeRows(migration, state, mountPointsById, details) {
     return h("tr", {},
       h("td", {"data-label": "Volume"}, volume.name),
       h("td", {"data-label": "Copied"}, `${bytes(volume.copied)} of ${bytes(volume.size)}`),
-      h("td", {"data-label": "Files"}, detail && detail.files !== undefined ? Number(detail.files).toLocaleString() : "—"),
+      h("td", {"data-label": "Files"}, filesPassed(detail, volume, state)),
       h("td", {"data-label": "Verification"}, verification(detail, volume, state)),
       h("td", {"data-label": "Progress"}, meter));
   });
