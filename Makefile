@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 # PostgreSQL server, browser and services; the tests of one xdist_group mark
 # run in one of them. The 15 slowest are listed at the end.
 TEST_WORKERS ?= 3
+# Each worker and each service a test starts imports the project: compiled once
+# and kept (__pycache__, ignored by git), even where the environment says not to.
+test: export PYTHONDONTWRITEBYTECODE =
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src
