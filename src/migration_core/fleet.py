@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .entities import Migration, MigrationState, MountPoint, Workload, canonical_ip, volume_key
-from .errors import Conflict, InvalidInput, NotFound, RowError, RowsRefused
+from .errors import Conflict, InvalidInput, NotFound, RowError, RowsRefused, running_not_editable
 from .inventory import (
     create_credentials,
     create_migration,
@@ -286,7 +286,7 @@ class _Row:
             return "unchanged"
         running = [m for m in migrations if m.state is MigrationState.RUNNING]
         if running:
-            raise _RowFailed(None, f"Migration {running[0].id} is running and cannot be edited.")
+            raise _RowFailed(None, running_not_editable(running[0].id).message)
         return "updated"
 
     # -- a new workload ----------------------------------------------------

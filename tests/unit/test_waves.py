@@ -4,6 +4,7 @@ its state counts members by state and weighs progress by bytes."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,3 +170,49 @@ def test_wave_progress_is_the_byte_weighted_share_and_below_100_until_every_memb
         core.complete_run(storage, clock, core.RunRef(1, migration_id))
     done = core.wave_state(storage, 1, wave.id)
     assert (done.progress, done.bytes_copied, done.finished) == (100, total, True)
+
+
+def test_a_member_without_a_recorded_run_counts_the_bytes_its_own_run_state_shows() -> None:
+    """A run state and a wave read a migration's plan in one way: its selected
+    volumes in the source's order, at the position its progress says, also
+    when an older release left a snapshot without the copy's mark."""
+    inventory = build_inventory(volumes=(Volume("C:\\", 100), Volume("D:\\", 300), Volume("E:\\", 50)))
+    never_run = inventory.migration(inventory.ids_named("E:\\", "C:\\"))
+    legacy = inventory.migration(inventory.ids_named("D:\\", "C:\\"))
+    with inventory.storage.unit_of_work() as uow:
+        uow.migrations.update(
+            attrs.evolve(
+                legacy,
+                state=MigrationState.ERROR,
+                progress=30,
+                snapshot=core.TargetVm("10.0.0.1", core.Login("admin", "s3cret!"), (Volume("C:\\", 100),)),
+            )
+        )
+        uow.commit()
+    wave = core.create_wave(inventory.storage, 1, name="w", migration_ids=[never_run.id, legacy.id])
+    states = [core.get_run_state(inventory.storage, 1, m.id) for m in (never_run, legacy)]
+    assert [v.name for v in states[1].volumes] == ["C:\\", "D:\\"]
+    assert states[1].bytes_copied == 120  # 30% of the 400 planned bytes
+    state = core.wave_state(inventory.storage, 1, wave.id)
+    assert state.bytes_total == sum(s.bytes_total for s in states) == 150 + 400
+    assert state.bytes_copied == sum(s.bytes_copied for s in states) == 120
+
+
+@pytest.mark.parametrize("size", [10_000, 0])
+def test_a_wave_and_its_one_member_show_the_same_progress_below_100_until_success(size: int) -> None:
+    """One rule says "below 100 until success" for a run and for a wave: a
+    member all but done (or, of empty volumes, all copied) shows 99 in both,
+    its success 100 in both."""
+    inventory = build_inventory(volumes=(Volume("C:\\", size),))
+    member = inventory.migration()
+    wave = core.create_wave(inventory.storage, 1, name="w", migration_ids=[member.id])
+    clock = FakeClock()
+    core.run_wave(inventory.storage, clock, ManualRunner(), 1, wave.id)
+    ref = core.RunRef(1, member.id)
+    almost = core.CopyProgress(0, size - 1) if size else core.CopyProgress(1)
+    core.advance_runs(inventory.storage, clock, {ref: almost})
+    assert core.get_migration(inventory.storage, 1, member.id).progress == 99
+    assert core.wave_state(inventory.storage, 1, wave.id).progress == 99
+    core.complete_run(inventory.storage, clock, ref)
+    assert core.get_migration(inventory.storage, 1, member.id).progress == 100
+    assert core.wave_state(inventory.storage, 1, wave.id).progress == 100
