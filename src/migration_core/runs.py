@@ -217,11 +217,11 @@ def launch_run(
     """Start a run and hand it to the runner; the migration as started (state
     `running`), whatever a background runner has done with it since."""
     started, job = _started(storage, clock, owner_id, migration_id, runner.instance_id, actor)
-    hand_over(storage, clock, runner, job)
+    give_to_runner(storage, clock, runner, job)
     return started
 
 
-def hand_over(storage: Storage, clock: Clock, runner: Runner, job: CopyJob) -> None:
+def give_to_runner(storage: Storage, clock: Clock, runner: Runner, job: CopyJob) -> None:
     """Give a run just started (and committed) to the runner; when the runner
     cannot take it, the run fails with the reason, and the error goes on."""
     try:

@@ -1,11 +1,6 @@
-"""Waves (SPEC 2.6): named groups of an owner's migrations that run together.
-
-A wave holds its members as a list; storage keeps a migration in one wave at
-most and refuses to delete a migration still in one. Deleting a wave releases
-its members: they stay as they are, in no wave. Running a wave starts each
-member by the same rule as a single run (`runs._start`), each in a savepoint
-of one transaction, so one refusal does not hold back the others (the
-savepoints only once a member was refused: `passes`)."""
+"""Waves (SPEC 2.6): named groups of an owner's migrations that run and are
+cancelled together, and their state by member and by bytes. A migration is
+in one wave at most; deleting a wave leaves its members as they are."""
 
 from __future__ import annotations
 
@@ -19,9 +14,9 @@ from .errors import Conflict, NotFound
 from .events import acting
 from .inventory import _referenced
 from .machines import CopyJob
-from .passes import quick_then_careful
+from .passes import items_in_one_unit
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
-from .runs import _cancel, _start, hand_over, state_of_run
+from .runs import _cancel, _start, give_to_runner, state_of_run
 
 
 @attrs.frozen
@@ -137,11 +132,11 @@ def run_wave(
                 refused.append(Refusal(migration_id, refusal.message))
         return started, refused
 
-    started, refused = quick_then_careful(storage, start)
+    started, refused = items_in_one_unit(storage, start)
     launched: list[int] = []
     for job in started:
         try:
-            hand_over(storage, clock, runner, job)
+            give_to_runner(storage, clock, runner, job)
         except Exception as exc:
             refused.append(Refusal(job.migration_id, f"The copy could not start: {exc}"))
         else:
