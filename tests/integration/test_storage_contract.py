@@ -39,6 +39,7 @@ from migration_core import (
     Workload,
 )
 from migration_core.machines import CopyJob, CopyProgress
+from migration_core.ports import Instance
 from migration_core.runs import RunRef, advance_runs, complete_run, fail_run
 
 from ..ssh_keys import keygen
@@ -53,6 +54,24 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
     store = open_storage(request.param, request, tmp_path, SECRET)
     yield store
     store.close()
+
+
+def test_each_storage_has_the_abilities_its_port_declares(storage: Storage) -> None:
+    """What the composition root asks of any storage: its register of
+    instances, whether reads wait, and where writes best run."""
+    instance = Instance.this_process(lease_seconds=30.0)
+    registry = storage.instance_registry()
+    registry.register(instance, now=1000.0)
+    assert registry.gone([instance.id, "never-registered", None], now=1001.0) == {"never-registered", None}
+    registry.deregister(instance)
+    assert registry.gone([instance.id], now=1001.0) == {instance.id}
+    assert isinstance(storage.reads_never_wait, bool)
+    executor = storage.write_executor()
+    if executor is not None:
+        try:
+            assert executor.submit(lambda: 6 * 7).result(timeout=10) == 42
+        finally:
+            executor.shutdown()
 
 
 @attrs.define
