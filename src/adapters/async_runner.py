@@ -46,17 +46,9 @@ from typing import TypeVar
 
 import attrs
 
-from migration_core import (
-    Clock,
-    Copier,
-    CopyEnd,
-    CopyHandle,
-    CopyJob,
-    CopyProgress,
-    RunRef,
-    Storage,
-    mark_interrupted,
-)
+from migration_core import Clock, Copier, Storage, mark_interrupted
+from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress
+from migration_core.runs import RunRef
 
 from .carrying import Carrier
 from .instances import Instance, InstanceRegistry, MemoryRegistry

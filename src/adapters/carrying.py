@@ -9,21 +9,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
-from migration_core import (
-    Clock,
-    Copier,
-    CopyEnd,
-    CopyHandle,
-    CopyJob,
-    CopyProgress,
-    DomainError,
-    NotFound,
-    RunRef,
-    Storage,
-    advance_runs,
-    complete_run,
-    fail_run,
-)
+from migration_core import Clock, Copier, DomainError, NotFound, Storage
+from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress
+from migration_core.runs import RunRef, advance_runs, complete_run, fail_run
 
 log = logging.getLogger(__name__)
 

@@ -9,48 +9,12 @@ SQLite file, a session-level advisory lock in PostgreSQL)."""
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Collection
-from typing import Protocol
 
-import attrs
+from migration_core.ports import Instance, InstanceRegistry
 
-
-@attrs.frozen
-class Instance:
-    id: str
-    host: str
-    pid: int
-    lease_seconds: float
-
-    @classmethod
-    def this_process(cls, lease_seconds: float) -> Instance:
-        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), lease_seconds)
-
-
-class InstanceRegistry(Protocol):
-    """Times are seconds since the epoch: instances on several machines compare them."""
-
-    def register(self, instance: Instance, now: float) -> None:
-        """Record the instance with a fresh lease and take its lock."""
-        ...
-
-    def renew(self, instance: Instance, now: float) -> None:
-        """Extend the lease (recording the instance again if it was dropped)."""
-        ...
-
-    def deregister(self, instance: Instance) -> None: ...
-
-    def gone(self, candidates: Collection[str | None], now: float) -> set[str | None]:
-        """Those of `candidates` that are not live instances (None never is)."""
-        ...
-
-    def live(self, now: float) -> int:
-        """How many instances are live."""
-        ...
+__all__ = ["Instance", "InstanceRegistry", "MemoryRegistry"]  # the port's types, with memory's register
 
 
 class MemoryRegistry:

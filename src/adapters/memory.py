@@ -94,8 +94,13 @@ class MemoryStorage:
         # Undoing a nested unit alone costs memory nothing: it always is.
         return MemoryUnitOfWork(self._tables, self._lock, self._open)
 
+    reads_never_wait = False  # a unit holds the one lock, reading or not
+
     def instance_registry(self) -> MemoryRegistry:
         return self._registry
+
+    def write_executor(self) -> None:
+        return None
 
     def check(self) -> None:
         """Memory always answers."""

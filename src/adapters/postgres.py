@@ -9,7 +9,7 @@ the core's `Conflict` (in the in-memory storage's words), any other failure
 `StorageFailure`.
 
 Every call is a network round trip: none of it may run on an event loop, and
-the storage does not claim `reads_never_wait`.
+`reads_never_wait` is False.
 
 Transactions
 ------------
@@ -87,6 +87,8 @@ def _placeholders(sql: str) -> str:
 class PostgresStorage:
     """Satisfies `migration_core.Storage`."""
 
+    reads_never_wait = False  # every read is a round trip: never on an event loop
+
     def __init__(
         self, url: str, secret_key: bytes, *, min_connections: int = 2, max_connections: int = 16
     ) -> None:
@@ -139,6 +141,9 @@ class PostgresStorage:
     def instance_registry(self) -> SqlInstanceRegistry:
         """Instances sharing this database: rows in it, and advisory locks."""
         return SqlInstanceRegistry(self.unit_of_work, AdvisoryLockWitness(self.url))
+
+    def write_executor(self) -> None:
+        return None
 
     def close(self) -> None:
         self._pool.close()

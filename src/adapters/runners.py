@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from migration_core import Clock, Copier, CopyJob, RunRef, Storage
+from migration_core import Clock, Copier, Storage
+from migration_core.machines import CopyJob
+from migration_core.runs import RunRef
 
 from .carrying import Carrier
 

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-from migration_core import CopyEnd, CopyJob, CopyProgress
 from migration_core.copying import position_of
+from migration_core.machines import CopyEnd, CopyJob, CopyProgress
 
 
 def time_share(elapsed: float, duration: float) -> Fraction:

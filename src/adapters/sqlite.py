@@ -50,7 +50,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
@@ -66,6 +66,9 @@ from .sql.mapping import (
 )
 from .sql.schema import SQLITE
 from .sql.schema import upgrade as upgrade_steps
+
+if TYPE_CHECKING:
+    from .sqlite_group_commit import GroupCommitExecutor
 
 __all__ = ["SqliteStorage", "SqliteUnitOfWork", "StorageFailure", "upgrade"]
 
@@ -180,6 +183,12 @@ class SqliteStorage:
         """Instances sharing this file: rows in it, and file locks beside it."""
         witness = FileLockWitness(self.path.with_name(self.path.name + ".instances"))
         return SqlInstanceRegistry(self.unit_of_work, witness)
+
+    def write_executor(self) -> GroupCommitExecutor:
+        """Writes of many callers committed together (`sqlite_group_commit`)."""
+        from .sqlite_group_commit import GroupCommitExecutor  # it builds on this module
+
+        return GroupCommitExecutor(self)
 
     def close(self) -> None:
         self._closed = True

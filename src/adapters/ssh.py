@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from migration_core import (
-    Conflict,
+from migration_core import Conflict, OperatingSystem
+from migration_core.machines import (
     CopyHandle,
     CopyJob,
     CopyProgress,
@@ -30,7 +30,6 @@ from migration_core import (
     MachineAddress,
     MachineFacts,
     MachineUnreachable,
-    OperatingSystem,
 )
 
 from .remote_shell import remote_script

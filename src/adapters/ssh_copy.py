@@ -18,7 +18,7 @@ from concurrent.futures import Future
 
 import asyncssh
 
-from migration_core import (
+from migration_core.machines import (
     CopyEnd,
     CopyFailed,
     CopyJob,

@@ -125,7 +125,7 @@ def bootstrap(
     master, storage = _open_configured(settings)
     clock = clock or SystemClock()
     try:
-        registry = _registry(storage)
+        registry = storage.instance_registry()
         instance = Instance.this_process(settings.lease_seconds)
         machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
         copier = CopyRouter(SimulatedCopy(settings.run_seconds), machines)
@@ -146,8 +146,8 @@ def bootstrap(
         tokens=tokens,
         runner=runner,
         throttle=LoginThrottle(storage, clock),
-        write_executor=_write_executor(storage),
-        reads_on_loop=bool(getattr(storage, "reads_never_wait", False)),
+        write_executor=storage.write_executor(),
+        reads_on_loop=storage.reads_never_wait,
         registry=registry,
         machines=machines,
     )
@@ -179,23 +179,5 @@ def configured_storage(settings: Settings) -> Storage:
     return _open_configured(settings)[1]
 
 
-def _registry(storage: Storage) -> InstanceRegistry:
-    """Each storage keeps its own register of instances; its adapter says how."""
-    make: Callable[[], InstanceRegistry] | None = getattr(storage, "instance_registry", None)
-    if make is None:
-        raise BadSetting(f"{label('storage')}: this storage keeps no register of instances")
-    return make()
-
-
 def _password_executor() -> Executor:
     return ThreadPoolExecutor(max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="passwords")
-
-
-def _write_executor(storage: Storage) -> Executor | None:
-    from adapters.sqlite import SqliteStorage
-
-    if isinstance(storage, SqliteStorage):
-        from adapters.sqlite_group_commit import GroupCommitExecutor
-
-        return GroupCommitExecutor(storage)
-    return None

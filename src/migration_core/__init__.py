@@ -1,8 +1,10 @@
-"""migration_core: the domain of the workload-migration manager.
+"""migration_core: the domain of the workload-migration manager, pure and
+synchronous (the standard library and attrs only).
 
-Pure and synchronous: entities, rules, use cases and the ports adapters fill.
-It needs only the standard library and attrs.
-"""
+This package exports what a program embedding the core calls and receives
+(README: "Embedding the core in Python"). What adapters implement or drive
+beyond that (repositories, a runner's reports, a copier's jobs) they import
+from the module that defines it."""
 
 from .accounts import (
     LoginThrottle,
@@ -15,7 +17,7 @@ from .accounts import (
     user_from_token,
     user_named,
 )
-from .copying import RunState, VolumeState, run_state
+from .copying import RunState, VolumeState
 from .entities import (
     CloudType,
     CopyMark,
@@ -33,9 +35,6 @@ from .entities import (
     Volume,
     Wave,
     Workload,
-    posix_root,
-    system_volume,
-    volume_key,
 )
 from .errors import (
     AuthenticationFailed,
@@ -50,8 +49,6 @@ from .errors import (
 from .events import events_after, last_event_id, list_events
 from .fleet import ImportReport, InventoryRow, Plan, export_inventory, import_inventory
 from .inventory import (
-    KEEP,
-    Keep,
     count_migrations_by_state,
     create_credentials,
     create_migration,
@@ -79,58 +76,17 @@ from .inventory import (
     update_mount_point,
     update_workload,
 )
-from .machines import (
-    COPY_TOOLS,
-    CheckReport,
-    Copier,
-    CopyEnd,
-    CopyFailed,
-    CopyHandle,
-    CopyJob,
-    CopyProgress,
-    Discovered,
-    DiscoveryReport,
-    Filesystem,
-    HostKeyChanged,
-    MachineAddress,
-    MachineFacts,
-    Machines,
-    MachineUnreachable,
-    VolumeChange,
-    VolumeCopied,
-    VolumeToCopy,
-    check_workload,
-    discover_volumes,
-    workload_with_ip,
-)
-from .ports import (
-    Clock,
-    EventRepository,
-    ListQuery,
-    MigrationRepository,
-    Page,
-    PasswordHasher,
-    Repository,
-    Runner,
-    Storage,
-    UnitOfWork,
-    UserRepository,
-)
-from .private_keys import check_private_key
+from .machines import CheckReport, Copier, DiscoveryReport, Machines, check_workload, discover_volumes, workload_with_ip
+from .ports import Clock, ListQuery, Page, PasswordHasher, Runner, Storage
 from .runs import (
     CANCELLED,
     INTERRUPTED,
-    RunRef,
-    advance_runs,
     cancel_run,
-    complete_run,
-    fail_run,
     get_run_state,
     launch_run,
     mark_interrupted,
     run_migration,
     running_states,
-    start_run,
 )
 from .waves import (
     Refusal,
@@ -149,42 +105,26 @@ from .waves import (
 __all__ = [
     "AuthenticationFailed",
     "CANCELLED",
-    "COPY_TOOLS",
     "CheckReport",
     "Clock",
     "CloudType",
     "Conflict",
     "Copier",
-    "CopyEnd",
-    "CopyFailed",
-    "CopyHandle",
-    "CopyJob",
     "CopyMark",
-    "CopyProgress",
     "Credentials",
-    "Discovered",
     "DiscoveryReport",
     "DomainError",
     "Event",
     "EventKind",
-    "EventRepository",
-    "Filesystem",
-    "HostKeyChanged",
     "INTERRUPTED",
     "ImportReport",
     "InvalidInput",
     "InventoryRow",
-    "KEEP",
-    "Keep",
     "ListQuery",
     "Login",
     "LoginThrottle",
-    "MachineAddress",
-    "MachineFacts",
-    "MachineUnreachable",
     "Machines",
     "Migration",
-    "MigrationRepository",
     "MigrationState",
     "MigrationTarget",
     "MountPoint",
@@ -194,10 +134,8 @@ __all__ = [
     "PasswordHasher",
     "Plan",
     "Refusal",
-    "Repository",
     "RowError",
     "RowsRefused",
-    "RunRef",
     "RunState",
     "Runner",
     "Storage",
@@ -205,25 +143,17 @@ __all__ = [
     "Throttled",
     "TokenIssuer",
     "TokenPair",
-    "UnitOfWork",
     "User",
-    "UserRepository",
     "Volume",
-    "VolumeChange",
-    "VolumeCopied",
     "VolumeState",
-    "VolumeToCopy",
     "Wave",
     "WaveRun",
     "WaveState",
     "Workload",
-    "advance_runs",
     "authenticate",
     "cancel_run",
     "cancel_wave",
-    "check_private_key",
     "check_workload",
-    "complete_run",
     "count_migrations_by_state",
     "create_credentials",
     "create_migration",
@@ -240,7 +170,6 @@ __all__ = [
     "discover_volumes",
     "events_after",
     "export_inventory",
-    "fail_run",
     "get_credentials",
     "get_migration",
     "get_migration_target",
@@ -260,15 +189,11 @@ __all__ = [
     "list_workloads",
     "login",
     "mark_interrupted",
-    "posix_root",
     "refresh_access",
     "register_user",
     "run_migration",
-    "run_state",
-    "run_wave",
     "running_states",
-    "start_run",
-    "system_volume",
+    "run_wave",
     "update_credentials",
     "update_migration",
     "update_migration_target",
@@ -277,7 +202,6 @@ __all__ = [
     "update_workload",
     "user_from_token",
     "user_named",
-    "volume_key",
     "wave_state",
     "workload_with_ip",
 ]

@@ -3,7 +3,7 @@ another, in the source's order. A copier reports where its copy is in bytes
 (`CopyProgress`); the core records only what grows: `copied` never
 decreases, never exceeds a volume's size, and the bytes copied are the sum of
 the volumes' `copied`. Progress is `floor(100 * bytes_copied / bytes_total)`,
-below 100 until success (`percent`).
+below 100 until success (`shown_progress`).
 
 Volumes of 0 bytes: when every volume is empty, progress counts the volumes
 done. An empty volume's `copied` is 0 either way; whether it is done shows in
@@ -48,15 +48,22 @@ def position_of(sizes: Sequence[int], done: Fraction) -> Position:
     return Position(volumes, passed - end, 100 * passed // total)
 
 
+def shown_progress(done: int, total: int, *, succeeded: bool = False) -> int:
+    """floor(100 * done / total), as a run's or a wave's progress shows it:
+    below 100 until success, which alone reaches it."""
+    progress = 100 * done // total
+    return progress if succeeded else min(99, progress)
+
+
 def percent(sizes: Sequence[int], volumes: int, partial: int) -> int:
-    """The progress of a copy with the first `volumes` done and `partial`
-    bytes of the next: floor(100 * copied / total), the share of volumes done
-    when every size is 0; below 100, which only success reaches."""
+    """The progress of a running copy with the first `volumes` done and
+    `partial` bytes of the next: of its bytes, or of its volumes when every
+    size is 0."""
     total = sum(sizes)
     if total == 0:
-        return min(99, 100 * volumes // max(1, len(sizes)))
+        return shown_progress(volumes, max(1, len(sizes)))
     done = sum(sizes[:volumes]) + (min(partial, sizes[volumes]) if volumes < len(sizes) else 0)
-    return min(99, 100 * done // total)
+    return shown_progress(done, total)
 
 
 def copied_bytes(sizes: Sequence[int], volumes: int, partial: int) -> list[int]:

@@ -40,6 +40,12 @@ def target_busy(target_id: int, migration_id: int) -> Conflict:
     return Conflict(f"Migration target {target_id} is busy with migration {migration_id}.")
 
 
+def running_not_editable(migration_id: int) -> Conflict:
+    """What an edit of a running migration is told, by an update and by an
+    inventory import alike: the one sentence for it."""
+    return Conflict(f"Migration {migration_id} is running and cannot be edited.")
+
+
 class AuthenticationFailed(DomainError):
     """Wrong username or password, or an unusable token."""
 

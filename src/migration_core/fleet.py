@@ -2,12 +2,9 @@
 its login, volumes and, optionally, its plan (a target of its own and a
 migration, in a wave), imported in one unit of work and exported back.
 
-Import applies each row through the same use cases as single calls, each a
-savepoint of the import's one transaction, so every rule is the one those
-calls check, and a bad row is undone alone while the others are still
-checked. When any row is bad, nothing is written and every bad row is named.
-The savepoints are only needed once a row fails: the rows are first applied
-without them, and again with them only when something failed (`passes`).
+Each row goes through the same use cases as single calls, so every rule is
+the one they check; a bad row is undone alone while the others are still
+checked, and when any row is bad nothing is written and every bad row is named.
 
 What a row means:
 - rows match workloads by ip (per owner): a new ip creates, a known one
@@ -36,7 +33,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .entities import Migration, MigrationState, MountPoint, Workload, canonical_ip, volume_key
-from .errors import Conflict, InvalidInput, NotFound, RowError, RowsRefused
+from .errors import Conflict, InvalidInput, NotFound, RowError, RowsRefused, running_not_editable
 from .inventory import (
     create_credentials,
     create_migration,
@@ -50,7 +47,7 @@ from .inventory import (
     update_mount_point,
     update_workload,
 )
-from .passes import GaveUp, quick_then_careful
+from .passes import GaveUp, items_in_one_unit
 from .ports import Clock, ListQuery, Repository, Storage, UnitOfWork
 from .waves import create_wave, update_wave
 
@@ -115,7 +112,7 @@ class _RowFailed(Exception):
 
 
 @contextmanager
-def _blame(column: str | None, columns: Mapping[str, str] | None = None) -> Iterator[None]:
+def _errors_as_column(column: str | None, columns: Mapping[str, str] | None = None) -> Iterator[None]:
     """A refusal of the use cases inside, as the row's column at fault."""
     try:
         yield
@@ -142,7 +139,7 @@ def import_inventory(
     def apply(uow: UnitOfWork, careful: bool) -> ImportReport:
         return _apply(storage, clock, uow, owner_id, rows, list(repeated), progress, careful=careful)
 
-    return quick_then_careful(storage, apply, commit=not dry_run)
+    return items_in_one_unit(storage, apply, commit=not dry_run)
 
 
 def _apply(
@@ -163,12 +160,12 @@ def _apply(
     # Rows only name waves; the waves are written after the rows.
     wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
     waves = _WaveMoves(wave_names)
+    within = _Import(storage, clock, uow, owner_id, wave_names, careful)
     for done, row in enumerate(rows, start=1):
         if row.row not in repeated:
-            applied = _Row(storage, clock, uow, owner_id, row, wave_names, careful=careful)
             try:
                 with storage.unit_of_work() as savepoint:
-                    outcome = applied.apply()
+                    outcome, named = _apply_row(within, row)
                     savepoint.commit()
             except _RowFailed as failed:
                 if not careful:
@@ -176,7 +173,7 @@ def _apply(
                 errors.append(RowError(row.row, failed.field, failed.message))
             else:
                 outcomes[outcome] += 1
-                for migration_id, wave, new in applied.waves:
+                for migration_id, wave, new in named:
                     waves.want(migration_id, row.row, wave, new=new)
         if progress is not None:
             progress(done, len(rows))
@@ -238,7 +235,7 @@ class _WaveMoves:
         for name, newcomers in joining.items():
             _, found = uow.waves.find(owner_id, ListQuery(filters={"name": name}, limit=1))
             try:
-                with _blame("wave", {"name": "wave", "migrations": "wave"}):
+                with _errors_as_column("wave", {"name": "wave", "migrations": "wave"}):
                     if found:
                         joined = [*found[0].migration_ids, *newcomers]
                         update_wave(storage, owner_id, found[0].id, migration_ids=joined)
@@ -249,80 +246,41 @@ class _WaveMoves:
         return errors
 
 
-class _Row:
-    """One row applied: creates what is new, updates what differs."""
+@attrs.frozen
+class _Import:
+    """What every row of one import is applied with."""
 
-    def __init__(
-        self,
-        storage: Storage,
-        clock: Clock,
-        uow: UnitOfWork,
-        owner_id: int,
-        row: InventoryRow,
-        wave_names: Mapping[int, str],
-        *,
-        careful: bool,
-    ) -> None:
-        self.storage, self.clock, self.uow, self.owner_id, self.row = storage, clock, uow, owner_id, row
-        self.wave_names = wave_names
-        self.careful = careful  # False: no failure may be passed over
+    storage: Storage
+    clock: Clock
+    uow: UnitOfWork
+    owner_id: int
+    wave_names: Mapping[int, str]  # of the waves as they were when the import began
+    careful: bool  # False: no failure may be passed over
+
+
+class _RowImport:
+    """One row being applied: whether it changed anything, and the waves it
+    names (written after the rows)."""
+
+    def __init__(self, within: _Import, row: InventoryRow) -> None:
+        self.storage, self.clock, self.uow, self.owner_id = within.storage, within.clock, within.uow, within.owner_id
+        self.wave_names, self.careful, self.row = within.wave_names, within.careful, row
         self.changed = False
         self.waves: list[tuple[int, str, bool]] = []  # (migration, the wave the row names, new)
 
-    def apply(self) -> str:
-        with _blame("ip"):
-            ip = canonical_ip(self.row.ip)
-        _, found = self.uow.workloads.find(self.owner_id, ListQuery(filters={"ip": ip}, limit=1))
-        if not found:
-            self._create(ip)
-            return "created"
-        # Read again as a single entity, which storage may lock: the row rewrites it.
-        workload = self.uow.workloads.get(self.owner_id, found[0].id)
-        _, migrations = self.uow.migrations.find(
-            self.owner_id, ListQuery(filters={"source_id": workload.id}, limit=1_000_000)
-        )
-        self._update(workload, migrations[-1] if migrations else None)
-        if not self.changed:
-            return "unchanged"
-        running = [m for m in migrations if m.state is MigrationState.RUNNING]
-        if running:
-            raise _RowFailed(None, f"Migration {running[0].id} is running and cannot be edited.")
-        return "updated"
-
-    # -- a new workload ----------------------------------------------------
-
-    def _create(self, ip: str) -> None:
-        row = self.row
-        with _blame("username", _LOGIN):
-            login = create_credentials(
-                self.storage, self.owner_id,
-                username=row.username or "", password=row.password or "", domain=row.domain or "",
-            )
-        with _blame("volumes"):
-            volumes = [
-                create_mount_point(self.storage, self.owner_id, name=name, size=size)
-                for name, size in row.volumes or ()
-            ]
-        with _blame("ip", _WORKLOAD):
-            workload = create_workload(
-                self.storage, self.owner_id, ip=ip, credentials_id=login.id,
-                mount_point_ids=[v.id for v in volumes], **row.machine,
-            )
-        if row.plan is not None:
-            self._new_plan(row.plan, workload, volumes)
-
-    def _new_plan(self, plan: Plan, workload: Workload, volumes: Sequence[MountPoint]) -> None:
-        with _blame("cloud_username", _CLOUD_LOGIN):
+    def new_plan(self, plan: Plan, workload: Workload, volumes: Sequence[MountPoint]) -> None:
+        """A target and a migration of the workload, as the row's plan says."""
+        with _errors_as_column("cloud_username", _CLOUD_LOGIN):
             login = create_credentials(
                 self.storage, self.owner_id, username=plan.cloud_username or "",
                 password=plan.cloud_password or "", domain=plan.cloud_domain or "",
             )
-        with _blame("cloud_type", _TARGET):
+        with _errors_as_column("cloud_type", _TARGET):
             target = create_migration_target(
                 self.storage, self.owner_id, cloud_type=plan.cloud_type, cloud_credentials_id=login.id
             )
         selected = _selection(plan.select, volumes)
-        with _blame("select", _MIGRATION):
+        with _errors_as_column("select", _MIGRATION):
             migration = create_migration(
                 self.storage, self.owner_id, clock=self.clock, source_id=workload.id,
                 migration_target_id=target.id, selected_mount_point_ids=selected,
@@ -331,9 +289,37 @@ class _Row:
             self.waves.append((migration.id, plan.wave, True))
         self.changed = True
 
-    # -- a known workload --------------------------------------------------
 
-    def _update(self, workload: Workload, migration: Migration | None) -> None:
+class _NewWorkloadRow(_RowImport):
+    """A row of an ip the owner has no workload at: everything is created."""
+
+    def create(self, ip: str) -> None:
+        """A workload at `ip`, with its login, volumes and plan."""
+        row = self.row
+        with _errors_as_column("username", _LOGIN):
+            login = create_credentials(
+                self.storage, self.owner_id,
+                username=row.username or "", password=row.password or "", domain=row.domain or "",
+            )
+        with _errors_as_column("volumes"):
+            volumes = [
+                create_mount_point(self.storage, self.owner_id, name=name, size=size)
+                for name, size in row.volumes or ()
+            ]
+        with _errors_as_column("ip", _WORKLOAD):
+            workload = create_workload(
+                self.storage, self.owner_id, ip=ip, credentials_id=login.id,
+                mount_point_ids=[v.id for v in volumes], **row.machine,
+            )
+        if row.plan is not None:
+            self.new_plan(row.plan, workload, volumes)
+
+
+class _KnownWorkloadRow(_RowImport):
+    """A row of a known workload's ip: what differs is updated."""
+
+    def update(self, workload: Workload, migration: Migration | None) -> None:
+        """The workload, its login, volumes and plan changed where the row differs."""
         row = self.row
         login_id = self._login(
             workload.credentials_id, row.username, row.password, row.domain, _LOGIN, "username"
@@ -342,14 +328,14 @@ class _Row:
         if row.volumes is not None:
             volumes = self._volumes(volumes, row.volumes)
         ids = tuple(v.id for v in volumes)
-        with _blame("ip", _WORKLOAD):
+        with _errors_as_column("ip", _WORKLOAD):
             # As the workload would store them: "/srv/" is the root "/srv".
             wanted = attrs.evolve(workload, **row.machine)
         machine = {
             name: getattr(wanted, name) for name in row.machine if getattr(wanted, name) != getattr(workload, name)
         }
         if machine or (login_id, ids) != (workload.credentials_id, workload.mount_point_ids):
-            with _blame("volumes", _WORKLOAD):
+            with _errors_as_column("volumes", _WORKLOAD):
                 update_workload(
                     self.storage, self.owner_id, workload.id, credentials_id=login_id, mount_point_ids=ids,
                     **machine,
@@ -357,7 +343,7 @@ class _Row:
             self.changed = True
         if row.plan is not None:
             if migration is None:
-                self._new_plan(row.plan, workload, volumes)
+                self.new_plan(row.plan, workload, volumes)
             else:
                 self._plan(row.plan, migration, volumes)
         for gone in set(workload.mount_point_ids) - set(ids):
@@ -386,7 +372,7 @@ class _Row:
         users = len(self.uow.workloads.referrers("credentials_id", current_id)) + len(
             self.uow.migration_targets.referrers("cloud_credentials_id", current_id)
         )
-        with _blame(column, columns):
+        with _errors_as_column(column, columns):
             if users > 1:
                 return create_credentials(
                     self.storage, self.owner_id, **values, private_key=current.private_key
@@ -398,7 +384,7 @@ class _Row:
         """The row's volumes, matched to the workload's by volume name."""
         by_key = {mount_point.key: mount_point for mount_point in current}
         volumes = []
-        with _blame("volumes"):
+        with _errors_as_column("volumes"):
             for name, size in wanted:
                 found = by_key.pop(volume_key(name), None)
                 if found is None:
@@ -417,7 +403,7 @@ class _Row:
             plan.cloud_domain, _CLOUD_LOGIN, "cloud_username",
         )
         if (plan.cloud_type, login_id) != (target.cloud_type.value, target.cloud_credentials_id):
-            with _blame("cloud_type", _TARGET):
+            with _errors_as_column("cloud_type", _TARGET):
                 update_migration_target(
                     self.storage, self.owner_id, target.id,
                     cloud_type=plan.cloud_type, cloud_credentials_id=login_id,
@@ -425,7 +411,7 @@ class _Row:
             self.changed = True
         selected = _selection(plan.select, volumes)
         if tuple(selected) != migration.selected_mount_point_ids:
-            with _blame("select", _MIGRATION):
+            with _errors_as_column("select", _MIGRATION):
                 update_migration(
                     self.storage, self.owner_id, migration.id, clock=self.clock, selected_mount_point_ids=selected
                 )
@@ -449,6 +435,29 @@ class _Row:
         except Conflict:
             if not self.careful:
                 raise
+
+
+def _apply_row(within: _Import, row: InventoryRow) -> tuple[str, list[tuple[int, str, bool]]]:
+    """Apply a row: "created", "updated" or "unchanged", and the waves it names."""
+    uow, owner_id = within.uow, within.owner_id
+    with _errors_as_column("ip"):
+        ip = canonical_ip(row.ip)
+    _, found = uow.workloads.find(owner_id, ListQuery(filters={"ip": ip}, limit=1))
+    if not found:
+        created = _NewWorkloadRow(within, row)
+        created.create(ip)
+        return "created", created.waves
+    # Read again as a single entity, which storage may lock: the row rewrites it.
+    workload = uow.workloads.get(owner_id, found[0].id)
+    _, migrations = uow.migrations.find(owner_id, ListQuery(filters={"source_id": workload.id}, limit=1_000_000))
+    known = _KnownWorkloadRow(within, row)
+    known.update(workload, migrations[-1] if migrations else None)
+    if not known.changed:
+        return "unchanged", known.waves
+    running = [m for m in migrations if m.state is MigrationState.RUNNING]
+    if running:
+        raise _RowFailed(None, running_not_editable(running[0].id).message)
+    return "updated", known.waves
 
 
 def _selection(names: Sequence[str] | None, volumes: Sequence[MountPoint]) -> list[int]:

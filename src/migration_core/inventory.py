@@ -21,7 +21,7 @@ from .entities import (
     Workload,
     canonical_ip,
 )
-from .errors import Conflict, InvalidInput, NotFound, target_busy
+from .errors import Conflict, InvalidInput, NotFound, running_not_editable, target_busy
 from .events import acting, append, event
 from .ports import Clock, ListQuery, Page, Repository, Storage, UnitOfWork
 
@@ -530,7 +530,7 @@ def update_migration(
     with storage.unit_of_work() as uow:
         current = uow.migrations.get(owner_id, migration_id)
         if current.state is MigrationState.RUNNING:
-            raise Conflict(f"Migration {migration_id} is running and cannot be edited.")
+            raise running_not_editable(migration_id)
         changed = attrs.evolve(
             current,
             source_id=current.source_id if source_id is None else source_id,

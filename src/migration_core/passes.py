@@ -1,9 +1,5 @@
 """Many items in one unit of work, where a failing item must not hold back
-the others (an import's rows, a wave's members): each item is a nested unit,
-undone alone when it fails. Undoing alone has a cost in some storage, and
-most runs have no failure: so the work is tried first in a unit that undoes
-nothing alone and gives up at the first failure, then, only when that
-happened, again from the start with each item undone alone."""
+the others (an import's rows, a wave's members): `items_in_one_unit`."""
 
 from __future__ import annotations
 
@@ -23,9 +19,13 @@ class GaveUp(Exception):
     """A failure the quick pass met and the careful one will tell."""
 
 
-def quick_then_careful(storage: Storage, work: Work[T], *, commit: bool = True) -> T:
-    """What `work` gives, committed when `commit`: from the quick pass when
-    nothing failed in it, else from the careful pass (whose errors go on)."""
+def items_in_one_unit(storage: Storage, work: Work[T], *, commit: bool = True) -> T:
+    """What `work` gives, committed when `commit`. Each item is a nested unit,
+    undone alone when it fails; undoing alone has a cost in some storage, and
+    most work has no failure: so `work` runs first in a unit that undoes
+    nothing alone and gives up at the first failure (the quick pass), and only
+    then again from the start with each item undone alone (the careful pass,
+    whose errors go on)."""
     committed = False
     try:
         with storage.unit_of_work(undo_nested=False) as uow:

@@ -3,7 +3,11 @@ them structurally, without inheriting."""
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Executor
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -209,7 +213,60 @@ class UnitOfWork(Protocol):
     def commit(self) -> None: ...
 
 
+@attrs.frozen
+class Instance:
+    """A service instance sharing storage with others: it holds a lease on
+    its entry in the storage's register while it lives."""
+
+    id: str
+    host: str
+    pid: int
+    lease_seconds: float
+
+    @classmethod
+    def this_process(cls, lease_seconds: float) -> Instance:
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), lease_seconds)
+
+
+class InstanceRegistry(Protocol):
+    """The register of the instances sharing a storage. Times are seconds since
+    the epoch: instances on several machines compare them."""
+
+    def register(self, instance: Instance, now: float) -> None:
+        """Record the instance with a fresh lease and take its lock."""
+        ...
+
+    def renew(self, instance: Instance, now: float) -> None:
+        """Extend the lease (recording the instance again if it was dropped)."""
+        ...
+
+    def deregister(self, instance: Instance) -> None: ...
+
+    def gone(self, candidates: Collection[str | None], now: float) -> set[str | None]:
+        """Those of `candidates` that are not live instances (None never is)."""
+        ...
+
+    def live(self, now: float) -> int:
+        """How many instances are live."""
+        ...
+
+
 class Storage(Protocol):
+    @property
+    def reads_never_wait(self) -> bool:
+        """Whether a unit with `write=False` never waits for a writer, so that
+        a caller may run short reads on an event loop's own thread."""
+        ...
+
+    def instance_registry(self) -> InstanceRegistry:
+        """The register of the service instances sharing this storage."""
+        ...
+
+    def write_executor(self) -> Executor | None:
+        """A new executor for write use cases, which the caller shuts down
+        (say, one thread committing many together); None: any thread will do."""
+        ...
+
     def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> UnitOfWork:
         """A new transaction; `write=False` promises it only reads, which lets
         storage run it alongside writers. `undo_nested=False` promises the

@@ -217,11 +217,11 @@ def launch_run(
     """Start a run and hand it to the runner; the migration as started (state
     `running`), whatever a background runner has done with it since."""
     started, job = _started(storage, clock, owner_id, migration_id, runner.instance_id, actor)
-    hand_over(storage, clock, runner, job)
+    give_to_runner(storage, clock, runner, job)
     return started
 
 
-def hand_over(storage: Storage, clock: Clock, runner: Runner, job: CopyJob) -> None:
+def give_to_runner(storage: Storage, clock: Clock, runner: Runner, job: CopyJob) -> None:
     """Give a run just started (and committed) to the runner; when the runner
     cannot take it, the run fails with the reason, and the error goes on."""
     try:
@@ -441,20 +441,26 @@ def mark_interrupted(
 
 def get_run_state(storage: Storage, owner_id: int, migration_id: int) -> RunState:
     """What a migration's run has copied, volume by volume, and when it should
-    end. Without a recorded run, its selected volumes as they are now, in the
-    source's order (any no longer in the source after them)."""
+    end (`state_of_run`)."""
     with storage.unit_of_work(write=False) as uow:
-        migration = uow.migrations.get(owner_id, migration_id)
-        if migration.snapshot is not None and migration.copied is not None:
-            return run_state(migration)
-        source = uow.workloads.get(owner_id, migration.source_id)
-        selected = migration.selected_mount_point_ids
-        ordered = [i for i in source.mount_point_ids if i in selected]
-        ordered += [i for i in selected if i not in ordered]
-        plan = []
-        for mount_point_id in ordered:
-            mount_point = uow.mount_points.get(owner_id, mount_point_id)
-            plan.append((mount_point_id, Volume(mount_point.name, mount_point.size)))
+        return state_of_run(uow, uow.migrations.get(owner_id, migration_id))
+
+
+def state_of_run(uow: UnitOfWork, migration: Migration) -> RunState:
+    """A migration's run as recorded; without a recorded run, its selected
+    volumes as they are now, in the source's order (any no longer in the
+    source after them): the plan a run would copy."""
+    if migration.snapshot is not None and migration.copied is not None:
+        return run_state(migration)
+    owner_id = migration.owner_id
+    source = uow.workloads.get(owner_id, migration.source_id)
+    selected = migration.selected_mount_point_ids
+    ordered = [i for i in source.mount_point_ids if i in selected]
+    ordered += [i for i in selected if i not in ordered]
+    plan = []
+    for mount_point_id in ordered:
+        mount_point = uow.mount_points.get(owner_id, mount_point_id)
+        plan.append((mount_point_id, Volume(mount_point.name, mount_point.size)))
     return run_state(migration, plan)
 
 

@@ -1,28 +1,22 @@
-"""Waves (SPEC 2.6): named groups of an owner's migrations that run together.
-
-A wave holds its members as a list; storage keeps a migration in one wave at
-most and refuses to delete a migration still in one. Deleting a wave releases
-its members: they stay as they are, in no wave. Running a wave starts each
-member by the same rule as a single run (`runs._start`), each in a savepoint
-of one transaction, so one refusal does not hold back the others (the
-savepoints only once a member was refused: `passes`)."""
+"""Waves (SPEC 2.6): named groups of an owner's migrations that run and are
+cancelled together, and their state by member and by bytes. A migration is
+in one wave at most; deleting a wave leaves its members as they are."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import attrs
 
-from .copying import run_state
-from .entities import Migration, MigrationState, Volume, Wave
+from .copying import shown_progress
+from .entities import Migration, MigrationState, Wave
 from .errors import Conflict, NotFound
 from .events import acting
 from .inventory import _referenced
 from .machines import CopyJob
-from .passes import quick_then_careful
+from .passes import items_in_one_unit
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
-from .runs import _cancel, _start, hand_over
+from .runs import _cancel, _start, give_to_runner, state_of_run
 
 
 @attrs.frozen
@@ -138,11 +132,11 @@ def run_wave(
                 refused.append(Refusal(migration_id, refusal.message))
         return started, refused
 
-    started, refused = quick_then_careful(storage, start)
+    started, refused = items_in_one_unit(storage, start)
     launched: list[int] = []
     for job in started:
         try:
-            hand_over(storage, clock, runner, job)
+            give_to_runner(storage, clock, runner, job)
         except Exception as exc:
             refused.append(Refusal(job.migration_id, f"The copy could not start: {exc}"))
         else:
@@ -180,19 +174,10 @@ def _members_in_turn(uow: UnitOfWork, owner_id: int, wave_id: int) -> list[int]:
 
 
 def _bytes(uow: UnitOfWork, migration: Migration) -> tuple[int, int]:
-    """The bytes a member's run copies and has copied, by the run's own
-    record once it has started (`run_state`), else its selection as it is now."""
-    if migration.snapshot is not None:
-        state = run_state(migration)
-        return state.bytes_total, state.bytes_copied
-    plan = [(i, _volume(uow, migration.owner_id, i)) for i in migration.selected_mount_point_ids]
-    state = run_state(migration, plan)
+    """The bytes a member's run copies and has copied, as its own run state
+    says them."""
+    state = state_of_run(uow, migration)
     return state.bytes_total, state.bytes_copied
-
-
-def _volume(uow: UnitOfWork, owner_id: int, mount_point_id: int) -> Volume:
-    mount_point = uow.mount_points.get(owner_id, mount_point_id)
-    return Volume(mount_point.name, mount_point.size)
 
 
 def wave_state(storage: Storage, owner_id: int, wave_id: int) -> WaveState:
@@ -207,15 +192,15 @@ def wave_state(storage: Storage, owner_id: int, wave_id: int) -> WaveState:
     shares = [100 if ok else m.progress for m, ok in zip(members, done)]
     copied = [bytes_copied for _, bytes_copied in measured]
     total = sum(bytes_total for bytes_total, _ in measured)
-    if total:
-        progress = math.floor(100 * sum(copied) / total)
+    if not members:
+        progress = 0
+    elif total:
+        progress = shown_progress(sum(copied), total, succeeded=all(done))
     else:  # nothing to copy: each member an equal share
-        progress = sum(shares) // len(shares) if shares else 0
-    if not all(done):
-        progress = min(progress, 99)
+        progress = shown_progress(sum(shares), 100 * len(shares), succeeded=all(done))
     return WaveState(
         counts=counts,
-        progress=progress if members else 0,
+        progress=progress,
         bytes_total=total,
         bytes_copied=sum(copied),
         finished=all(m.state.finished for m in members),

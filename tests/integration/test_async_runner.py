@@ -22,6 +22,8 @@ from adapters.async_runner import AsyncRunner
 from adapters.memory import MemoryStorage
 from adapters.simulated_copy import SimulatedCopy
 from migration_core import MigrationState, TargetVm, User, Volume
+from migration_core.machines import CopyJob
+from migration_core.runs import start_run
 
 T = TypeVar("T")
 
@@ -445,7 +447,7 @@ class ElsewhereRunner:
 
     instance_id = "elsewhere"
 
-    def launch(self, job: core.CopyJob) -> None:
+    def launch(self, job: CopyJob) -> None:
         raise AssertionError("runs are launched in this process only")
 
     def cancel(self, migration_id: int) -> None:
@@ -531,7 +533,7 @@ async def test_start_marks_runs_left_running_as_interrupted(harness: Harness) ->
     here) is interrupted when a runner starts, and can then succeed."""
     migration = await harness.migration("C:\\")
     left = await off_loop(
-        core.start_run, harness.storage, harness.clock, harness.inv.owner_id, migration.id
+        start_run, harness.storage, harness.clock, harness.inv.owner_id, migration.id
     )
     assert left.state is MigrationState.RUNNING
 
@@ -555,7 +557,7 @@ async def test_a_start_that_cannot_reach_storage_can_be_tried_again(
     """A failed start leaves the runner stopped, not half started."""
     migration = await harness.migration("C:\\")
     await off_loop(
-        core.start_run, harness.storage, harness.clock, harness.inv.owner_id, migration.id
+        start_run, harness.storage, harness.clock, harness.inv.owner_id, migration.id
     )
     runner = harness.runner()
     harness.storage.unavailable = True

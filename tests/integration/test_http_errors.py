@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from entrypoints.http import create_app
-from migration_core import Storage, UnitOfWork
+from migration_core import Storage
+from migration_core.ports import UnitOfWork
 
 from .http_client import PASSWORD, SECRET_MARKER, User, make_app, make_services
 

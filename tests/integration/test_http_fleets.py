@@ -147,6 +147,10 @@ async def test_a_row_of_a_running_migration_is_refused_with_that_reason(alice: U
     assert refused["rows"] == [
         {"row": 2, "field": None, "message": f"Migration {migration['id']} is running and cannot be edited."}
     ]
+    # An edit of the migration itself is told the same sentence.
+    edit = {"migration_target": migration["migration_target"]}
+    edited = await alice.call("PATCH", f"{API}/migrations/{migration['id']}/", 409, json=edit)
+    assert edited["detail"] == refused["rows"][0]["message"]
     after = await everything(alice)
     for state in (before, after):
         for item in state["migrations"]:

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 import migration_core as core
 from adapters.clock import SystemClock
 from entrypoints.http import create_app
+from migration_core.runs import RunRef, complete_run, start_run
 
 from .http_client import PASSWORD, User
 from .storages import ALL_STORAGES, storage_url
@@ -170,16 +171,16 @@ def _fleet(storage: core.Storage, owner: int) -> dict[str, list[int]]:
         ip = f"10.20.{i // 256}.{i % 256}"
         if kind == "busy":
             blocker, _, _ = migration(f"10.21.{i // 256}.{i % 256}")
-            core.start_run(storage, clock, owner, blocker)
+            start_run(storage, clock, owner, blocker)
             target = core.get_migration(storage, owner, blocker).migration_target_id
             made, _, _ = migration(ip, target=target)
         else:
             made, source, volumes = migration(ip, select_c=kind != "no_c")
             if kind == "running":
-                core.start_run(storage, clock, owner, made)
+                start_run(storage, clock, owner, made)
             elif kind == "succeeded":
-                core.start_run(storage, clock, owner, made)
-                core.complete_run(storage, clock, core.RunRef(owner, made))
+                start_run(storage, clock, owner, made)
+                complete_run(storage, clock, RunRef(owner, made))
             elif kind == "gone":
                 core.update_workload(storage, owner, source, mount_point_ids=volumes[:1])
         groups[kind].append(made)

@@ -18,6 +18,7 @@ from adapters.clock import SystemClock
 from adapters.memory import MemoryStorage
 from entrypoints.inventory_csv import import_csv, parse, render
 from migration_core import InventoryRow, Plan
+from migration_core.entities import volume_key
 
 CLOCK = SystemClock()
 
@@ -46,7 +47,7 @@ def inventories(draw: st.DrawFn, min_size: int = 0) -> list[InventoryRow]:
     waves = draw(st.lists(name, min_size=1, max_size=3, unique=True))
     rows = []
     for number, ip in enumerate(ips, start=2):
-        volume_names = draw(st.lists(volume_name, max_size=4, unique_by=core.volume_key))
+        volume_names = draw(st.lists(volume_name, max_size=4, unique_by=volume_key))
         volumes = tuple((n, draw(st.integers(0, 2**63 - 1))) for n in volume_names)
         plan = None
         if volume_names and draw(st.booleans()):

@@ -21,6 +21,8 @@ import migration_core as core
 from adapters.clock import SystemClock
 from adapters.postgres import PostgresStorage
 from migration_core import Storage
+from migration_core.machines import CopyJob, CopyProgress
+from migration_core.runs import RunRef, advance_runs, start_run
 
 from .storages import ALL_STORAGES, open_storage
 
@@ -228,7 +230,7 @@ def test_an_import_keeps_a_patch_made_after_it_matched_the_workload(storage: Sto
 class _Runner:
     instance_id = None
 
-    def launch(self, job: core.CopyJob) -> None:
+    def launch(self, job: CopyJob) -> None:
         """The test reports the copy itself."""
 
     def cancel(self, migration_id: int) -> None:
@@ -250,13 +252,13 @@ def test_a_cancel_keeps_the_progress_a_concurrent_report_recorded(storage: Stora
         storage, owner, clock=clock, source_id=workload.id, migration_target_id=target.id,
         selected_mount_point_ids=[v.id for v in volumes],
     )
-    run = core.RunRef.of(core.start_run(storage, clock, owner, migration.id))
-    halfway_and_more = {run: core.CopyProgress(volumes=1, partial=10)}  # 60 of 100 bytes
+    run = RunRef.of(start_run(storage, clock, owner, migration.id))
+    halfway_and_more = {run: CopyProgress(volumes=1, partial=10)}  # 60 of 100 bytes
 
     _, still_running = interleave(
         storage,
         lambda s: core.cancel_run(s, clock, _Runner(), owner, migration.id),
-        lambda s: core.advance_runs(s, clock, halfway_and_more),
+        lambda s: advance_runs(s, clock, halfway_and_more),
     )
 
     stored = core.get_migration(storage, owner, migration.id)
@@ -290,7 +292,7 @@ def test_a_wave_run_and_a_single_run_sharing_a_login_both_go_through(storage: St
 
     single, wave_run = interleave(
         storage,
-        lambda s: core.start_run(s, clock, owner, members[1]),
+        lambda s: start_run(s, clock, owner, members[1]),
         lambda s: core.run_wave(s, clock, _Runner(), owner, wave.id),
         first_pauses_before=("peek",),  # holding its migration, before it reads the login
     )

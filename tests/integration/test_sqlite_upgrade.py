@@ -14,6 +14,7 @@ from adapters.clock import SystemClock
 from adapters.secrets import SecretBox
 from adapters.sql.schema import FILTER_INDEXES, LATEST_VERSION, SchemaTooNew
 from adapters.sqlite import SqliteStorage, upgrade
+from migration_core.runs import RunRef, complete_run, start_run
 
 SECRET = b"upgrade-suite-secret-key-32-bytes"
 
@@ -93,8 +94,8 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
         assert added.id == 3
         assert core.list_mount_points(storage, 1, everything).count == 3
         clock = SystemClock()
-        core.start_run(storage, clock, 1, 1)
-        finished = core.complete_run(storage, clock, core.RunRef(1, 1))
+        start_run(storage, clock, 1, 1)
+        finished = complete_run(storage, clock, RunRef(1, 1))
         assert finished is not None and finished.state is core.MigrationState.SUCCESS
     finally:
         storage.close()

@@ -18,7 +18,7 @@ import pytest
 
 from adapters.ssh import SshMachines
 from adapters.ssh_copy import staging_of
-from migration_core import CopyFailed, CopyJob, CopyProgress, MachineAddress, VolumeToCopy
+from migration_core.machines import CopyFailed, CopyJob, CopyProgress, MachineAddress, VolumeToCopy
 
 from ..sshd_fixtures import Machine
 from ..sshd_server import SshServer

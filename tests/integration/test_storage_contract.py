@@ -38,6 +38,9 @@ from migration_core import (
     Wave,
     Workload,
 )
+from migration_core.machines import CopyJob, CopyProgress
+from migration_core.ports import Instance
+from migration_core.runs import RunRef, advance_runs, complete_run, fail_run
 
 from ..ssh_keys import keygen
 from .storages import ALL_STORAGES, open_storage
@@ -51,6 +54,24 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
     store = open_storage(request.param, request, tmp_path, SECRET)
     yield store
     store.close()
+
+
+def test_each_storage_has_the_abilities_its_port_declares(storage: Storage) -> None:
+    """What the composition root asks of any storage: its register of
+    instances, whether reads wait, and where writes best run."""
+    instance = Instance.this_process(lease_seconds=30.0)
+    registry = storage.instance_registry()
+    registry.register(instance, now=1000.0)
+    assert registry.gone([instance.id, "never-registered", None], now=1001.0) == {"never-registered", None}
+    registry.deregister(instance)
+    assert registry.gone([instance.id], now=1001.0) == {instance.id}
+    assert isinstance(storage.reads_never_wait, bool)
+    executor = storage.write_executor()
+    if executor is not None:
+        try:
+            assert executor.submit(lambda: 6 * 7).result(timeout=10) == 42
+        finally:
+            executor.shutdown()
 
 
 @attrs.define
@@ -1129,8 +1150,8 @@ class Run:
     runner: Any = attrs.field(factory=lambda: _Runner())
 
     @property
-    def ref(self) -> core.RunRef:
-        return core.RunRef(self.owner, self.migration)
+    def ref(self) -> RunRef:
+        return RunRef(self.owner, self.migration)
 
     def history(self) -> list[tuple[str, int | None, dict[str, Any]]]:
         page = core.list_events(self.storage, self.owner, self.migration, ListQuery(limit=1000))
@@ -1152,7 +1173,7 @@ class _Clock:
 class _Runner:
     instance_id = "instance-a"
 
-    def launch(self, job: core.CopyJob) -> None:
+    def launch(self, job: CopyJob) -> None:
         """The test plays the copy's part."""
 
     def cancel(self, migration_id: int) -> None:
@@ -1191,11 +1212,11 @@ def _bring(run: Run, start: str) -> None:
     if start == "not_started":
         return
     core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
-    core.advance_runs(run.storage, run.clock, {run.ref: core.CopyProgress(0, 80)})  # 80 bytes: C:\ not done
+    advance_runs(run.storage, run.clock, {run.ref: CopyProgress(0, 80)})  # 80 bytes: C:\ not done
     if start == "success":
-        core.complete_run(run.storage, run.clock, run.ref)
+        complete_run(run.storage, run.clock, run.ref)
     elif start == "failed":
-        core.fail_run(run.storage, run.clock, run.ref, "network down")
+        fail_run(run.storage, run.clock, run.ref, "network down")
     elif start == "cancelled":
         core.cancel_run(run.storage, run.clock, run.runner, run.owner, run.migration)
     elif start == "interrupted":
@@ -1209,11 +1230,11 @@ def _act(run: Run, action: str) -> None:
     elif action == "cancel":
         core.cancel_run(s, clock, run.runner, run.owner, run.migration, actor=OTHER_USER)
     elif action == "complete":
-        core.complete_run(s, clock, run.ref)
+        complete_run(s, clock, run.ref)
     elif action == "fail":
-        core.fail_run(s, clock, run.ref, "disk unreadable")
+        fail_run(s, clock, run.ref, "disk unreadable")
     elif action == "advance":
-        core.advance_runs(s, clock, {run.ref: core.CopyProgress(1, 140)})  # 240 bytes: C:\ done
+        advance_runs(s, clock, {run.ref: CopyProgress(1, 140)})  # 240 bytes: C:\ done
     elif action == "interrupt":
         core.mark_interrupted(s, clock)
     else:
@@ -1265,7 +1286,7 @@ def test_a_retried_migration_keeps_the_history_of_its_earlier_runs(run: Run) -> 
     core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
     core.mark_interrupted(run.storage, run.clock)
     core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
-    core.complete_run(run.storage, run.clock, run.ref)
+    complete_run(run.storage, run.clock, run.ref)
     assert [kind for kind, _, _ in run.history()] == [
         "created",
         "run_requested", "started", "cancelled",
@@ -1278,7 +1299,7 @@ def test_a_retried_migration_keeps_the_history_of_its_earlier_runs(run: Run) -> 
 
 def test_deleting_a_migration_deletes_its_history(run: Run) -> None:
     core.launch_run(run.storage, run.clock, run.runner, run.owner, run.migration)
-    core.fail_run(run.storage, run.clock, run.ref, "disk unreadable")
+    fail_run(run.storage, run.clock, run.ref, "disk unreadable")
     assert len(run.history()) == 4
     core.delete_migration(run.storage, run.owner, run.migration)
     assert core.events_after(run.storage, run.owner, 0, 100) == []

@@ -16,6 +16,7 @@ import pytest
 import migration_core as core
 from adapters.clock import SystemClock
 from migration_core import Storage
+from migration_core.runs import start_run
 
 from .storages import SQL_STORAGES, open_storage
 
@@ -102,7 +103,7 @@ def test_of_8_starts_of_one_migration_exactly_one_starts_it(
         selected_mount_point_ids=[system.id],
     )
 
-    started, errors = race(8, lambda: core.start_run(storage, SystemClock(), owner, migration.id))
+    started, errors = race(8, lambda: start_run(storage, SystemClock(), owner, migration.id))
 
     assert len(started) == 1 and started[0].state is core.MigrationState.RUNNING
     assert len(errors) == 7 and all(isinstance(e, core.Conflict) for e in errors), errors

@@ -13,6 +13,8 @@ import migration_core as core
 from adapters.memory import MemoryStorage
 from adapters.simulated_copy import progress_after, time_share
 from migration_core.copying import Position, position_of
+from migration_core.machines import CopyJob, CopyProgress
+from migration_core.runs import RunRef
 
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -35,7 +37,7 @@ def position_at(sizes: Sequence[int], elapsed: float, duration: float) -> Positi
     return position_of(sizes, time_share(elapsed, duration))
 
 
-def elapsed(storage: core.Storage, ref: core.RunRef, seconds: float, duration: float = 100) -> core.CopyProgress:
+def elapsed(storage: core.Storage, ref: RunRef, seconds: float, duration: float = 100) -> CopyProgress:
     """What the simulated copy of a run reports after `seconds` of its `duration`."""
     snapshot = core.get_migration(storage, ref.owner_id, ref.migration_id).snapshot
     sizes = [] if snapshot is None else [volume.size for volume in snapshot.storage]
@@ -51,7 +53,7 @@ class ManualRunner:
         self.launched: list[int] = []
         self.cancelled: list[int] = []
 
-    def launch(self, job: core.CopyJob) -> None:
+    def launch(self, job: CopyJob) -> None:
         self.launched.append(job.migration_id)
 
     def cancel(self, migration_id: int) -> None:

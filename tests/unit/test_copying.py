@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import migration_core as core
 from adapters.simulated_copy import progress_after
-from migration_core.copying import Position
+from migration_core.copying import Position, run_state
+from migration_core.runs import RunRef, advance_runs, complete_run
 
 from .support import FakeClock, ManualRunner, Volume, build_inventory, position_at
 
@@ -27,7 +28,7 @@ def copied_at(volume_sizes: list[int], elapsed: float, duration: float) -> list[
     at = position_at(volume_sizes, elapsed, duration)
     volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(volume_sizes)]
     migration = _migration_at(volumes, at)
-    return [volume.copied for volume in core.run_state(migration).volumes]
+    return [volume.copied for volume in run_state(migration).volumes]
 
 
 def _migration_at(volumes: list[core.Volume], at: Position) -> core.Migration:
@@ -82,7 +83,7 @@ def test_the_sum_is_bytes_copied_and_progress_is_the_floor_of_its_share(
     elapsed = data.draw(st.floats(-1.0, duration * 1.5, allow_nan=False))
     at = position_at(volume_sizes, elapsed, duration)
     volumes = [core.Volume(f"v{i}", size) for i, size in enumerate(volume_sizes)]
-    state = core.run_state(_migration_at(volumes, at))
+    state = run_state(_migration_at(volumes, at))
     total = sum(volume_sizes)
     assert state.bytes_total == total
     assert state.bytes_copied == sum(volume.copied for volume in state.volumes)
@@ -124,18 +125,18 @@ def test_what_a_run_records_never_goes_down_and_reaches_100_only_at_success(
     storage, owner = inventory.storage, inventory.owner_id
     clock = FakeClock()
     migration = core.run_migration(storage, clock, ManualRunner(), owner, inventory.migration().id)
-    ref = core.RunRef.of(migration)
+    ref = RunRef.of(migration)
     total = sum(volume_sizes)
     previous = core.get_run_state(storage, owner, migration.id)
     for seconds in reports:
-        core.advance_runs(storage, clock, {ref: progress_after(volume_sizes, seconds, 100)})
+        advance_runs(storage, clock, {ref: progress_after(volume_sizes, seconds, 100)})
         state = core.get_run_state(storage, owner, migration.id)
         assert all(a.copied <= b.copied <= b.size for a, b in zip(previous.volumes, state.volumes))
         assert previous.progress <= state.progress <= 99
         if total:
             assert state.progress == min(99, 100 * state.bytes_copied // total)
         previous = state
-    core.complete_run(storage, clock, ref)
+    complete_run(storage, clock, ref)
     done = core.get_run_state(storage, owner, migration.id)
     assert done.progress == 100 and done.eta is None
     assert [v.copied for v in done.volumes] == volume_sizes

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
+from migration_core.entities import posix_root
 
 from ..ssh_keys import keygen
 from .support import FakeClock, build_inventory, field_errors, owned_storage
@@ -69,11 +70,11 @@ segments = st.sampled_from(["", ".", "..", "a", "b c", "ünï", "-x", "$(id)", "
 @given(st.lists(segments, max_size=8), st.booleans())
 def test_a_root_is_stored_as_an_absolute_path_in_normal_form(parts: list[str], trailing: bool) -> None:
     path = "/" + "/".join(parts) + ("/" if trailing else "")
-    root = core.posix_root(path)
+    root = posix_root(path)
     assert root.startswith("/") and "//" not in root
     assert root == "/" or not root.endswith("/")
     assert not {".", ".."} & set(root.split("/"))
-    assert core.posix_root(root) == root
+    assert posix_root(root) == root
     # A path with nothing to resolve keeps its names, in order.
     if not {".", ".."} & set(parts):
         assert root == "/" + "/".join(p for p in parts if p)

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
+from migration_core.entities import volume_key
 
 from .support import (
     FakeClock,
@@ -118,9 +119,9 @@ def test_a_linux_source_runs_only_when_volume_root_is_selected(
 def test_volume_c_is_matched_in_every_spelling_and_nothing_else_is(
     system: str, other: str
 ) -> None:
-    assert core.volume_key(system) == core.volume_key("C:\\")
+    assert volume_key(system) == volume_key("C:\\")
     if volume_identity(other) != "c:":
-        assert core.volume_key(other) != core.volume_key("C:\\")
+        assert volume_key(other) != volume_key("C:\\")
 
 
 @given(stems, stems, st.data())
@@ -128,9 +129,9 @@ def test_volume_keys_agree_with_case_and_trailing_separators(
     first: str, second: str, data: st.DataObject
 ) -> None:
     spelled = data.draw(spellings(first))
-    assert core.volume_key(spelled) == core.volume_key(first)
+    assert volume_key(spelled) == volume_key(first)
     same = volume_identity(first) == volume_identity(second)
-    assert (core.volume_key(first) == core.volume_key(second)) == same
+    assert (volume_key(first) == volume_key(second)) == same
 
 
 @given(st.integers(0, 2))

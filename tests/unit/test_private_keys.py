@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
+from migration_core.private_keys import check_private_key
 
 from ..ssh_keys import keygen, keys_directory
 from .support import field_errors
@@ -55,7 +56,7 @@ def ed25519_pkcs8() -> str:
 
 def refusal(text: str) -> str:
     with pytest.raises(core.InvalidInput) as refused:
-        core.check_private_key(text)
+        check_private_key(text)
     assert field_errors(refused.value) == {"private_key"}
     return " ".join(refused.value.errors["private_key"])
 
@@ -63,20 +64,20 @@ def refusal(text: str) -> str:
 @pytest.mark.parametrize("name", MADE)
 def test_the_keys_ssh_keygen_makes_are_accepted_and_are_keys_ssh_can_use(name: str) -> None:
     text = made(name)
-    assert core.check_private_key(text) == MADE[name][1]
+    assert check_private_key(text) == MADE[name][1]
     asyncssh.import_private_key(text)  # the SSH driver reads what the check accepted
 
 
 def test_a_pkcs8_ed25519_key_is_accepted() -> None:
     text = ed25519_pkcs8()
-    assert core.check_private_key(text) == "PEM PRIVATE KEY"
+    assert check_private_key(text) == "PEM PRIVATE KEY"
     asyncssh.import_private_key(text)
 
 
 @pytest.mark.parametrize("name", ["ed25519", "rsa-pem"])
 def test_line_endings_and_surrounding_blank_space_do_not_matter(name: str) -> None:
     text = made(name)
-    assert core.check_private_key("\n  " + text.replace("\n", "\r\n") + "\n\n") == MADE[name][1]
+    assert check_private_key("\n  " + text.replace("\n", "\r\n") + "\n\n") == MADE[name][1]
 
 
 @pytest.mark.parametrize("form", ENCRYPTED)
@@ -123,7 +124,7 @@ def test_two_keys_in_one_text_are_refused() -> None:
 @given(st.text(max_size=300))
 def test_any_text_is_a_key_or_refused_on_private_key_and_nothing_else(text: str) -> None:
     try:
-        core.check_private_key(text)
+        check_private_key(text)
     except core.InvalidInput as refused:
         assert field_errors(refused) == {"private_key"}
 
@@ -170,7 +171,7 @@ def test_a_key_with_bytes_after_its_end_is_refused(name: str, junk: bytes) -> No
 def test_the_re_armoured_body_of_a_key_is_still_the_key(name: str) -> None:
     """The two properties above change only the body: unchanged, it passes."""
     begin, body, end = _body(key_text(name))
-    core.check_private_key(_armoured(begin, body, end))
+    check_private_key(_armoured(begin, body, end))
 
 
 # --- credentials ---------------------------------------------------------------

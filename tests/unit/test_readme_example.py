@@ -15,10 +15,14 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "## Embedding the core in Python"
 
 
-def embedding_example() -> str:
+def embedding_section() -> str:
     text = README.read_text(encoding="utf-8")
     assert HEADING in text, f"{README} has no {HEADING!r} section"
-    section = text.split(HEADING, 1)[1].split("\n## ", 1)[0]
+    return text.split(HEADING, 1)[1].split("\n## ", 1)[0]
+
+
+def embedding_example() -> str:
+    section = embedding_section()
     blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.DOTALL | re.MULTILINE)
     assert len(blocks) == 1, "the section holds one python example"
     return str(blocks[0])
@@ -54,3 +58,20 @@ def test_the_readme_embedding_example_runs_as_printed() -> None:
     assert [(v.name, v.size) for v in vm.storage] == [
         (mp.name, mp.size) for mp in in_order if mp.id in selected
     ]
+
+
+def listed_api() -> list[str]:
+    """The names the section's list of the API gives, in order."""
+    section = embedding_section()
+    assert "The API: `migration_core` exports these names" in section, "the section lists the API"
+    listing = section.split("The API: `migration_core` exports these names", 1)[1].split("\n\n")[1]
+    lines = listing.splitlines()
+    assert lines and all(line.startswith("- ") for line in lines), "the API is one list, a line a group"
+    return [name for line in lines for name in re.findall(r"`(\w+)`", line.split(":", 1)[1])]
+
+
+def test_the_readme_lists_exactly_what_the_core_exports() -> None:
+    listed = listed_api()
+    assert len(listed) == len(set(listed)), "each name is listed once"
+    assert sorted(listed) == sorted(core.__all__)
+    assert all(hasattr(core, name) for name in core.__all__)

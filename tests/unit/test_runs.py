@@ -11,6 +11,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import migration_core as core
+from migration_core.runs import RunRef, advance_runs, complete_run, fail_run
 
 from .support import FakeClock, ManualRunner, Volume, build_inventory, elapsed, position_at
 
@@ -69,7 +70,7 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
             index = step[1]
             mine, other = model[index], model[1 - index]
             event(f"{name} from {mine.state.value}")
-            ref = core.RunRef(owner, ids[index])
+            ref = RunRef(owner, ids[index])
             if name == "run":
                 allowed = mine.state in (NOT_STARTED, ERROR) and other.state is not RUNNING
                 if allowed:
@@ -87,9 +88,9 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
                         core.cancel_run(storage, clock, runner, owner, ids[index])
             elif name in ("complete", "fail"):
                 finished = (
-                    core.complete_run(storage, clock, ref)
+                    complete_run(storage, clock, ref)
                     if name == "complete"
-                    else core.fail_run(storage, clock, ref, "disk unreadable")
+                    else fail_run(storage, clock, ref, "disk unreadable")
                 )
                 assert (finished is not None) == (mine.state is RUNNING)
                 if mine.state is RUNNING and name == "complete":
@@ -97,7 +98,7 @@ def test_a_migration_moves_only_along_the_allowed_transitions(
                 elif mine.state is RUNNING:
                     mine.state, mine.error = ERROR, "disk unreadable"
             elif name == "advance":
-                still = core.advance_runs(storage, clock, {ref: elapsed(storage, ref, step[2])})
+                still = advance_runs(storage, clock, {ref: elapsed(storage, ref, step[2])})
                 assert still == ({ref} if mine.state is RUNNING else set())
                 if mine.state is RUNNING:
                     volumes = core.get_migration(storage, owner, ids[index]).snapshot.storage
@@ -139,10 +140,10 @@ def test_editing_a_finished_migration_makes_it_a_new_plan_not_started(
     storage, owner = inventory.storage, inventory.owner_id
     clock, runner = FakeClock(), ManualRunner()
     migration = core.run_migration(storage, clock, runner, owner, inventory.migration().id)
-    ref = core.RunRef.of(migration)
+    ref = RunRef.of(migration)
     {
-        "complete": lambda: core.complete_run(storage, clock, ref),
-        "fail": lambda: core.fail_run(storage, clock, ref, "disk unreadable"),
+        "complete": lambda: complete_run(storage, clock, ref),
+        "fail": lambda: fail_run(storage, clock, ref, "disk unreadable"),
         "cancel": lambda: core.cancel_run(storage, clock, runner, owner, migration.id),
         "interrupt": lambda: core.mark_interrupted(storage, clock),
     }[ending]()
@@ -220,15 +221,15 @@ def test_recorded_progress_never_goes_down_and_stays_below_100_until_success(
     storage, owner = inventory.storage, inventory.owner_id
     clock = FakeClock()
     migration = core.run_migration(storage, clock, ManualRunner(), owner, inventory.migration().id)
-    ref = core.RunRef.of(migration)
+    ref = RunRef.of(migration)
     seen = [0]
     for report in reports:
-        core.advance_runs(storage, clock, {ref: elapsed(storage, ref, report)})
+        advance_runs(storage, clock, {ref: elapsed(storage, ref, report)})
         seen.append(core.get_migration(storage, owner, migration.id).progress)
     assert seen == sorted(seen)
     # C:\ and D:\ hold 400 bytes: each percent of the time is four bytes.
     assert max(seen) == max([0, *(min(99, max(r, 0)) for r in reports)])
-    core.complete_run(storage, clock, ref)
+    complete_run(storage, clock, ref)
     assert core.get_migration(storage, owner, migration.id).progress == 100
 
 
@@ -268,16 +269,16 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
     storage, owner = inventory.storage, inventory.owner_id
     clock, runner = FakeClock(), ManualRunner()
     migration, rival = inventory.migration(), inventory.migration()
-    ref = core.RunRef.of(migration)
+    ref = RunRef.of(migration)
     if start == "target_busy":
         core.run_migration(storage, clock, runner, owner, rival.id)
     elif start != "not_started":
         core.run_migration(storage, clock, runner, owner, migration.id)
-        core.advance_runs(storage, clock, {ref: elapsed(storage, ref, 30)})
+        advance_runs(storage, clock, {ref: elapsed(storage, ref, 30)})
         if start == "success":
-            core.complete_run(storage, clock, ref)
+            complete_run(storage, clock, ref)
         elif start == "failed":
-            core.fail_run(storage, clock, ref, "network down")
+            fail_run(storage, clock, ref, "network down")
         elif start == "cancelled":
             core.cancel_run(storage, clock, runner, owner, migration.id)
         elif start == "interrupted":
@@ -291,11 +292,11 @@ def test_each_action_from_each_state_makes_exactly_the_allowed_move(
         if action == "cancel":
             return core.cancel_run(storage, clock, runner, owner, migration.id)
         if action == "complete":
-            return core.complete_run(storage, clock, ref)
+            return complete_run(storage, clock, ref)
         if action == "fail":
-            return core.fail_run(storage, clock, ref, "disk unreadable")
+            return fail_run(storage, clock, ref, "disk unreadable")
         if action == "advance":
-            return core.advance_runs(storage, clock, {ref: elapsed(storage, ref, 60)})
+            return advance_runs(storage, clock, {ref: elapsed(storage, ref, 60)})
         if action == "interrupt":
             return core.mark_interrupted(storage, clock)
         if action == "edit":
@@ -336,6 +337,6 @@ def test_where_a_target_copies_to_cannot_change_while_a_run_copies_into_it() -> 
     with pytest.raises(core.Conflict, match=rf"^Migration target {target} is busy with migration {migration.id}\.$"):
         core.update_migration_target(storage, owner, target, host_id=inventory.workload.id, root="/srv")
     assert core.update_migration_target(storage, owner, target, cloud_type="azure").host_id is None
-    core.fail_run(storage, FakeClock(), core.RunRef.of(migration), "stopped")
+    fail_run(storage, FakeClock(), RunRef.of(migration), "stopped")
     moved = core.update_migration_target(storage, owner, target, host_id=inventory.workload.id, root="/srv")
     assert (moved.host_id, moved.root) == (inventory.workload.id, "/srv")

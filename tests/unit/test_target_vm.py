@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
+from migration_core.runs import RunRef, complete_run, fail_run
 
 from .support import (
     FakeClock,
@@ -44,7 +45,7 @@ def _run_to_success(inventory: Inventory, selected: list[str]) -> core.Migration
     clock = FakeClock()
     migration = inventory.migration(inventory.ids_named(*selected))
     core.run_migration(inventory.storage, clock, ManualRunner(), inventory.owner_id, migration.id)
-    finished = core.complete_run(inventory.storage, clock, core.RunRef.of(migration))
+    finished = complete_run(inventory.storage, clock, RunRef.of(migration))
     assert finished is not None and finished.state is core.MigrationState.SUCCESS
     return finished
 
@@ -95,7 +96,7 @@ def test_a_run_that_does_not_succeed_leaves_the_target_as_it_was(
     clock, runner = FakeClock(), ManualRunner()
     migration = core.run_migration(storage, clock, runner, owner, inventory.migration().id)
     if ending == "fail":
-        core.fail_run(storage, clock, core.RunRef.of(migration), "network down")
+        fail_run(storage, clock, RunRef.of(migration), "network down")
     elif ending == "cancel":
         core.cancel_run(storage, clock, runner, owner, migration.id)
     else:
@@ -115,7 +116,7 @@ def test_success_copies_the_source_as_it_was_when_the_run_started(
     d_drive = inventory.mount_points[1]
     core.update_mount_point(storage, owner, d_drive.id, name="D:\\" + new_name, size=new_size)
     core.update_credentials(storage, owner, inventory.credentials.id, password="changed-later")
-    core.complete_run(storage, clock, core.RunRef.of(migration))
+    complete_run(storage, clock, RunRef.of(migration))
     vm = core.get_migration_target(storage, owner, inventory.target.id).target_vm
     assert vm is not None
     assert [(v.name, v.size) for v in vm.storage] == [("C:\\", 1), ("D:\\", 2)]

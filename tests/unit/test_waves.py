@@ -4,12 +4,15 @@ its state counts members by state and weighs progress by bytes."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
 from migration_core import Conflict, InvalidInput, MigrationState, NotFound
+from migration_core.machines import CopyProgress
+from migration_core.runs import RunRef, advance_runs, complete_run, start_run
 
 from .support import FakeClock, ManualRunner, Volume, build_inventory, elapsed, owned_storage
 
@@ -78,8 +81,8 @@ def test_running_a_wave_starts_what_may_start_and_says_why_for_the_rest() -> Non
     storage, ids = _fleet(4)
     clock, runner = FakeClock(), ManualRunner()
     core.launch_run(storage, clock, runner, 1, ids[0])  # already running
-    done = core.start_run(storage, clock, 1, ids[1])
-    core.complete_run(storage, clock, core.RunRef.of(done))  # already succeeded
+    done = start_run(storage, clock, 1, ids[1])
+    complete_run(storage, clock, RunRef.of(done))  # already succeeded
     wave = core.create_wave(storage, 1, name="w", migration_ids=ids)
 
     outcome = core.run_wave(storage, clock, runner, 1, wave.id)
@@ -130,9 +133,9 @@ def test_the_state_counts_members_and_weighs_progress_by_bytes() -> None:
         finished=False,
     )
     core.run_wave(storage, clock, runner, 1, wave.id)
-    first = core.RunRef(1, ids[0])
-    core.advance_runs(storage, clock, {first: elapsed(storage, first, 50)})  # 200 of 400 bytes
-    core.complete_run(storage, clock, core.RunRef(1, small.id))  # 200 of 200
+    first = RunRef(1, ids[0])
+    advance_runs(storage, clock, {first: elapsed(storage, first, 50)})  # 200 of 400 bytes
+    complete_run(storage, clock, RunRef(1, small.id))  # 200 of 200
     state = core.wave_state(storage, 1, wave.id)
     assert (state.bytes_copied, state.progress, state.finished) == (400, 40, False)
     assert state.counts == {"not_started": 0, "running": 2, "error": 0, "success": 1}
@@ -155,8 +158,8 @@ def test_wave_progress_is_the_byte_weighted_share_and_below_100_until_every_memb
         ids.append(inventory.migration().id)
     wave = core.create_wave(storage, 1, name="w", migration_ids=ids)
     core.run_wave(storage, clock, ManualRunner(), 1, wave.id)
-    core.advance_runs(
-        storage, clock, {core.RunRef(1, i): elapsed(storage, core.RunRef(1, i), p) for i, (_s, p) in zip(ids, members)}
+    advance_runs(
+        storage, clock, {RunRef(1, i): elapsed(storage, RunRef(1, i), p) for i, (_s, p) in zip(ids, members)}
     )
     state = core.wave_state(storage, 1, wave.id)
     total = sum(size for size, _ in members)
@@ -166,6 +169,52 @@ def test_wave_progress_is_the_byte_weighted_share_and_below_100_until_every_memb
     expected = 100 * copied // total if total else sum(progress) // len(progress)
     assert state.progress == min(expected, 99)
     for migration_id in ids:
-        core.complete_run(storage, clock, core.RunRef(1, migration_id))
+        complete_run(storage, clock, RunRef(1, migration_id))
     done = core.wave_state(storage, 1, wave.id)
     assert (done.progress, done.bytes_copied, done.finished) == (100, total, True)
+
+
+def test_a_member_without_a_recorded_run_counts_the_bytes_its_own_run_state_shows() -> None:
+    """A run state and a wave read a migration's plan in one way: its selected
+    volumes in the source's order, at the position its progress says, also
+    when an older release left a snapshot without the copy's mark."""
+    inventory = build_inventory(volumes=(Volume("C:\\", 100), Volume("D:\\", 300), Volume("E:\\", 50)))
+    never_run = inventory.migration(inventory.ids_named("E:\\", "C:\\"))
+    legacy = inventory.migration(inventory.ids_named("D:\\", "C:\\"))
+    with inventory.storage.unit_of_work() as uow:
+        uow.migrations.update(
+            attrs.evolve(
+                legacy,
+                state=MigrationState.ERROR,
+                progress=30,
+                snapshot=core.TargetVm("10.0.0.1", core.Login("admin", "s3cret!"), (Volume("C:\\", 100),)),
+            )
+        )
+        uow.commit()
+    wave = core.create_wave(inventory.storage, 1, name="w", migration_ids=[never_run.id, legacy.id])
+    states = [core.get_run_state(inventory.storage, 1, m.id) for m in (never_run, legacy)]
+    assert [v.name for v in states[1].volumes] == ["C:\\", "D:\\"]
+    assert states[1].bytes_copied == 120  # 30% of the 400 planned bytes
+    state = core.wave_state(inventory.storage, 1, wave.id)
+    assert state.bytes_total == sum(s.bytes_total for s in states) == 150 + 400
+    assert state.bytes_copied == sum(s.bytes_copied for s in states) == 120
+
+
+@pytest.mark.parametrize("size", [10_000, 0])
+def test_a_wave_and_its_one_member_show_the_same_progress_below_100_until_success(size: int) -> None:
+    """One rule says "below 100 until success" for a run and for a wave: a
+    member all but done (or, of empty volumes, all copied) shows 99 in both,
+    its success 100 in both."""
+    inventory = build_inventory(volumes=(Volume("C:\\", size),))
+    member = inventory.migration()
+    wave = core.create_wave(inventory.storage, 1, name="w", migration_ids=[member.id])
+    clock = FakeClock()
+    core.run_wave(inventory.storage, clock, ManualRunner(), 1, wave.id)
+    ref = RunRef(1, member.id)
+    almost = CopyProgress(0, size - 1) if size else CopyProgress(1)
+    advance_runs(inventory.storage, clock, {ref: almost})
+    assert core.get_migration(inventory.storage, 1, member.id).progress == 99
+    assert core.wave_state(inventory.storage, 1, wave.id).progress == 99
+    complete_run(inventory.storage, clock, ref)
+    assert core.get_migration(inventory.storage, 1, member.id).progress == 100
+    assert core.wave_state(inventory.storage, 1, wave.id).progress == 100

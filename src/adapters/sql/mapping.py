@@ -94,7 +94,7 @@ class Session(Protocol):
         failure (a ConstraintViolation, say) goes on to the caller."""
         ...
 
-    def later(self, write: Callable[[Session], object]) -> bool:
+    def defer_to_commit(self, write: Callable[[Session], object]) -> bool:
         """Keep `write` for the outermost transaction's commit, where it gets
         that transaction's session (True), or leave it to the caller to make
         now (False)."""
@@ -106,11 +106,11 @@ class Session(Protocol):
         dialect's lock in a writing unit, nothing in one that only reads."""
         ...
 
-    def take_turn(self) -> None:
+    def take_event_turn(self) -> None:
         """Take the dialect's turn for appending events, once a transaction."""
         ...
 
-    def written(self) -> Written:
+    def transaction_writes(self) -> Written:
         """What this transaction wrote."""
         ...
 
@@ -243,7 +243,7 @@ class ListField:
 
 
 @attrs.frozen
-class Derived:
+class DerivedField:
     """A field read from another table, never written with the entity: a
     migration's wave is the wave whose list holds it."""
 
@@ -253,7 +253,7 @@ class Derived:
 
 
 @attrs.frozen
-class Kind:
+class EntityTable:
     table: str
     entity: type[Any]
     columns: tuple[str, ...]  # stored columns besides id, as named in the entity
@@ -263,7 +263,7 @@ class Kind:
     secrets: tuple[Secret, ...] = ()
     json_columns: tuple[str, ...] = ()  # attrs values (a TargetVm, a CopyMark), as JSON
     unfilterable: frozenset[str] = frozenset()
-    derived: tuple[Derived, ...] = ()
+    derived: tuple[DerivedField, ...] = ()
     # Every column is a str or int the entity takes as it is: rows become
     # entities by a plain call, without the converter's per-field dispatch
     # (the cost that dominated a 100-row page; see docs/benchmarks.md).
@@ -300,7 +300,7 @@ class Kind:
         )
 
 
-CREDENTIALS = Kind(
+CREDENTIALS = EntityTable(
     "credentials",
     Credentials,
     ("owner_id", "username", "password", "domain", "private_key"),
@@ -310,7 +310,7 @@ CREDENTIALS = Kind(
     unfilterable=frozenset({"password", "private_key"}),
     plain=True,
 )
-MOUNT_POINTS = Kind(
+MOUNT_POINTS = EntityTable(
     "mount_points",
     MountPoint,
     ("owner_id", "name", "size"),
@@ -318,7 +318,7 @@ MOUNT_POINTS = Kind(
     (),
     plain=True,
 )
-WORKLOADS = Kind(
+WORKLOADS = EntityTable(
     "workloads",
     Workload,
     ("owner_id", "ip", "credentials_id", "port", "os", "root", "host_key"),
@@ -327,7 +327,7 @@ WORKLOADS = Kind(
     ListField("mount_point_ids", "workload_mount_points", "workload_id", "mount_points"),
     plain=True,
 )
-MIGRATION_TARGETS = Kind(
+MIGRATION_TARGETS = EntityTable(
     "migration_targets",
     MigrationTarget,
     ("owner_id", "cloud_type", "cloud_credentials_id", "target_vm", "host_id", "root"),
@@ -336,7 +336,7 @@ MIGRATION_TARGETS = Kind(
     json_columns=("target_vm",),
     unfilterable=frozenset({"target_vm"}),
 )
-MIGRATIONS = Kind(
+MIGRATIONS = EntityTable(
     "migrations",
     Migration,
     (
@@ -358,14 +358,14 @@ MIGRATIONS = Kind(
     json_columns=("snapshot", "copied"),
     unfilterable=frozenset({"snapshot", "started_at", "finished_at", "instance_id", "copied"}),
     derived=(
-        Derived(
+        DerivedField(
             "wave_id",
             "(SELECT wave_id FROM wave_migrations WHERE migration_id = migrations.id)",
             "id IN (SELECT migration_id FROM wave_migrations WHERE wave_id = ?)",
         ),
     ),
 )
-WAVES = Kind(
+WAVES = EntityTable(
     "waves",
     Wave,
     ("owner_id", "name"),
@@ -491,7 +491,7 @@ class SqlUnitOfWork:
         if not root._undo_nested:
             root._spoiled = True
 
-    def written(self) -> Written:
+    def transaction_writes(self) -> Written:
         return self._root._written
 
     def _entered(self) -> None:
@@ -500,7 +500,7 @@ class SqlUnitOfWork:
         self._deferred_mark = len(self._root._deferred)
         units.append(self)
 
-    def later(self, write: Callable[[Session], object]) -> bool:
+    def defer_to_commit(self, write: Callable[[Session], object]) -> bool:
         """Keep `write` for the outermost unit's commit, when this unit is
         nested or writes wait already (they keep their order): it gets that
         unit's session. False when it may run now."""
@@ -513,7 +513,7 @@ class SqlUnitOfWork:
     def lock_read_rows(self) -> str:
         return self.dialect.lock_read_rows if self._write else ""
 
-    def take_turn(self) -> None:
+    def take_event_turn(self) -> None:
         # Only ever taken outside savepoints (nested units' events wait for
         # the outermost commit), so no rollback to one gives the turn back.
         if self.dialect.events_in_turn and not self._root._has_turn:
@@ -728,7 +728,7 @@ class LoginFailures:
 
 def _insert_event(session: Session, event: Event) -> Event:
     """Store `event`, taking the dialect's turn first."""
-    session.take_turn()
+    session.take_event_turn()
     try:
         with session.savepoint():
             new_id = session.insert(
@@ -765,7 +765,7 @@ class Events:
         waiting for the rows this one holds: an event appended in a nested
         unit (a member of a wave, a row of an import) is stored at the
         outermost commit, and comes back without its id."""
-        if self._session.dialect.events_in_turn and self._session.later(lambda s: _insert_event(s, event)):
+        if self._session.dialect.events_in_turn and self._session.defer_to_commit(lambda s: _insert_event(s, event)):
             return event
         return _insert_event(self._session, event)
 
@@ -819,7 +819,7 @@ class Events:
 
 
 class Repository(Generic[E]):
-    def __init__(self, session: Session, kind: Kind) -> None:
+    def __init__(self, session: Session, kind: EntityTable) -> None:
         self._session = session
         self._kind = kind
         self._select, self._insert, self._update = kind.statements
@@ -833,7 +833,7 @@ class Repository(Generic[E]):
 
     def _remember(self, entity: E) -> None:
         if self._remembers:
-            self._session.written().entities[self._kind.table, entity.id] = entity
+            self._session.transaction_writes().entities[self._kind.table, entity.id] = entity
 
     # -- the port --
 
@@ -844,7 +844,7 @@ class Repository(Generic[E]):
             stored = attrs.evolve(entity, id=new_id)
             self._write_list(stored, replace=False)
         if self._kind.table in LISTED:
-            self._session.written().new.add((self._kind.table, new_id))
+            self._session.transaction_writes().new.add((self._kind.table, new_id))
         self._remember(stored)
         return stored
 
@@ -859,7 +859,7 @@ class Repository(Generic[E]):
 
     def _read(self, owner_id: int, entity_id: int, lock: str) -> E:
         # What this transaction wrote is locked by its own write already.
-        known: E | None = self._session.written().entities.get((self._kind.table, entity_id))
+        known: E | None = self._session.transaction_writes().entities.get((self._kind.table, entity_id))
         if known is not None and known.owner_id == owner_id:
             return known
         row = self._session.execute(
@@ -878,7 +878,7 @@ class Repository(Generic[E]):
     @translated
     def delete(self, owner_id: int, entity_id: int) -> None:
         self.get(owner_id, entity_id)
-        self._session.written().entities.pop((self._kind.table, entity_id), None)
+        self._session.transaction_writes().entities.pop((self._kind.table, entity_id), None)
         try:
             with self._session.savepoint():
                 self._session.execute(f"DELETE FROM {self._kind.table} WHERE id = ?", [entity_id])
@@ -929,7 +929,7 @@ class Repository(Generic[E]):
     def referrers(self, field: str, entity_id: int) -> list[int]:
         listed = self._kind.list_field
         if listed is not None and field == listed.field:
-            written = self._session.written()
+            written = self._session.transaction_writes()
             if (listed.referred, entity_id) in written.new and (listed.table, entity_id) not in written.listed:
                 return []  # a row this transaction inserted and listed nowhere
             sql = (
@@ -978,7 +978,7 @@ class Repository(Generic[E]):
                 f"DELETE FROM {listed.table} WHERE {listed.parent_column} = ?", [entity.id]
             )
         ids: tuple[int, ...] = getattr(entity, listed.field)
-        self._session.written().listed.update((listed.table, i) for i in ids)
+        self._session.transaction_writes().listed.update((listed.table, i) for i in ids)
         items = [(entity.id, position, entity.owner_id, i) for position, i in enumerate(ids)]
         # One statement per chunk: a round trip each, where a driver's
         # executemany may cost several.
@@ -1028,7 +1028,7 @@ class Repository(Generic[E]):
         return " AND ".join(conditions), params
 
     def _entities(self, rows: Sequence[Sequence[Any]]) -> list[E]:
-        kind: Kind = self._kind
+        kind: EntityTable = self._kind
         codec: Codec = self._session.codec
         if kind.positional:
             return self._plain_entities(rows)
@@ -1049,7 +1049,7 @@ class Repository(Generic[E]):
 
     def _plain_entities(self, rows: Sequence[Sequence[Any]]) -> list[E]:
         """Rows whose columns are the entity's fields in order, id last."""
-        kind: Kind = self._kind
+        kind: EntityTable = self._kind
         entity = kind.entity
         if not kind.secrets:
             return [entity(*row[1:], row[0]) for row in rows]

@@ -331,6 +331,8 @@ def _instances(execute: Execute, dialect: Dialect) -> None:
     ])
 
 
+# The kinds `EventKind` names, written out as step 5 admitted them (a test
+# compares the two).
 EVENT_KINDS = (
     "created",
     "updated",

@@ -12,6 +12,7 @@ from marshmallow import Schema, fields
 
 import migration_core as core
 from migration_core import CheckReport, DiscoveryReport, OperatingSystem
+from migration_core.machines import COPY_TOOLS
 
 from .answers import json_answer
 from .openapi import answers
@@ -70,7 +71,7 @@ class DiscoverQuerySchema(Body):
 
 
 def check_view(report: CheckReport) -> View:
-    tools: dict[str, Any] = {tool: bool(report.tools.get(tool, False)) for tool in core.COPY_TOOLS}
+    tools: dict[str, Any] = {tool: bool(report.tools.get(tool, False)) for tool in COPY_TOOLS}
     return {
         "ok": report.ok,
         "message": report.message,
