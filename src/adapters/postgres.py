@@ -23,8 +23,8 @@ uses the outer one's connection, as a savepoint.
 
 A read-only unit's BEGIN is not sent alone: it goes with the unit's first
 statement in one round trip (psycopg's pipeline mode), and a read unit that
-ran no statement sends nothing at all. A detail read is then two round trips
-(BEGIN with the SELECT, then ROLLBACK), where it was three.
+ran no statement sends nothing at all. A read of one statement is then two
+round trips (BEGIN with the SELECT, then ROLLBACK), where it was three.
 
 READ COMMITTED alone would let two read-modify-writes of one row (two
 PATCHes, a cancel and the runner's progress) each write back what it read,
