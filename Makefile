@@ -48,7 +48,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/fleets.py $(FLEETS_ARGS)
 	$(BIN)/python bench/streams.py $(STREAMS_ARGS)
-	$(BIN)/python bench/copy.py $(COPY_ARGS)
+	$(BIN)/python bench/copies.py $(COPY_ARGS)
 
 # Where the service spends a phase's time: make profile PHASE=list
 profile: $(VENV)/.bench-installed

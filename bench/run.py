@@ -134,8 +134,13 @@ class Service:
     """One `serve` process on `storage`, with a user owning 100 credentials:
     what the detail, list and create phases read and write."""
 
-    def __init__(self, storage: str, secret: str, access_log: str, *extra: str, log: Path | None = None) -> None:
+    def __init__(
+        self, storage: str, secret: str, access_log: str, *extra: str, log: Path | None = None, src: Path | None = None
+    ) -> None:
         self.storage = storage
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if src is not None:  # another version's code, found before this tree's
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
         self.port = free_port()
         # Its log to a file when given, as an operator's would go; else nowhere.
         self._log = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed in stop()
@@ -149,7 +154,7 @@ class Service:
                 "--access-log", access_log,
                 *extra,
             ],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=self._log or subprocess.DEVNULL,
         )
@@ -184,7 +189,13 @@ class Stage:
     """The services, the ceiling and the data every phase needs."""
 
     def __init__(
-        self, workdir: Path, runs: int, deep_rows: int, access_log: str = "off", postgres: str | None = None
+        self,
+        workdir: Path,
+        runs: int,
+        deep_rows: int,
+        access_log: str = "off",
+        postgres: str | None = None,
+        beside: tuple[Path, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.secret = secrets.token_hex(32)
@@ -209,6 +220,10 @@ class Stage:
             "access-log": Service(f"sqlite:///{workdir / 'logged.db'}", self.secret, "on",
                                   log=workdir / "access.log"),
         }
+        if beside is not None:  # another version's src and an empty PostgreSQL database for it
+            src, beside_postgres = beside
+            self.others["beside"] = Service(f"sqlite:///{workdir / 'beside.db'}", self.secret, access_log, src=src)
+            self.others["beside postgresql"] = Service(beside_postgres, self.secret, access_log, src=src)
         self.migration_ids = self._migrations(runs, self.main.credentials[0]["id"])  # type: ignore[index]
         self.deep_token, self.deep_rows = self._deep_table(deep_rows)
 
@@ -313,6 +328,9 @@ def main() -> None:
                         help="the service's access log (its default is on; off as behind a logging proxy)")
     parser.add_argument("--postgres", metavar="URL",
                         help="an empty PostgreSQL database to use (default: a server of its own)")
+    parser.add_argument("--beside", metavar="SRC", type=Path,
+                        help="the src folder of another version (e.g. from git archive): its detail, list and"
+                        " create on SQLite and PostgreSQL measured in the same repetitions, as `beside ...`")
     args = parser.parse_args()
     generator = "wrk" if loadgen.wrk_available() else "python aiohttp client"
     print(f"# load generator: {generator}; {args.connections} connections, {args.seconds:g} s a measurement, "
@@ -321,12 +339,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="migration-bench-") as tmp, contextlib.ExitStack() as stack:
         postgres = args.postgres
+        beside_postgres = None
         if postgres is None:
             from tests.postgres_server import PostgresServer
 
             server = stack.enter_context(PostgresServer())
             postgres = server.url(server.create_database())
-        stage = Stage(Path(tmp), args.runs, args.deep_rows, args.access_log, postgres)
+            beside_postgres = server.url(server.create_database()) if args.beside else None
+        elif args.beside:
+            raise SystemExit("--beside needs the benchmark's own PostgreSQL server (leave out --postgres)")
+        beside = None if args.beside is None else (args.beside.resolve(), str(beside_postgres))
+        stage = Stage(Path(tmp), args.runs, args.deep_rows, args.access_log, postgres, beside)
         try:
             measure(stage, args)
         finally:
@@ -352,14 +375,25 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
 
     main_loads = stage.main.loads()
     detail = main_loads["detail"]
+    ceiling_load = loadgen.Load(stage.ceiling_base, ["/item"])
+    paired: dict[str, list[float]] = defaultdict(list)  # a core phase / the ceiling just before it
     last_offset = max(0, stage.deep_rows - 100)
     for repetition in range(1, args.repeat + 1):
         print(f"# repetition {repetition}", flush=True)
-        go("ceiling", loadgen.Load(stage.ceiling_base, ["/item"]), pid=stage.ceiling.pid)
         for phase, load in main_loads.items():
-            go(phase, load, pid=stage.service.pid)
+            # The ceiling beside each core phase: on a shared machine the two
+            # see the same load, and their ratio is what carries over.
+            before = go("ceiling", ceiling_load, pid=stage.ceiling.pid)
+            paired[phase].append(go(phase, load, pid=stage.service.pid).rps / before.rps)
+            if "beside" in stage.others:
+                other = stage.others["beside"]
+                paired[f"beside {phase}"].append(
+                    go(f"beside {phase}", other.loads()[phase], pid=other.process.pid).rps / before.rps
+                )
         for phase, load in stage.others["postgresql"].loads().items():
             go(f"postgresql {phase}", load)
+            if "beside postgresql" in stage.others:
+                go(f"beside postgresql {phase}", stage.others["beside postgresql"].loads()[phase])
         go("workers-2 detail", stage.others["workers-2"].loads()["detail"])
         logged = stage.others["access-log"]
         go("access-log-on detail", logged.loads()["detail"], pid=logged.process.pid)
@@ -387,9 +421,16 @@ def measure(stage: Stage, args: argparse.Namespace) -> None:
         print(f"{name:28s} {med(name, 'rps'):9.0f} req/s  p50 {med(name, 'p50_ms'):7.2f} ms  "
               f"p99 {med(name, 'p99_ms'):7.2f} ms  errors {sum(r.errors for r in results[name])}  "
               f"ratio {med(name, 'rps') / ceiling:5.2f}")
+    print("# core phases against the ceiling measured just before each (medians of those ratios)")
+    for phase, ratios in paired.items():
+        print(f"{phase:28s} ratio {statistics.median(ratios):5.2f}  (repetitions: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
     print(f"detail-under-runs / detail: {med('detail-under-runs', 'rps') / med('detail', 'rps'):.2f}")
     for phase in ("detail", "list", "create"):
         print(f"postgresql {phase} / sqlite {phase}: {med(f'postgresql {phase}', 'rps') / med(phase, 'rps'):.2f}")
+        if f"beside {phase}" in results:
+            print(f"beside postgresql {phase} / beside sqlite {phase}: "
+                  f"{med(f'beside postgresql {phase}', 'rps') / med(f'beside {phase}', 'rps'):.2f}")
     print(f"workers-2 detail / detail (one worker): {med('workers-2 detail', 'rps') / med('detail', 'rps'):.2f}")
     print(f"access-log-on detail / detail: {med('access-log-on detail', 'rps') / med('detail', 'rps'):.2f}")
     print(f"deep-page last p50 / first p50: {med('deep-page last', 'p50_ms') / med('deep-page first', 'p50_ms'):.2f}")

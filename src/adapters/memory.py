@@ -23,6 +23,7 @@ import attrs
 
 from migration_core import (
     Credentials,
+    CredentialsSummary,
     Event,
     ListQuery,
     Migration,
@@ -118,6 +119,7 @@ class MemoryUnitOfWork:
         self._committed = False
         self.users = _Users(self)
         self.credentials: _Repository[Credentials] = _Repository(self, "credentials")
+        self.credentials_summaries = _CredentialsSummaries(self.credentials)
         self.mount_points: _Repository[MountPoint] = _Repository(self, "mount_points")
         self.workloads = _Workloads(self, "workloads")
         self.migration_targets: _Repository[MigrationTarget] = _Repository(self, "migration_targets")
@@ -214,6 +216,20 @@ class _Users:
         if owned:
             raise refusals.still_owns(user_id, owned)
         self._uow.write("users", user_id, None)
+
+
+class _CredentialsSummaries:
+    """Summaries of what the credentials repository holds (memory seals nothing)."""
+
+    def __init__(self, credentials: _Repository[Credentials]) -> None:
+        self._credentials = credentials
+
+    def get(self, owner_id: int, entity_id: int) -> CredentialsSummary:
+        return CredentialsSummary.of(self._credentials.get(owner_id, entity_id))
+
+    def find(self, owner_id: int, query: ListQuery) -> tuple[int, list[CredentialsSummary]]:
+        count, found = self._credentials.find(owner_id, query)
+        return count, [CredentialsSummary.of(credentials) for credentials in found]
 
 
 class _Repository(Generic[E]):

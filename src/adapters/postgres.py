@@ -21,6 +21,11 @@ waits for. A read-only unit is REPEATABLE READ, READ ONLY: a count and its
 page come from one snapshot. A unit entered inside another on the same thread
 uses the outer one's connection, as a savepoint.
 
+A read-only unit's BEGIN is not sent alone: it goes with the unit's first
+statement in one round trip (psycopg's pipeline mode), and a read unit that
+ran no statement sends nothing at all. A read of one statement is then two
+round trips (BEGIN with the SELECT, then ROLLBACK), where it was three.
+
 READ COMMITTED alone would let two read-modify-writes of one row (two
 PATCHes, a cancel and the runner's progress) each write back what it read,
 the later undoing the earlier. So in a writing unit a read of an entity to
@@ -163,7 +168,18 @@ class PostgresStorage:
 
     def give_back(self, connection: psycopg.Connection[Any]) -> None:
         self._local.connection = None
+        self._local.pending_begin = None
         self._pool.putconn(connection)
+
+    # -- a read unit's BEGIN, sent with its first statement --
+
+    def pending_begin(self) -> str | None:
+        """The BEGIN this thread's connection has yet to send, if any."""
+        pending: str | None = getattr(self._local, "pending_begin", None)
+        return pending
+
+    def defer_begin(self, begin: str | None) -> None:
+        self._local.pending_begin = begin
 
 
 class PostgresUnitOfWork(SqlUnitOfWork):
@@ -185,9 +201,11 @@ class PostgresUnitOfWork(SqlUnitOfWork):
 
     def __enter__(self) -> PostgresUnitOfWork:
         connection, pooled = self._storage.acquire()
+        storage = self._storage
         transactions = self._nested_transactions(
-            connection.execute,
-            lambda: connection.info.transaction_status != pq.TransactionStatus.IDLE,
+            functools.partial(self._transaction_statement, connection),
+            lambda: storage.pending_begin() is not None
+            or connection.info.transaction_status != pq.TransactionStatus.IDLE,
         )
         try:
             with _driver_errors():
@@ -205,6 +223,21 @@ class PostgresUnitOfWork(SqlUnitOfWork):
     def _driver_errors(self) -> AbstractContextManager[None]:
         return _driver_errors()
 
+    def _transaction_statement(self, connection: psycopg.Connection[Any], sql: str) -> None:
+        """BEGIN, SAVEPOINT, COMMIT and the like. A read unit's BEGIN waits for
+        its first statement; ending a transaction that never began is nothing."""
+        storage = self._storage
+        if not self._write and sql.startswith("BEGIN"):
+            storage.defer_begin(sql)
+        elif (pending := storage.pending_begin()) is None:
+            connection.execute(sql)
+        elif sql in ("COMMIT", "ROLLBACK"):
+            storage.defer_begin(None)
+        else:
+            storage.defer_begin(None)
+            connection.execute(pending)
+            connection.execute(sql)
+
     def _release(self) -> None:
         connection, self._connection = self._connection, None
         if self._pooled and connection is not None:
@@ -213,8 +246,15 @@ class PostgresUnitOfWork(SqlUnitOfWork):
     # -- the Session of the shared repositories --
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        connection = self.connection
         with _driver_errors():
-            return self.connection.execute(_placeholders(sql), parameters)
+            pending = self._storage.pending_begin()
+            if pending is None:
+                return connection.execute(_placeholders(sql), parameters)
+            self._storage.defer_begin(None)
+            with connection.pipeline():  # one round trip for both; results at its end
+                connection.execute(pending)
+                return connection.execute(_placeholders(sql), parameters)
 
     def insert(self, sql: str, parameters: Sequence[Any]) -> int:
         row = self.execute(f"{sql} RETURNING id", parameters).fetchone()
@@ -223,7 +263,8 @@ class PostgresUnitOfWork(SqlUnitOfWork):
 
     @contextmanager
     def _savepoint(self) -> Iterator[None]:
-        with _driver_errors(), savepoint_on(self.connection.execute, f"write_{id(self)}"):
+        statement = functools.partial(self._transaction_statement, self.connection)
+        with _driver_errors(), savepoint_on(statement, f"write_{id(self)}"):
             yield
 
 

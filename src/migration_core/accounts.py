@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Protocol
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import attrs
 
 from .entities import User
 from .errors import AuthenticationFailed, Conflict, InvalidInput, NotFound, Throttled
-from .ports import Clock, PasswordHasher, Storage
+from .ports import Clock, PasswordHasher, Storage, UnitOfWork
 
 USERNAME_MAX = 150
 PASSWORD_MIN = 8
 _USERNAME = re.compile(r"[\w.@+-]+")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -131,9 +135,30 @@ def refresh_access(storage: Storage, tokens: TokenIssuer, refresh_token: str) ->
 def user_from_token(storage: Storage, tokens: TokenIssuer, access_token: str) -> User:
     """The live user an access token speaks for; a deleted user's token fails."""
     user_id = tokens.subject(access_token)
+    with storage.unit_of_work(write=False) as uow:
+        return _live_user(uow, user_id)
+
+
+def read_as_live_user(
+    storage: Storage,
+    user_id: int,
+    read: Callable[Concatenate[Storage, int, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """`read(storage, user_id, ...)`, a read-only use case, for the user a
+    checked token speaks for (`TokenIssuer.subject`), in the one transaction
+    that finds the user still there: one read, not two. The use case's own
+    unit joins this one (a read has nothing to undo alone); a deleted user
+    fails first, as with `user_from_token`."""
+    with storage.unit_of_work(write=False, undo_nested=False) as uow:
+        _live_user(uow, user_id)
+        return read(storage, user_id, *args, **kwargs)
+
+
+def _live_user(uow: UnitOfWork, user_id: int) -> User:
     try:
-        with storage.unit_of_work(write=False) as uow:
-            return uow.users.get(user_id)
+        return uow.users.get(user_id)
     except NotFound:
         raise AuthenticationFailed("The user of this token no longer exists.") from None
 

@@ -210,6 +210,24 @@ class Credentials:
 
 
 @attrs.frozen
+class CredentialsSummary:
+    """What answers show of credentials: neither the password nor the key,
+    so storage reads it without opening either."""
+
+    owner_id: int
+    username: str
+    domain: str
+    has_private_key: bool = attrs.field(converter=bool)
+    id: int = UNSAVED
+
+    @classmethod
+    def of(cls, credentials: Credentials) -> CredentialsSummary:
+        return cls(
+            credentials.owner_id, credentials.username, credentials.domain, credentials.has_private_key, credentials.id
+        )
+
+
+@attrs.frozen
 class MountPoint:
     owner_id: int
     name: str = attrs.field(validator=_non_empty("name"))

@@ -12,6 +12,7 @@ import attrs
 
 from .entities import (
     Credentials,
+    CredentialsSummary,
     EventKind,
     Migration,
     MigrationState,
@@ -23,11 +24,12 @@ from .entities import (
 )
 from .errors import Conflict, InvalidInput, NotFound, running_not_editable, target_busy
 from .events import acting, append, event
-from .ports import Clock, ListQuery, Page, Repository, Storage, UnitOfWork
+from .ports import Clock, ListQuery, Page, ReadModel, Repository, Storage, UnitOfWork
 
 E = TypeVar("E")
 
 Pick = Callable[[UnitOfWork], Repository[E]]
+PickRead = Callable[[UnitOfWork], ReadModel[E]]  # a repository, or a read model
 
 
 class Keep(enum.Enum):
@@ -59,12 +61,16 @@ def _migrations(uow: UnitOfWork) -> Repository[Migration]:
     return uow.migrations
 
 
-def _read(storage: Storage, pick: Pick[E], owner_id: int, entity_id: int) -> E:
+def _credentials_summaries(uow: UnitOfWork) -> ReadModel[CredentialsSummary]:
+    return uow.credentials_summaries
+
+
+def _read(storage: Storage, pick: PickRead[E], owner_id: int, entity_id: int) -> E:
     with storage.unit_of_work(write=False) as uow:
         return pick(uow).get(owner_id, entity_id)
 
 
-def _list(storage: Storage, pick: Pick[E], owner_id: int, query: ListQuery) -> Page[E]:
+def _list(storage: Storage, pick: PickRead[E], owner_id: int, query: ListQuery) -> Page[E]:
     with storage.unit_of_work(write=False) as uow:
         count, items = pick(uow).find(owner_id, query)
     return Page(count, items)
@@ -114,6 +120,16 @@ def get_credentials(storage: Storage, owner_id: int, credentials_id: int) -> Cre
 
 def list_credentials(storage: Storage, owner_id: int, query: ListQuery) -> Page[Credentials]:
     return _list(storage, _credentials, owner_id, query)
+
+
+def get_credentials_summary(storage: Storage, owner_id: int, credentials_id: int) -> CredentialsSummary:
+    """The credentials as answers show them, their password and key left sealed."""
+    return _read(storage, _credentials_summaries, owner_id, credentials_id)
+
+
+def list_credentials_summaries(storage: Storage, owner_id: int, query: ListQuery) -> Page[CredentialsSummary]:
+    """A page of credentials as answers show them (filters as `list_credentials`)."""
+    return _list(storage, _credentials_summaries, owner_id, query)
 
 
 def update_credentials(

@@ -16,6 +16,7 @@ import attrs
 
 from .entities import (
     Credentials,
+    CredentialsSummary,
     Event,
     Migration,
     MigrationState,
@@ -93,6 +94,18 @@ class Repository(Protocol[E]):
 
     def referrers(self, field: str, entity_id: int) -> list[int]:
         """Ids of entities whose `field` is, or (for a list field) holds, `entity_id`."""
+        ...
+
+
+class ReadModel(Protocol[E]):
+    """What answers show of one kind of owned entity, read without what they
+    never show (no secret is opened). `get` raises NotFound as the
+    repository's does; nothing read is held for a write."""
+
+    def get(self, owner_id: int, entity_id: int) -> E: ...
+
+    def find(self, owner_id: int, query: ListQuery) -> tuple[int, list[E]]:
+        """The number of matching entities, and the requested page of them."""
         ...
 
 
@@ -176,6 +189,11 @@ class UnitOfWork(Protocol):
 
     @property
     def credentials(self) -> Repository[Credentials]: ...
+
+    @property
+    def credentials_summaries(self) -> ReadModel[CredentialsSummary]:
+        """The credentials as answers show them: no password or key opened."""
+        ...
 
     @property
     def mount_points(self) -> Repository[MountPoint]: ...

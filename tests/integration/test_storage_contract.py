@@ -1391,3 +1391,35 @@ def test_failed_logins_older_than_the_window_go_whoever_they_were_for(storage: S
     with storage.unit_of_work(write=False) as uow:
         kept = {name: uow.login_failures.since(name, 0.0) for name in ("ann", "bob", "gone")}
     assert kept == {"ann": [70.0], "bob": [], "gone": []}
+
+
+# --- read models -------------------------------------------------------------------
+
+
+def test_credentials_summaries_show_what_the_credentials_show(world: World) -> None:
+    key = keygen("summary", "-t", "ed25519")
+    with world.storage.unit_of_work() as uow:
+        keyed = uow.credentials.add(Credentials(world.alice, "deploy", "", "", key))
+        uow.commit()
+    alices = [world.credentials, keyed]
+    for credentials in alices:
+        summary = read(world.storage, "credentials_summaries", world.alice, credentials.id)
+        assert summary == core.CredentialsSummary.of(credentials)
+        assert summary.has_private_key is bool(credentials.private_key)
+    assert find(world.storage, "credentials_summaries", world.alice) == (
+        2, [core.CredentialsSummary.of(c) for c in alices]
+    )
+    assert find(world.storage, "credentials_summaries", world.alice, filters={"username": "deploy"},
+                descending=True) == (1, [core.CredentialsSummary.of(keyed)])
+    assert find(world.storage, "credentials_summaries", world.alice, limit=1, offset=1, descending=True) == (
+        2, [core.CredentialsSummary.of(world.credentials)]
+    )
+    with pytest.raises(NotFound):
+        read(world.storage, "credentials_summaries", world.bob, world.credentials.id)
+
+
+def test_a_credentials_summary_in_a_writing_unit_sees_its_writes(world: World) -> None:
+    with world.storage.unit_of_work() as uow:
+        changed = uow.credentials.update(attrs.evolve(world.credentials, username="renamed"))
+        assert uow.credentials_summaries.get(world.alice, changed.id) == core.CredentialsSummary.of(changed)
+        uow.commit()

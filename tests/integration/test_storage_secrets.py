@@ -150,6 +150,34 @@ def test_reopening_with_the_same_key_reads_the_secrets(
 
 
 @pytest.mark.parametrize("kind", SQL_STORAGES)
+def test_credentials_answers_are_read_without_opening_a_secret(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(storage_url(kind, request, tmp_path), SECRET)
+    try:
+        with storage.unit_of_work() as uow:
+            owner = uow.users.add(core.User("keeper", "h")).id
+            uow.commit()
+        credentials = core.create_credentials(storage, owner, username="admin", password="sealed")
+        keyed = core.create_credentials(
+            storage, owner, username="deploy", private_key=keygen("unopened", "-t", "ed25519")
+        )
+
+        def refuse(*_: object) -> str:
+            raise AssertionError("a secret was opened")
+
+        monkeypatch.setattr(SecretBox, "open", refuse)
+        monkeypatch.setattr(SecretBox, "open_text", refuse)
+        summaries = [core.CredentialsSummary.of(credentials), core.CredentialsSummary.of(keyed)]
+        assert core.get_credentials_summary(storage, owner, keyed.id) == summaries[1]
+        assert core.list_credentials_summaries(storage, owner, core.ListQuery()).items == summaries
+        with pytest.raises(AssertionError, match="a secret was opened"):
+            core.get_credentials(storage, owner, credentials.id)  # the check can fail
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("kind", SQL_STORAGES)
 def test_another_secret_key_is_refused_when_the_database_opens(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

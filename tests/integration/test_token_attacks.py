@@ -20,6 +20,10 @@ from .http_client import TEST_KEY, MovableClock, User, make_services
 API = "/api/v1"
 PROTECTED = [
     ("GET", f"{API}/credentials/"),
+    # Reads that would fail otherwise (a bad query, an id beyond any): the token first.
+    ("GET", f"{API}/credentials/?limit=many"),
+    ("GET", f"{API}/mount_points/{2**63}/"),
+    ("GET", f"{API}/waves/1/"),
     ("POST", f"{API}/mount_points/"),
     ("GET", f"{API}/work_loads/1/"),
     ("PATCH", f"{API}/migration_targets/1/"),

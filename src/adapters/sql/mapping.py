@@ -24,6 +24,7 @@ from migration_core import (
     CloudType,
     Conflict,
     Credentials,
+    CredentialsSummary,
     Event,
     EventKind,
     ListQuery,
@@ -44,7 +45,7 @@ from .schema import Dialect
 
 P = ParamSpec("P")
 R = TypeVar("R")
-E = TypeVar("E", Credentials, MountPoint, Workload, MigrationTarget, Migration, Wave)
+E = TypeVar("E", Credentials, CredentialsSummary, MountPoint, Workload, MigrationTarget, Migration, Wave)
 
 _PASSWORD = b"credentials.password"
 _PRIVATE_KEY = b"credentials.private_key"
@@ -283,10 +284,12 @@ class EntityTable:
 
     @functools.cached_property
     def positional(self) -> bool:
-        """Whether a row (id first, then the columns) is the entity's fields in
-        order with id last: then it becomes one by a positional call."""
+        """Whether a row (id first, then the columns and what is derived) is
+        the entity's fields in order with id last: then it becomes one by a
+        positional call."""
         fields = tuple(field.name for field in attrs.fields(self.entity))
-        return self.plain and not self.list_field and not self.derived and fields == (*self.columns, "id")
+        derived = tuple(d.field for d in self.derived)
+        return self.plain and not self.list_field and fields == (*self.columns, *derived, "id")
 
     @functools.cached_property
     def statements(self) -> tuple[str, str, str]:
@@ -308,6 +311,22 @@ CREDENTIALS = EntityTable(
     (),
     secrets=(Secret("password", _PASSWORD), Secret("private_key", _PRIVATE_KEY, optional=True)),
     unfilterable=frozenset({"password", "private_key"}),
+    plain=True,
+)
+# Credentials as answers show them: read from the same rows, nothing opened.
+CREDENTIALS_SUMMARIES = EntityTable(
+    "credentials",
+    CredentialsSummary,
+    ("owner_id", "username", "domain"),
+    frozenset({"owner_id"}),
+    (),
+    derived=(
+        DerivedField(
+            "has_private_key",
+            "private_key IS NOT NULL",
+            "CASE WHEN private_key IS NULL THEN 0 ELSE 1 END = ?",
+        ),
+    ),
     plain=True,
 )
 MOUNT_POINTS = EntityTable(
@@ -565,6 +584,10 @@ class SqlUnitOfWork:
     @functools.cached_property
     def credentials(self) -> Repository[Credentials]:
         return Repository(self.session, CREDENTIALS)
+
+    @functools.cached_property
+    def credentials_summaries(self) -> Repository[CredentialsSummary]:
+        return Repository(self.session, CREDENTIALS_SUMMARIES)
 
     @functools.cached_property
     def mount_points(self) -> Repository[MountPoint]:
@@ -858,8 +881,11 @@ class Repository(Generic[E]):
         return self._read(owner_id, entity_id, "")
 
     def _read(self, owner_id: int, entity_id: int, lock: str) -> E:
-        # What this transaction wrote is locked by its own write already.
-        known: E | None = self._session.transaction_writes().entities.get((self._kind.table, entity_id))
+        # What this transaction wrote is locked by its own write already. (Only
+        # a kind that remembers reads it back: a summary shares its table.)
+        known: E | None = (
+            self._session.transaction_writes().entities.get((self._kind.table, entity_id)) if self._remembers else None
+        )
         if known is not None and known.owner_id == owner_id:
             return known
         row = self._session.execute(

@@ -18,7 +18,7 @@ from migration_core import ListQuery, NotFound, Page
 from . import views
 from .answers import json_answer
 from .openapi import WRITE_ERRORS, answers
-from .requests import BODY, QUERY, USER, call, json_body, query, read, services, write
+from .requests import BODY, QUERY, USER, call, json_body, query, read, read_as_user, services, write
 from .routes import Route
 from .schemas import (
     MAX_ID,
@@ -142,7 +142,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     @query(resource.query_schema())
     async def list_objects(request: web.Request) -> web.Response:
         listed = list_query(request)
-        found = await read(request, resource.find, services(request).storage, request[USER].id, listed)
+        found = await read_as_user(request, resource.find, listed)
         return json_answer(page_body(request, found, resource.view, listed))
 
     @docs(
@@ -166,7 +166,7 @@ def resource_routes(resource: Resource) -> list[Route]:
         responses=answers({200: (answer, "Found.")}, 401, 404),
     )
     async def read_object(request: web.Request) -> web.Response:
-        found = await read(request, resource.get, services(request).storage, request[USER].id, object_id(request))
+        found = await read_as_user(request, resource.get, object_id(request))
         return json_answer(resource.view(found))
 
     @docs(
@@ -208,9 +208,9 @@ def resource_routes(resource: Resource) -> list[Route]:
         return web.Response(status=204)
 
     return [
-        Route("GET", resource.path, list_objects),
+        Route("GET", resource.path, list_objects, user_in_read=True),
         Route("POST", resource.path, create_object),
-        Route("GET", item_path, read_object),
+        Route("GET", item_path, read_object, user_in_read=True),
         Route("PUT", item_path, replace_object),
         Route("PATCH", item_path, patch_object),
         Route("DELETE", item_path, delete_object),
@@ -250,8 +250,8 @@ RESOURCES = [
         replace_schema=CredentialsReplaceSchema,
         query_schema=CredentialsQuerySchema,
         create=core.create_credentials,
-        get=core.get_credentials,
-        find=core.list_credentials,
+        get=core.get_credentials_summary,  # answers never show the password or key
+        find=core.list_credentials_summaries,
         update=core.update_credentials,
         delete=core.delete_credentials,
     ),

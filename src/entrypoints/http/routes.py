@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 from aiohttp import web
 
-from .requests import Handler, authenticated
+from .requests import Handler, authenticated, user_found_by_read
 
 
 @attrs.frozen
@@ -15,6 +15,8 @@ class Route:
     path: str  # as documented; the form with the trailing slash toggled answers too
     handler: Handler
     public: bool = False
+    # Its handler finds the token's user in its own read (`read_as_user`).
+    user_in_read: bool = False
 
 
 def _undocumented(handler: Handler) -> Handler:
@@ -28,7 +30,10 @@ def _undocumented(handler: Handler) -> Handler:
 
 def add_routes(router: web.UrlDispatcher, routes: list[Route]) -> None:
     for route in routes:
-        handler = route.handler if route.public else authenticated(route.handler)
+        if route.public:
+            handler = route.handler
+        else:
+            handler = (user_found_by_read if route.user_in_read else authenticated)(route.handler)
         router.add_route(route.method, route.path, handler)
         alias = route.path.removesuffix("/") if route.path.endswith("/") else route.path + "/"
         router.add_route(route.method, alias, _undocumented(handler))

@@ -10,6 +10,7 @@ from typing import Any
 
 from migration_core import (
     Credentials,
+    CredentialsSummary,
     Event,
     Migration,
     MigrationTarget,
@@ -29,7 +30,7 @@ def _utc(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(timezone.utc).isoformat()
 
 
-def credentials_view(credentials: Credentials) -> View:
+def credentials_view(credentials: Credentials | CredentialsSummary) -> View:
     # The password and the key are write-only: they never leave the service.
     return {
         "id": credentials.id,

@@ -26,9 +26,9 @@ Throughput is the volume's file bytes over the run's time (the migration's
 into place), in MB/s of 10^6 bytes. Every wait is bounded; the data lives
 under /tmp and is removed at the end.
 
-    python bench/copy.py [--gib 1] [--files 16384] [--repeat 3] [--seconds 5]
-    python bench/copy.py --quick          # a smoke run of about half a minute
-    python bench/copy.py --profile        # and py-spy over the service during one copy of each shape
+    python bench/copies.py [--gib 1] [--files 16384] [--repeat 3] [--seconds 5]
+    python bench/copies.py --quick          # a smoke run of about half a minute
+    python bench/copies.py --profile        # and py-spy over the service during one copy of each shape
 """
 
 from __future__ import annotations
