@@ -50,15 +50,11 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .secrets import SecretBox
+from .sql.codec import Codec
+from .sql.errors import StorageFailure, driver_errors
 from .sql.instances import SqlInstanceRegistry
-from .sql.mapping import (
-    Codec,
-    SqlUnitOfWork,
-    StorageFailure,
-    driver_errors,
-    savepoint_on,
-)
 from .sql.schema import POSTGRES, upgrade
+from .sql.unit_of_work import SqlUnitOfWork, savepoint_on
 
 __all__ = ["PostgresStorage", "StorageFailure"]
 

@@ -55,17 +55,12 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database
 
 from .secrets import SecretBox
+from .sql.codec import Codec
+from .sql.errors import ConstraintViolation, StorageFailure, driver_errors
 from .sql.instances import SqlInstanceRegistry
-from .sql.mapping import (
-    Codec,
-    ConstraintViolation,
-    SqlUnitOfWork,
-    StorageFailure,
-    driver_errors,
-    savepoint_on,
-)
 from .sql.schema import SQLITE
 from .sql.schema import upgrade as upgrade_steps
+from .sql.unit_of_work import SqlUnitOfWork, savepoint_on
 
 if TYPE_CHECKING:
     from .sqlite_group_commit import GroupCommitExecutor
