@@ -5,7 +5,7 @@ The mapping of entities to rows, the statements, the schema steps and the
 refusals are shared with SQLite (`adapters.sql`); this module keeps
 PostgreSQL's connections, transactions, placeholders and the translation of
 psycopg's errors. No psycopg exception leaves it: a broken constraint becomes
-the core's `Conflict` (in the in-memory storage's words), any other failure
+the core's `Conflict` (in the words of `adapters.refusals`), any other failure
 `StorageFailure`.
 
 Every call is a network round trip: none of it may run on an event loop, and
@@ -55,15 +55,11 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .secrets import SecretBox
+from .sql.codec import Codec
+from .sql.errors import StorageFailure, driver_errors
 from .sql.instances import SqlInstanceRegistry
-from .sql.mapping import (
-    Codec,
-    SqlUnitOfWork,
-    StorageFailure,
-    driver_errors,
-    savepoint_on,
-)
 from .sql.schema import POSTGRES, upgrade
+from .sql.unit_of_work import SqlUnitOfWork, savepoint_on
 
 __all__ = ["PostgresStorage", "StorageFailure"]
 

@@ -31,7 +31,7 @@ The mapping of entities to rows, the statements and the refusals are shared
 with PostgreSQL (`adapters.sql`); this module keeps SQLite's connections,
 transactions and the translation of sqlite3's errors. Rules that span rows are
 constraints of the schema (`adapters.sql.schema`); a broken one is reported as
-the core's `Conflict`, in the in-memory storage's words. No sqlite3 exception
+the core's `Conflict`, in the words of `adapters.refusals`. No sqlite3 exception
 leaves this module: other database failures become `StorageFailure`.
 
 Credentials passwords, and the login kept inside a target VM or a migration's
@@ -55,17 +55,12 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database
 
 from .secrets import SecretBox
+from .sql.codec import Codec
+from .sql.errors import ConstraintViolation, StorageFailure, driver_errors
 from .sql.instances import SqlInstanceRegistry
-from .sql.mapping import (
-    Codec,
-    ConstraintViolation,
-    SqlUnitOfWork,
-    StorageFailure,
-    driver_errors,
-    savepoint_on,
-)
 from .sql.schema import SQLITE
 from .sql.schema import upgrade as upgrade_steps
+from .sql.unit_of_work import SqlUnitOfWork, savepoint_on
 
 if TYPE_CHECKING:
     from .sqlite_group_commit import GroupCommitExecutor

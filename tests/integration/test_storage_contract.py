@@ -17,7 +17,7 @@ import pytest
 
 import migration_core as core
 from adapters.memory import MemoryStorage
-from adapters.sql.mapping import StorageFailure
+from adapters.sql.errors import StorageFailure
 from migration_core import (
     Conflict,
     CopyMark,

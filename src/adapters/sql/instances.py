@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from ..instances import Instance
-from .mapping import SqlUnit, chunks, marks
+from .tables import chunks, marks
+from .unit_of_work import SqlUnit
 
 FORGET_AFTER_SECONDS = 3600.0
 
