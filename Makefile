@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 # The suite in TEST_WORKERS processes (pytest-xdist), each with its own
 # PostgreSQL server, browser and services; the tests of one xdist_group mark
 # run in one of them. The 15 slowest are listed at the end.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 # Each worker and each service a test starts imports the project: compiled once
 # and kept (__pycache__, ignored by git), even where the environment says not to.
 test: export PYTHONDONTWRITEBYTECODE =
