@@ -58,20 +58,23 @@ class _SimulatedHandle:
         self._copier = copier
         self._sizes = sizes
         self._started = started
+        # The end as one instant: `now - started >= duration` may never hold
+        # at `now == started + duration`, by rounding.
+        self._ends = started + copier.duration
 
     def _elapsed(self) -> float:
-        return self._copier.now() - self._started
+        now = self._copier.now()
+        return self._copier.duration if now >= self._ends else now - self._started
 
     def progress(self) -> CopyProgress:
         return progress_after(self._sizes, self._elapsed(), self._copier.duration)
 
     def ended(self) -> CopyEnd | None:
-        return CopyEnd() if self._elapsed() >= self._copier.duration else None
+        return CopyEnd() if self._copier.now() >= self._ends else None
 
     def next_due(self) -> float:
-        step, duration = self._copier.step, self._copier.duration
-        steps = math.floor(max(0.0, self._elapsed()) / step) + 1
-        return self._started + min(steps * step, duration)
+        steps = math.floor(max(0.0, self._elapsed()) / self._copier.step) + 1
+        return min(self._started + steps * self._copier.step, self._ends)
 
     def cancel(self) -> None:
         """Nothing runs: a cancelled copy is simply no longer asked."""
