@@ -16,6 +16,13 @@ from pathlib import Path
 
 import pytest
 
+import migration_core as core
+from adapters.carrying import CopyRouter
+from adapters.clock import SystemClock
+from adapters.memory import MemoryStorage
+from adapters.passwords import ScryptHasher
+from adapters.runners import BlockingRunner
+from adapters.simulated_copy import SimulatedCopy
 from adapters.ssh import SshMachines
 from adapters.ssh_copy import staging_of
 from migration_core.machines import CopyFailed, CopyJob, CopyProgress, MachineAddress, VolumeToCopy
@@ -314,3 +321,37 @@ def test_hostile_names_are_copied_exactly_and_never_run(make_machine: object, ma
         assert file.read() == b"bytes"
     for place in (source.root, host.root, target, Path.home(), Path("/")):
         assert not (place / "CANARY").exists()
+
+
+def test_an_embedding_program_s_blocking_runner_carries_a_real_copy(
+    make_machine: object, machines: SshMachines
+) -> None:
+    """README, "Embedding the core": `BlockingRunner` with `CopyRouter(SimulatedCopy(0), machines)`
+    copies a run into a target with a host for real, and `run_migration` returns it verified."""
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")  # type: ignore[operator]
+    _source_tree(source.root)
+    storage, clock = MemoryStorage(), SystemClock()
+    owner = core.register_user(storage, ScryptHasher(n=2**4), "embedder", "long enough").id
+    login = core.create_credentials(storage, owner, username=source.username, private_key=source.private_key)
+    system = core.create_mount_point(storage, owner, name="/", size=1)
+    workload = core.create_workload(
+        storage, owner, ip=source.ip, port=source.port, credentials_id=login.id,
+        mount_point_ids=[system.id], os="linux", root=str(source.root),
+    )
+    receiver = core.create_workload(storage, owner, ip=host.ip, port=host.port, credentials_id=login.id, os="linux")
+    landing = host.root / "landing"
+    target = core.create_migration_target(
+        storage, owner, cloud_type="vsphere", cloud_credentials_id=login.id, host_id=receiver.id, root=str(landing)
+    )
+    migration = core.create_migration(
+        storage, owner, clock=clock, source_id=workload.id, migration_target_id=target.id,
+        selected_mount_point_ids=[system.id],
+    )
+
+    runner = BlockingRunner(storage, clock, CopyRouter(SimulatedCopy(0), machines))
+    done = core.run_migration(storage, clock, runner, owner, migration.id)
+
+    assert (done.state, done.progress, done.error) == (core.MigrationState.SUCCESS, 100, None)
+    assert _tree(landing) == _tree(source.root)
+    copied = core.list_events(storage, owner, migration.id, core.ListQuery(filters={"kind": "volume_copied"})).items
+    assert [event.detail["verified"] for event in copied] == [True]
