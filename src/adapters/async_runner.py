@@ -314,12 +314,12 @@ class AsyncRunner:
         return outcome.unfinished
 
     def _forget(self, ended: Iterable[_Run]) -> None:
-        """Drop runs that ended; a copy whose run ended elsewhere (a cancel
-        through another instance) is stopped."""
+        """Drop runs that ended; a copy still going whose run ended elsewhere
+        (a cancel through another instance) is stopped."""
         stopping = []
         with self._table_lock:
             for run in ended:
-                if run.copy is not None and not run.stopped:
+                if run.copy is not None and not run.stopped and run.copy.ended() is None:
                     stopping.append(run.copy)
                 run.stopped = True
                 if self._runs.get(run.ref.migration_id) is run:
