@@ -1,8 +1,11 @@
 import os
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
+
+from adapters.postgres import PostgresStorage
 
 from .postgres_server import PostgresServer, PostgresUnavailable
 
@@ -14,6 +17,8 @@ settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+TEMPLATE_ONLY_KEY = b"opens-the-schema-template-only-32"
 
 
 # A real PostgreSQL server (see tests/postgres_server.py): one per test session
@@ -62,8 +67,8 @@ def postgres_server() -> Iterator[PostgresServer]:
             server.stop()
 
 
-def _database_url(server: PostgresServer) -> Iterator[str]:
-    name = server.create_database()
+def _database_url(server: PostgresServer, template: str = "template0") -> Iterator[str]:
+    name = server.create_database(template=template)
     try:
         yield server.url(name)
     finally:
@@ -74,6 +79,28 @@ def _database_url(server: PostgresServer) -> Iterator[str]:
 def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A new empty database for this test alone, dropped after it."""
     yield from _database_url(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def postgres_schema_template(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database the storage opened once (the latest schema) and holding no
+    row: not even the secret key's check, so a copy takes any test's key as
+    new. Copying it is a fifth of what a copy of template0 and the schema's
+    steps take, the most of a PostgreSQL test's setup."""
+    name = postgres_server.create_database()
+    PostgresStorage(postgres_server.url(name), TEMPLATE_ONLY_KEY, min_connections=1).close()
+    with psycopg.connect(postgres_server.url(name), autocommit=True) as template:
+        template.execute("DELETE FROM settings")
+    try:
+        yield name
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_server: PostgresServer, postgres_schema_template: str) -> Iterator[str]:
+    """A new database for this test alone at the latest schema, with no row, dropped after it."""
+    yield from _database_url(postgres_server, postgres_schema_template)
 
 
 @pytest.fixture(scope="module")

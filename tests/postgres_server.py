@@ -34,6 +34,7 @@ import time
 import uuid
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -222,10 +223,18 @@ class PostgresServer:
         assert self._tmp is not None, "the server is not running"
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str | None = None) -> str:
-        """A new empty database (from template0, so nothing leaks in); its name."""
+    def create_database(self, name: str | None = None, *, template: str = "template0") -> str:
+        """A new database, a copy of `template` (by default template0: empty,
+        so nothing leaks in); its name."""
         name = name or f"test_{uuid.uuid4().hex[:12]}"
-        self._admin(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        with self._admin_connection() as admin:
+            # FILE_COPY (PostgreSQL 15 and later) copies the template's files and
+            # checkpoints, cheap with fsync off; the default, WAL_LOG, writes every
+            # block to the WAL: 25 ms against 300 for a copy of the schema here.
+            if admin.info.server_version >= 150000:
+                create += sql.SQL(" STRATEGY FILE_COPY")
+            admin.execute(create)
         return name
 
     def drop_database(self, name: str) -> None:
@@ -233,9 +242,12 @@ class PostgresServer:
         self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def _admin(self, statement: sql.Composed) -> None:
+        with self._admin_connection() as admin:
+            admin.execute(statement)
+
+    def _admin_connection(self) -> psycopg.Connection[Any]:
         admin_db = urlsplit(self._external_url).path.lstrip("/") if self._external_url else ""
-        with psycopg.connect(self.url(admin_db or "postgres"), autocommit=True) as conn:
-            conn.execute(statement)
+        return psycopg.connect(self.url(admin_db or "postgres"), autocommit=True)
 
     def start(self) -> PostgresServer:
         if not self.owned or self._tmp is not None:

@@ -16,13 +16,15 @@ SQL_STORAGES = ["sqlite", "postgresql"]
 ALL_STORAGES = ["memory", *SQL_STORAGES]
 
 
-def storage_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where a storage of `kind` lives for this test (a fresh, empty one)."""
+def storage_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path, *, schema: bool = False) -> str:
+    """Where a storage of `kind` lives for this test: a fresh, empty one, or
+    with `schema` one that holds the latest schema and no row (on PostgreSQL a
+    copy of a template, for a test of what is stored, not of the schema's steps)."""
     if kind == "memory":
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'storage.db'}"
-    return str(request.getfixturevalue("postgres_url"))
+    return str(request.getfixturevalue("postgres_schema_url" if schema else "postgres_url"))
 
 
 def open_storage(
@@ -30,7 +32,7 @@ def open_storage(
 ) -> Storage:
     """A fresh storage of `kind`; PostgreSQL's opens `connections` at once, so
     that as many threads really run at the same time."""
-    url = storage_url(kind, request, tmp_path)
+    url = storage_url(kind, request, tmp_path, schema=True)
     if kind == "memory":
         return MemoryStorage()
     if kind == "sqlite":

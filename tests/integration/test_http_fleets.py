@@ -37,7 +37,7 @@ KINDS = ("credentials", "mount_points", "work_loads", "migration_targets", "migr
 
 @pytest.fixture(params=ALL_STORAGES)
 async def client(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Path) -> TestClient[Any, Any]:
-    storage = storage_url(request.param, request, tmp_path)
+    storage = storage_url(request.param, request, tmp_path, schema=True)
     return await aiohttp_client(create_app(make_services(storage=storage)))  # type: ignore[no-any-return]
 
 

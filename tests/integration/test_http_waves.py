@@ -191,7 +191,7 @@ def _fleet(storage: core.Storage, owner: int) -> dict[str, list[int]]:
 async def test_a_wave_of_300_starts_the_startable_and_gives_each_refusal_its_own_reason(
     make_client: Any, tmp_path: Path, storage: str, request: pytest.FixtureRequest
 ) -> None:
-    url = storage_url(storage, request, tmp_path)
+    url = storage_url(storage, request, tmp_path, schema=True)
     client, services = await make_client(SLOW, url)
     user, owner = await signed_up(client, "fleet")
     groups = await asyncio.to_thread(_fleet, services.storage, owner)
@@ -251,7 +251,7 @@ async def test_a_wave_of_300_starts_the_startable_and_gives_each_refusal_its_own
 async def test_wave_runs_racing_single_runs_start_each_migration_once(
     make_client: Any, tmp_path: Path, storage: str, request: pytest.FixtureRequest
 ) -> None:
-    url = storage_url(storage, request, tmp_path)
+    url = storage_url(storage, request, tmp_path, schema=True)
     client, services = await make_client(SLOW, url)
     user, owner = await signed_up(client, "racer")
     groups = (await asyncio.to_thread(_fleet, services.storage, owner))["startable"][:60]

@@ -56,7 +56,7 @@ def _lines(stream: subprocess.IO[str], into: queue.Queue[str | None]) -> None:
 def test_a_killed_writer_loses_no_acknowledged_object(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = storage_url(kind, request, tmp_path)
+    url = storage_url(kind, request, tmp_path, schema=True)
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, url, SECRET.hex()],
         stdout=subprocess.PIPE,
