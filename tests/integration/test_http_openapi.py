@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from aiohttp_apigami import docs
+
+from entrypoints.http.openapi import setup_openapi
 
 from .http_client import make_app
 
@@ -208,3 +212,29 @@ async def test_the_document_is_valid_against_the_openapi_3_0_meta_schema(documen
     validator = jsonschema_rs.validator_for(OPENAPI_30)
     errors = [f"{list(e.instance_path)}: {e.message[:200]}" for e in validator.iter_errors(document)]
     assert errors == []
+
+
+def test_each_set_of_routes_has_its_own_document_built_once() -> None:
+    """Documents are kept by the routes they describe: an app with one route
+    more is described with it, and an app like an earlier one shares its document."""
+
+    @docs(summary="the first", responses={200: {"description": "one"}})
+    async def first(_request: web.Request) -> web.Response:
+        raise AssertionError("documented only")
+
+    @docs(summary="the second", responses={200: {"description": "two"}})
+    async def second(_request: web.Request) -> web.Response:
+        raise AssertionError("documented only")
+
+    def app_of(*paths: str) -> web.Application:
+        app = web.Application()
+        for path, handler in zip(paths, (first, second), strict=False):
+            app.router.add_get(path, handler, allow_head=False)
+        return app
+
+    one = setup_openapi(app_of("/kept-one/"))
+    both = setup_openapi(app_of("/kept-one/", "/kept-two/"))
+    assert set(one["paths"]) == {"/kept-one/"}
+    assert set(both["paths"]) == {"/kept-one/", "/kept-two/"}
+    assert both["paths"]["/kept-two/"]["get"]["summary"] == "the second"
+    assert setup_openapi(app_of("/kept-one/")) is one

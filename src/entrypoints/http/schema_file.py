@@ -6,6 +6,7 @@ PyYAML is a development dependency: the service itself never writes YAML."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -18,10 +19,11 @@ from .openapi import OPENAPI
 
 
 def served_document() -> dict[str, Any]:
-    """The document the service serves; building it needs no database."""
+    """The document the service serves, a copy of the caller's own (apps
+    share theirs); building it needs no database."""
     services = bootstrap(Settings(storage="memory://"))
     try:
-        return create_app(services)[OPENAPI]
+        return copy.deepcopy(create_app(services)[OPENAPI])
     finally:
         services.storage.close()
 
