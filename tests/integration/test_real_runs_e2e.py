@@ -265,8 +265,12 @@ def test_two_instances_on_one_postgresql_each_carry_a_real_run_through_the_other
     """SPEC 2.4 with real copies: B is killed mid-copy, A marks B's run
     interrupted and its own copy goes on; B comes back and its re-run is whole.
     Neither instance touches the other's live run."""
-    a = ServiceProcess(postgres_url, tmp_path, "a", "--lease-seconds", "1", "--access-log", "off")
-    b = ServiceProcess(postgres_url, tmp_path, "b", "--lease-seconds", "1", "--access-log", "off")
+    # Three seconds: on a machine the suite keeps busy, a copying instance's
+    # ticker was once held past two thirds of a one-second lease, and the
+    # other instance rightly took it for gone.
+    lease = ("--lease-seconds", "3")
+    a = ServiceProcess(postgres_url, tmp_path, "a", *lease, "--access-log", "off")
+    b = ServiceProcess(postgres_url, tmp_path, "b", *lease, "--access-log", "off")
     try:
         a.start()
         b.start()
