@@ -17,6 +17,7 @@ from .accounts import (
     register_user,
     user_from_token,
     user_named,
+    write_as_live_user,
 )
 from .copying import RunState, VolumeState
 from .entities import (
@@ -212,4 +213,5 @@ __all__ = [
     "user_named",
     "wave_state",
     "workload_with_ip",
+    "write_as_live_user",
 ]

@@ -156,6 +156,25 @@ def read_as_live_user(
         return read(storage, user_id, *args, **kwargs)
 
 
+def write_as_live_user(
+    storage: Storage,
+    user_id: int,
+    change: Callable[Concatenate[Storage, int, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """`change(storage, user_id, ...)`, a use case that writes, for the user a
+    checked token speaks for, in the transaction that finds the user still
+    there: the user's read costs no transaction of its own. The use case's
+    unit is nested in this one (a savepoint: a use case may end its unit
+    without commit, having found nothing to change) and commits with it."""
+    with storage.unit_of_work() as uow:
+        _live_user(uow, user_id)
+        changed = change(storage, user_id, *args, **kwargs)
+        uow.commit()
+        return changed
+
+
 def _live_user(uow: UnitOfWork, user_id: int) -> User:
     try:
         return uow.users.get(user_id)

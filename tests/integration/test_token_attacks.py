@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from entrypoints.bootstrap import Services
 from entrypoints.http import create_app
+from migration_core import ListQuery
 
 from .http_client import TEST_KEY, MovableClock, User, make_services
 
@@ -128,6 +129,20 @@ async def test_a_deleted_users_token_is_401(alice: User, services: Services) -> 
     answer = await alice.client.post(f"{API}/token/refresh/", json={"refresh": alice.refresh})
     assert answer.status == 401
     assert answer.headers.get("WWW-Authenticate", "").startswith("Bearer")
+
+
+async def test_a_deleted_users_valid_write_is_401_and_writes_nothing(alice: User, services: Services) -> None:
+    """A write finds its user in its own transaction: a body that would be
+    written is refused all the same, and nothing of it stays."""
+    user_id = int(_claims(alice.access)["sub"])
+    with services.storage.unit_of_work() as uow:
+        uow.users.delete(user_id)
+        uow.commit()
+    headers = {"Authorization": f"Bearer {alice.access}"}
+    answer = await alice.client.post(f"{API}/mount_points/", json={"name": "C:\\", "size": 10}, headers=headers)
+    assert answer.status == 401, await answer.text()
+    with services.storage.unit_of_work(write=False) as uow:
+        assert uow.mount_points.find(user_id, ListQuery()) == (0, [])
 
 
 async def test_a_tampered_payload_is_401(alice: User, client: TestClient[Any, Any]) -> None:

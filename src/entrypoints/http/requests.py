@@ -18,7 +18,15 @@ from aiohttp_apigami import request_schema
 from marshmallow import Schema, ValidationError
 
 from entrypoints.bootstrap import Services
-from migration_core import AuthenticationFailed, InvalidInput, Storage, User, read_as_live_user, user_from_token
+from migration_core import (
+    AuthenticationFailed,
+    InvalidInput,
+    Storage,
+    User,
+    read_as_live_user,
+    user_from_token,
+    write_as_live_user,
+)
 
 from .schemas import flatten_messages
 
@@ -28,7 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICES = web.AppKey("services", Services)
 USER = web.RequestKey("user", User)
-USER_ID = web.RequestKey("user_id", int)  # of a checked token; its user is found by the handler's read
+USER_ID = web.RequestKey("user_id", int)  # of a checked token; its user is found in the handler's transaction
 BODY = web.RequestKey("body", dict[str, Any])
 QUERY = web.RequestKey("query", dict[str, Any])
 BODY_TIMEOUT = web.AppKey("body_timeout", float)
@@ -194,12 +202,13 @@ def authenticated(handler: Handler) -> Handler:
     return with_user
 
 
-def user_found_by_read(handler: Handler) -> Handler:
-    """For a handler whose one read also finds the token's user
-    (`read_as_user`): the token is checked here (401 when it is missing,
-    forged or expired) and its user's id put in request[USER_ID]. When the
-    handler fails otherwise (a bad query, a missing object), a token whose
-    user is gone still answers 401 first, as under `authenticated`."""
+def user_found_in_transaction(handler: Handler) -> Handler:
+    """For a handler whose use case also finds the token's user, in its own
+    transaction (`read_as_user`, `write_as_user`): the token is checked here
+    (401 when it is missing, forged or expired) and its user's id put in
+    request[USER_ID]. When the handler fails otherwise (a bad query or body,
+    a missing object), a token whose user is gone still answers 401 first,
+    as under `authenticated`."""
 
     @functools.wraps(handler)
     async def with_user_id(request: web.Request) -> web.StreamResponse:
@@ -221,9 +230,19 @@ async def read_as_user(
     request: web.Request, function: Callable[Concatenate[Storage, int, P], T], *args: P.args, **kwargs: P.kwargs
 ) -> T:
     """Run a read-only use case for the token's user (a handler under
-    `user_found_by_read`), the user and what it reads in one transaction."""
+    `user_found_in_transaction`), the user and what it reads in one transaction."""
     storage, user_id = services(request).storage, request[USER_ID]
     return await read(request, functools.partial(read_as_live_user, storage, user_id, function, *args, **kwargs))
+
+
+async def write_as_user(
+    request: web.Request, function: Callable[Concatenate[Storage, int, P], T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Run a use case that writes for the token's user (a handler under
+    `user_found_in_transaction`), the user found in the write's transaction,
+    on the storage's write executor."""
+    storage, user_id = services(request).storage, request[USER_ID]
+    return await write(request, functools.partial(write_as_live_user, storage, user_id, function, *args, **kwargs))
 
 
 async def read(request: web.Request, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

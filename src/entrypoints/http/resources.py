@@ -18,7 +18,7 @@ from migration_core import ListQuery, NotFound, Page
 from . import views
 from .answers import json_answer
 from .openapi import WRITE_ERRORS, answers
-from .requests import BODY, QUERY, USER, call, json_body, query, read, read_as_user, services, write
+from .requests import BODY, QUERY, USER, call, json_body, query, read, read_as_user, services, write_as_user
 from .routes import Route
 from .schemas import (
     MAX_ID,
@@ -155,7 +155,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @json_body(schema)
     async def create_object(request: web.Request) -> web.Response:
-        created = await write(request, _create, resource, request)
+        created = await write_as_user(request, _create, resource, request)
         return json_answer(resource.view(created), status=201)
 
     @docs(
@@ -178,7 +178,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @json_body(resource.replace_schema())
     async def replace_object(request: web.Request) -> web.Response:
-        updated = await write(request, _update, resource, request)
+        updated = await write_as_user(request, _update, resource, request)
         return json_answer(resource.view(updated))
 
     @docs(
@@ -190,7 +190,7 @@ def resource_routes(resource: Resource) -> list[Route]:
     )
     @json_body((resource.patch_schema or resource.schema)(partial=True))
     async def patch_object(request: web.Request) -> web.Response:
-        updated = await write(request, _update, resource, request)
+        updated = await write_as_user(request, _update, resource, request)
         return json_answer(resource.view(updated))
 
     @docs(
@@ -204,38 +204,32 @@ def resource_routes(resource: Resource) -> list[Route]:
         responses=answers({204: (None, "Deleted.")}, 401, 404, *([409] if resource.delete_conflicts else [])),
     )
     async def delete_object(request: web.Request) -> web.Response:
-        await write(request, resource.delete, services(request).storage, request[USER].id, object_id(request))
+        await write_as_user(request, resource.delete, object_id(request))
         return web.Response(status=204)
 
     return [
-        Route("GET", resource.path, list_objects, user_in_read=True),
-        Route("POST", resource.path, create_object),
-        Route("GET", item_path, read_object, user_in_read=True),
-        Route("PUT", item_path, replace_object),
-        Route("PATCH", item_path, patch_object),
-        Route("DELETE", item_path, delete_object),
+        Route("GET", resource.path, list_objects, user_in_transaction=True),
+        Route("POST", resource.path, create_object, user_in_transaction=True),
+        Route("GET", item_path, read_object, user_in_transaction=True),
+        Route("PUT", item_path, replace_object, user_in_transaction=True),
+        Route("PATCH", item_path, patch_object, user_in_transaction=True),
+        Route("DELETE", item_path, delete_object, user_in_transaction=True),
     ]
 
 
-def _recording(resource: Resource, request: web.Request) -> dict[str, Any]:
+def _recording(resource: Resource, request: web.Request, user_id: int) -> dict[str, Any]:
     if not resource.recorded:
         return {}
-    return {"clock": services(request).clock, "actor": request[USER].id}
+    return {"clock": services(request).clock, "actor": user_id}
 
 
-def _create(resource: Resource, request: web.Request) -> Any:
-    return resource.create(
-        services(request).storage, request[USER].id, **request[BODY], **_recording(resource, request)
-    )
+def _create(storage: core.Storage, user_id: int, resource: Resource, request: web.Request) -> Any:
+    return resource.create(storage, user_id, **request[BODY], **_recording(resource, request, user_id))
 
 
-def _update(resource: Resource, request: web.Request) -> Any:
+def _update(storage: core.Storage, user_id: int, resource: Resource, request: web.Request) -> Any:
     return resource.update(
-        services(request).storage,
-        request[USER].id,
-        object_id(request),
-        **request[BODY],
-        **_recording(resource, request),
+        storage, user_id, object_id(request), **request[BODY], **_recording(resource, request, user_id)
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import attrs
 from aiohttp import web
 
-from .requests import Handler, authenticated, user_found_by_read
+from .requests import Handler, authenticated, user_found_in_transaction
 
 
 @attrs.frozen
@@ -15,8 +15,9 @@ class Route:
     path: str  # as documented; the form with the trailing slash toggled answers too
     handler: Handler
     public: bool = False
-    # Its handler finds the token's user in its own read (`read_as_user`).
-    user_in_read: bool = False
+    # Its handler finds the token's user in its use case's own transaction
+    # (`read_as_user`, `write_as_user`).
+    user_in_transaction: bool = False
 
 
 def _undocumented(handler: Handler) -> Handler:
@@ -33,7 +34,7 @@ def add_routes(router: web.UrlDispatcher, routes: list[Route]) -> None:
         if route.public:
             handler = route.handler
         else:
-            handler = (user_found_by_read if route.user_in_read else authenticated)(route.handler)
+            handler = (user_found_in_transaction if route.user_in_transaction else authenticated)(route.handler)
         router.add_route(route.method, route.path, handler)
         alias = route.path.removesuffix("/") if route.path.endswith("/") else route.path + "/"
         router.add_route(route.method, alias, _undocumented(handler))
