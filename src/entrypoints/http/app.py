@@ -82,7 +82,7 @@ def create_app(
     add_routes(
         app.router,
         accounts.ROUTES
-        + resources.routes()
+        + resources.ROUTES
         + fleets.ROUTES
         + machines.ROUTES
         + stream.routes()

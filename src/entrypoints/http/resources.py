@@ -472,13 +472,14 @@ async def wave_state(request: web.Request) -> web.Response:
     return json_answer(views.wave_state_view(state))
 
 
-def routes() -> list[Route]:
-    return [route for resource in RESOURCES for route in resource_routes(resource)] + [
-        Route("POST", "/api/v1/migrations/{id:\\d+}/run/", run_migration),
-        Route("POST", "/api/v1/migrations/{id:\\d+}/cancel/", cancel_migration),
-        Route("GET", "/api/v1/migrations/{id:\\d+}/state/", migration_state),
-        Route("GET", "/api/v1/migrations/{id:\\d+}/events/", migration_events),
-        Route("POST", "/api/v1/waves/{id:\\d+}/run/", run_wave),
-        Route("POST", "/api/v1/waves/{id:\\d+}/cancel/", cancel_wave),
-        Route("GET", "/api/v1/waves/{id:\\d+}/state/", wave_state),
-    ]
+# Made once, as the other modules' routes are: every app of the process
+# shares the handlers (each is a function of its request alone).
+ROUTES = [route for resource in RESOURCES for route in resource_routes(resource)] + [
+    Route("POST", "/api/v1/migrations/{id:\\d+}/run/", run_migration),
+    Route("POST", "/api/v1/migrations/{id:\\d+}/cancel/", cancel_migration),
+    Route("GET", "/api/v1/migrations/{id:\\d+}/state/", migration_state),
+    Route("GET", "/api/v1/migrations/{id:\\d+}/events/", migration_events),
+    Route("POST", "/api/v1/waves/{id:\\d+}/run/", run_wave),
+    Route("POST", "/api/v1/waves/{id:\\d+}/cancel/", cancel_wave),
+    Route("GET", "/api/v1/waves/{id:\\d+}/state/", wave_state),
+]
