@@ -36,6 +36,21 @@ def tracked_command(*argv: str) -> str:
     return remote_script(_SAYING_ITS_PID, *argv)
 
 
+# Kills the process groups "$@" (as negative ids), then waits, five seconds at
+# most, until none of them has a process left: `kill` only sends the signal,
+# and a dying process may still write where its caller cleans up next. No
+# `--` after the signal: dash's `kill` takes none.
+_KILLING_GROUPS = """kill -KILL "$@" 2>/dev/null
+for group do
+    n=0
+    while kill -0 "$group" 2>/dev/null && [ "$n" -lt 100 ]; do
+        sleep 0.05 2>/dev/null || sleep 1
+        n=$((n + 1))
+    done
+done"""
+
+
 def kill_groups(*pids: int) -> str:
-    """Kill the process groups a tracked command said it leads."""
-    return remote_command("kill", "-KILL", "--", *(f"-{int(pid)}" for pid in pids))
+    """Kill the process groups a tracked command said it leads, and return
+    once they are gone."""
+    return remote_script(_KILLING_GROUPS, *(f"-{int(pid)}" for pid in pids))
