@@ -22,7 +22,8 @@ TEMPLATE_ONLY_KEY = b"opens-the-schema-template-only-32"
 
 
 # A real PostgreSQL server (see tests/postgres_server.py): one per test session
-# (with pytest-xdist, one per worker), a fresh empty database per test.
+# (with pytest-xdist, one per worker), a fresh database per test: empty, or
+# copied from one at the latest schema (postgres_schema_url).
 
 # Databases whose test (or module) is over, dropped once all of that test's
 # fixtures have ended: a fixture set up before the database (an app holding a
@@ -91,6 +92,11 @@ def postgres_schema_template(postgres_server: PostgresServer) -> Iterator[str]:
     PostgresStorage(postgres_server.url(name), TEMPLATE_ONLY_KEY, min_connections=1).close()
     with psycopg.connect(postgres_server.url(name), autocommit=True) as template:
         template.execute("DELETE FROM settings")
+        tables = [row[0] for row in template.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_version'"
+        )]
+        holding = [table for table in tables if template.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone()]
+        assert tables and holding == [], f"the schema template holds rows in {holding}"
     try:
         yield name
     finally:
