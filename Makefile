@@ -1,58 +1,98 @@
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# make run serves from .venv, which holds the runtime alone; the test kit (and
+# the benchmarks' tools) live in .venv-test. Both install exact versions with
+# their hashes from the locks in requirements/ (make lock writes them).
+RUN_VENV := .venv
+TEST_VENV := .venv-test
+LATEST_VENV := .venv-latest
+LOCK_VENV := .venv-lock
+RUNTIME_LOCK := requirements/runtime.txt
+TEST_LOCK := requirements/test.txt
+# The tool that writes the locks, pinned like everything else.
+LOCK_TOOL := uv==0.13.9
+UV := $(LOCK_VENV)/bin/uv
+# Every lock covers every platform, for Python 3.11 and later (requires-python).
+COMPILE := $(UV) pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command "make lock"
 
-.PHONY: test run schema screenshots bench profile clean
+.PHONY: test test-latest run lock schema screenshots bench profile clean
 
-# Reinstall only when the project's dependencies change.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# A venv ($1) holding exactly a lock ($2) and the project itself, editable.
+define install
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+endef
+
+# Reinstall only when a lock changes.
+$(RUN_VENV)/.installed: $(RUNTIME_LOCK) pyproject.toml
+	$(call install,$(RUN_VENV),$(RUNTIME_LOCK))
+
+$(TEST_VENV)/.installed: $(TEST_LOCK) pyproject.toml
+	$(call install,$(TEST_VENV),$(TEST_LOCK))
 
 # The suite in TEST_WORKERS processes (pytest-xdist), each with its own
 # PostgreSQL server, browser and services; the tests of one xdist_group mark
 # run in one of them. The 15 slowest are listed at the end.
 TEST_WORKERS ?= 4
+# The venv the suite runs in: make test-latest points it elsewhere.
+SUITE_VENV ?= $(TEST_VENV)
 # Each worker and each service a test starts imports the project: compiled once
 # and kept (__pycache__, ignored by git), even where the environment says not to.
 test: export PYTHONDONTWRITEBYTECODE =
-test: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy --strict src
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+test: $(SUITE_VENV)/.installed
+	$(SUITE_VENV)/bin/ruff check src tests bench
+	$(SUITE_VENV)/bin/mypy --strict src
+	$(SUITE_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # Serve the API on http://127.0.0.1:8080, data in ./data/ (see "Configuration" in README.md).
-run: $(STAMP)
-	$(BIN)/migration-api serve
+run: $(RUN_VENV)/.installed
+	$(RUN_VENV)/bin/migration-api serve
+
+$(LOCK_VENV)/.installed:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet '$(LOCK_TOOL)'
+	touch $@
+
+# Move both locks to the newest versions pyproject.toml's ranges allow; the test
+# kit's lock keeps the runtime's versions. Commit them once make test passes.
+lock: $(LOCK_VENV)/.installed
+	$(COMPILE) --upgrade -o $(RUNTIME_LOCK)
+	$(COMPILE) --upgrade --extra dev --extra bench --constraint $(RUNTIME_LOCK) -o $(TEST_LOCK)
+
+# The suite against the newest versions the ranges allow, in a venv of its own,
+# locks untouched: drift found on purpose, before it reaches an install.
+build/latest.txt: $(LOCK_VENV)/.installed pyproject.toml
+	mkdir -p build
+	$(COMPILE) --upgrade --extra dev --extra bench -o $@
+
+$(LATEST_VENV)/.installed: build/latest.txt
+	$(call install,$(LATEST_VENV),build/latest.txt)
+
+test-latest: $(LATEST_VENV)/.installed
+	$(MAKE) test SUITE_VENV=$(LATEST_VENV)
 
 # Rewrite schema.yaml from the served OpenAPI document; a test fails while they differ.
-schema: $(STAMP)
-	$(BIN)/python -m entrypoints.http.schema_file schema.yaml
+schema: $(RUN_VENV)/.installed
+	$(RUN_VENV)/bin/python -m entrypoints.http.schema_file schema.yaml
 
 # The console screenshots the README shows, taken by the journey tests in Debian's Chromium.
 README_SHOTS := migration overview migration-390
-screenshots: $(STAMP)
-	$(BIN)/python -m pytest -q tests/browser/test_journey.py -k "newcomer or phone"
+screenshots: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -q tests/browser/test_journey.py -k "newcomer or phone"
 	mkdir -p docs/screenshots
 	for shot in $(README_SHOTS); do cp build/screenshots/$$shot.png docs/screenshots/; done
 
-$(VENV)/.bench-installed: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	touch $@
-
 # Figures only, no pass or fail: see docs/benchmarks.md. Uses wrk when installed.
-bench: $(VENV)/.bench-installed
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
-	$(BIN)/python bench/fleets.py $(FLEETS_ARGS)
-	$(BIN)/python bench/streams.py $(STREAMS_ARGS)
-	$(BIN)/python bench/copies.py $(COPY_ARGS)
+bench: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(TEST_VENV)/bin/python bench/fleets.py $(FLEETS_ARGS)
+	$(TEST_VENV)/bin/python bench/streams.py $(STREAMS_ARGS)
+	$(TEST_VENV)/bin/python bench/copies.py $(COPY_ARGS)
 
 # Where the service spends a phase's time: make profile PHASE=list
-profile: $(VENV)/.bench-installed
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/profile.py $(PHASE)
+profile: $(TEST_VENV)/.installed
+	PATH=$(CURDIR)/$(TEST_VENV)/bin:$$PATH $(TEST_VENV)/bin/python bench/profile.py $(PHASE)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(RUN_VENV) $(TEST_VENV) $(LATEST_VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .hypothesis

@@ -322,7 +322,7 @@ class Profile:
         self.out = out
         spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         if spy is None:
-            raise SystemExit("--profile needs py-spy (.venv/bin/pip install py-spy, the bench extra)")
+            raise SystemExit("--profile needs py-spy (the bench extra, in .venv-test: make test installs it)")
         self._argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
                       "--threads", "--nonblocking", "--output", str(out)]
         self._process: subprocess.Popen[bytes] | None = None

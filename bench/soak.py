@@ -4,7 +4,7 @@ lists, updates, runs, cancels and deletes. Expected: no 5xx, a flat resident
 memory, and at the end every object each client created and did not delete
 is in its lists, and nothing else is.
 
-    .venv/bin/python bench/soak.py --minutes 10
+    .venv-test/bin/python bench/soak.py --minutes 10
 
 Not part of `make test`; figures go to docs/benchmarks.md."""
 
