@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import posixpath
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
-
-import asyncssh
 
 from migration_core import Conflict, OperatingSystem
 from migration_core.machines import (
@@ -33,8 +32,11 @@ from migration_core.machines import (
 )
 
 from .remote_shell import remote_script
+from .ssh_library import asyncssh
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -149,10 +151,22 @@ class SshMachines:
     # -- the Machines port (any thread but the driver's own) ---------------
 
     def facts(self, address: MachineAddress) -> MachineFacts:
-        return self._io.run(self._facts(address))
+        facts = self._logged("check", address, self._facts(address))
+        log.info("check of %s: logged in, os %s", login_at(address), facts.os.value if facts.os else "unknown")
+        return facts
 
     def filesystems(self, address: MachineAddress) -> Discovered:
-        return self._io.run(self._filesystems(address))
+        found = self._logged("discovery", address, self._filesystems(address))
+        log.info("discovery of %s: %d filesystem(s) under %s", login_at(address), len(found.filesystems), address.root)
+        return found
+
+    def _logged(self, what: str, address: MachineAddress, work: Coroutine[Any, Any, T]) -> T:
+        """`work`'s result; a failure is one log line (who, where, why) before it goes on."""
+        try:
+            return self._io.run(work)
+        except (MachineUnreachable, Conflict) as failure:
+            log.info("%s of %s failed: %s", what, login_at(address), failure.message)
+            raise
 
     def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> CopyHandle:
         from .ssh_copy import CopyInBackground, SshCopy
@@ -286,6 +300,11 @@ class SshMachines:
                 if used is not None:
                     found.append(Filesystem(name, used))
             return Discovered(host_key, tuple(found))
+
+
+def login_at(address: MachineAddress) -> str:
+    """A machine as a log line names it: the login and where, never a secret."""
+    return f"{address.username}@{address.ip} port {address.port}"
 
 
 def _socket_failure(where: str, error: OSError) -> str:

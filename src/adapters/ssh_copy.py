@@ -16,8 +16,6 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 
-import asyncssh
-
 from migration_core.machines import (
     CopyEnd,
     CopyFailed,
@@ -30,6 +28,8 @@ from migration_core.machines import (
 )
 
 from .remote_shell import kill_groups, remote_command, tracked_command
+from .ssh import login_at
+from .ssh_library import asyncssh
 from .tar_stream import TarCounter
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ class CopyInBackground:
 
     def __init__(self, job: CopyJob, start: Callable[[Callable[[CopyProgress], None]], SshCopy],
                  changed: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
-        self._migration_id = job.migration_id
+        self._job = job
         self._changed = changed
         self._lock = threading.Lock()
         self._progress: CopyProgress | None = None
@@ -359,13 +359,23 @@ class CopyInBackground:
             end = CopyEnd("cancelled")
             raise
         except Exception as exc:  # the copy's own fault, said as it is
-            log.exception("the copy of migration %d failed", self._migration_id)
+            log.exception("the copy of migration %d failed", self._job.migration_id)
             end = CopyEnd(f"The copy failed: {exc}")
         finally:
+            self._log(end)
             with self._lock:
                 self._end = end
             self._ended.set()
             self._changed()
+
+    def _log(self, end: CopyEnd) -> None:
+        job, host = self._job, self._job.host
+        assert host is not None, "a real copy has a host"
+        how = "done" if end.failure is None else f"failed: {end.failure}"
+        log.info(
+            "copy of migration %d, %d volume(s) from %s to %s under %s: %s",
+            job.migration_id, len(job.volumes) - job.first, login_at(job.source), login_at(host), host.root, how,
+        )
 
     def progress(self) -> CopyProgress | None:
         with self._lock:

@@ -2,6 +2,6 @@
 
 import sys
 
-from entrypoints.cli import main
+from entrypoints.command import main
 
 sys.exit(main())

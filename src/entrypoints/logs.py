@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TextIO
@@ -19,6 +19,19 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class _ChattyAtDebug(logging.Filter):
+    """A chatty library's INFO lines as DEBUG: asyncssh says about fifteen for
+    every connection, where the SSH driver says one line of its own."""
+
+    LIBRARIES = ("asyncssh",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.split(".")[0] in self.LIBRARIES:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
 
 
 class _WithRequestId(logging.Filter):
@@ -93,13 +106,31 @@ class JsonFormatter(logging.Formatter):
 
 def log_handler(log_format: str) -> logging.StreamHandler[TextIO]:
     """A handler writing `log_format` lines ("text" or "json") to standard
-    error, request ids included."""
+    error, request ids included, chatty libraries' INFO lines at debug."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(_ChattyAtDebug())
     handler.addFilter(_WithRequestId())
     return handler
 
 
 def configure(log_format: str) -> None:
-    """Route every log line of the process through one handler of `log_format`."""
+    """Route every log line of the process through one handler of
+    `log_format`, Python's warnings included (the `py.warnings` logger)."""
     logging.basicConfig(level=logging.INFO, handlers=[log_handler(log_format)], force=True)
+    logging.captureWarnings(True)
+
+
+def requested_format(argv: Sequence[str], environ: Mapping[str, str]) -> str:
+    """The log format a command line asks for (`--log-format`, else
+    MIGRATION_LOG_FORMAT), read before anything else is imported so that even
+    an import's warning is written in it; text where it names none or no
+    format (the settings then refuse the bad value in words)."""
+    chosen = environ.get("MIGRATION_LOG_FORMAT", "")
+    for index, argument in enumerate(argv):
+        if argument == "--log-format" and index + 1 < len(argv):
+            chosen = argv[index + 1]
+        elif argument.startswith("--log-format="):
+            chosen = argument.partition("=")[2]
+    chosen = chosen.strip().lower()
+    return chosen if chosen in LOG_FORMATS else "text"

@@ -5,6 +5,7 @@ at 127.0.0.2, each a directory. The test compares the trees itself."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -302,3 +303,34 @@ def test_two_instances_on_one_postgresql_each_carry_a_real_run_through_the_other
     finally:
         a.kill()
         b.kill()
+
+
+def test_a_check_a_discovery_and_a_copy_each_log_one_json_line_and_asyncssh_says_nothing(
+    tmp_path: Path, make_machine: Callable[[str], Machine]
+) -> None:
+    process = ServiceProcess(f"sqlite:///{tmp_path / 'quiet.db'}", tmp_path, "quiet", "--access-log", "off")
+    process.start("--log-format", "json")
+    try:
+        source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+        (source.root / "motd").write_text("hello\n")
+        plan = RealPlan(process, source, host, ["/"])
+        assert plan.ok("POST", f"/api/v1/work_loads/{plan.source}/check/")["ok"]
+        for _ in range(2):
+            assert plan.ok("POST", f"/api/v1/work_loads/{plan.source}/discover/?dry_run=true")["ok"]
+        plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+        assert plan.until(lambda s: s["finished"])["state"] == "success"
+        assert process.stop() == 0
+    finally:
+        process.kill()
+
+    lines = [json.loads(line) for line in process.log().splitlines()]  # every line one JSON object
+    assert not [line for line in lines if line["logger"].startswith("asyncssh")]
+    ours = [line["message"] for line in lines if line["logger"].startswith("adapters.ssh")]
+    who = f"{source.username}@127.0.0.1 port {source.port}"
+    assert ours == [
+        f"check of {who}: logged in, os linux",
+        f"discovery of {who}: 1 filesystem(s) under {source.root}",
+        f"discovery of {who}: 1 filesystem(s) under {source.root}",
+        f"copy of migration {plan.migration}, 1 volume(s) from {who} to {host.username}@127.0.0.2 port {host.port}"
+        f" under {plan.landing}: done",
+    ]
