@@ -3,6 +3,7 @@ OpenAPI document (so schema.yaml too) and the index at /api/v1/ state it."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -25,3 +26,10 @@ def test_the_command_line_and_the_openapi_document_show_the_version_of_pyproject
     assert capsys.readouterr().out == f"migration-api {expected}\n"
     assert served_document()["info"]["version"] == expected
     assert API_INDEX["version"] == expected
+
+
+def test_the_changelogs_newest_release_is_pyprojects_version_and_nothing_is_dated_twice() -> None:
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})$", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert releases and releases[0][0] == expected, "cut the release: a dated CHANGELOG section for the version"
+    assert len({version for version, _ in releases}) == len(releases)
