@@ -1,17 +1,20 @@
-"""The real copy (SPEC 2.8) over the SSH driver's connections: each volume as
-a tar stream from the source through the service into a staging directory
-under the target's root on the host, a manifest (relative path, size,
-SHA-256) computed on both machines and compared, then the move into place.
-Nothing is half-written at a volume's place: a failed, cancelled or
-interrupted copy leaves only its staging, removed at once or by the next run
-of that migration."""
+"""The real copy (SPEC 2.8) over the SSH driver's connections. Each volume
+goes through its itinerary: the plan (both trees listed and compared), the
+new copy begun beside the place (unchanged entries hard-linked), the stream
+of what differs from the source through the service (each file hashed as it
+passes), the check (the host's hashes of what it wrote; the source listed
+again, and up to three catch-up passes of what changed meanwhile), then the
+journal and the swap into place. The steps' remote commands are in
+`volume_place`; this module carries them over asyncssh."""
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import logging
 import posixpath
+import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
@@ -26,43 +29,41 @@ from migration_core.machines import (
     VolumeCopied,
     VolumeToCopy,
 )
+from migration_core.sync_plan import DIRECTORY, REGULAR, Listing, plan_volume, tree_order
 
 from .remote_shell import kill_groups, remote_command, tracked_command
 from .ssh import login_at
 from .ssh_library import asyncssh
 from .tar_stream import TarCounter
+from .volume_place import (
+    ABANDON,
+    BEGIN,
+    CAN_SET_OWNERS,
+    CLEAR,
+    HASHES,
+    JOURNAL,
+    LIST,
+    RECOVER,
+    SWAP,
+    glob_escaped,
+    incoming_of,
+    journal_of,
+    journal_tar,
+    nul_list,
+    parse_listing,
+    place_patterns,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 # A report at most this often (bytes in between are counted, not reported).
 REPORT_SECONDS = 0.25
-
-# Size and relative path of each regular file below "$1", leaving out the
-# paths ("-path" patterns) given after it, on its own filesystem: NUL-separated.
-_SIZES = (
-    'd=$1; shift; cd -- "$d" || exit 3; '
-    'for x do set -- "$@" -path "$x" -prune -o; shift; done; '
-    "find . -xdev \"$@\" -type f -printf '%s %p\\0'"
-)
-# The SHA-256 of the same files, as sha256sum -z prints them.
-_HASHES = (
-    'd=$1; shift; cd -- "$d" || exit 3; '
-    'for x do set -- "$@" -path "$x" -prune -o; shift; done; '
-    'find . -xdev "$@" -type f -print0 | xargs -0r sha256sum -z --'
-)
-# Move what "$1" holds into "$2", setting aside in "$3" what stood there under
-# the same names, then remove that: a name's old contents go only once its
-# verified copy is at hand.
-_MOVE_INTO_PLACE = (
-    'staged=$1 place=$2 old=$3; mkdir -p -- "$place" "$old" || exit 1; '
-    'for e in "$staged"/* "$staged"/.[!.]* "$staged"/..?*; do '
-    '[ -e "$e" ] || [ -L "$e" ] || continue; n=${e##*/}; '
-    'if [ -e "$place/$n" ] || [ -L "$place/$n" ]; then mv -f -- "$place/$n" "$old/$n" || exit 1; fi; '
-    'mv -- "$e" "$place/$n" || exit 1; done; '
-    'chmod --reference="$staged" -- "$place" 2>/dev/null; touch -r "$staged" -- "$place" 2>/dev/null; '
-    'rm -rf -- "$old"'
-)
+# Passes of just the files that changed while a volume was read, after the first.
+CATCH_UP_PASSES = 3
+# tar's words for a file it read while it changed, or that went before it read it.
+_CHANGED = re.compile(rb"^tar: (.*): file changed as we read it$", re.M)
+_GONE = re.compile(rb"^tar: (.*): (?:File removed before we read it|Cannot stat: No such file or directory)$", re.M)
 
 Connect = Callable[[MachineAddress], contextlib.AbstractAsyncContextManager[tuple[asyncssh.SSHClientConnection, str]]]
 Pinned = Callable[[str, str], None]
@@ -74,6 +75,7 @@ def place(root: str, name: str) -> str:
 
 
 def staging_of(host_root: str, migration_id: int) -> str:
+    """Where an earlier release staged a run's volumes: removed by the next run."""
     return place(host_root, f"/.migration-staging-{migration_id}")
 
 
@@ -83,11 +85,6 @@ def _volume_path(name: str) -> str:
     if not normal or ".." in normal.split("/") or normal != name.rstrip("/") and name != "/":
         raise CopyFailed(f"Volume {name!r} is not an absolute POSIX path; a real copy needs one.")
     return normal
-
-
-def _glob_escaped(path: str) -> str:
-    """`path` as a find -path pattern matching only itself."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in path)
 
 
 def nested_volumes(name: str, others: Sequence[str]) -> list[str]:
@@ -115,6 +112,24 @@ def _why(stderr: bytes, where: str, default: str) -> str:
     return _first_line(stderr, default)
 
 
+def _tar_names(pattern: re.Pattern[bytes], stderr: bytes) -> set[bytes]:
+    """The paths tar names in lines matching `pattern` (its messages escape them as C does)."""
+    return {codecs.escape_decode(match)[0] for match in pattern.findall(stderr)}
+
+
+def _shown(path: bytes) -> str:
+    return repr(path.decode("utf-8", "backslashreplace"))
+
+
+def _still_changing(name: str, changing: set[bytes]) -> str:
+    return (
+        f"{len(changing)} file(s) of volume {name} kept changing while they were copied, even after"
+        f" {CATCH_UP_PASSES} catch-up passes; the first {_shown(min(changing))}. The copy in place is"
+        " untouched. Stop what writes them, copy from a snapshot (a root that does not change), or make"
+        " this a warm migration with a pre_cutover command that stops them."
+    )
+
+
 class SshCopy:
     """One migration's copy, carried out on the driver's loop."""
 
@@ -132,29 +147,45 @@ class SshCopy:
         self._host: MachineAddress = job.host
         self._report = report
         self._connect = connect
-        # Called once a volume's stream is in staging, before it is verified.
+        # Called once a volume's first stream is in its new copy, before it is checked.
         self._after_stream = after_stream
         self._done: list[VolumeCopied] = []
         self._last_report = 0.0
+        self._planned: int | None = None
         # The process groups still running on each machine, to kill on a stop.
         self._running: dict[str, set[int]] = {"source": set(), "host": set()}
+        # The volume being assembled (its place and new copy), to abandon on a stop.
+        self._assembling: tuple[str, str] | None = None
 
     async def run(self) -> None:
         job = self._job
-        staging = staging_of(self._host.root, job.migration_id)
         try:
             async with self._connect(job.source) as (source, _), self._connect(self._host) as (host, _):
                 try:
-                    await self._must(host, ("rm", "-rf", "--", staging), "host", "")
+                    owners = (await self._must(host, ("sh", "-c", CAN_SET_OWNERS), "host", "")).strip() == b"1"
+                    await self._recover(host)
                     for index in range(job.first, len(job.volumes)):
-                        await self._volume(source, host, index, staging)
+                        await self._volume(source, host, index, owners=owners)
                 finally:
-                    await self._stop_remote({"source": source, "host": host}, staging)
+                    await self._stop_remote({"source": source, "host": host})
         except MachineUnreachable as failure:
             raise CopyFailed(failure.message) from None
 
-    async def _stop_remote(self, connections: dict[str, asyncssh.SSHClientConnection], staging: str) -> None:
-        """Kill what still runs of this copy on both machines, then remove the staging."""
+    def _places(self) -> list[str]:
+        return [place(self._host.root, _volume_path(volume.name)) for volume in self._job.volumes]
+
+    async def _recover(self, host: asyncssh.SSHClientConnection) -> None:
+        """Before anything else: finish the swaps an earlier run of this
+        migration left under way, and remove what it left half-made."""
+        migration = str(self._job.migration_id)
+        await self._must(
+            host, ("sh", "-c", RECOVER, SWAP, migration, *self._places()), "host", self._host.root
+        )
+        await self._must(host, ("rm", "-rf", "--", staging_of(self._host.root, self._job.migration_id)), "host", "")
+
+    async def _stop_remote(self, connections: dict[str, asyncssh.SSHClientConnection]) -> None:
+        """Kill what still runs of this copy on both machines, then remove the
+        new copy it was assembling (not one whose swap was committed)."""
         for side, connection in connections.items():
             pids = self._running[side]
             if pids and not connection.is_closed():
@@ -162,11 +193,16 @@ class SshCopy:
                     async with asyncio.timeout(10):
                         await connection.run(kill_groups(*pids), check=False, stdin=asyncssh.DEVNULL)
             pids.clear()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(30):
-                await connections["host"].run(
-                    remote_command("rm", "-rf", "--", staging), check=False, stdin=asyncssh.DEVNULL
-                )
+        if self._assembling is not None:
+            target, incoming = self._assembling
+            journal = journal_of(target, self._job.migration_id)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(30):
+                    await connections["host"].run(
+                        remote_command("sh", "-c", ABANDON, "sh", incoming, journal),
+                        check=False,
+                        stdin=asyncssh.DEVNULL,
+                    )
 
     async def _start(
         self, connection: asyncssh.SSHClientConnection, side: str, argv: Sequence[str], *, stdin: object = None
@@ -191,70 +227,147 @@ class SshCopy:
         if not now and loop.time() - self._last_report < REPORT_SECONDS:
             return
         self._last_report = loop.time()
-        self._report(CopyProgress(index, partial, files, tuple(self._done)))
+        self._report(CopyProgress(index, partial, files, tuple(self._done), self._planned))
 
     async def _volume(
-        self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, index: int, staging: str
+        self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, index: int, *, owners: bool
     ) -> None:
         job = self._job
         volume: VolumeToCopy = job.volumes[index]
         name = _volume_path(volume.name)
         origin = place(job.source.root, name)
         target = place(self._host.root, name)
-        staged = f"{staging}/{index}"
-        left_out = nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")])
+        incoming = incoming_of(target, job.migration_id)
+        nested = nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")])
+        self._planned = None
         self._progress(index, now=True)
-        await self._must(host, ("mkdir", "-p", "--", staged), "host", self._host.root)
-        await self._stream(source, host, origin, staged, left_out, index)
-        if self._after_stream is not None:
-            await self._after_stream(index, staged)
-        patterns = [_glob_escaped(path) for path in left_out]
+
+        # The plan: both trees listed and compared.
         theirs, ours = await asyncio.gather(
-            self._manifest(source, origin, patterns, "source"),
-            self._manifest(host, staged, [], "host"),
+            self._list(source, "source", origin, [glob_escaped(path) for path in nested]),
+            self._list(host, "host", target, place_patterns(nested), missing_ok=True),
         )
-        differing = sorted(path for path in theirs.keys() | ours.keys() if theirs.get(path) != ours.get(path))
-        if differing:
-            first = differing[0].decode("utf-8", "backslashreplace")
-            raise CopyFailed(
-                f"Verification failed for volume {volume.name}: {len(differing)} file(s) differ"
-                f" between {origin} on the source and the copy on the host, the first {first!r}."
+        plan = plan_volume(theirs, ours, owners=owners)
+        self._planned = plan.send_bytes
+        self._progress(index, now=True)
+
+        # The new copy begun beside the place, the unchanged entries linked.
+        self._assembling = (target, incoming)
+        await self._must(host, ("sh", "-c", BEGIN, "sh", target, incoming), "host", target, stdin=nul_list(plan.links))
+
+        sent = TarCounter()  # what every pass of this volume sent, counted
+        sending = plan.sends
+        for catch_up in range(CATCH_UP_PASSES + 1):
+            stream = await self._stream(source, host, origin, incoming, tree_order((*plan.dirs, *sending)), index, sent)
+            if catch_up == 0 and self._after_stream is not None:
+                await self._after_stream(index, incoming)
+            await self._verify_sent(host, incoming, volume.name, origin, sending, stream)
+            now_theirs, held = await asyncio.gather(
+                self._list(source, "source", origin, [glob_escaped(path) for path in nested]),
+                self._list(host, "host", incoming, []),
             )
-        await self._must(
-            host,
-            ("sh", "-c", _MOVE_INTO_PLACE, "sh", staged, target, f"{staging}/old-{index}"),
-            "host",
-            target,
-        )
-        copied = sum(size for size, _ in theirs.values())
-        self._done.append(VolumeCopied(index=index, bytes=copied, files=len(theirs)))
+            check = plan_volume(now_theirs, held, owners=owners)
+            changing = set(check.sends) | (_tar_names(_CHANGED, stream.warnings) & now_theirs.keys())
+            theirs, plan = now_theirs, check
+            if not changing and not check.drops:
+                break
+            if catch_up == CATCH_UP_PASSES:
+                raise CopyFailed(_still_changing(volume.name, changing or set(check.drops)))
+            # What is sent again goes first, and so does a file where a directory now stands.
+            in_the_way = [path for path in check.dirs if path in held and held[path].kind != DIRECTORY]
+            clear = nul_list((*changing, *check.drops, *in_the_way))
+            await self._must(host, ("sh", "-c", CLEAR, "sh", incoming), "host", incoming, stdin=clear)
+            sending = tree_order(changing)
+
+        # The journal, then the swap: the verified new copy into place.
+        first_plan = plan_volume(theirs, ours, owners=owners)
+        journal = journal_of(target, job.migration_id)
+        await self._must(host, ("sh", "-c", JOURNAL, "sh", journal), "host", target,
+                         stdin=journal_tar(first_plan, theirs, ours, owners=owners))
+        await self._must(host, ("sh", "-c", SWAP, "sh", target, incoming, journal), "host", target, tracked=False)
+        self._assembling = None
+        held_bytes = sum(entry.size for entry in theirs.values() if entry.kind == REGULAR)
+        self._done.append(VolumeCopied(
+            index=index, bytes=sent.file_bytes, files=sent.files, linked=len(first_plan.links),
+            dropped=len(first_plan.drops), held=held_bytes,
+        ))
+        self._planned = None
         self._progress(index + 1, now=True)
+
+    async def _list(
+        self, connection: asyncssh.SSHClientConnection, side: str, directory: str, patterns: list[str],
+        *, missing_ok: bool = False,
+    ) -> Listing:
+        """A tree's listing; empty for a place not there yet (`missing_ok`)."""
+        try:
+            process, pid = await self._start(
+                connection, side, ("sh", "-c", LIST, "sh", directory, *patterns), stdin=asyncssh.DEVNULL
+            )
+            try:
+                result = await process.wait()
+            finally:
+                process.close()
+            self._running[side].discard(pid)
+        except (asyncssh.Error, OSError) as error:
+            raise CopyFailed(self._vanished(side, error)) from None
+        if result.exit_status == 3:
+            if missing_ok:
+                return {}
+            raise CopyFailed(f"{directory} on the {side} is not a directory the login may enter.")
+        if result.exit_status != 0:
+            failure = _why(_bytes(result.stderr), directory, f"listing {directory} failed")
+            raise CopyFailed(f"{failure} (on the {side})")
+        return parse_listing(_bytes(result.stdout))
+
+    async def _verify_sent(
+        self, host: asyncssh.SSHClientConnection, incoming: str, name: str, origin: str,
+        sending: Sequence[bytes], stream: _Stream,
+    ) -> None:
+        """Each file sent has, on the host as written, the SHA-256 it had as it
+        left the source; any difference fails the volume."""
+        files = [path for path in sending if path in stream.digests]
+        written = await self._must(host, ("sh", "-c", HASHES, "sh", incoming), "host", incoming, stdin=nul_list(files))
+        on_host = {}
+        for record in written.split(b"\0"):
+            if record:
+                on_host[record[66:]] = record[:64]
+        differing = sorted(path for path in files if on_host.get(path) != stream.digests[path])
+        if differing:
+            raise CopyFailed(
+                f"Verification failed for volume {name}: {len(differing)} file(s) differ"
+                f" between {origin} on the source and the copy on the host, the first {_shown(differing[0])}."
+            )
 
     async def _stream(
         self,
         source: asyncssh.SSHClientConnection,
         host: asyncssh.SSHClientConnection,
         origin: str,
-        staged: str,
-        left_out: list[str],
+        incoming: str,
+        paths: Sequence[bytes],
         index: int,
-    ) -> None:
-        excludes = [f"--exclude={path}" for path in left_out]
+        counted: TarCounter,
+    ) -> _Stream:
+        """Send `paths` (directories and what differs) from the source into the
+        new copy; what tar said of files that changed, and each file's hash."""
         reading = (
-            "tar", "-C", origin, "--one-file-system", "--no-wildcards", "--anchored", *excludes,
-            "-cpf", "-", "--", ".",
+            "tar", "-C", origin, "--format=posix", "--pax-option=delete=atime,delete=ctime", "--no-recursion",
+            "--null", "--verbatim-files-from", "--no-unquote", "-T", "-", "-cpf", "-",
         )
-        writing = ("tar", "-C", staged, "-xpf", "-")
-        counter = TarCounter()
-        sender, sender_pid = await self._start(source, "source", reading, stdin=asyncssh.DEVNULL)
+        writing = ("tar", "-C", incoming, "-xpf", "-")
+        stream = TarCounter(digests=True)
+        before_bytes, before_files = counted.file_bytes, counted.files
+        sender, sender_pid = await self._start(source, "source", reading)
         try:
+            sender.stdin.write(nul_list(paths))
+            sender.stdin.write_eof()
             receiver, receiver_pid = await self._start(host, "host", writing)
             try:
                 while chunk := await sender.stdout.read(CHUNK):
-                    counter.feed(chunk)
+                    stream.feed(chunk)
                     receiver.stdin.write(chunk)
                     await receiver.stdin.drain()
-                    self._progress(index, counter.file_bytes, counter.files)
+                    self._progress(index, before_bytes + stream.file_bytes, before_files + stream.files)
                 sent = await sender.wait()
                 if source.is_closed() or sent.exit_status is None:
                     raise CopyFailed(self._vanished("source", "its connection closed"))
@@ -266,12 +379,12 @@ class SshCopy:
                 if received.exit_status != 0:
                     raise CopyFailed(
                         _why(_bytes(received.stderr), self._host.root, "tar on the host failed")
-                        + f" (writing {origin} into {staged} on the host)"
+                        + f" (writing {origin} into {incoming} on the host)"
                     )
-                if sent.exit_status != 0:
+                warnings = _bytes(sent.stderr)
+                if sent.exit_status not in (0, 1) and not _only_changes(warnings):
                     raise CopyFailed(
-                        _why(_bytes(sent.stderr), origin, "tar on the source failed reading " + origin)
-                        + " (on the source)"
+                        _why(warnings, origin, "tar on the source failed reading " + origin) + " (on the source)"
                     )
             finally:
                 if receiver.exit_status is None:
@@ -285,45 +398,59 @@ class SshCopy:
                 with contextlib.suppress(Exception):
                     sender.kill()
             sender.close()
+        counted.file_bytes += stream.file_bytes
+        counted.files += stream.files
+        return _Stream(stream.digests, warnings)
 
     def _vanished(self, which: str, error: object) -> str:
         address = self._job.source if which == "source" else self._host
         return f"The {which} {address.ip} port {address.port} vanished mid-copy ({error})."
 
-    async def _manifest(
-        self, connection: asyncssh.SSHClientConnection, directory: str, patterns: list[str], side: str
-    ) -> dict[bytes, tuple[int, bytes]]:
-        sizes_out = await self._must(connection, ("sh", "-c", _SIZES, "sh", directory, *patterns), side, directory)
-        hashes_out = await self._must(connection, ("sh", "-c", _HASHES, "sh", directory, *patterns), side, directory)
-        sizes = {}
-        for entry in sizes_out.split(b"\0"):
-            if entry:
-                size, _, path = entry.partition(b" ")
-                sizes[path] = int(size)
-        manifest = {}
-        for entry in hashes_out.split(b"\0"):
-            if entry:
-                digest, path = entry[:64], entry[66:]
-                manifest[path] = (sizes.get(path, -1), digest)
-        return manifest
-
     async def _must(
-        self, connection: asyncssh.SSHClientConnection, argv: Sequence[str], side: str, where: str
+        self, connection: asyncssh.SSHClientConnection, argv: Sequence[str], side: str, where: str,
+        *, stdin: bytes | None = None, tracked: bool = True,
     ) -> bytes:
-        """Run a tracked command to its end; its output, or CopyFailed in words."""
+        """Run a remote command to its end (fed `stdin`); its output, or
+        CopyFailed in words. An untracked one is not killed on a stop: the swap."""
         try:
-            process, pid = await self._start(connection, side, argv, stdin=asyncssh.DEVNULL)
+            if tracked:
+                process, pid = await self._start(
+                    connection, side, argv, stdin=asyncssh.DEVNULL if stdin is None else None
+                )
+            else:
+                process, pid = await connection.create_process(remote_command(*argv), encoding=None), None
             try:
+                if stdin is not None:
+                    process.stdin.write(stdin)
+                process.stdin.write_eof()
                 result = await process.wait()
             finally:
                 process.close()
             stdout, stderr = _bytes(result.stdout), _bytes(result.stderr)
-            self._running[side].discard(pid)
+            if pid is not None:
+                self._running[side].discard(pid)
         except (asyncssh.Error, OSError) as error:
             raise CopyFailed(self._vanished(side, error)) from None
         if result.exit_status != 0:
             raise CopyFailed(_why(stderr, where, f"a command failed on the {side}") + f" (on the {side})")
         return stdout
+
+
+class _Stream:
+    """What one stream of a volume said: each file's hash, and tar's warnings."""
+
+    def __init__(self, digests: dict[bytes, bytes], warnings: bytes) -> None:
+        self.digests = digests
+        self.warnings = warnings
+
+
+def _only_changes(stderr: bytes) -> bool:
+    """Whether tar's complaints are only of files that changed or went while it read."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return all(
+        _CHANGED.match(line) or _GONE.match(line) or line.startswith(b"tar: Exiting with failure status")
+        for line in lines
+    )
 
 
 class CopyInBackground:

@@ -121,11 +121,16 @@ class CopyJob:
 
 @attrs.frozen
 class VolumeCopied:
-    """What passed of one volume (the `index`-th of the run), once verified in place."""
+    """One volume (the `index`-th of the run) once verified in place: the
+    bytes and files sent, the entries linked from the copy that was there and
+    dropped from it, and the bytes the new copy holds."""
 
     index: int
     bytes: int
     files: int
+    linked: int = 0
+    dropped: int = 0
+    held: int | None = None  # None: as sent
 
 
 @attrs.frozen
@@ -139,6 +144,9 @@ class CopyProgress:
     partial: int = 0
     files: int | None = None  # None: the copier counts no files
     done: tuple[VolumeCopied, ...] = ()
+    # The bytes the copy of the next volume will send, once it knows (a real
+    # copy that compared the trees): that volume's size from then on.
+    planned: int | None = None
 
 
 @attrs.frozen

@@ -72,7 +72,10 @@ def _volumes_copied(
             "size": snapshot.storage[index].size,
         }
         if index in passed:
-            detail.update(bytes=passed[index].bytes, files=passed[index].files, verified=True)
+            done = passed[index]
+            detail.update(
+                bytes=done.bytes, files=done.files, linked=done.linked, dropped=done.dropped, verified=True
+            )
         events.append(event(migration, EventKind.VOLUME_COPIED, at, **detail))
     return events
 
@@ -255,8 +258,6 @@ def _advanced(migration: Migration, report: CopyProgress, now: datetime) -> Migr
     mark, snapshot, started_at = migration.copied, migration.snapshot, migration.started_at
     if mark is None or snapshot is None or started_at is None:
         return None
-    if (report.volumes, report.partial) <= (mark.volumes, mark.partial):
-        return None
     storage = list(snapshot.storage)
     for done in report.done:
         if mark.volumes <= done.index < report.volumes:
@@ -264,8 +265,11 @@ def _advanced(migration: Migration, report: CopyProgress, now: datetime) -> Migr
     volumes, partial = min(report.volumes, len(storage)), report.partial
     if volumes == len(storage):
         partial = 0
-    elif partial > storage[volumes].size:
-        storage[volumes] = attrs.evolve(storage[volumes], size=partial)
+    else:
+        size = storage[volumes].size if report.planned is None else report.planned
+        storage[volumes] = attrs.evolve(storage[volumes], size=max(size, partial))
+    if (report.volumes, report.partial) <= (mark.volumes, mark.partial) and tuple(storage) == snapshot.storage:
+        return None
     sizes = [volume.size for volume in storage]
     copied = sum(sizes[:volumes]) + (partial if volumes < len(sizes) else 0)
     elapsed = (now - started_at).total_seconds()
@@ -335,7 +339,7 @@ def _finish(
     if error is None:
         assert migration.snapshot is not None, "a running migration has its snapshot"
         target = uow.migration_targets.get(ref.owner_id, migration.migration_target_id)
-        uow.migration_targets.update(attrs.evolve(target, target_vm=migration.snapshot))
+        uow.migration_targets.update(attrs.evolve(target, target_vm=_as_left(migration.snapshot, last)))
         finished = migration.succeed(now)
     else:
         # What was copied stays as last recorded, at most a report behind the stop.
@@ -351,6 +355,18 @@ def _finish(
     }
     events.append(event(stored, kind, now, actor=actor, **detail[kind]))
     return stored, events
+
+
+def _as_left(snapshot: TargetVm, last: CopyProgress | None) -> TargetVm:
+    """The target VM a run leaves: its volumes as the copies in place hold
+    them (a volume sent in part holds more than the run sent)."""
+    held = {done.index: done.held for done in (() if last is None else last.done) if done.held is not None}
+    if not held:
+        return snapshot
+    storage = tuple(
+        attrs.evolve(volume, size=held.get(index, volume.size)) for index, volume in enumerate(snapshot.storage)
+    )
+    return attrs.evolve(snapshot, storage=storage)
 
 
 def _finish_one(
