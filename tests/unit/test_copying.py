@@ -5,6 +5,8 @@ and when every volume is empty each takes an equal share of the time."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 import migration_core as core
 from adapters.simulated_copy import progress_after
 from migration_core.copying import Position, run_state
+from migration_core.machines import CopyProgress, VolumeCopied
 from migration_core.runs import RunRef, advance_runs, complete_run
 
 from .support import FakeClock, ManualRunner, Volume, build_inventory, position_at
@@ -140,3 +143,42 @@ def test_what_a_run_records_never_goes_down_and_reaches_100_only_at_success(
     done = core.get_run_state(storage, owner, migration.id)
     assert done.progress == 100 and done.eta is None
     assert [v.copied for v in done.volumes] == volume_sizes
+
+
+def test_a_planned_volume_shows_what_its_plan_sends_and_the_target_vm_what_the_copies_hold() -> None:
+    """SPEC 2.8: once the trees are compared, a volume's size is the bytes its
+    plan sends (not the estimate of the whole filesystem), so progress and eta
+    tell the truth; once verified in place, the bytes that were sent. The
+    target VM a success leaves holds each volume's bytes at its place."""
+    inventory = build_inventory(volumes=(Volume("C:\\", 27 * 2**30), Volume("D:\\", 5000)))
+    storage, owner, clock = inventory.storage, inventory.owner_id, FakeClock()
+    migration = core.run_migration(storage, clock, ManualRunner(), owner, inventory.migration().id)
+    ref = RunRef.of(migration)
+
+    def state() -> list[tuple[int, int]]:
+        return [(v.size, v.copied) for v in core.get_run_state(storage, owner, migration.id).volumes]
+
+    clock.advance(1)
+    advance_runs(storage, clock, {ref: CopyProgress(0, 0, 0, planned=320 * 2**20)})
+    assert state() == [(320 * 2**20, 0), (5000, 0)]
+    clock.advance(1)
+    advance_runs(storage, clock, {ref: CopyProgress(0, 160 * 2**20, 3, planned=320 * 2**20)})
+    halfway = core.get_run_state(storage, owner, migration.id)
+    assert halfway.progress == 100 * 160 * 2**20 // (320 * 2**20 + 5000)
+    assert halfway.eta == clock.now() + timedelta(seconds=2 * (320 * 2**20 + 5000 - 160 * 2**20) / (160 * 2**20))
+    # A catch-up pass sends more than planned: the size follows what passes.
+    advance_runs(storage, clock, {ref: CopyProgress(0, 330 * 2**20, 4, planned=320 * 2**20)})
+    assert state()[0] == (330 * 2**20, 330 * 2**20)
+    whole = VolumeCopied(0, bytes=330 * 2**20, files=4, linked=9000, dropped=2, held=27 * 2**30)
+    nothing_new = VolumeCopied(1, bytes=0, files=0, linked=12, dropped=0, held=5000)
+    advance_runs(storage, clock, {ref: CopyProgress(1, 0, 0, (whole,), planned=0)})
+    assert state() == [(330 * 2**20, 330 * 2**20), (0, 0)]
+    complete_run(storage, clock, ref, CopyProgress(2, 0, None, (whole, nothing_new)))
+
+    events = core.list_events(storage, owner, migration.id, core.ListQuery(filters={"kind": "volume_copied"}))
+    assert [(e.detail["bytes"], e.detail["linked"], e.detail["dropped"]) for e in events.items] == [
+        (330 * 2**20, 9000, 2),
+        (0, 12, 0),
+    ]
+    vm = core.get_migration_target(storage, owner, inventory.target.id).target_vm
+    assert vm is not None and [volume.size for volume in vm.storage] == [27 * 2**30, 5000]
