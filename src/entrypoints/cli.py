@@ -154,6 +154,12 @@ def serve(flags: dict[str, str | None]) -> int:
                 "Serving on http://%s:%d (Ctrl+C to stop)", settings.host, settings.port
             ),
         )
+    except OSError as error:
+        # Another process may take the port between the check above and listen().
+        if error.errno != errno.EADDRINUSE:
+            raise
+        print(f"{PROG}: {_cannot_listen(settings, error)}", file=sys.stderr)
+        return 1
     finally:
         _close(sockets)
     return 0

@@ -96,6 +96,29 @@ def test_a_port_in_use_exits_1_with_one_line_naming_the_setting_before_opening_s
     assert not database.parent.exists()
 
 
+def test_a_port_taken_between_the_check_and_listening_is_said_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two services started at once may both pass the bind check; the one
+    that listens second says so as the check would, not with a traceback."""
+    import errno
+
+    from entrypoints import cli
+
+    def taken(*_args: object, **_options: object) -> None:
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    monkeypatch.setattr(cli.web, "run_app", taken)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--port", str(port), "--storage", "memory://"]) == 1
+    assert capsys.readouterr().err.endswith(
+        f"migration-api: cannot listen on 127.0.0.1:{port}: the port is already in use;"
+        " choose another with MIGRATION_PORT / --port\n"
+    )
+
+
 def test_the_secret_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "data" / "secret.key"
     key = load_or_create_secret_key(path)
