@@ -294,14 +294,14 @@ def test_a_real_run_shows_bytes_files_and_verification_per_volume(
             "/",
             f"{bytes_text(root_bytes)} of {bytes_text(root_bytes)}",
             "3",
-            re.compile(rf"^Verified: {root_bytes:,} bytes in 3 files"),
+            re.compile(rf"^Verified: {root_bytes:,} bytes in 3 files sent; the same on both machines$"),
             "100%",
         ],
         "/data": [
             "/data",
             f"{bytes_text(70_000)} of {bytes_text(70_000)}",
             "1",
-            re.compile(r"^Verified: 70,000 bytes in 1 file,"),
+            re.compile(r"^Verified: 70,000 bytes in 1 file sent; the same on both machines$"),
             "100%",
         ],
     }
@@ -309,6 +309,24 @@ def test_a_real_run_shows_bytes_files_and_verification_per_volume(
     expect(rows.nth(2).get_by_role("cell")).to_have_text(cells["/data"])
     assert (host.root / "landing" / "data" / "rows").read_bytes() == (source.root / "data" / "rows").read_bytes()
     console.shoot("real-run")
+
+    # The source changes; a second migration into the same place sends only that.
+    (source.root / "etc" / "hostname").write_text("source, renamed\n")
+    (source.root / "etc" / "empty").unlink()
+    first = service.api.call("GET", f"/api/v1/migrations/{migration}/", None, token)[1]
+    again = service.api.create(token, "migrations", {
+        key: first[key] for key in ("source", "migration_target", "selected_mount_points")
+    })["id"]
+    console.open_migration(again)
+    console.page.get_by_role("button", name="Run").click()
+    expect(console.main.locator(".state")).to_have_text("success", timeout=60_000)
+    expect(rows.nth(1).get_by_role("cell").nth(3)).to_have_text(
+        "Verified: 16 bytes in 1 file sent, 1 unchanged entry kept from the copy in place, 1 entry removed;"
+        " the same on both machines"
+    )
+    expect(rows.nth(2).get_by_role("cell").nth(3)).to_have_text(
+        "Verified: 0 bytes in 0 files sent, 1 unchanged entry kept from the copy in place; the same on both machines"
+    )
 
 
 def test_a_real_run_counts_the_files_of_the_volume_it_copies_as_they_pass(

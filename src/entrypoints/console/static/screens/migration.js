@@ -24,8 +24,11 @@ function copiedDetails(log) {
 function verification(detail, volume, state) {
   if (detail) {
     if (detail.verified === true) {
-      return h("span", {class: "ok"}, `Verified: ${Number(detail.bytes).toLocaleString()} bytes in `
-        + `${Number(detail.files).toLocaleString()} file${detail.files === 1 ? "" : "s"}, the same on both machines`);
+      const count = (n, one, many) => `${Number(n).toLocaleString()} ${n === 1 ? one : many}`;
+      let text = `Verified: ${Number(detail.bytes).toLocaleString()} bytes in ${count(detail.files, "file", "files")} sent`;
+      if (detail.linked) text += `, ${count(detail.linked, "unchanged entry", "unchanged entries")} kept from the copy in place`;
+      if (detail.dropped) text += `, ${count(detail.dropped, "entry", "entries")} removed`;
+      return h("span", {class: "ok"}, `${text}; the same on both machines`);
     }
     return h("span", {class: "empty"}, "Simulated copy: nothing to verify");
   }
