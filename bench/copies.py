@@ -6,20 +6,39 @@ temporary directory, access log off), and drives the service only through its
 HTTP API: key credentials, a source workload at 127.0.0.1 whose root is a
 directory of test data, a host workload at 127.0.0.2, a target with that host
 and a root of its own for each copy, a migration of the source's volume "/",
-its run, and `/state/` polled until it succeeds. Three phases, figures only:
+its run, and `/state/` polled until it succeeds. Four phases, figures only:
 
     copy       one volume of --gib, as --files files and as one large file,
                through the service (verification on) and through
                `ssh src tar -cf - . | ssh host tar -xf -` (the limit),
-               interleaved; then the verification's own cost: the copier's
-               manifest commands (size and SHA-256 of every file) run over
-               ssh on both sides at once, as the copier runs them
+               interleaved; then the check's own cost, the copier's steps
+               after its stream: the host's SHA-256 of every file it wrote
+               (volume_place.HASHES, over ssh, fed the paths), then the
+               source and the copy listed at once (volume_place.LIST), their
+               parsing and the plan in Python; and the service's hashing of
+               the stream (TarCounter with digests against without, in this
+               process, over a local tar of the same tree)
+    second     a second run: --gib as --second-files files copied through the
+               service into an empty place, one file rewritten on the
+               source, then a second migration of the same source into the
+               same target (a migration that succeeded does not run again):
+               both runs' times, their ratio and the bytes the second sent
+               (its volume_copied event). With --beside SRC, the same two
+               runs through a second service running another version's code
+               (SRC on its PYTHONPATH, as bench/run.py does), interleaved
+               with this tree's, the order swapped each repetition: the
+               first copies side by side (and its second run, with
+               --beside-second). With --steps, both runs' steps timed
+               inside this tree's service (a sitecustomize that wraps the
+               copier's methods)
     four       four copies of the large file at once into four roots: their
                total throughput, and the migrations' detail under the load
                generator of run.py meanwhile, against detail just before
     memory     the service's peak RSS (VmHWM, reset before each copy, and
                VmRSS sampled every 20 ms) during a --small-mib copy and a
-               --gib copy
+               --gib copy of one file, then a --gib copy as --files files
+               (the copier holds each volume's listings); with --beside,
+               the same copies through the other version's service too
 
 Throughput is the volume's file bytes over the run's time (the migration's
 `started_at` to `finished_at`: connections, stream, verification and the move
@@ -29,6 +48,7 @@ under /tmp and is removed at the end.
     python bench/copies.py [--gib 1] [--files 16384] [--repeat 3] [--seconds 5]
     python bench/copies.py --quick          # a smoke run of about half a minute
     python bench/copies.py --profile        # and py-spy over the service during one copy of each shape
+    python bench/copies.py --phases second --beside /tmp/before-copy/src --steps
 """
 
 from __future__ import annotations
@@ -45,6 +65,7 @@ sys.path.append(os.path.dirname(os.path.realpath(__file__)))
 import argparse
 import collections
 import datetime
+import json
 import re
 import resource
 import shutil
@@ -60,7 +81,9 @@ from typing import Any
 
 import loadgen
 from adapters.remote_shell import remote_command, remote_script
-from adapters.ssh_copy import _HASHES, _SIZES  # the copier's own manifest commands
+from adapters.tar_stream import TarCounter
+from adapters.volume_place import HASHES, LIST, nul_list, parse_listing  # the copier's own remote commands
+from migration_core.sync_plan import plan_volume, tree_order
 from run import Api, cpu_seconds, free_port, stop_process, wait_until_up  # also puts the repository on sys.path
 
 MiB = 1 << 20
@@ -106,6 +129,27 @@ def tree_bytes(directory: Path) -> tuple[int, int]:
     return files, size
 
 
+def regular_files(directory: Path) -> list[bytes]:
+    """The regular files below `directory` as the copier names them (`./d000/f00000`), parents first."""
+    return list(tree_order(
+        b"./" + os.path.relpath(os.path.join(folder, name), directory).encode()
+        for folder, _, names in os.walk(directory) for name in names
+    ))
+
+
+def shape_file(directory: Path, n: int) -> Path:
+    """File `n` of a tree make_tree wrote."""
+    return directory / f"d{n // 256:03d}" / f"f{n:05d}"
+
+
+def rewrite(path: Path) -> int:
+    """New random contents for `path`, of the same size; that size."""
+    size = path.stat().st_size
+    with open(path, "wb") as out:
+        out.write(os.urandom(size))
+    return size
+
+
 def clean(directory: Path) -> None:
     """Remove a copy and write back what is dirty, so that no copy pays for
     the previous one's writeback."""
@@ -134,8 +178,8 @@ class Ssh:
             f"{self.server.username}@{address}", command,
         ]
 
-    def output(self, address: str, command: str, timeout: float) -> bytes:
-        done = subprocess.run(self.argv(address, command), capture_output=True, timeout=timeout)
+    def output(self, address: str, command: str, timeout: float, stdin: bytes = b"") -> bytes:
+        done = subprocess.run(self.argv(address, command), input=stdin, capture_output=True, timeout=timeout)
         if done.returncode != 0:
             raise SystemExit(f"ssh {address} {command[:60]!r} failed ({done.returncode}): {done.stderr[-500:]!r}")
         return done.stdout
@@ -165,38 +209,159 @@ class Ssh:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return seconds, cpu
 
-    def manifest(self, origin: Path, copy: Path, timeout: float) -> tuple[float, float, float]:
-        """The copier's verification, its commands run as it runs them: on each
-        side the sizes, then the hashes; both sides at once. Wall time of the
-        whole, and of each side."""
-
-        def side(address: str, directory: Path) -> float:
-            began = time.perf_counter()
-            for script in (_SIZES, _HASHES):
-                self.output(address, remote_script(script, str(directory)), timeout)
-            return time.perf_counter() - began
-
+    def check(self, origin: Path, copy: Path, files: list[bytes], timeout: float) -> dict[str, float]:
+        """The copier's check after its stream, its commands run as it runs
+        them: the host's SHA-256 of every file it wrote (HASHES, fed the
+        paths), then the source and the copy listed at once (LIST); the
+        parsing of both listings and the plan that compares them, in this
+        process. Wall times of each step, and the CPU time of the Python part."""
         began = time.perf_counter()
+        hashes = self.output(HOST, remote_script(HASHES, str(copy)), timeout, stdin=nul_list(files))
+        hashed = time.perf_counter()
+        records = hashes.count(b"\0")
+        if records != len(files):
+            raise SystemExit(f"HASHES gave {records} records for {len(files)} files")
         with ThreadPoolExecutor(2) as pool:
-            source = pool.submit(side, SOURCE, origin)
-            host = pool.submit(side, HOST, copy)
-            source_seconds, host_seconds = source.result(), host.result()
-        return time.perf_counter() - began, source_seconds, host_seconds
+            theirs = pool.submit(self.output, SOURCE, remote_script(LIST, str(origin)), timeout)
+            held = pool.submit(self.output, HOST, remote_script(LIST, str(copy)), timeout)
+            source_listing, copy_listing = theirs.result(), held.result()
+        listed = time.perf_counter()
+        cpu = time.process_time()
+        plan = plan_volume(parse_listing(source_listing), parse_listing(copy_listing), owners=os.geteuid() == 0)
+        python = time.process_time() - cpu
+        if plan.sends:
+            raise SystemExit(f"the check's plan would send {len(plan.sends)} entries again")
+        return {"hashes_s": hashed - began, "listings_s": listed - hashed, "python_s": python,
+                "check_s": hashed - began + listed - hashed + python}
+
+
+def stream_hashing(origin: Path) -> float:
+    """The CPU seconds the service's hashing of a stream costs: a local tar of
+    `origin` (as the copier's source tar writes it) fed in the copier's chunks
+    to a TarCounter with digests, less the same fed to one without."""
+    spent = {}
+    for digests in (False, True):
+        counter = TarCounter(digests=digests)
+        reader = subprocess.Popen(["tar", "-C", str(origin), "--format=posix", "-cf", "-", "."],
+                                  stdout=subprocess.PIPE)
+        assert reader.stdout is not None
+        cpu = 0.0
+        while chunk := reader.stdout.read(256 * 1024):
+            began = time.process_time()
+            counter.feed(chunk)
+            cpu += time.process_time() - began
+        if reader.wait() != 0:
+            raise SystemExit(f"tar of {origin} failed")
+        spent[digests] = cpu
+    return spent[True] - spent[False]
+
+
+# A sitecustomize for the service's process under --steps: it wraps the
+# copier's steps (connections, listings, remote commands by script, the
+# stream, the Python of listings, plan and journal) and appends one JSON line
+# per call to $COPY_BENCH_STEPS. For this tree's copier only.
+COPIER_RUN = "copier's run, connections included"
+STEPS_SITECUSTOMIZE = """
+import contextlib, contextvars, functools, json, os, time
+
+_OUT = os.environ["COPY_BENCH_STEPS"]
+_MIGRATION = contextvars.ContextVar("migration", default=None)
+
+
+def _record(migration, step, seconds):
+    migration = _MIGRATION.get() if migration is None else migration
+    record = {"migration": migration, "step": step, "seconds": seconds, "ended": time.time()}
+    with open(_OUT, "a") as out:
+        out.write(json.dumps(record) + "\\n")
+
+
+def _install():
+    from adapters import ssh_copy, volume_place as vp
+
+    scripts = {vp.BEGIN: "begin: mkdir, cp -l of the unchanged", vp.HASHES: "host hashes (sha256sum)",
+               vp.JOURNAL: "journal written", vp.SWAP: "swap", vp.RECOVER: "recover", vp.CLEAR: "clear",
+               vp.CAN_SET_OWNERS: "id -u"}
+
+    def timed(name):
+        def wrap(method):
+            @functools.wraps(method)
+            async def inner(self, *args, **kwargs):
+                _MIGRATION.set(self._job.migration_id)
+                began = time.perf_counter()
+                try:
+                    return await method(self, *args, **kwargs)
+                finally:
+                    _record(self._job.migration_id, name(args), time.perf_counter() - began)
+            return inner
+        return wrap
+
+    def sync(name, function):
+        @functools.wraps(function)
+        def inner(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _record(None, name, time.perf_counter() - began)
+        return inner
+
+    copier = ssh_copy.SshCopy
+    copier._must = timed(lambda a: scripts.get(a[1][2] if len(a[1]) > 2 else "", a[1][0]))(copier._must)
+    copier._list = timed(lambda a: "list " + a[1] + " (find, parse)")(copier._list)
+    copier._stream = timed(lambda a: "stream (tar | service | tar)")(copier._stream)
+    copier._volume = timed(lambda a: "volume, all steps")(copier._volume)
+    copier.run = timed(lambda a: "copier's run, connections included")(copier.run)
+    ssh_copy.plan_volume = sync("plan (Python)", ssh_copy.plan_volume)
+    ssh_copy.parse_listing = sync("parse listing (Python)", ssh_copy.parse_listing)
+    ssh_copy.journal_tar = sync("journal tar (Python)", ssh_copy.journal_tar)
+    first_init = copier.__init__
+
+    def init(self, job, report, connect, **kwargs):
+        @contextlib.asynccontextmanager
+        async def connecting(address):
+            began = time.perf_counter()
+            async with connect(address) as connection:
+                _record(job.migration_id, "connect and log in to " + address.ip, time.perf_counter() - began)
+                yield connection
+
+        first_init(self, job, report, connecting, **kwargs)
+
+    copier.__init__ = init
+
+
+_install()
+"""
 
 
 class Service:
     """The service as a process, a user with the key's credentials, a source
     workload at 127.0.0.1 with volume "/" and a host workload at 127.0.0.2."""
 
-    def __init__(self, workdir: Path, server: Any) -> None:
+    def __init__(
+        self, workdir: Path, server: Any, *, label: str = "service", src: Path | None = None, steps: bool = False
+    ) -> None:
         self.workdir = workdir
+        self.label = label
         self.port = free_port()
-        self._log = open(workdir / "service.log", "wb")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        paths = []
+        if src is not None:  # another version's code, found before this tree's (as bench/run.py does)
+            paths.append(str(src))
+        self.steps: Path | None = None
+        if steps:  # the copier's steps timed, by a sitecustomize of the benchmark's
+            site = workdir / f"{label}-site"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text(STEPS_SITECUSTOMIZE)
+            self.steps = workdir / f"{label}-steps.jsonl"
+            env["COPY_BENCH_STEPS"] = str(self.steps)
+            paths.append(str(site))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
+        self._log = open(workdir / f"{label}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "entrypoints", "serve", "--port", str(self.port),
-             "--storage", f"sqlite:///{workdir / 'copy.db'}", "--secret-key", os.urandom(32).hex(),
+             "--storage", f"sqlite:///{workdir / (label + '.db')}", "--secret-key", os.urandom(32).hex(),
              "--access-log", "off"],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
         )
@@ -228,13 +393,18 @@ class Service:
             self.api.ok("PATCH", f"/api/v1/work_loads/{self.source}/", {"root": str(root)})
             self._source_root = str(root)
 
-    def migration(self, destination: Path) -> int:
-        """A new target (the host, root `destination`) and a migration of "/" into it."""
+    def target(self, destination: Path) -> int:
+        """A new target: the host, root `destination`."""
         self._targets += 1
-        target = self.api.ok("POST", "/api/v1/migration_targets/", {
+        return int(self.api.ok("POST", "/api/v1/migration_targets/", {  # type: ignore[call-overload]
             "cloud_type": "vsphere", "cloud_credentials": self.credentials, "host": self.host,
             "root": str(destination),
-        })["id"]
+        })["id"])
+
+    def migration(self, destination: Path, target: int | None = None) -> int:
+        """A migration of "/" into `target`, or into a new target at `destination`."""
+        if target is None:
+            target = self.target(destination)
         return int(self.api.ok("POST", "/api/v1/migrations/", {
             "source": self.source, "migration_target": target, "selected_mount_points": [self.volume],
         })["id"])  # type: ignore[call-overload]
@@ -264,22 +434,50 @@ class Service:
         events = self.api.ok("GET", f"/api/v1/migrations/{migration}/events/?kind=volume_copied")
         return events["results"][0]["detail"]  # type: ignore[index, no-any-return]
 
-    def copy(self, origin: Path, size: int, destination: Path, timeout: float) -> dict[str, float]:
-        """One run through the API; its seconds (started_at to finished_at),
-        the service's CPU seconds and peak RSS meanwhile."""
+    def copy(
+        self, origin: Path, size: int, destination: Path, timeout: float,
+        *, target: int | None = None, sends: int | None = None,
+    ) -> dict[str, Any]:
+        """One run through the API (a new migration into `target`, or into a
+        new target at `destination`); its seconds (started_at to finished_at),
+        the service's CPU seconds and peak RSS meanwhile, and what its
+        volume_copied event says it sent (`sends` bytes expected, else `size`)."""
         self.point_source_at(origin, size)
-        migration = self.migration(destination)
+        if target is None:
+            target = self.target(destination)
+        migration = self.migration(destination, target)
         with Memory(self.pid) as memory:
             cpu = cpu_seconds(self.pid)
             self.run(migration)
             detail = self.wait([migration], timeout)[0]
             cpu = cpu_seconds(self.pid) - cpu
         copied = self.copied(migration)
-        if not copied.get("verified") or copied["bytes"] != size:
-            raise SystemExit(f"migration {migration} copied {copied}, expected {size} bytes verified")
+        expected = size if sends is None else sends
+        if not copied.get("verified") or copied["bytes"] != expected:
+            raise SystemExit(f"{self.label}: migration {migration} copied {copied}, expected {expected} bytes verified")
         seconds = timestamp(detail["finished_at"]) - timestamp(detail["started_at"])
         return {"seconds": seconds, "cpu": cpu, "peak_mb": memory.peak_mb, "before_mb": memory.before_mb,
-                "files": copied["files"]}
+                "files": copied["files"], "bytes": copied["bytes"], "linked": copied.get("linked"),
+                "target": target, "migration": migration, "started": timestamp(detail["started_at"]),
+                "finished": timestamp(detail["finished_at"])}
+
+    def steps_of(self, done: dict[str, Any]) -> dict[str, tuple[float, int]]:
+        """What --steps recorded of a run's copy (`done`, as copy() returned
+        it): seconds and count by step, and the run's time outside the copier
+        (from `started_at` until it began, and from its end to `finished_at`)."""
+        steps: dict[str, tuple[float, int]] = {}
+        if self.steps is None or not self.steps.exists():
+            return steps
+        for line in self.steps.read_text().splitlines():
+            record = json.loads(line)
+            if record["migration"] == done["migration"]:
+                seconds, count = steps.get(record["step"], (0.0, 0))
+                steps[record["step"]] = (seconds + record["seconds"], count + 1)
+                if record["step"] == COPIER_RUN:
+                    began = record["ended"] - record["seconds"]
+                    steps["service: started_at until the copier begins"] = (began - done["started"], 1)
+                    steps["service: the copier's end until finished_at"] = (done["finished"] - record["ended"], 1)
+        return steps
 
     def stop(self) -> None:
         stop_process(self.process, self._log)
@@ -388,6 +586,7 @@ def copy_phase(
 ) -> None:
     figures: dict[str, list[float]] = collections.defaultdict(list)
     destination = workdir / "landing"
+    names = {shape: regular_files(origin) for shape, (origin, _) in shapes.items()}
     for repetition in range(1, args.repeat + 1):
         print(f"# copy: repetition {repetition}", flush=True)
         for shape, (origin, size) in shapes.items():
@@ -397,34 +596,107 @@ def copy_phase(
             files, landed = tree_bytes(destination)
             if landed != size:
                 raise SystemExit(f"the service's copy holds {landed} bytes, not {size}")
-            whole, source_side, host_side = ssh.manifest(origin, destination, timeout)
+            check = ssh.check(origin, destination, names[shape], timeout)
             clean(destination)
             limit, limit_cpu = ssh.pipeline(origin, destination, timeout)
             if tree_bytes(destination) != (files, landed):
                 raise SystemExit("the ssh pipeline's copy differs in size from the source")
             clean(destination)
+            hashing = stream_hashing(origin)
             for key, value in {
                 "service": mbps(size, done["seconds"]), "limit": mbps(size, limit),
-                "service_s": done["seconds"], "limit_s": limit, "manifest_s": whole,
-                "manifest_source_s": source_side, "manifest_host_s": host_side,
-                "service_cpu": done["cpu"], "limit_cpu": limit_cpu, "peak_mb": done["peak_mb"],
+                "service_s": done["seconds"], "limit_s": limit, "service_cpu": done["cpu"],
+                "limit_cpu": limit_cpu, "peak_mb": done["peak_mb"], "stream_hashing_s": hashing, **check,
             }.items():
                 figures[f"{shape} {key}"].append(value)
             print(f"{shape:6s} service {mbps(size, done['seconds']):7.1f} MB/s ({done['seconds']:6.2f} s, "
                   f"{done['files']} files, CPU {done['cpu']:5.1f} s, peak RSS {done['peak_mb']:.0f} MB)  "
                   f"limit {mbps(size, limit):7.1f} MB/s ({limit:6.2f} s, ssh clients' CPU {limit_cpu:5.1f} s)  "
-                  f"ratio {limit / done['seconds']:.2f}  manifest {whole:5.2f} s "
-                  f"(source {source_side:.2f} s, host {host_side:.2f} s)", flush=True)
+                  f"ratio {limit / done['seconds']:.2f}  check {check['check_s']:5.2f} s (host hashes "
+                  f"{check['hashes_s']:.2f} s, listings {check['listings_s']:.2f} s, Python {check['python_s']:.2f} s)"
+                  f"  stream hashing {hashing:.2f} s CPU", flush=True)
     print(f"\n# copy: medians of {args.repeat}; ratio = service MB/s / limit MB/s (target >= 0.50, verification on)")
     for shape, (_, size) in shapes.items():
         f = {key.split(" ", 1)[1]: med(v) for key, v in figures.items() if key.startswith(shape + " ")}
         ratio = med([s / lim for s, lim in zip(figures[f"{shape} service"], figures[f"{shape} limit"])])
         print(f"{shape:6s} {size / 1e6:,.0f} MB: service {f['service']:.1f} MB/s ({f['service_s']:.2f} s, "
               f"CPU {f['service_cpu']:.1f} s), limit {f['limit']:.1f} MB/s ({f['limit_s']:.2f} s, "
-              f"CPU {f['limit_cpu']:.1f} s), ratio {ratio:.2f}; verification {f['manifest_s']:.2f} s "
-              f"({100 * f['manifest_s'] / f['service_s']:.0f}% of the run; source {f['manifest_source_s']:.2f} s, "
-              f"host {f['manifest_host_s']:.2f} s); service without it about "
-              f"{mbps(size, f['service_s'] - f['manifest_s']):.1f} MB/s; peak RSS {f['peak_mb']:.0f} MB")
+              f"CPU {f['limit_cpu']:.1f} s), ratio {ratio:.2f}; check after the stream {f['check_s']:.2f} s "
+              f"({100 * f['check_s'] / f['service_s']:.0f}% of the run; host hashes {f['hashes_s']:.2f} s, "
+              f"listings {f['listings_s']:.2f} s, Python {f['python_s']:.2f} s); service without it about "
+              f"{mbps(size, f['service_s'] - f['check_s']):.1f} MB/s; the stream's hashing in the service "
+              f"{f['stream_hashing_s']:.2f} s CPU; peak RSS {f['peak_mb']:.0f} MB")
+
+
+def second_phase(
+    services: list[Service], origin: Path, size: int, files: int, workdir: Path, args: argparse.Namespace
+) -> None:
+    """Per repetition and service (the order swapped each repetition): a
+    first copy into an empty place, one file rewritten on the source, and a
+    second migration of the same source into the same target (the other
+    version's second run only with --beside-second)."""
+    figures: dict[str, list[float]] = collections.defaultdict(list)
+    timeout = max(300.0, size / 2e6)
+    changed = shape_file(origin, files // 2)
+    for repetition in range(1, args.repeat + 1):
+        print(f"# second: repetition {repetition}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        for service in services if repetition % 2 else services[::-1]:
+            mine = service is services[0]
+            destination = workdir / f"second-{service.label}"
+            clean(destination)
+            first = service.copy(origin, size, destination, timeout)
+            if tree_bytes(destination) != (files, size):
+                raise SystemExit(f"{service.label}: the first copy does not hold {files} files of {size} bytes")
+            figures[f"{service.label} first_s"].append(first["seconds"])
+            figures[f"{service.label} first_cpu"].append(first["cpu"])
+            runs = [("first", first)]
+            line = (f"{service.label:8s} first {first['seconds']:6.2f} s ({mbps(size, first['seconds']):5.1f} MB/s, "
+                    f"CPU {first['cpu']:5.1f} s)")
+            if mine or args.beside_second:
+                os.sync()  # the second run pays for none of the first one's writeback
+                rewritten = rewrite(changed)
+                second = service.copy(origin, size, destination, timeout, target=first["target"],
+                                      sends=rewritten if mine else size)
+                if tree_bytes(destination) != (files, size):
+                    raise SystemExit(f"{service.label}: the second copy does not hold {files} files of {size} bytes")
+                if (destination / changed.relative_to(origin)).read_bytes() != changed.read_bytes():
+                    raise SystemExit(f"{service.label}: the second copy does not hold the rewritten {changed}")
+                ratio = first["seconds"] / second["seconds"]
+                for key, value in {"second_s": second["seconds"], "ratio": ratio, "bytes": second["bytes"],
+                                   "second_cpu": second["cpu"]}.items():
+                    figures[f"{service.label} {key}"].append(value)
+                runs.append(("second", second))
+                line += (f"  second {second['seconds']:6.2f} s (CPU {second['cpu']:5.2f} s, sent {second['bytes']:,} "
+                         f"bytes in {second['files']} file(s), linked {second['linked']})  first/second {ratio:5.1f}")
+            clean(destination)
+            print(line, flush=True)
+            for run, done in runs:
+                for step, (seconds, count) in sorted(service.steps_of(done).items(),
+                                                     key=lambda item: -item[1][0]):
+                    figures[f"{service.label} {run}-step {step}"].append(seconds)
+                    calls = f" ({count} calls)" if count > 1 else ""
+                    print(f"#   {run} run's step: {seconds:6.3f} s  {step}{calls}")
+    print(f"\n# second: medians of {args.repeat}; {files:,} files, {size / MiB:,.0f} MiB, one rewritten between runs")
+    for service in services:
+        f = {key.split(" ", 1)[1]: med(v) for key, v in figures.items() if key.startswith(service.label + " ")}
+        line = f"{service.label}: first {f['first_s']:.2f} s (CPU {f['first_cpu']:.1f} s)"
+        if "second_s" in f:
+            rounds = ", ".join(f"{r:.1f}" for r in figures[f"{service.label} ratio"])
+            target = "target >= 20" if service is services[0] else "another version's, for reference"
+            line += (f", second {f['second_s']:.2f} s (CPU {f['second_cpu']:.2f} s, sent {f['bytes']:,.0f} bytes); "
+                     f"first/second {f['ratio']:.1f} (rounds {rounds}; {target})")
+        print(line)
+        for run in ("first", "second"):
+            steps = {key.split(" ", 1)[1]: value for key, value in f.items() if key.startswith(f"{run}-step ")}
+            for step, seconds in sorted(steps.items(), key=lambda item: -item[1]):
+                print(f"#   {run} run's step, median: {seconds:6.3f} s  {step}")
+    if services[1:]:
+        mine, other = services[0].label, services[1].label
+        pairs = [a / b for a, b in zip(figures[f"{mine} first_s"], figures[f"{other} first_s"])]
+        print(f"first copy, {mine} / {other}: {med(figures[f'{mine} first_s']):.2f} s / "
+              f"{med(figures[f'{other} first_s']):.2f} s; service CPU {med(figures[f'{mine} first_cpu']):.1f} s / "
+              f"{med(figures[f'{other} first_cpu']):.1f} s; ratio of each repetition's pair, median "
+              f"{med(pairs):.2f} (rounds {', '.join(f'{p:.2f}' for p in pairs)}; target <= 1: not slower)")
 
 
 def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: argparse.Namespace) -> None:
@@ -470,17 +742,20 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
           f"busy/idle {ratio:.2f} (target >= 0.50)")
 
 
-def memory_phase(service: Service, sizes: dict[str, tuple[Path, int]], workdir: Path, args: argparse.Namespace) -> None:
+def memory_phase(
+    services: list[Service], sizes: dict[str, tuple[Path, int]], workdir: Path, args: argparse.Namespace
+) -> None:
     peaks: dict[str, list[float]] = collections.defaultdict(list)
     destination = workdir / "landing"
     for repetition in range(1, args.memory_repeat + 1):
         for name, (origin, size) in sizes.items():
-            clean(destination)
-            done = service.copy(origin, size, destination, max(300.0, size / 2e6))
-            clean(destination)
-            peaks[name].append(done["peak_mb"])
-            print(f"memory {repetition}: {name} copy, service RSS {done['before_mb']:.0f} MB before, "
-                  f"peak {done['peak_mb']:.0f} MB", flush=True)
+            for service in services:
+                clean(destination)
+                done = service.copy(origin, size, destination, max(300.0, size / 2e6))
+                clean(destination)
+                peaks[f"{service.label}: {name}"].append(done["peak_mb"])
+                print(f"memory {repetition}: {service.label}, {name} copy, service RSS {done['before_mb']:.0f} MB "
+                      f"before, peak {done['peak_mb']:.0f} MB", flush=True)
     print(f"\n# memory: largest of {args.memory_repeat}")
     print("; ".join(f"{name} copy: service peak RSS {max(values):.0f} MB" for name, values in peaks.items()))
 
@@ -506,18 +781,38 @@ def main() -> None:
     parser.add_argument("--memory-repeat", type=int, default=1, help="rounds of the memory phase")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each detail measurement")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--phases", default="copy,four,memory", help="comma-separated: copy, four, memory")
+    parser.add_argument("--phases", default="copy,second,four,memory",
+                        help="comma-separated: copy, second, four, memory")
+    parser.add_argument("--second-files", type=int, default=8_192,
+                        help="files of the second phase's volume (--gib in all: 128 KiB each by default)")
+    parser.add_argument("--beside", metavar="SRC", type=Path,
+                        help="the src folder of another version (e.g. from git archive): the second phase's two"
+                        " runs, and the memory phase's copies, through a service running it too, interleaved"
+                        " with this tree's")
+    parser.add_argument("--beside-second", action="store_true",
+                        help="with --beside, the other version's second run too (before this change: a whole copy)")
+    parser.add_argument("--steps", action="store_true",
+                        help="the second phase's copies timed step by step inside this tree's service")
     parser.add_argument("--profile", action="store_true", help="then py-spy over the service, one copy a shape")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 64 MiB, 1,024 files, 16 MiB small copy, one repetition, 2 s loads")
+                        help="a smoke run: 64 MiB, 1,024 files (512 in the second phase), 16 MiB small copy,"
+                        " one repetition, 2 s loads")
     args = parser.parse_args()
     if args.quick:
         args.gib, args.files, args.small_mib, args.repeat, args.seconds = 1 / 16, 1024, 16, 1, 2.0
+        args.second_files = 512
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(phases) - {"copy", "second", "four", "memory"}
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if args.beside is not None and not (args.beside / "entrypoints").is_dir():
+        parser.error(f"--beside {args.beside}: no entrypoints package there (give a checkout's src folder)")
     total = int(args.gib * (1 << 30))
     generator = "wrk" if loadgen.wrk_available() else "python aiohttp client"
-    print(f"# copy benchmark: {total / MiB:,.0f} MiB a volume ({args.files:,} files of {total // args.files // 1024:,}"
-          f" KiB, or one file), {args.repeat} interleaved repetitions; {os.cpu_count()} cores; load "
+    print(f"# copy benchmark: phases {', '.join(phases)}; {total / MiB:,.0f} MiB a volume ({args.files:,} files of "
+          f"{total // args.files // 1024:,} KiB, or one file; {args.second_files:,} files of "
+          f"{total // args.second_files // 1024:,} KiB in the second phase), {args.repeat} interleaved repetitions; "
+          f"{'beside ' + str(args.beside) + '; ' if args.beside else ''}{os.cpu_count()} cores; load "
           f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; detail load: {generator}, "
           f"{args.connections} connections, {args.seconds:g} s", flush=True)
     began = time.monotonic()
@@ -529,31 +824,44 @@ def main() -> None:
 
 
 def run_phases(workdir: Path, server: Any, args: argparse.Namespace, total: int, phases: list[str]) -> None:
-    """The data, the service, then each phase asked for."""
+    """The data each phase asked for needs, the services, then each phase."""
     made = time.monotonic()
     many = workdir / "source-files"
     large = workdir / "source-large"
-    shapes = {"files": (many, make_tree(many, total, args.files)), "large": (large, make_tree(large, total, 1))}
+    shapes = {}
+    if {"copy", "memory"} & set(phases) or args.profile:
+        shapes["files"] = (many, make_tree(many, total, args.files))
+    if {"copy", "four", "memory"} & set(phases) or args.profile:
+        shapes["large"] = (large, make_tree(large, total, 1))
     small = workdir / "source-small"
     sizes = {
         f"{args.small_mib} MiB": (small, make_tree(small, args.small_mib * MiB, 1)),
         f"{total / MiB:,.0f} MiB": shapes["large"],
+        f"{total / MiB:,.0f} MiB as {args.files:,} files": shapes["files"],
     } if "memory" in phases else {}
+    second = workdir / "source-second"
+    second_size = make_tree(second, total, args.second_files) if "second" in phases else 0
     os.sync()
     print(f"# data written in {time.monotonic() - made:.1f} s under {workdir}", flush=True)
     ssh = Ssh(server, workdir)
-    service = Service(workdir, server)
+    services = [Service(workdir, server, label="this", steps=args.steps)]
     try:
+        if {"second", "memory"} & set(phases) and args.beside is not None:
+            services.append(Service(workdir, server, label="beside", src=args.beside.resolve()))
+        service = services[0]
         if "copy" in phases:
             copy_phase(service, ssh, shapes, workdir, args)
+        if "second" in phases:
+            second_phase(services, second, second_size, args.second_files, workdir, args)
         if "four" in phases:
             four_phase(service, *shapes["large"], workdir, args)
         if "memory" in phases:
-            memory_phase(service, sizes, workdir, args)
+            memory_phase(services, sizes, workdir, args)
         if args.profile:
-            profile_phase(service, shapes, workdir)
+            profile_phase(service, {k: v for k, v in shapes.items() if k in ("files", "large")}, workdir)
     finally:
-        service.stop()
+        for service in services:
+            service.stop()
 
 
 if __name__ == "__main__":
