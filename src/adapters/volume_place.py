@@ -154,6 +154,11 @@ def journal_tar(plan: VolumePlan, source: Listing, place: Listing, *, owners: bo
     (the directories whose own metadata the swap sets: those that differ, and
     those whose contents it changes) and `owners`."""
     moves = tree_order((*plan.dirs, *plan.sends))
+    # What was below an entry that is no directory any more goes with it when
+    # it is replaced; a removal by a path through it would follow a new link.
+    drops = [path for path in plan.drops if all(
+        source[above].kind == DIRECTORY for above in _ancestors(path) if above in source
+    )]
     touched = {TOP}
     for path in (*plan.sends, *plan.drops, *(d for d in plan.dirs if d not in place)):
         touched.update(_ancestors(path))
@@ -165,12 +170,13 @@ def journal_tar(plan: VolumePlan, source: Listing, place: Listing, *, owners: bo
         ):
             touched.add(path)
     attrs = []
-    for path in tree_order(p for p in touched if p in source)[::-1]:
+    # Only directories: chmod follows a link, wherever it points on the host.
+    for path in tree_order(p for p in touched if p in source and source[p].kind == DIRECTORY)[::-1]:
         entry = source[path]
         attrs.append(b"%o %d %d %s %s" % (entry.mode, entry.uid, entry.gid, _time(entry.mtime).encode(), path))
     return _tar({
         "moves": b"".join(path + b"\0" for path in moves),
-        "drops": b"".join(path + b"\0" for path in plan.drops),
+        "drops": b"".join(path + b"\0" for path in drops),
         "attrs": b"".join(record + b"\0" for record in attrs),
         "owners": b"1\n" if owners else b"0\n",
     })
