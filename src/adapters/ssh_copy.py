@@ -354,7 +354,8 @@ class SshCopy:
             "tar", "-C", origin, "--format=posix", "--pax-option=delete=atime,delete=ctime", "--no-recursion",
             "--null", "--verbatim-files-from", "--no-unquote", "-T", "-", "-cpf", "-",
         )
-        writing = ("tar", "-C", incoming, "-xpf", "-")
+        # Owners by number, as the plan compares them: names may map to other ids on the host.
+        writing = ("tar", "-C", incoming, "--numeric-owner", "-xpf", "-")
         stream = TarCounter(digests=True)
         before_bytes, before_files = counted.file_bytes, counted.files
         sender, sender_pid = await self._start(source, "source", reading)

@@ -14,7 +14,9 @@ Below the volume's place P on the host, for migration m:
   directories' metadata, then removes the new copy and the journal. It
   ignores hangups, so a service killed or a connection lost mid-swap does not
   stop it; a journal still there at the next run (a host that went down) is
-  carried out again before anything else: every step can be done twice.
+  carried out again before anything else: every step can be done twice. A
+  lock (`P/.migration-swap-m.lock`, holding the swap's process id) keeps a
+  next run's recovery from overlapping a swap that is still going.
 All scripts are constants that take their data as arguments."""
 
 from __future__ import annotations
@@ -71,8 +73,20 @@ HASHES = 'cd -- "$1" && xargs -0r sha256sum -z --'
 JOURNAL = 'j=$1; rm -rf -- "$j.new" && mkdir -- "$j.new" && tar -C "$j.new" -xf - && mv -- "$j.new" "$j"'
 
 # Carry out the journal "$3": the new copy "$2" into the place "$1".
-SWAP = r"""place=$1 incoming=$2 journal=$3
+SWAP = r"""place=$1 incoming=$2 journal=$3 lock=$3.lock
 trap '' HUP PIPE INT TERM
+n=0
+until mkdir -- "$lock" 2>/dev/null; do
+  holder=$(cat -- "$lock/pid" 2>/dev/null)
+  n=$((n + 1))
+  if { [ -n "$holder" ] && [ ! -d "/proc/$holder" ]; } || { [ -z "$holder" ] && [ "$n" -gt 30 ]; }; then
+    rm -rf -- "$lock"
+  else
+    sleep 1
+  fi
+done
+trap 'rm -rf -- "$lock"' EXIT
+echo "$$" > "$lock/pid"
 [ -d "$journal" ] || exit 0
 cd -- "$place" || exit 1
 xargs -0r sh -c '
@@ -96,7 +110,9 @@ xargs -0r sh -c '
     if [ "$owners" = 1 ]; then chown -h "$uid:$gid" -- "$p" || exit 1; fi
     chmod "$mode" -- "$p" && touch -h -d "@$t" -- "$p" || exit 1
   done' sh "$owners" < "$journal/attrs" || exit 1
-rm -rf -- "$incoming" && rm -rf -- "$journal"
+top=$(cat "$journal/top")
+rm -rf -- "$incoming" && rm -rf -- "$journal" || exit 1
+rm -rf -- "$lock" && trap - EXIT && touch -h -d "@$top" -- .
 """
 
 # Before anything else, for migration "$1" at each place after it: a swap
@@ -179,6 +195,8 @@ def journal_tar(plan: VolumePlan, source: Listing, place: Listing, *, owners: bo
         "drops": b"".join(path + b"\0" for path in drops),
         "attrs": b"".join(record + b"\0" for record in attrs),
         "owners": b"1\n" if owners else b"0\n",
+        # The place's own time, set again once the new copy and the journal have left it.
+        "top": _time(source[TOP].mtime).encode() + b"\n",
     })
 
 

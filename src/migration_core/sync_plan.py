@@ -7,8 +7,9 @@ A listing maps each path below the volume's top (`b"."` is the top itself,
 unchanged, and linked rather than sent, when type, size, modification time,
 mode, owner (where the host can set owners) and link target agree, and the
 source has not changed it since the copy in place was written: its ctime
-(which any write moves, even one that puts size and time back) is not later
-than the copy's. Directories are always made anew in the new copy (they
+(which any write moves, even one that puts size and time back) is earlier
+than the copy's (an equal one, within the clock's resolution, counts as
+changed). Directories are always made anew in the new copy (they
 cannot be hard-linked); their contents are what is linked or sent."""
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def same_copy(source: Entry, copy: Entry, *, owners: bool) -> bool:
         and source.mode == copy.mode
         and source.link == copy.link
         and (not owners or (source.uid, source.gid) == (copy.uid, copy.gid))
-        and source.ctime <= copy.ctime
+        and source.ctime < copy.ctime
     )
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from migration_core.sync_plan import DIRECTORY, REGULAR, TOP, Entry, VolumePlan, plan_volume, tree_order
 
 NAMES = [b"a", b"b", b"c d", b"-x", b"\xff", b"new\nline"]
-# The copy in place was written at 2_000; the source's entries changed before.
+# The copy in place was written at 2_000; the source's entries changed before
+# (a change at the very instant of the copy counts as after it).
 WRITTEN = 2_000
 
 
@@ -163,8 +164,8 @@ def test_an_unchanged_source_sends_nothing_and_a_first_copy_sends_everything(tre
 
 def test_one_file_of_many_changed_is_the_one_sent() -> None:
     top = Entry(DIRECTORY, 4096, 1, 1, 0o755, 0, 0)
-    place = {TOP: top} | {b"./f%d" % i: Entry(REGULAR, 131072, 5, 5, 0o644, 0, 0) for i in range(8192)}
-    place = {path: attrs.evolve(entry, ctime=WRITTEN) for path, entry in place.items()}
-    source = dict(place) | {b"./f17": Entry(REGULAR, 131072, 6, WRITTEN + 5, 0o644, 0, 0)}
+    source = {TOP: top} | {b"./f%d" % i: Entry(REGULAR, 131072, 5, 5, 0o644, 0, 0) for i in range(8192)}
+    place = {path: attrs.evolve(entry, ctime=WRITTEN) for path, entry in source.items()}
+    source[b"./f17"] = Entry(REGULAR, 131072, 6, WRITTEN + 5, 0o644, 0, 0)
     plan = plan_volume(source, place, owners=True)
     assert (plan.sends, plan.send_bytes, len(plan.links)) == ((b"./f17",), 131072, 8191)
