@@ -19,6 +19,8 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 
+import attrs
+
 from migration_core.machines import (
     CopyEnd,
     CopyFailed,
@@ -29,7 +31,7 @@ from migration_core.machines import (
     VolumeCopied,
     VolumeToCopy,
 )
-from migration_core.sync_plan import DIRECTORY, REGULAR, Listing, plan_volume, tree_order
+from migration_core.sync_plan import DIRECTORY, REGULAR, Listing, VolumePlan, plan_volume, tree_order
 
 from .remote_shell import kill_groups, remote_command, tracked_command
 from .ssh import login_at
@@ -232,67 +234,81 @@ class SshCopy:
     async def _volume(
         self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, index: int, *, owners: bool
     ) -> None:
+        """One volume's itinerary: plan, begin, send and check (with catch-up passes), swap."""
         job = self._job
         volume: VolumeToCopy = job.volumes[index]
         name = _volume_path(volume.name)
-        origin = place(job.source.root, name)
-        target = place(self._host.root, name)
-        incoming = incoming_of(target, job.migration_id)
-        nested = nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")])
+        at = _Volume(
+            index=index,
+            name=volume.name,
+            origin=place(job.source.root, name),
+            target=place(self._host.root, name),
+            nested=nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")]),
+            migration_id=job.migration_id,
+        )
         self._planned = None
         self._progress(index, now=True)
 
-        # The plan: both trees listed and compared.
-        theirs, ours = await asyncio.gather(
-            self._list(source, "source", origin, [glob_escaped(path) for path in nested]),
-            self._list(host, "host", target, place_patterns(nested), missing_ok=True),
-        )
+        theirs, ours = await asyncio.gather(self._list_source(source, at), self._list(
+            host, "host", at.target, place_patterns(at.nested), missing_ok=True
+        ))
         plan = plan_volume(theirs, ours, owners=owners)
         self._planned = plan.send_bytes
         self._progress(index, now=True)
 
-        # The new copy begun beside the place, the unchanged entries linked.
-        self._assembling = (target, incoming)
-        await self._must(host, ("sh", "-c", BEGIN, "sh", target, incoming), "host", target, stdin=nul_list(plan.links))
-
+        self._assembling = (at.target, at.incoming)
+        await self._must(
+            host, ("sh", "-c", BEGIN, "sh", at.target, at.incoming), "host", at.target, stdin=nul_list(plan.links)
+        )
         sent = TarCounter()  # what every pass of this volume sent, counted
-        sending = plan.sends
-        for catch_up in range(CATCH_UP_PASSES + 1):
-            stream = await self._stream(source, host, origin, incoming, tree_order((*plan.dirs, *sending)), index, sent)
-            if catch_up == 0 and self._after_stream is not None:
-                await self._after_stream(index, incoming)
-            await self._verify_sent(host, incoming, volume.name, origin, sending, stream)
-            now_theirs, held = await asyncio.gather(
-                self._list(source, "source", origin, [glob_escaped(path) for path in nested]),
-                self._list(host, "host", incoming, []),
-            )
-            check = plan_volume(now_theirs, held, owners=owners)
-            changing = set(check.sends) | (_tar_names(_CHANGED, stream.warnings) & now_theirs.keys())
-            theirs, plan = now_theirs, check
-            if not changing and not check.drops:
-                break
-            if catch_up == CATCH_UP_PASSES:
-                raise CopyFailed(_still_changing(volume.name, changing or set(check.drops)))
-            # What is sent again goes first, and so does a file where a directory now stands.
-            in_the_way = [path for path in check.dirs if path in held and held[path].kind != DIRECTORY]
-            clear = nul_list((*changing, *check.drops, *in_the_way))
-            await self._must(host, ("sh", "-c", CLEAR, "sh", incoming), "host", incoming, stdin=clear)
-            sending = tree_order(changing)
+        theirs = await self._send_and_check(source, host, at, plan, sent, owners=owners)
 
-        # The journal, then the swap: the verified new copy into place.
-        first_plan = plan_volume(theirs, ours, owners=owners)
-        journal = journal_of(target, job.migration_id)
-        await self._must(host, ("sh", "-c", JOURNAL, "sh", journal), "host", target,
-                         stdin=journal_tar(first_plan, theirs, ours, owners=owners))
-        await self._must(host, ("sh", "-c", SWAP, "sh", target, incoming, journal), "host", target, tracked=False)
+        swap = plan_volume(theirs, ours, owners=owners)
+        await self._must(host, ("sh", "-c", JOURNAL, "sh", at.journal), "host", at.target,
+                         stdin=journal_tar(swap, theirs, ours, owners=owners))
+        await self._must(host, ("sh", "-c", SWAP, "sh", at.target, at.incoming, at.journal), "host", at.target,
+                         tracked=False)
         self._assembling = None
-        held_bytes = sum(entry.size for entry in theirs.values() if entry.kind == REGULAR)
         self._done.append(VolumeCopied(
-            index=index, bytes=sent.file_bytes, files=sent.files, linked=len(first_plan.links),
-            dropped=len(first_plan.drops), held=held_bytes,
+            index=index, bytes=sent.file_bytes, files=sent.files, linked=len(swap.links), dropped=len(swap.drops),
+            held=sum(entry.size for entry in theirs.values() if entry.kind == REGULAR),
         ))
         self._planned = None
         self._progress(index + 1, now=True)
+
+    async def _send_and_check(
+        self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, at: _Volume,
+        plan: VolumePlan, sent: TarCounter, *, owners: bool,
+    ) -> Listing:
+        """Stream what the plan sends into the new copy and check it: what was
+        written is what left the source, and the new copy matches the source
+        listed again; what changed meanwhile goes again, up to CATCH_UP_PASSES
+        times. The source's last listing, which the new copy matches."""
+        sending = plan.sends
+        for catch_up in range(CATCH_UP_PASSES + 1):
+            paths = tree_order((*plan.dirs, *sending))
+            stream = await self._stream(source, host, at.origin, at.incoming, paths, at.index, sent)
+            if catch_up == 0 and self._after_stream is not None:
+                await self._after_stream(at.index, at.incoming)
+            await self._verify_sent(host, at, sending, stream)
+            theirs, held = await asyncio.gather(
+                self._list_source(source, at), self._list(host, "host", at.incoming, [])
+            )
+            plan = plan_volume(theirs, held, owners=owners)
+            changing = set(plan.sends) | (_tar_names(_CHANGED, stream.warnings) & theirs.keys())
+            if not changing and not plan.drops:
+                return theirs
+            if catch_up == CATCH_UP_PASSES:
+                raise CopyFailed(_still_changing(at.name, changing or set(plan.drops)))
+            # What is sent again goes first, and so does a file where a directory now stands.
+            in_the_way = [path for path in plan.dirs if path in held and held[path].kind != DIRECTORY]
+            clear = nul_list((*changing, *plan.drops, *in_the_way))
+            await self._must(host, ("sh", "-c", CLEAR, "sh", at.incoming), "host", at.incoming, stdin=clear)
+            sending = tree_order(changing)
+        raise AssertionError("the last pass returns or raises")
+
+    async def _list_source(self, source: asyncssh.SSHClientConnection, at: _Volume) -> Listing:
+        return await self._list(source, "source", at.origin, [glob_escaped(path) for path in at.nested])
 
     async def _list(
         self, connection: asyncssh.SSHClientConnection, side: str, directory: str, patterns: list[str],
@@ -320,13 +336,14 @@ class SshCopy:
         return parse_listing(_bytes(result.stdout))
 
     async def _verify_sent(
-        self, host: asyncssh.SSHClientConnection, incoming: str, name: str, origin: str,
-        sending: Sequence[bytes], stream: _Stream,
+        self, host: asyncssh.SSHClientConnection, at: _Volume, sending: Sequence[bytes], stream: _Stream
     ) -> None:
         """Each file sent has, on the host as written, the SHA-256 it had as it
         left the source; any difference fails the volume."""
         files = [path for path in sending if path in stream.digests]
-        written = await self._must(host, ("sh", "-c", HASHES, "sh", incoming), "host", incoming, stdin=nul_list(files))
+        written = await self._must(
+            host, ("sh", "-c", HASHES, "sh", at.incoming), "host", at.incoming, stdin=nul_list(files)
+        )
         on_host = {}
         for record in written.split(b"\0"):
             if record:
@@ -334,8 +351,8 @@ class SshCopy:
         differing = sorted(path for path in files if on_host.get(path) != stream.digests[path])
         if differing:
             raise CopyFailed(
-                f"Verification failed for volume {name}: {len(differing)} file(s) differ"
-                f" between {origin} on the source and the copy on the host, the first {_shown(differing[0])}."
+                f"Verification failed for volume {at.name}: {len(differing)} file(s) differ"
+                f" between {at.origin} on the source and the copy on the host, the first {_shown(differing[0])}."
             )
 
     async def _stream(
@@ -435,6 +452,28 @@ class SshCopy:
         if result.exit_status != 0:
             raise CopyFailed(_why(stderr, where, f"a command failed on the {side}") + f" (on the {side})")
         return stdout
+
+
+@attrs.frozen
+class _Volume:
+    """Where one volume of a copy is: its name, its tree on the source, its
+    place on the host, the other volumes below it (left out), and the new
+    copy and the journal of this migration beside the place."""
+
+    index: int
+    name: str
+    origin: str
+    target: str
+    nested: list[str]
+    migration_id: int
+
+    @property
+    def incoming(self) -> str:
+        return incoming_of(self.target, self.migration_id)
+
+    @property
+    def journal(self) -> str:
+        return journal_of(self.target, self.migration_id)
 
 
 class _Stream:
