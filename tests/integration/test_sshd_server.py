@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 
+from adapters.ssh_library import asyncssh
 from tests.sshd_fixtures import NOT_SSH, Listener, Machine, Witness
 from tests.sshd_server import SshdUnavailable, SshServer, descendants, is_running
 

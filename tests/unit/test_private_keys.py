@@ -9,7 +9,6 @@ import base64
 import re
 from functools import cache
 
-import asyncssh
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -17,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migration_core as core
+from adapters.ssh_library import asyncssh
 from migration_core.private_keys import check_private_key
 
 from ..ssh_keys import keygen, keys_directory
