@@ -1,13 +1,13 @@
 PYTHON ?= python3
 # make run serves from .venv, which holds the runtime alone; the test kit (and
 # the benchmarks' tools) live in .venv-test. Both install exact versions with
-# their hashes from the locks in requirements/ (make lock writes them).
+# their hashes from the locks requirements.txt and requirements-test.txt (make lock writes them).
 RUN_VENV := .venv
 TEST_VENV := .venv-test
 LATEST_VENV := .venv-latest
 LOCK_VENV := .venv-lock
-RUNTIME_LOCK := requirements/runtime.txt
-TEST_LOCK := requirements/test.txt
+RUNTIME_LOCK := requirements.txt
+TEST_LOCK := requirements-test.txt
 # The tool that writes the locks, pinned like everything else.
 LOCK_TOOL := uv==0.13.9
 UV := $(LOCK_VENV)/bin/uv

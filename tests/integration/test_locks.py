@@ -1,4 +1,4 @@
-"""The locks (requirements/*.txt, written by `make lock`) satisfy
+"""The locks (requirements.txt, requirements-test.txt: `make lock`) satisfy
 pyproject.toml's ranges: what `make run` and `make test` install is what the
 project says it needs, exactly and with hashes, and both locks agree on the
 runtime's versions."""
@@ -13,8 +13,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME_LOCK = ROOT / "requirements" / "runtime.txt"
-TEST_LOCK = ROOT / "requirements" / "test.txt"
+RUNTIME_LOCK = ROOT / "requirements.txt"
+TEST_LOCK = ROOT / "requirements-test.txt"
 # A pin, its markers after `;`, then its hashes on the lines that follow.
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)[^\n]*((?:\n\s+--hash=sha256:[0-9a-f]{64}[^\n]*)*)", re.M)
 
