@@ -180,8 +180,9 @@ class SshCopy:
         """Before anything else: finish the swaps an earlier run of this
         migration left under way, and remove what it left half-made."""
         migration = str(self._job.migration_id)
+        # Untracked, as the swap itself: a cancel must not stop a swap half-way.
         await self._must(
-            host, ("sh", "-c", RECOVER, SWAP, migration, *self._places()), "host", self._host.root
+            host, ("sh", "-c", RECOVER, SWAP, migration, *self._places()), "host", self._host.root, tracked=False
         )
         await self._must(host, ("rm", "-rf", "--", staging_of(self._host.root, self._job.migration_id)), "host", "")
 
