@@ -16,6 +16,7 @@ import logging
 import posixpath
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 
@@ -90,9 +91,11 @@ def _volume_path(name: str) -> str:
 
 
 def nested_volumes(name: str, others: Sequence[str]) -> list[str]:
-    """The other volumes below `name`, relative to it (`./var`)."""
+    """The other volumes below `name`, relative to it (`./var`), however
+    their names are written (`/var/` is `/var`)."""
     prefix = "/" if name == "/" else name + "/"
-    return ["./" + other[len(prefix):] for other in others if other != name and other.startswith(prefix)]
+    normal = {"/" + posixpath.normpath(other).lstrip("/") for other in others if other.startswith("/")}
+    return sorted("./" + other[len(prefix):] for other in normal if other != name and other.startswith(prefix))
 
 
 def _bytes(output: object) -> bytes:
@@ -158,6 +161,8 @@ class SshCopy:
         self._running: dict[str, set[int]] = {"source": set(), "host": set()}
         # The volume being assembled (its place and new copy), to abandon on a stop.
         self._assembling: tuple[str, str] | None = None
+        # How far the host's clock is ahead of the source's (ns): change times compare across it.
+        self._clock_offset = 0
 
     async def run(self) -> None:
         job = self._job
@@ -165,6 +170,10 @@ class SshCopy:
             async with self._connect(job.source) as (source, _), self._connect(self._host) as (host, _):
                 try:
                     owners = (await self._must(host, ("sh", "-c", CAN_SET_OWNERS), "host", "")).strip() == b"1"
+                    host_ahead, source_ahead = await asyncio.gather(
+                        self._clock(host, "host"), self._clock(source, "source")
+                    )
+                    self._clock_offset = host_ahead - source_ahead
                     await self._recover(host)
                     for index in range(job.first, len(job.volumes)):
                         await self._volume(source, host, index, owners=owners)
@@ -172,6 +181,17 @@ class SshCopy:
                     await self._stop_remote({"source": source, "host": host})
         except MachineUnreachable as failure:
             raise CopyFailed(failure.message) from None
+
+    async def _clock(self, connection: asyncssh.SSHClientConnection, side: str) -> int:
+        """How far a machine's clock is ahead of the service's, in nanoseconds
+        (half the round trip allowed for); 0 where `date` cannot say."""
+        before = time.time_ns()
+        said = await self._must(connection, ("date", "+%s%N"), side, "")
+        after = time.time_ns()
+        try:
+            return int(said.strip()) - (before + after) // 2
+        except ValueError:
+            return 0
 
     def _places(self) -> list[str]:
         return [place(self._host.root, _volume_path(volume.name)) for volume in self._job.volumes]
@@ -244,7 +264,7 @@ class SshCopy:
             name=volume.name,
             origin=place(job.source.root, name),
             target=place(self._host.root, name),
-            nested=nested_volumes(name, [v for v in job.source_volumes if v.startswith("/")]),
+            nested=nested_volumes(name, job.source_volumes),
             migration_id=job.migration_id,
         )
         self._planned = None
@@ -253,7 +273,7 @@ class SshCopy:
         theirs, ours = await asyncio.gather(self._list_source(source, at), self._list(
             host, "host", at.target, place_patterns(at.nested), missing_ok=True
         ))
-        plan = plan_volume(theirs, ours, owners=owners)
+        plan = plan_volume(theirs, ours, owners=owners, clock_offset=self._clock_offset)
         self._planned = plan.send_bytes
         self._progress(index, now=True)
 
@@ -264,11 +284,16 @@ class SshCopy:
         sent = TarCounter()  # what every pass of this volume sent, counted
         theirs = await self._send_and_check(source, host, at, plan, sent, owners=owners)
 
-        swap = plan_volume(theirs, ours, owners=owners)
-        await self._must(host, ("sh", "-c", JOURNAL, "sh", at.journal), "host", at.target,
-                         stdin=journal_tar(swap, theirs, ours, owners=owners))
-        await self._must(host, ("sh", "-c", SWAP, "sh", at.target, at.incoming, at.journal), "host", at.target,
-                         tracked=False)
+        swap = plan_volume(theirs, ours, owners=owners, clock_offset=self._clock_offset)
+        # Once the journal is being written the copy goes into place: a cancel
+        # meanwhile waits for the swap, so that once it is answered nothing of
+        # this run reaches a place any more.
+        swapping = asyncio.ensure_future(self._swap(host, at, journal_tar(swap, theirs, ours, owners=owners)))
+        try:
+            await asyncio.shield(swapping)
+        except asyncio.CancelledError:
+            await swapping
+            raise
         self._assembling = None
         self._done.append(VolumeCopied(
             index=index, bytes=sent.file_bytes, files=sent.files, linked=len(swap.links), dropped=len(swap.drops),
@@ -276,6 +301,11 @@ class SshCopy:
         ))
         self._planned = None
         self._progress(index + 1, now=True)
+
+    async def _swap(self, host: asyncssh.SSHClientConnection, at: _Volume, journal: bytes) -> None:
+        await self._must(host, ("sh", "-c", JOURNAL, "sh", at.journal), "host", at.target, stdin=journal)
+        await self._must(host, ("sh", "-c", SWAP, "sh", at.target, at.incoming, at.journal), "host", at.target,
+                         tracked=False)
 
     async def _send_and_check(
         self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, at: _Volume,
@@ -295,8 +325,10 @@ class SshCopy:
             theirs, held = await asyncio.gather(
                 self._list_source(source, at), self._list(host, "host", at.incoming, [])
             )
-            plan = plan_volume(theirs, held, owners=owners)
-            changing = set(plan.sends) | (_tar_names(_CHANGED, stream.warnings) & theirs.keys())
+            plan = plan_volume(theirs, held, owners=owners, clock_offset=self._clock_offset)
+            # tar also says a directory changed as it read it: its entries are checked on their own.
+            read_changing = {p for p in _tar_names(_CHANGED, stream.warnings) if p in theirs}
+            changing = set(plan.sends) | {p for p in read_changing if theirs[p].kind != DIRECTORY}
             if not changing and not plan.drops:
                 return theirs
             if catch_up == CATCH_UP_PASSES:
@@ -334,7 +366,8 @@ class SshCopy:
         if result.exit_status != 0:
             failure = _why(_bytes(result.stderr), directory, f"listing {directory} failed")
             raise CopyFailed(f"{failure} (on the {side})")
-        return parse_listing(_bytes(result.stdout))
+        # On the host, what another filesystem mounted below holds is not the copy's to change.
+        return parse_listing(_bytes(result.stdout), one_device=side == "host")
 
     async def _verify_sent(
         self, host: asyncssh.SSHClientConnection, at: _Volume, sending: Sequence[bytes], stream: _Stream

@@ -15,8 +15,10 @@ Below the volume's place P on the host, for migration m:
   ignores hangups, so a service killed or a connection lost mid-swap does not
   stop it; a journal still there at the next run (a host that went down) is
   carried out again before anything else: every step can be done twice. A
-  lock (`P/.migration-swap-m.lock`, holding the swap's process id) keeps a
-  next run's recovery from overlapping a swap that is still going.
+  lock (`P/.migration-swap-m.lock`, holding the host's boot id and the swap's
+  process id) keeps a next run's recovery from overlapping a swap that is
+  still going; one whose holder is gone (or from before a reboot) is taken
+  over. Nothing is removed across a filesystem mounted below the place.
 All scripts are constants that take their data as arguments."""
 
 from __future__ import annotations
@@ -43,15 +45,15 @@ def glob_escaped(path: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in path)
 
 
-# Each entry below "$1" on its filesystem, as nine NUL-ended fields (type,
-# size, mtime, ctime, mode, uid, gid, path, link target), leaving out the
-# paths matching the -path patterns given after it. Exit 3: no directory.
+# Each entry below "$1" on its filesystem, as ten NUL-ended fields (type,
+# size, mtime, ctime, mode, uid, gid, path, link target, device), leaving out
+# the paths matching the -path patterns given after it. Exit 3: no directory.
 LIST = (
     'd=$1; shift; cd -- "$d" 2>/dev/null || exit 3; '
     'for x do set -- "$@" -path "$x" -prune -o; shift; done; '
-    "exec find . -xdev \"$@\" -printf '%y\\0%s\\0%T@\\0%C@\\0%m\\0%U\\0%G\\0%p\\0%l\\0'"
+    "exec find . -xdev \"$@\" -printf '%y\\0%s\\0%T@\\0%C@\\0%m\\0%U\\0%G\\0%p\\0%l\\0%D\\0'"
 )
-LIST_FIELDS = 9
+LIST_FIELDS = 10
 
 # Whether this login may set owners (root): "1" or "0".
 CAN_SET_OWNERS = '[ "$(id -u)" = 0 ] && echo 1 || echo 0'
@@ -64,7 +66,7 @@ BEGIN = (
 )
 
 # Remove from the new copy "$1" the paths on standard input (to be sent again, or gone).
-CLEAR = 'cd -- "$1" && xargs -0r rm -rf --'
+CLEAR = 'cd -- "$1" && xargs -0r rm -rf --one-file-system --'
 
 # The SHA-256 of the files on standard input, below "$1", as sha256sum -z prints them.
 HASHES = 'cd -- "$1" && xargs -0r sha256sum -z --'
@@ -75,18 +77,21 @@ JOURNAL = 'j=$1; rm -rf -- "$j.new" && mkdir -- "$j.new" && tar -C "$j.new" -xf 
 # Carry out the journal "$3": the new copy "$2" into the place "$1".
 SWAP = r"""place=$1 incoming=$2 journal=$3 lock=$3.lock
 trap '' HUP PIPE INT TERM
+boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)
 n=0
 until mkdir -- "$lock" 2>/dev/null; do
-  holder=$(cat -- "$lock/pid" 2>/dev/null)
+  held_boot= held_pid=
+  { read -r held_boot held_pid < "$lock/owner"; } 2>/dev/null
   n=$((n + 1))
-  if { [ -n "$holder" ] && [ ! -d "/proc/$holder" ]; } || { [ -z "$holder" ] && [ "$n" -gt 30 ]; }; then
-    rm -rf -- "$lock"
+  if { [ -n "$held_pid" ] && { [ "$held_boot" != "$boot" ] || [ ! -d "/proc/$held_pid" ]; }; } \
+      || { [ -z "$held_pid" ] && [ "$n" -gt 30 ]; }; then
+    mv -- "$lock" "$lock.stale.$$" 2>/dev/null && rm -rf -- "$lock.stale.$$"
   else
     sleep 1
   fi
 done
 trap 'rm -rf -- "$lock"' EXIT
-echo "$$" > "$lock/pid"
+echo "$boot $$" > "$lock/owner"
 [ -d "$journal" ] || exit 0
 cd -- "$place" || exit 1
 xargs -0r sh -c '
@@ -95,13 +100,13 @@ xargs -0r sh -c '
     [ -e "$n/$p" ] || [ -L "$n/$p" ] || continue
     if [ -d "$n/$p" ] && [ ! -L "$n/$p" ]; then
       if [ -d "$p" ] && [ ! -L "$p" ]; then continue; fi
-      rm -rf -- "$p" || exit 1
+      rm -rf --one-file-system -- "$p" || exit 1
     elif [ -d "$p" ] && [ ! -L "$p" ]; then
-      rm -rf -- "$p" || exit 1
+      rm -rf --one-file-system -- "$p" || exit 1
     fi
     mv -Tf -- "$n/$p" "$p" || exit 1
   done' sh "$incoming" < "$journal/moves" || exit 1
-xargs -0r rm -rf -- < "$journal/drops" || exit 1
+xargs -0r rm -rf --one-file-system -- < "$journal/drops" || exit 1
 owners=$(cat "$journal/owners")
 xargs -0r sh -c '
   owners=$1; shift
@@ -135,17 +140,24 @@ def nanoseconds(text: bytes) -> int:
     return int(seconds) * 1_000_000_000 + int((fraction + b"000000000")[:9])
 
 
-def parse_listing(data: bytes) -> dict[bytes, Entry]:
-    """A LIST output as a listing; ValueError for anything else."""
+def parse_listing(data: bytes, *, one_device: bool = False) -> dict[bytes, Entry]:
+    """A LIST output as a listing; ValueError for anything else. With
+    `one_device`, the entries on another device than the top (a filesystem
+    mounted below a place on the host) are left out: no copy drops or
+    replaces them."""
     fields = data.split(b"\0")
     if fields[-1] != b"" or (len(fields) - 1) % LIST_FIELDS:
         raise ValueError("a listing ends with a whole entry")
     listing = {}
+    devices = {}
     for at in range(0, len(fields) - 1, LIST_FIELDS):
-        kind, size, mtime, ctime, mode, uid, gid, path, link = fields[at:at + LIST_FIELDS]
+        kind, size, mtime, ctime, mode, uid, gid, path, link, device = fields[at:at + LIST_FIELDS]
         listing[path] = Entry(
             kind.decode(), int(size), nanoseconds(mtime), nanoseconds(ctime), int(mode, 8), int(uid), int(gid), link
         )
+        devices[path] = device
+    if one_device and TOP in devices:
+        listing = {path: entry for path, entry in listing.items() if devices[path] == devices[TOP]}
     return listing
 
 

@@ -43,16 +43,27 @@ class Entry:
 Listing = Mapping[bytes, Entry]
 
 
-def same_copy(source: Entry, copy: Entry, *, owners: bool) -> bool:
-    """Whether `copy` (in place on the host) still stands for `source`."""
+SECOND = 1_000_000_000
+
+
+def _same_time(source: int, copy: int) -> bool:
+    """Equal times; a copy on a filesystem that keeps whole seconds (FAT, old
+    ext4 inodes) holds the source's time truncated."""
+    return source == copy or (copy % SECOND == 0 and source // SECOND == copy // SECOND)
+
+
+def same_copy(source: Entry, copy: Entry, *, owners: bool, clock_offset: int = 0) -> bool:
+    """Whether `copy` (in place on the host) still stands for `source`.
+    `clock_offset`: how far the host's clock is ahead of the source's, in
+    nanoseconds, so that the change times of two machines compare."""
     return (
         source.kind == copy.kind
         and source.size == copy.size
-        and source.mtime == copy.mtime
+        and _same_time(source.mtime, copy.mtime)
         and source.mode == copy.mode
         and source.link == copy.link
         and (not owners or (source.uid, source.gid) == (copy.uid, copy.gid))
-        and source.ctime < copy.ctime
+        and source.ctime + clock_offset < copy.ctime
     )
 
 
@@ -84,10 +95,11 @@ class VolumePlan:
         return len(self.sends)
 
 
-def plan_volume(source: Listing, place: Listing, *, owners: bool) -> VolumePlan:
+def plan_volume(source: Listing, place: Listing, *, owners: bool, clock_offset: int = 0) -> VolumePlan:
     """The plan that turns `place` (the copy at the volume's place; empty when
     there is none) into a copy of `source`. `owners`: whether the host's
-    login can set owners, so that they count in the comparison."""
+    login can set owners, so that they count in the comparison;
+    `clock_offset` as `same_copy` takes it."""
     dirs, sends, links = [], [], []
     send_bytes = 0
     for path, entry in source.items():
@@ -95,7 +107,7 @@ def plan_volume(source: Listing, place: Listing, *, owners: bool) -> VolumePlan:
             dirs.append(path)
             continue
         held = place.get(path)
-        if held is not None and same_copy(entry, held, owners=owners):
+        if held is not None and same_copy(entry, held, owners=owners, clock_offset=clock_offset):
             links.append(path)
         else:
             sends.append(path)

@@ -475,6 +475,31 @@ def test_a_file_rewritten_once_mid_copy_is_sent_again_and_the_copy_is_whole(
     assert _leftovers(target) == []
 
 
+def test_a_filesystem_the_host_mounts_below_a_place_is_left_alone(
+    make_machine: Callable[[str], Machine], machines: SshMachines
+) -> None:
+    """A filesystem mounted on the host below the place, that the source does
+    not have, is neither dropped nor emptied by the copy (nor by the next)."""
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
+    (source.root / "etc").mkdir()
+    (source.root / "etc" / "motd").write_text("hello\n")
+    target = host.root / "landing"
+    mounted = target / "scratch"
+    mounted.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mounted)], check=True)
+    try:
+        (mounted / "host's own").write_text("not the source's")
+        job = _job(source, source.root, host, target, ["/"], ["/"])
+        _copy(machines, job)
+        (source.root / "etc" / "motd").write_text("hello again\n")
+        _copy(machines, job)
+        assert (mounted / "host's own").read_text() == "not the source's"
+        assert (target / "etc" / "motd").read_text() == "hello again\n"
+        assert _leftovers(target) == []
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
 def test_a_place_on_a_filesystem_of_its_own_receives_its_volume_by_rename(
     make_machine: Callable[[str], Machine], machines: SshMachines
 ) -> None:

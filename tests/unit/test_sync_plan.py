@@ -11,7 +11,17 @@ import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migration_core.sync_plan import DIRECTORY, REGULAR, TOP, Entry, VolumePlan, plan_volume, tree_order
+from migration_core.sync_plan import (
+    DIRECTORY,
+    REGULAR,
+    SECOND,
+    TOP,
+    Entry,
+    VolumePlan,
+    plan_volume,
+    same_copy,
+    tree_order,
+)
 
 NAMES = [b"a", b"b", b"c d", b"-x", b"\xff", b"new\nline"]
 # The copy in place was written at 2_000; the source's entries changed before
@@ -24,7 +34,7 @@ def entries(kind: str) -> st.SearchStrategy[Entry]:
         Entry,
         kind=st.just(kind),
         size=st.integers(0, 3) if kind != DIRECTORY else st.just(4096),
-        mtime=st.integers(0, 3),
+        mtime=st.integers(0, 3).map(lambda second: second * SECOND + 1),  # a filesystem of nanoseconds
         ctime=st.integers(0, WRITTEN - 1),
         mode=st.sampled_from([0o644, 0o600, 0o755]),
         uid=st.integers(0, 1),
@@ -84,7 +94,7 @@ def changed(draw: st.DrawFn, place: dict[bytes, Entry]) -> Changed:
             continue
         source[path] = {
             "contents": attrs.evolve(kept, ctime=WRITTEN + 1),  # same size and time, written since
-            "mtime": attrs.evolve(kept, mtime=entry.mtime + 10),
+            "mtime": attrs.evolve(kept, mtime=entry.mtime + 10 * SECOND),
             "size": attrs.evolve(kept, size=entry.size + 1),
             "mode": attrs.evolve(kept, mode=entry.mode ^ 0o100),
             "owner": attrs.evolve(kept, uid=entry.uid + 1),
@@ -169,3 +179,18 @@ def test_one_file_of_many_changed_is_the_one_sent() -> None:
     source[b"./f17"] = Entry(REGULAR, 131072, 6, WRITTEN + 5, 0o644, 0, 0)
     plan = plan_volume(source, place, owners=True)
     assert (plan.sends, plan.send_bytes, len(plan.links)) == ((b"./f17",), 131072, 8191)
+
+
+def test_a_copy_on_a_filesystem_of_whole_seconds_is_the_same_and_clocks_apart_are_allowed_for() -> None:
+    second = SECOND
+    source = Entry(REGULAR, 10, 5 * second + 123_456_789, 7 * second, 0o644, 0, 0)
+    truncated = attrs.evolve(source, mtime=5 * second, ctime=8 * second)
+    assert same_copy(source, truncated, owners=True)
+    assert not same_copy(source, attrs.evolve(truncated, mtime=4 * second), owners=True)
+    assert not same_copy(source, attrs.evolve(truncated, mtime=5 * second + 1), owners=True)
+    # The host's clock 2 s ahead: a copy written 1 s "after" by its clock predates the change.
+    assert not same_copy(source, truncated, owners=True, clock_offset=2 * second)
+    # ... and 2 s behind: the same copy, written 1 s before the change by its clock, is after it.
+    behind = attrs.evolve(truncated, ctime=6 * second)
+    assert not same_copy(source, behind, owners=True)
+    assert same_copy(source, behind, owners=True, clock_offset=-2 * second)
