@@ -115,7 +115,7 @@ def serve(flags: dict[str, str | None]) -> int:
     try:
         settings = Settings.from_sources(os.environ, flags)
     except BadSetting as error:
-        print(f"{PROG}: bad setting: {error}", file=sys.stderr)
+        logs.complain(PROG, f"bad setting: {error}")
         return 2
     logs.configure(settings.log_format)
     supervising = settings.workers > 1 and not is_worker()
@@ -123,7 +123,7 @@ def serve(flags: dict[str, str | None]) -> int:
         # Workers share the port; a supervisor only checks that it is free.
         sockets = _listening_sockets(settings.host, settings.port, reuse_port=supervising or is_worker())
     except OSError as error:
-        print(f"{PROG}: {_cannot_listen(settings, error)}", file=sys.stderr)
+        logs.complain(PROG, _cannot_listen(settings, error))
         return 1
     if supervising:
         _close(sockets)
@@ -132,7 +132,7 @@ def serve(flags: dict[str, str | None]) -> int:
         services = bootstrap(settings)
     except BadSetting as error:
         _close(sockets)
-        print(f"{PROG}: bad setting: {error}", file=sys.stderr)
+        logs.complain(PROG, f"bad setting: {error}")
         return 2
 
     from entrypoints.http import create_app
@@ -158,7 +158,7 @@ def serve(flags: dict[str, str | None]) -> int:
         # Another process may take the port between the check above and listen().
         if error.errno != errno.EADDRINUSE:
             raise
-        print(f"{PROG}: {_cannot_listen(settings, error)}", file=sys.stderr)
+        logs.complain(PROG, _cannot_listen(settings, error))
         return 1
     finally:
         _close(sockets)
@@ -218,7 +218,7 @@ def _cannot_listen(settings: Settings, error: OSError) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    logs.complain(PROG, message)
     return 2
 
 
@@ -273,7 +273,7 @@ def _import(storage: Storage, owner_id: int, data: bytes, dry_run: bool) -> int:
     except RowsRefused as refused:
         rows = [{"row": e.row, "field": e.field, "message": e.message} for e in refused.rows]
         print(json.dumps({"detail": refused.message, "rows": rows}))
-        print(f"{PROG}: import refused: {refused.message}", file=sys.stderr)
+        logs.complain(PROG, f"import refused: {refused.message}")
         return 1
     print(json.dumps({"created": report.created, "updated": report.updated, "unchanged": report.unchanged}))
     return 0
@@ -312,7 +312,7 @@ def machine_command(arguments: argparse.Namespace) -> int:
             machines.close()
         print(json.dumps(answer))
         if not ok:
-            print(f"{PROG}: {arguments.command} failed: {answer['message']}", file=sys.stderr)
+            logs.complain(PROG, f"{arguments.command} failed: {answer['message']}")
         return 0 if ok else 1
 
     return _with_user(arguments, act)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -114,11 +115,25 @@ def log_handler(log_format: str) -> logging.StreamHandler[TextIO]:
     return handler
 
 
+_configured = {"format": "text"}
+
+
 def configure(log_format: str) -> None:
     """Route every log line of the process through one handler of
     `log_format`, Python's warnings included (the `py.warnings` logger)."""
     logging.basicConfig(level=logging.INFO, handlers=[log_handler(log_format)], force=True)
     logging.captureWarnings(True)
+    _configured["format"] = log_format
+
+
+def complain(program: str, message: str) -> None:
+    """A command's one-line complaint on standard error: `program: message`
+    as it is, or an ERROR log line where the process logs JSON, so that a
+    JSON log stays JSON to its last line."""
+    if _configured["format"] == "json":
+        logging.getLogger(program).error("%s: %s", program, message)
+    else:
+        print(f"{program}: {message}", file=sys.stderr)
 
 
 def requested_format(argv: Sequence[str], environ: Mapping[str, str]) -> str:

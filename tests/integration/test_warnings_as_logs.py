@@ -89,9 +89,10 @@ def test_the_command_line_logs_in_the_format_asked_for_before_its_imports(tmp_pa
         raise SystemExit(main())
     """))
     ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    warning = json.loads(ran.stderr.splitlines()[0])
+    warning, *_, complaint = [json.loads(line) for line in ran.stderr.splitlines()]  # every line JSON
     assert warning["logger"] == "py.warnings" and "imported while deprecated" in warning["message"]
-    assert ran.returncode == 2 and "--port" in ran.stderr  # the bad setting, said after
+    # The bad setting, said after, in JSON too.
+    assert ran.returncode == 2 and complaint["level"] == "ERROR" and "--port" in complaint["message"]
 
 
 @pytest.mark.parametrize(
