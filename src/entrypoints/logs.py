@@ -29,7 +29,8 @@ class _ChattyAtDebug(logging.Filter):
     LIBRARIES = ("asyncssh",)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.INFO and record.name.split(".")[0] in self.LIBRARIES:
+        # A record another handler's filter demoted already is judged the same way.
+        if record.levelno <= logging.INFO and record.name.split(".")[0] in self.LIBRARIES:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True

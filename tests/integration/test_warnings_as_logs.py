@@ -114,11 +114,15 @@ def test_the_format_is_read_from_the_flag_then_the_variable(
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_asyncssh_info_lines_are_debug_lines(log_format: str) -> None:
+    """Also behind another of the service's handlers, whose filter sees each record first."""
     root = logging.getLogger()
     stream = io.StringIO()
     handler = log_handler(log_format)
     handler.setStream(stream)
+    before = log_handler(log_format)
+    before.setStream(io.StringIO())
     saved = root.level
+    root.addHandler(before)
     root.addHandler(handler)
     try:
         root.setLevel(logging.INFO)
@@ -131,6 +135,7 @@ def test_asyncssh_info_lines_are_debug_lines(log_format: str) -> None:
         logging.getLogger("asyncssh").info("Opened channel again")
         at_debug = stream.getvalue()[len(at_info):]
     finally:
+        root.removeHandler(before)
         root.removeHandler(handler)
         root.setLevel(saved)
     assert "Opened channel" not in at_info and "SFTP" not in at_info
