@@ -41,7 +41,8 @@ def test_a_swap_waits_for_a_live_lock_takes_a_dead_ones_and_keeps_the_source_s_t
     holder = subprocess.Popen(["sleep", "60"])
     lock = place / ".migration-swap-7.lock"
     lock.mkdir()
-    (lock / "pid").write_text(f"{holder.pid}\n")
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (lock / "owner").write_text(f"{boot} {holder.pid}\n")  # as a swap names itself
     try:
         swap = subprocess.Popen(["sh", "-c", SWAP, "sh", str(place), str(incoming), str(journal)])
         # While the holder lives, nothing moves (however long the test looks).
