@@ -69,7 +69,6 @@ _CHANGED = re.compile(rb"^tar: (.*): file changed as we read it$", re.M)
 _GONE = re.compile(rb"^tar: (.*): (?:File removed before we read it|Cannot stat: No such file or directory)$", re.M)
 
 Connect = Callable[[MachineAddress], contextlib.AbstractAsyncContextManager[tuple[asyncssh.SSHClientConnection, str]]]
-Pinned = Callable[[str, str], None]
 
 
 def place(root: str, name: str) -> str:
@@ -193,18 +192,17 @@ class SshCopy:
         except ValueError:
             return 0
 
-    def _places(self) -> list[str]:
-        return [place(self._host.root, _volume_path(volume.name)) for volume in self._job.volumes]
-
     async def _recover(self, host: asyncssh.SSHClientConnection) -> None:
         """Before anything else: finish the swaps an earlier run of this
         migration left under way, and remove what it left half-made."""
-        migration = str(self._job.migration_id)
+        migration_id = self._job.migration_id
+        triples = []
+        for volume in self._job.volumes:
+            target = place(self._host.root, _volume_path(volume.name))
+            triples += [target, incoming_of(target, migration_id), journal_of(target, migration_id)]
         # Untracked, as the swap itself: a cancel must not stop a swap half-way.
-        await self._must(
-            host, ("sh", "-c", RECOVER, SWAP, migration, *self._places()), "host", self._host.root, tracked=False
-        )
-        await self._must(host, ("rm", "-rf", "--", staging_of(self._host.root, self._job.migration_id)), "host", "")
+        await self._must(host, ("sh", "-c", RECOVER, SWAP, *triples), "host", self._host.root, tracked=False)
+        await self._must(host, ("rm", "-rf", "--", staging_of(self._host.root, migration_id)), "host", "")
 
     async def _stop_remote(self, connections: dict[str, asyncssh.SSHClientConnection]) -> None:
         """Kill what still runs of this copy on both machines, then remove the

@@ -27,17 +27,17 @@ import io
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 
-from migration_core.sync_plan import DIRECTORY, TOP, Entry, Listing, VolumePlan, tree_order
+from migration_core.sync_plan import DIRECTORY, SECOND, TOP, Entry, Listing, VolumePlan, tree_order
 
 RESERVED = (".migration-incoming-", ".migration-swap-", ".migration-staging-")
 
 
 def incoming_of(place: str, migration_id: int) -> str:
-    return f"{place.rstrip('/') or ''}/.migration-incoming-{migration_id}"
+    return f"{place.rstrip('/')}/.migration-incoming-{migration_id}"
 
 
 def journal_of(place: str, migration_id: int) -> str:
-    return f"{place.rstrip('/') or ''}/.migration-swap-{migration_id}"
+    return f"{place.rstrip('/')}/.migration-swap-{migration_id}"
 
 
 def glob_escaped(path: str) -> str:
@@ -120,12 +120,11 @@ rm -rf -- "$incoming" && rm -rf -- "$journal" || exit 1
 rm -rf -- "$lock" && trap - EXIT && touch -h -d "@$top" -- .
 """
 
-# Before anything else, for migration "$1" at each place after it: a swap
-# whose journal stands is carried out (the SWAP script is "$0"), then what is
-# left of a new copy goes.
+# Before anything else, for each place, new copy and journal given (three
+# arguments a place): a swap whose journal stands is carried out (the SWAP
+# script is "$0"), then what is left of a new copy goes.
 RECOVER = (
-    'm=$1; shift; for place do '
-    'j=$place/.migration-swap-$m; i=$place/.migration-incoming-$m; '
+    'while [ "$#" -ge 3 ]; do place=$1 i=$2 j=$3; shift 3; '
     'if [ -d "$j" ]; then sh -c "$0" sh "$place" "$i" "$j" || exit 1; fi; '
     'rm -rf -- "$i" "$j.new" || exit 1; done'
 )
@@ -137,7 +136,7 @@ ABANDON = '[ -d "$2" ] || rm -rf -- "$1" "$2.new"'
 def nanoseconds(text: bytes) -> int:
     """`find -printf %T@` as nanoseconds: "1704164645.1234567890"."""
     seconds, _, fraction = text.partition(b".")
-    return int(seconds) * 1_000_000_000 + int((fraction + b"000000000")[:9])
+    return int(seconds) * SECOND + int((fraction + b"000000000")[:9])
 
 
 def parse_listing(data: bytes, *, one_device: bool = False) -> dict[bytes, Entry]:
@@ -167,7 +166,7 @@ def place_patterns(nested: Sequence[str]) -> list[str]:
 
 
 def _time(nanos: int) -> str:
-    return f"{nanos // 1_000_000_000}.{nanos % 1_000_000_000:09d}"
+    return f"{nanos // SECOND}.{nanos % SECOND:09d}"
 
 
 def _ancestors(path: bytes) -> Iterable[bytes]:
@@ -203,9 +202,9 @@ def journal_tar(plan: VolumePlan, source: Listing, place: Listing, *, owners: bo
         entry = source[path]
         attrs.append(b"%o %d %d %s %s" % (entry.mode, entry.uid, entry.gid, _time(entry.mtime).encode(), path))
     return _tar({
-        "moves": b"".join(path + b"\0" for path in moves),
-        "drops": b"".join(path + b"\0" for path in drops),
-        "attrs": b"".join(record + b"\0" for record in attrs),
+        "moves": nul_list(moves),
+        "drops": nul_list(drops),
+        "attrs": nul_list(attrs),
         "owners": b"1\n" if owners else b"0\n",
         # The place's own time, set again once the new copy and the journal have left it.
         "top": _time(source[TOP].mtime).encode() + b"\n",

@@ -90,10 +90,6 @@ class VolumePlan:
         in anything but its directories' own metadata."""
         return bool(self.sends or self.drops)
 
-    @property
-    def send_files(self) -> int:
-        return len(self.sends)
-
 
 def plan_volume(source: Listing, place: Listing, *, owners: bool, clock_offset: int = 0) -> VolumePlan:
     """The plan that turns `place` (the copy at the volume's place; empty when
