@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from migration_core import Clock, Copier, DomainError, NotFound, Storage
-from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress
+from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress, SwapGate
 from migration_core.runs import RunRef, advance_runs, complete_run, fail_run
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ class CopyRouter:
         self._simulated = simulated
         self._machines = machines
 
-    def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> CopyHandle:
+    def start_copy(self, job: CopyJob, changed: Callable[[], None], gate: SwapGate | None = None) -> CopyHandle:
         if job.host is None:
             return self._simulated.start_copy(job, changed)
         if self._machines is None:
             raise RuntimeError("this runner reaches no real machines")
-        return self._machines.start_copy(job, changed)
+        return self._machines.start_copy(job, changed, gate)

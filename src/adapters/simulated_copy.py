@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 from migration_core.copying import position_of
-from migration_core.machines import CopyEnd, CopyJob, CopyProgress
+from migration_core.machines import CopyEnd, CopyJob, CopyProgress, SwapGate
 
 
 def time_share(elapsed: float, duration: float) -> Fraction:
@@ -46,7 +46,9 @@ class SimulatedCopy:
         self.step = max(step, duration / 100)
         self._monotonic = monotonic
 
-    def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> _SimulatedHandle:
+    def start_copy(
+        self, job: CopyJob, changed: Callable[[], None], gate: SwapGate | None = None
+    ) -> _SimulatedHandle:
         return _SimulatedHandle(self, [volume.estimate for volume in job.volumes], self._monotonic())
 
     def now(self) -> float:

@@ -29,6 +29,7 @@ from migration_core.machines import (
     MachineAddress,
     MachineFacts,
     MachineUnreachable,
+    SwapGate,
 )
 
 from .remote_shell import remote_script
@@ -168,7 +169,7 @@ class SshMachines:
             log.info("%s of %s failed: %s", what, login_at(address), failure.message)
             raise
 
-    def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> CopyHandle:
+    def start_copy(self, job: CopyJob, changed: Callable[[], None], gate: SwapGate | None = None) -> CopyHandle:
         from .ssh_copy import CopyInBackground, SshCopy
 
         def copy(report: Callable[[CopyProgress], None]) -> SshCopy:

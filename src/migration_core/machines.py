@@ -117,6 +117,9 @@ class CopyJob:
     volumes: tuple[VolumeToCopy, ...]
     first: int
     source_volumes: tuple[str, ...]
+    # The workloads the copy touches, as the copy slots count them per machine.
+    source_id: int = 0
+    host_id: int | None = None
 
 
 @attrs.frozen
@@ -151,9 +154,29 @@ class CopyProgress:
 
 @attrs.frozen
 class CopyEnd:
-    """How a copy ended: `failure` None when every volume is in place, else why not, in words."""
+    """How a copy ended: `failure` None when every volume is in place, else
+    why not, in words. `host_keys` holds the whole public key each machine
+    showed (`source`, `host`: OpenSSH's one-line form), so that a pin held
+    as a fingerprint alone can be completed."""
 
     failure: str | None = None
+    host_keys: Mapping[str, str] = attrs.field(factory=dict)
+
+
+class SwapGate(Protocol):
+    """Asked by a real copy before it moves a verified volume into place, so
+    that once a cancel is answered no copy of that run reaches its place,
+    whichever instance carries it. Both calls block (storage)."""
+
+    def enter(self, index: int) -> bool:
+        """May volume `index` be swapped in? False: the run has ended (a
+        cancel, an interruption): the copy stops without swapping. A cancel
+        that comes while the gate is entered waits until it is left."""
+        ...
+
+    def leave(self, index: int) -> None:
+        """The swap of volume `index` is over (done or failed)."""
+        ...
 
 
 class CopyHandle(Protocol):
@@ -182,10 +205,10 @@ class Copier(Protocol):
     """What carries the bytes of runs: the simulated copy of a target without
     a host, or the real copy onto it (SPEC 2.8)."""
 
-    def start_copy(self, job: CopyJob, changed: Callable[[], None]) -> CopyHandle:
+    def start_copy(self, job: CopyJob, changed: Callable[[], None], gate: SwapGate | None = None) -> CopyHandle:
         """Begin copying `job` in the background; `changed` is called, from
         any thread, when the copy has news (bytes passed, a volume verified,
-        its end)."""
+        its end). A real copy passes `gate` before each swap (None: always open)."""
         ...
 
 
