@@ -3,6 +3,16 @@ loop without per-migration tasks, as one service instance among those sharing
 the storage (`adapters.instances`). The bytes are the copier's (simulated or
 real, `carrying.CopyRouter`); the runner records what its copies report.
 
+Real copies wait in storage's queue (SPEC 2.10) until an instance with a free
+copy slot takes one: this runner takes the oldest it may at each tick (and
+at once when a run of its own was queued or a copy of its own ended), at most
+`max_copies` at a time and `max_copies_per_machine` touching one machine, so
+a wave of a thousand real runs copies a bounded number at once, spread over
+every instance. Each tick it also reads whether the runs of its real copies
+are still its own: a cancel answered by any instance stops the copy within
+a tick, and the copy's swaps pass through storage (`enter_swap`), so a copy
+whose run was cancelled never moves a volume into place.
+
 One ticker task wakes when a copy has news: a real copy says so (`changed`),
 a simulated one is asked at the moments it names (`next_due`: a hundredth of
 its copy, a tick at least, and its end), so a tick costs what the runs with
@@ -48,14 +58,19 @@ import attrs
 
 from migration_core import Clock, Copier, Storage, mark_interrupted
 from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress
-from migration_core.runs import RunRef
+from migration_core.runs import RunRef, take_copies
 
-from .carrying import Carrier
+from .carrying import END_ATTEMPTS, Carrier, StorageSwapGate
 from .instances import Instance, InstanceRegistry, MemoryRegistry
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def _machines_of(job: CopyJob) -> tuple[int, ...]:
+    """The workloads a real copy touches (its source and host); () for a simulated one."""
+    return () if job.host_id is None else (job.source_id, job.host_id)
 
 @attrs.define(eq=False)
 class _Run:
@@ -66,6 +81,12 @@ class _Run:
     copy: CopyHandle | None = None  # set once its copier has started it
     stopped: bool = False  # set under _carry_lock
     end_attempts: int = 0
+    # The machines (workload ids) a real copy touches, which its slot counts; () when simulated.
+    machines: tuple[int, ...] = ()
+
+    @property
+    def real(self) -> bool:
+        return bool(self.machines)
 
 
 @attrs.frozen
@@ -92,9 +113,17 @@ class AsyncRunner:
         completion_budget: float | None = None,
         registry: InstanceRegistry | None = None,
         instance: Instance | None = None,
+        max_copies: int = 8,
+        max_copies_per_machine: int = 4,
     ) -> None:
         if not 0 < tick <= 1:
             raise ValueError(f"tick must be in (0, 1] seconds, not {tick}")
+        if max_copies < 1 or max_copies_per_machine < 1:
+            raise ValueError("a runner carries at least one copy at a time, and one per machine")
+        self._max_copies = max_copies
+        self._max_copies_per_machine = max_copies_per_machine
+        # Set when a run was queued or a copy ended here: look at the queue at once.
+        self._queue_news = True
         self._storage = storage
         self._clock = clock
         self._copier = copier
@@ -180,7 +209,21 @@ class AsyncRunner:
     # -- the Runner port (any thread) -------------------------------------
 
     def launch(self, job: CopyJob) -> None:
-        run = _Run(RunRef.of_job(job))
+        if job.host is not None:
+            # Queued in storage: this instance, or another with room, takes it.
+            with self._table_lock:
+                if not self._accepting or self._loop is None:
+                    raise RuntimeError("the migration runner is not running")
+                self._queue_news = True
+                loop = self._loop
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_ticker)
+            return
+        self._carry(job)
+
+    def _carry(self, job: CopyJob) -> None:
+        """Start carrying a run's copy: a simulated one just started, or a real one just taken."""
+        run = _Run(RunRef.of_job(job), machines=_machines_of(job))
         with self._carry_lock, self._table_lock:
             if not self._accepting or self._loop is None:
                 raise RuntimeError("the migration runner is not running")
@@ -189,8 +232,9 @@ class AsyncRunner:
             if previous is not None:
                 previous.stopped = True
             self._runs[job.migration_id] = run
+        gate = StorageSwapGate(self._storage, run.ref, self._instance.id) if run.real else None
         try:
-            copy = self._copier.start_copy(job, lambda: self._changed(run))
+            copy = self._copier.start_copy(job, lambda: self._changed(run), gate)
         except BaseException:
             with self._table_lock:
                 if self._runs.get(job.migration_id) is run:
@@ -281,6 +325,8 @@ class AsyncRunner:
                 await self._in_executor(self._keep_lease, False)
             except Exception:
                 log.exception("could not renew this instance's lease; retrying at the next tick")
+        await self._take_copies()
+        await self._stop_copies_ended_elsewhere()
         with self._table_lock:
             ready, self._again = self._again, []
             ready += self._news
@@ -313,11 +359,66 @@ class AsyncRunner:
                     self._plan(run)
         return outcome.unfinished
 
+    async def _take_copies(self) -> None:
+        """Take queued copies while this instance has free slots."""
+        with self._table_lock:
+            real = [run for run in self._runs.values() if run.real]
+            room = self._max_copies - len(real)
+            news, self._queue_news = self._queue_news, False
+        if room <= 0 or not self._accepting:
+            return
+        carrying = [machine for run in real for machine in run.machines]
+        try:
+            jobs = await self._in_executor(self._taken, room, carrying, news)
+        except Exception:
+            log.exception("could not take queued copies; trying again at the next tick")
+            return
+        for job in jobs:
+            try:
+                self._carry(job)
+            except Exception as exc:
+                log.exception("could not start the copy of migration %d", job.migration_id)
+                ref = RunRef.of_job(job)
+                await self._in_executor(self._carrier.end, ref, CopyEnd(f"The copy could not start: {exc}"), None,
+                                        END_ATTEMPTS)
+
+    def _taken(self, room: int, carrying: list[int], news: bool) -> list[CopyJob]:
+        if not news:
+            with self._storage.unit_of_work(write=False) as uow:
+                if not uow.migrations.any_queued():
+                    return []
+        return take_copies(
+            self._storage,
+            self._instance.id,
+            room=room,
+            carrying=carrying,
+            per_machine=self._max_copies_per_machine,
+        )
+
+    async def _stop_copies_ended_elsewhere(self) -> None:
+        """A real copy whose run is no longer this instance's (cancelled or
+        interrupted through any instance) stops now, not at its next report."""
+        with self._table_lock:
+            real = [run for run in self._runs.values() if run.real and not run.stopped]
+        if not real:
+            return
+        try:
+            ours = await self._in_executor(self._still_carried)
+        except Exception:
+            log.exception("could not read which copies are still this instance's")
+            return
+        self._forget([run for run in real if run.ref.migration_id not in ours])
+
+    def _still_carried(self) -> set[int]:
+        with self._storage.unit_of_work(write=False) as uow:
+            return {m.id for m in uow.migrations.running([self._instance.id]) if m.carried_by(self._instance.id)}
+
     def _forget(self, ended: Iterable[_Run]) -> None:
         """Drop runs that ended; a copy still going whose run ended elsewhere
         (a cancel through another instance) is stopped."""
         stopping = []
         with self._table_lock:
+            self._queue_news = self._queue_news or any(run.real for run in ended)
             for run in ended:
                 if run.copy is not None and not run.stopped and run.copy.ended() is None:
                     stopping.append(run.copy)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 from migration_core import Clock, Copier, DomainError, NotFound, Storage
 from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress, SwapGate
-from migration_core.runs import RunRef, advance_runs, complete_run, fail_run
+from migration_core.runs import RunRef, advance_runs, complete_run, enter_swap, fail_run, leave_swap
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,23 @@ class Carrier:
                 log.exception("could not fail migration %d either", ref.migration_id)
                 return False
             return True
+
+
+class StorageSwapGate:
+    """Satisfies `migration_core.machines.SwapGate` for one run carried by
+    the instance `instance_id`: storage says whether the run is still its
+    own before each swap, and holds a cancel back until the swap is over."""
+
+    def __init__(self, storage: Storage, ref: RunRef, instance_id: str | None) -> None:
+        self._storage = storage
+        self._ref = ref
+        self._instance_id = instance_id
+
+    def enter(self, index: int) -> bool:
+        return enter_swap(self._storage, self._ref, self._instance_id)
+
+    def leave(self, index: int) -> None:
+        leave_swap(self._storage, self._ref)
 
 
 class CopyRouter:

@@ -30,6 +30,7 @@ from migration_core import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    Phase,
     User,
     Wave,
     Workload,
@@ -339,7 +340,26 @@ class _Migrations(_Repository[Migration]):
         ]
 
     def running_instances(self) -> set[str | None]:
-        return {m.instance_id for m in self.running()}
+        return {m.instance_id for m in self.running() if m.phase is not Phase.QUEUED}
+
+    def any_queued(self) -> bool:
+        return any(m.phase is Phase.QUEUED for m in self._rows.values())
+
+    def _queue(self) -> list[Migration]:
+        queued = [m for m in self._rows.values() if m.phase is Phase.QUEUED]
+        return sorted(queued, key=lambda m: (m.started_at, m.id))
+
+    def next_queued(self, busy_machines: Collection[int]) -> Migration | None:
+        targets: dict[int, MigrationTarget] = self._uow.table("migration_targets")
+        for migration in self._queue():
+            host_id = targets[migration.migration_target_id].host_id
+            if migration.source_id not in busy_machines and host_id not in busy_machines:
+                return self._view(migration)
+        return None
+
+    def queue_position(self, migration: Migration) -> int | None:
+        ids = [m.id for m in self._queue()]
+        return ids.index(migration.id) + 1 if migration.id in ids else None
 
     def count_in_state(self, state: MigrationState) -> int:
         return sum(1 for m in self._rows.values() if m.state is state)

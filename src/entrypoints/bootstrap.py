@@ -3,6 +3,7 @@ Settings are parsed in `settings`, the secret key is kept in `keys`."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -106,11 +107,26 @@ RunnerFactory = Callable[[Storage, Clock, Copier, InstanceRegistry, Instance], S
 
 
 def _async_runner(
-    storage: Storage, clock: Clock, copier: Copier, registry: InstanceRegistry, instance: Instance
+    storage: Storage,
+    clock: Clock,
+    copier: Copier,
+    registry: InstanceRegistry,
+    instance: Instance,
+    *,
+    max_copies: int = 8,
+    max_copies_per_machine: int = 4,
 ) -> ServiceRunner:
     from adapters.async_runner import AsyncRunner
 
-    return AsyncRunner(storage, clock, copier, registry=registry, instance=instance)
+    return AsyncRunner(
+        storage,
+        clock,
+        copier,
+        registry=registry,
+        instance=instance,
+        max_copies=max_copies,
+        max_copies_per_machine=max_copies_per_machine,
+    )
 
 
 def bootstrap(
@@ -118,7 +134,7 @@ def bootstrap(
     *,
     hasher: PasswordHasher | None = None,
     clock: Clock | None = None,
-    make_runner: RunnerFactory = _async_runner,
+    make_runner: RunnerFactory | None = None,
 ) -> Services:
     """Choose and build the adapters `settings` ask for; tests swap the slow or
     timed ones (a cheap hasher, a fixed clock) through the keywords."""
@@ -129,6 +145,12 @@ def bootstrap(
         instance = Instance.this_process(settings.lease_seconds)
         machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
         copier = CopyRouter(SimulatedCopy(settings.run_seconds), machines)
+        if make_runner is None:
+            make_runner = functools.partial(
+                _async_runner,
+                max_copies=settings.max_copies,
+                max_copies_per_machine=settings.max_copies_per_machine,
+            )
         runner = make_runner(storage, clock, copier, registry, instance)
         tokens = JwtTokens(
             subkey(master, "tokens"),

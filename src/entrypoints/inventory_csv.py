@@ -283,20 +283,26 @@ def _volumes(cell: str) -> tuple[tuple[str, int], ...]:
 
 
 def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise _CellError("volumes", str(error)) from None
+
+
+def parse_size(text: str) -> int:
+    """Bytes, or a number with a unit (`50MB`, `1.5GiB`); ValueError saying why not."""
     match = _SIZE.fullmatch(text)
     unit = match and _UNITS.get(match.group(2).lower())
     if match is None or unit is None:
-        raise _CellError(
-            "volumes", f"{text.strip()!r} is not a size: bytes, or a number with KB MB GB TB KiB MiB GiB TiB."
-        )
+        raise ValueError(f"{text.strip()!r} is not a size: bytes, or a number with KB MB GB TB KiB MiB GiB TiB.")
     try:
         size = Decimal(match.group(1)) * unit
     except InvalidOperation:  # pragma: no cover - the pattern admits decimals only
-        raise _CellError("volumes", f"{text.strip()!r} is not a size.") from None
+        raise ValueError(f"{text.strip()!r} is not a size.") from None
     if size != size.to_integral_value():
-        raise _CellError("volumes", f"{text.strip()!r} is not a whole number of bytes.")
+        raise ValueError(f"{text.strip()!r} is not a whole number of bytes.")
     if size > MAX_SIZE:
-        raise _CellError("volumes", f"{text.strip()!r} is larger than {MAX_SIZE} bytes.")
+        raise ValueError(f"{text.strip()!r} is larger than {MAX_SIZE} bytes.")
     return int(size)
 
 

@@ -12,6 +12,7 @@ import attrs
 
 from adapters.jwt_tokens import MIN_KEY_BYTES
 from adapters.ssh import IpNetwork, parse_networks
+from entrypoints.inventory_csv import parse_size
 from entrypoints.logs import LOG_FORMATS
 
 SECRET_KEY_FILE = "secret.key"
@@ -65,6 +66,14 @@ SETTINGS = [
             " comma-separated CIDR blocks; any other address is refused before a packet is sent"),
     Setting("connect_timeout", "MIGRATION_CONNECT_TIMEOUT", "--connect-timeout", "10",
             "seconds to connect to a machine and log in"),
+    Setting("max_copies", "MIGRATION_MAX_COPIES", "--max-copies", "8",
+            "real copies this instance carries at once (a run's copy waits in the queue every instance"
+            " serves until one has room)"),
+    Setting("max_copies_per_machine", "MIGRATION_MAX_COPIES_PER_MACHINE", "--max-copies-per-machine", "4",
+            "real copies this instance carries at once that touch one machine, as source or host"),
+    Setting("max_bandwidth", "MIGRATION_MAX_BANDWIDTH", "--max-bandwidth", "unlimited",
+            "bytes per second this instance's copies send in all, shared fairly among them: unlimited,"
+            " bytes, or a number with KB MB GB KiB MiB GiB (50MB)"),
     Setting("secret_key", "MIGRATION_SECRET_KEY", "--secret-key", None,
             f"key that signs tokens and encrypts stored passwords, at least {MIN_KEY_BYTES} bytes;"
             f" default: generated once and kept in {SECRET_KEY_FILE} beside the database"
@@ -120,6 +129,18 @@ def _positive_seconds(name: str, raw: str) -> float:
     return value
 
 
+def _bandwidth(raw: str) -> int | None:
+    if raw.strip().lower() == "unlimited":
+        return None
+    try:
+        value = parse_size(raw)
+    except ValueError as error:
+        raise BadSetting(f"{label('max_bandwidth')}: {error} Or: unlimited.") from None
+    if value < 1024:
+        raise BadSetting(f"{label('max_bandwidth')}: {raw.strip()!r} is below 1 KiB per second")
+    return value
+
+
 def _networks(raw: str) -> tuple[IpNetwork, ...]:
     try:
         return parse_networks(raw)
@@ -171,6 +192,9 @@ class Settings:
     lease_seconds: float = 15.0
     allowed_networks: tuple[IpNetwork, ...] = attrs.field(factory=lambda: parse_networks("127.0.0.0/8,::1/128"))
     connect_timeout: float = 10.0
+    max_copies: int = 8
+    max_copies_per_machine: int = 4
+    max_bandwidth: int | None = None  # bytes per second; None: unlimited
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -227,6 +251,9 @@ class Settings:
             lease_seconds=_positive_seconds("lease_seconds", text("lease_seconds")),
             allowed_networks=_networks(text("allowed_networks")),
             connect_timeout=_positive_seconds("connect_timeout", text("connect_timeout")),
+            max_copies=_integer("max_copies", text("max_copies"), low=1, high=1000),
+            max_copies_per_machine=_integer("max_copies_per_machine", text("max_copies_per_machine"), low=1, high=1000),
+            max_bandwidth=_bandwidth(text("max_bandwidth")),
             secret_key=secret_key,
         )
 

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import attrs
 
-from .entities import Migration, MigrationState, Volume
+from .entities import Migration, MigrationState, Phase, Volume
 
 
 @attrs.frozen
@@ -95,6 +95,8 @@ class RunState:
     error: str | None
     eta: datetime | None
     volumes: tuple[VolumeState, ...]
+    phase: Phase | None = None
+    queue_position: int | None = None  # 1 is next; None unless queued
 
     @property
     def finished(self) -> bool:
@@ -109,7 +111,9 @@ class RunState:
         return sum(volume.copied for volume in self.volumes)
 
 
-def run_state(migration: Migration, plan: Sequence[tuple[int, Volume]] = ()) -> RunState:
+def run_state(
+    migration: Migration, plan: Sequence[tuple[int, Volume]] = (), queue_position: int | None = None
+) -> RunState:
     """The state of a migration's run, from what storage recorded: the
     snapshot's volumes and the copy's mark. A migration without them (never
     run, edited since, or run by a release that kept no mark) shows `plan`,
@@ -135,6 +139,8 @@ def run_state(migration: Migration, plan: Sequence[tuple[int, Volume]] = ()) -> 
         progress=migration.progress,
         error=migration.error,
         eta=mark.eta if running and mark is not None else None,
+        phase=migration.phase if running else None,
+        queue_position=queue_position if migration.phase is Phase.QUEUED else None,
         volumes=tuple(
             VolumeState(
                 mount_point_id,

@@ -149,6 +149,21 @@ class MigrationRepository(Repository[Migration], Protocol):
         carried by one of `instance_ids` when given."""
         ...
 
+    def any_queued(self) -> bool:
+        """Whether any copy waits for a slot (a read that locks nothing)."""
+        ...
+
+    def next_queued(self, busy_machines: Collection[int]) -> Migration | None:
+        """The queued copy asked for first (its run's start, then its id) whose
+        source and host are not among `busy_machines` (workload ids), read to
+        be taken: locked until the commit, passed over by other instances
+        taking copies at once."""
+        ...
+
+    def queue_position(self, migration: Migration) -> int | None:
+        """1 for the queued copy asked for first; None when not queued."""
+        ...
+
     def running_instances(self) -> set[str | None]:
         """The instances carrying running migrations (None: not recorded)."""
         ...

@@ -5,6 +5,8 @@ and its end (`complete_run`, `fail_run`)."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,13 +22,14 @@ from .entities import (
     MigrationState,
     MigrationTarget,
     OperatingSystem,
+    Phase,
     TargetVm,
     Volume,
     Workload,
     system_volume,
     volume_key,
 )
-from .errors import Conflict
+from .errors import Conflict, NotFound
 from .events import acting, append, event
 from .inventory import get_migration
 from .machines import CopyJob, CopyProgress, MachineAddress, VolumeToCopy
@@ -153,34 +156,53 @@ def _start(
             mark=CopyMark(tuple(ids), resumed, 0),
             instance_id=instance_id,
             progress=percent(sizes, resumed, 0),
+            # A real copy waits for a copy slot, which any instance may give it.
+            queued=host is not None,
         ),
         expected=STARTABLE,
     )
-    append(uow, [
+    events = [
         event(started, EventKind.RUN_REQUESTED, now, actor=actor),
         event(
             started,
             EventKind.STARTED,
             now,
-            instance=instance_id,
+            instance=started.instance_id,
             volumes=len(sizes),
             bytes_total=sum(sizes),
             **({"resumed_at_volume": resumed} if resumed else {}),
         ),
-    ])
-    job = CopyJob(
+    ]
+    if started.phase is Phase.QUEUED:
+        events.append(event(started, EventKind.QUEUED, now, position=uow.migrations.queue_position(started)))
+    append(uow, events)
+    return started, _job_of(uow, started)
+
+
+def _job_of(uow: UnitOfWork, migration: Migration) -> CopyJob:
+    """What a run started as `migration` is to copy, with the logins as they
+    are now (decrypted by storage as they are read: never kept in the queue)."""
+    owner_id = migration.owner_id
+    snapshot, mark = migration.snapshot, migration.copied
+    assert snapshot is not None and mark is not None, "a started run has its snapshot and mark"
+    source = uow.workloads.peek(owner_id, migration.source_id)
+    credentials = uow.credentials.peek(owner_id, source.credentials_id)
+    target = uow.migration_targets.peek(owner_id, migration.migration_target_id)
+    host = _host(uow, owner_id, target, source)
+    return CopyJob(
         owner_id=owner_id,
-        migration_id=migration_id,
+        migration_id=migration.id,
         source=MachineAddress.of(source, credentials),
         host=host,
-        volumes=tuple(VolumeToCopy(volume.name, volume.size) for volume in volumes),
-        first=resumed,
+        volumes=tuple(VolumeToCopy(volume.name, volume.size) for volume in snapshot.storage),
+        first=mark.volumes,
         # A real copy leaves the source's other volumes out of each one.
         source_volumes=()
         if host is None
         else tuple(uow.mount_points.peek(owner_id, i).name for i in source.mount_point_ids),
+        source_id=source.id,
+        host_id=target.host_id,
     )
-    return started, job
 
 
 def start_run(
@@ -249,6 +271,73 @@ def run_migration(
     return get_migration(storage, owner_id, migration_id)
 
 
+def take_copies(
+    storage: Storage,
+    instance_id: str | None,
+    *,
+    room: int,
+    carrying: Collection[int] = (),
+    per_machine: int = 4,
+    only: RunRef | None = None,
+) -> list[CopyJob]:
+    """Take up to `room` queued copies for the instance `instance_id`, the
+    one asked for first each time, passing over those that would make a
+    machine (a workload, as source or host) carry more than `per_machine`
+    copies of this instance; `carrying` lists the machines of the copies it
+    carries already, once per copy. Each take is its own transaction (the
+    row is locked while taken: two instances never take the same copy).
+    `only` takes that run's copy alone, if still queued."""
+    load = Counter(carrying)
+    jobs: list[CopyJob] = []
+    while len(jobs) < room:
+        with storage.unit_of_work() as uow:
+            if only is None:
+                busy = {machine for machine, copies in load.items() if copies >= per_machine}
+                queued = uow.migrations.next_queued(busy)
+            else:
+                queued = uow.migrations.get(only.owner_id, only.migration_id)
+                if queued.phase is not Phase.QUEUED:
+                    break
+            if queued is None:
+                break
+            taken = uow.migrations.update_if(queued.take(instance_id), expected=(RUNNING,))
+            job = _job_of(uow, taken)
+            uow.commit()
+        jobs.append(job)
+        load.update(machine for machine in (job.source_id, job.host_id) if machine is not None)
+        if only is not None:
+            break
+    return jobs
+
+
+def enter_swap(storage: Storage, ref: RunRef, instance_id: str | None) -> bool:
+    """The carrier `instance_id` is about to move a verified volume into
+    place: True when it may (a cancel then waits for `leave_swap`), False
+    when the run was cancelled or interrupted meanwhile (no swap then)."""
+    try:
+        with storage.unit_of_work() as uow:
+            migration = uow.migrations.get(ref.owner_id, ref.migration_id)
+            if not migration.carried_by(instance_id):
+                return False
+            uow.migrations.update_if(migration.enter_swap(instance_id), expected=(RUNNING,))
+            uow.commit()
+    except NotFound:
+        return False
+    return True
+
+
+def leave_swap(storage: Storage, ref: RunRef) -> None:
+    """The swap `enter_swap` allowed is over: a cancel may go on."""
+    try:
+        with storage.unit_of_work() as uow:
+            migration = uow.migrations.get(ref.owner_id, ref.migration_id)
+            if migration.swapping:
+                uow.migrations.update_if(migration.leave_swap(), expected=(RUNNING,))
+                uow.commit()
+    except NotFound:
+        pass
+
+
 def _advanced(migration: Migration, report: CopyProgress, now: datetime) -> Migration | None:
     """The migration with its copy where `report` puts it, or None when the
     report brings nothing new: what is recorded only grows. A volume a real
@@ -298,8 +387,8 @@ def advance_runs(storage: Storage, clock: Clock, reports: Mapping[RunRef, CopyPr
         # run it reads until the commit, and locks taken in one order cannot deadlock.
         for ref, report in sorted(reports.items(), key=lambda item: item[0].migration_id):
             migration = uow.migrations.get(ref.owner_id, ref.migration_id)
-            if migration.state is not RUNNING:
-                continue
+            if migration.state is not RUNNING or migration.phase is Phase.QUEUED:
+                continue  # ended, or run again and queued: not this copy's any more
             still_running.add(ref)
             advanced = _advanced(migration, report, now)
             if advanced is None:
@@ -324,9 +413,12 @@ def _finish(
 ) -> tuple[Migration, list[Event]] | None:
     """End a running run (None when it is not running), with the copy's
     `last` report recorded first; the migration as stored and its events,
-    which the caller appends after its other writes."""
+    which the caller appends after its other writes. A copy's end (`last`
+    given, or success) does not end a run queued again since."""
     migration = uow.migrations.get(ref.owner_id, ref.migration_id)
     if migration.state is not RUNNING:
+        return None
+    if migration.phase is Phase.QUEUED and kind in (EventKind.SUCCEEDED, EventKind.FAILED):
         return None
     now = clock.now()
     events: list[Event] = []
@@ -411,20 +503,51 @@ def cancel_run(
     actor: int | None = None,
 ) -> Migration:
     """Cancel a running migration; `actor` is the user who asked (by default
-    the owner)."""
-    with storage.unit_of_work() as uow:
-        cancelled = _cancel(uow, clock, owner_id, migration_id, acting(owner_id, actor))
-        uow.commit()
+    the owner). A copy moving a volume into place is waited for: once the
+    cancel is answered, no copy of the run reaches its place."""
+    cancelled = cancel_when_no_swap(storage, clock, owner_id, migration_id, acting(owner_id, actor))
     runner.cancel(migration_id)
     return cancelled
 
 
+class SwapUnderWay(Conflict):
+    """The run's carrier is moving a verified volume into place."""
+
+
+# How long a cancel waits for a swap under way (renames: it takes moments),
+# and how often it looks again.
+SWAP_WAIT_SECONDS = 120.0
+_SWAP_POLL_SECONDS = 0.05
+
+
+def cancel_when_no_swap(storage: Storage, clock: Clock, owner_id: int, migration_id: int, actor: int) -> Migration:
+    """`_cancel` in a transaction of its own, waiting while a swap is under way."""
+    deadline = time.monotonic() + SWAP_WAIT_SECONDS
+    while True:
+        try:
+            with storage.unit_of_work() as uow:
+                cancelled = _cancel(uow, clock, owner_id, migration_id, actor)
+                uow.commit()
+            return cancelled
+        except SwapUnderWay:
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    f"Migration {migration_id} is moving a verified volume into place and has not finished"
+                    f" in {SWAP_WAIT_SECONDS:g} s; try the cancel again."
+                ) from None
+            time.sleep(_SWAP_POLL_SECONDS)
+
+
 def _cancel(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int, actor: int) -> Migration:
     """Move a running migration to `error` / `cancelled`, with its event; the
-    caller tells the runner once this is committed."""
+    caller tells the runner once this is committed. SwapUnderWay while its
+    carrier moves a volume into place (the row read is locked: the carrier's
+    `enter_swap` and this take turns)."""
     migration = uow.migrations.get(owner_id, migration_id)
     if migration.state is not RUNNING:
         raise Conflict(f"Migration {migration_id} is not running.")
+    if migration.swapping:
+        raise SwapUnderWay(f"Migration {migration_id} is moving a verified volume into place.")
     finished = _finish(
         uow, clock, RunRef(owner_id, migration_id), error=CANCELLED, kind=EventKind.CANCELLED, actor=actor
     )
@@ -443,7 +566,9 @@ def mark_interrupted(
         ended = [
             finished
             for migration in uow.migrations.running(instance_ids)
-            if (
+            # A queued copy belongs to no instance: it waits for the next one with room.
+            if migration.phase is not Phase.QUEUED
+            and (
                 finished := _finish(
                     uow, clock, RunRef.of(migration), error=INTERRUPTED, kind=EventKind.INTERRUPTED
                 )
@@ -467,7 +592,7 @@ def state_of_run(uow: UnitOfWork, migration: Migration) -> RunState:
     volumes as they are now, in the source's order (any no longer in the
     source after them): the plan a run would copy."""
     if migration.snapshot is not None and migration.copied is not None:
-        return run_state(migration)
+        return run_state(migration, queue_position=uow.migrations.queue_position(migration))
     owner_id = migration.owner_id
     source = uow.workloads.get(owner_id, migration.source_id)
     selected = migration.selected_mount_point_ids

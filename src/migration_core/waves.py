@@ -4,6 +4,7 @@ in one wave at most; deleting a wave leaves its members as they are."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import attrs
@@ -16,7 +17,7 @@ from .inventory import _referenced
 from .machines import CopyJob
 from .passes import items_in_one_unit
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
-from .runs import _cancel, _start, give_to_runner, state_of_run
+from .runs import SwapUnderWay, _cancel, _start, cancel_when_no_swap, give_to_runner, state_of_run
 
 
 @attrs.frozen
@@ -150,16 +151,25 @@ def cancel_wave(
     """Cancel every running member; the ids cancelled (the others are left).
     `actor` is the user who asked (by default the owner)."""
     cancelled: list[int] = []
+    swapping: list[int] = []
     with storage.unit_of_work() as uow:
         for migration_id in _members_in_turn(uow, owner_id, wave_id):
             try:
                 with storage.unit_of_work() as one:
                     _cancel(one, clock, owner_id, migration_id, acting(owner_id, actor))
                     one.commit()
+            except SwapUnderWay:
+                swapping.append(migration_id)
+                continue
             except Conflict:
                 continue  # not running (or it ended meanwhile)
             cancelled.append(migration_id)
         uow.commit()
+    # Members moving a volume into place are waited for, one by one, after the others.
+    for migration_id in swapping:
+        with contextlib.suppress(Conflict):
+            cancel_when_no_swap(storage, clock, owner_id, migration_id, acting(owner_id, actor))
+            cancelled.append(migration_id)
     for migration_id in cancelled:
         runner.cancel(migration_id)
     return cancelled

@@ -101,6 +101,8 @@ async def test_state_shows_each_volume_in_source_order_before_during_and_after_a
     planned = await user.call("GET", path(migration, "state"), 200)
     assert planned == {
         "state": "not_started",
+        "phase": None,
+        "queue_position": None,
         "progress": 0,
         "error": None,
         "finished": False,

@@ -144,7 +144,7 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
         "Workload": {"id", "ip", "credentials", "storage", "port", "os", "root", "host_key"},
         "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm", "host", "root"},
         "Migration": {"id", "source", "migration_target", "selected_mount_points", "state", "progress",
-                      "error", "started_at", "finished_at", "wave"},
+                      "error", "started_at", "finished_at", "wave", "phase"},
         "Wave": {"id", "name", "migrations"},
     }
     for name, fields in wire.items():
@@ -153,6 +153,7 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
     assert "password" not in str(schemas["TargetVm"])
     assert set(schemas["MigrationRunState"]["properties"]) == {
         "state", "progress", "error", "finished", "bytes_total", "bytes_copied", "eta", "volumes",
+        "phase", "queue_position",
     }
     # SPEC 3's four, and `files`: what a real run's page shows passing (SPEC 2.8, 5).
     assert set(schemas["VolumeCopy"]["properties"]) == {"mount_point", "name", "size", "copied", "files"}

@@ -84,7 +84,7 @@ def migration_path(migration_id: int, action: str = "") -> str:
 async def state_of(user: User, migration_id: int) -> dict[str, Any]:
     """The state answer without its bytes and volumes (test_http_events.py checks those)."""
     answer = await user.call("GET", migration_path(migration_id, "state"), 200)
-    assert set(answer) == STATE_FIELDS | {"bytes_total", "bytes_copied", "eta", "volumes"}
+    assert set(answer) == STATE_FIELDS | {"bytes_total", "bytes_copied", "eta", "volumes", "phase", "queue_position"}
     return {field: answer[field] for field in STATE_FIELDS}
 
 

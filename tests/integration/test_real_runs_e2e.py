@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from ..sshd_fixtures import Machine
@@ -260,46 +261,61 @@ def test_a_wave_runs_a_real_migration_as_a_single_run_would(
     assert plan.ok("GET", f"/api/v1/waves/{wave}/state/")["counts"]["success"] == 1
 
 
-def test_two_instances_on_one_postgresql_each_carry_a_real_run_through_the_other_s_restart(
+def test_two_postgresql_instances_share_the_copy_queue_and_a_killed_one_leaves_its_queued_copies_to_the_other(
     postgres_url: str, tmp_path: Path, make_machine: Callable[[str], Machine]
 ) -> None:
-    """SPEC 2.4 with real copies: B is killed mid-copy, A marks B's run
-    interrupted and its own copy goes on; B comes back and its re-run is whole.
-    Neither instance touches the other's live run."""
+    """SPEC 2.4 and 2.10 with real copies: two instances of one copy slot
+    each take one copy of the queue; B is killed: the copy it carried is
+    interrupted, the copies still queued (some asked for through B) are
+    taken by A, and nothing A carries is touched. Re-run, B's copy is whole."""
     # Three seconds: on a machine the suite keeps busy, a copying instance's
     # ticker was once held past two thirds of a one-second lease, and the
     # other instance rightly took it for gone.
-    lease = ("--lease-seconds", "3")
-    a = ServiceProcess(postgres_url, tmp_path, "a", *lease, "--access-log", "off")
-    b = ServiceProcess(postgres_url, tmp_path, "b", *lease, "--access-log", "off")
+    options = ("--lease-seconds", "3", "--access-log", "off", "--max-copies", "1")
+    a = ServiceProcess(postgres_url, tmp_path, "a", *options)
+    b = ServiceProcess(postgres_url, tmp_path, "b", *options)
     try:
         a.start()
         b.start()
-        first, host, second = make_machine("127.0.0.1"), make_machine("127.0.0.2"), make_machine("127.0.0.3")
-        _big_tree(first.root, 256)
-        _big_tree(second.root, 128)
-        on_a = RealPlan(a, first, host, ["/"], user="ann", landing="from-a")
-        on_b = RealPlan(b, second, host, ["/"], user="bob", landing="from-b")
-        on_a.ok("POST", f"/api/v1/migrations/{on_a.migration}/run/", status=202)
-        on_b.ok("POST", f"/api/v1/migrations/{on_b.migration}/run/", status=202)
-        on_b.until(lambda s: s["bytes_copied"] > 0)
+        host = make_machine("127.0.0.2")
+        machines = [make_machine("127.0.0.1"), make_machine("127.0.0.3")]
+        plans, sources = [], []
+        for number in range(4):
+            # Four workloads of four users, two trees on each of two addresses.
+            machine = machines[number % 2]
+            source = attrs.evolve(machine, root=machine.root / f"tree-{number}")
+            source.root.mkdir()
+            _big_tree(source.root, 128)
+            service = b if number < 2 else a
+            plans.append(RealPlan(service, source, host, ["/"], user=f"user{number}", landing=f"from-{number}"))
+            sources.append(source)
+        for plan in plans:
+            plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
+
+        def two_copying() -> list[Any] | None:
+            states = [plan.state() for plan in plans]
+            copying = [s for s in states if s["phase"] == "copying"]
+            return states if len(copying) == 2 and all(s["bytes_copied"] for s in copying) else None
+
+        states = wait_for("a copy on each instance", two_copying, patience=60)
+        assert sorted(s["queue_position"] for s in states if s["phase"] == "queued") == [1, 2], states
+        assert [len(plan.events("queued")) for plan in plans] == [1, 1, 1, 1]
 
         b.stop(signal.SIGKILL)
-        on_b.service = a  # its state, read through the live instance
-        interrupted = on_b.until(lambda s: s["finished"])
-        assert (interrupted["state"], interrupted["error"]) == ("error", "interrupted")
-        assert on_a.state()["state"] in ("running", "success")  # A's own copy was left alone
-        b.start()
-        on_b.service = b
-        on_b.ok("POST", f"/api/v1/migrations/{on_b.migration}/run/", status=202)
+        for plan in plans:
+            plan.service = a  # read through the live instance
+        ends = [plan.until(lambda s: s["finished"]) for plan in plans]
+        interrupted = [plan for plan, end in zip(plans, ends) if end["error"] == "interrupted"]
+        assert len(interrupted) == 1, ends  # the one copy B carried
+        assert sum(end["state"] == "success" for end in ends) == 3, ends
+        interrupted[0].ok("POST", f"/api/v1/migrations/{interrupted[0].migration}/run/", status=202)
+        assert interrupted[0].until(lambda s: s["finished"])["state"] == "success"
 
-        for plan, source in ((on_a, first), (on_b, second)):
-            done = plan.until(lambda s: s["finished"])
-            assert (done["state"], done["error"]) == ("success", None), done
+        for plan, source in zip(plans, sources):
             assert _digest(source.root) == _digest(plan.landing)
             assert sorted(os.listdir(plan.landing)) == ["etc", "huge"]  # no staging left
-        # A's run was never interrupted nor started again.
-        assert (len(on_a.events("started")), on_a.events("interrupted")) == (1, [])
+            if plan is not interrupted[0]:
+                assert (len(plan.events("started")), plan.events("interrupted")) == (1, [])
     finally:
         a.kill()
         b.kill()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import cattrs
 
-from migration_core import CloudType, Login, MigrationState, OperatingSystem
+from migration_core import CloudType, Login, MigrationState, OperatingSystem, Phase
 
 from ..secrets import SecretBox, SecretError
 
@@ -43,7 +43,7 @@ class Codec:
         self.box = box
         converter = cattrs.Converter()
         # str-based enums would otherwise pass through as enum members.
-        for kind in (CloudType, MigrationState, OperatingSystem):
+        for kind in (CloudType, MigrationState, OperatingSystem, Phase):
             converter.register_unstructure_hook(kind, _enum_value)
         converter.register_unstructure_hook(datetime, iso_utc)
         converter.register_structure_hook(datetime, lambda text, _: datetime.fromisoformat(text))

@@ -20,12 +20,13 @@ from migration_core import (
     MigrationState,
     MigrationTarget,
     MountPoint,
+    Phase,
     Wave,
     Workload,
 )
 
 from .. import refusals
-from .codec import Codec
+from .codec import Codec, iso_utc
 from .errors import ConstraintViolation, translated
 from .session import Session
 from .tables import KINDS, LISTED, EntityTable, chunks, marks
@@ -403,10 +404,39 @@ class Migrations(Repository[Migration]):
 
     def running_instances(self) -> set[str | None]:
         rows = self._session.execute(
-            "SELECT DISTINCT instance_id FROM migrations WHERE state = ?",
-            [MigrationState.RUNNING.value],
+            "SELECT DISTINCT instance_id FROM migrations WHERE state = ? AND (phase IS NULL OR phase <> ?)",
+            [MigrationState.RUNNING.value, Phase.QUEUED.value],
         )
         return {row[0] for row in rows}
+
+    def any_queued(self) -> bool:
+        row = self._session.execute("SELECT 1 FROM migrations WHERE phase = ? LIMIT 1", [Phase.QUEUED.value])
+        return row.fetchone() is not None
+
+    def next_queued(self, busy_machines: Collection[int]) -> Migration | None:
+        busy = sorted(busy_machines)
+        spare = ""
+        if busy:
+            spare = (
+                f" AND m.source_id NOT IN ({marks(len(busy))})"
+                f" AND (t.host_id IS NULL OR t.host_id NOT IN ({marks(len(busy))}))"
+            )
+        row = self._session.execute(
+            "SELECT m.id, m.owner_id FROM migrations m"
+            " JOIN migration_targets t ON t.id = m.migration_target_id"
+            f" WHERE m.phase = ?{spare} ORDER BY m.started_at, m.id LIMIT 1{self._session.dialect.skip_locked}",
+            [Phase.QUEUED.value, *busy, *busy],
+        ).fetchone()
+        return None if row is None else self.get(int(row[1]), int(row[0]))
+
+    def queue_position(self, migration: Migration) -> int | None:
+        if migration.phase is not Phase.QUEUED or migration.started_at is None:
+            return None
+        row = self._session.execute(
+            "SELECT count(*) FROM migrations WHERE phase = ? AND (started_at < ? OR started_at = ? AND id <= ?)",
+            [Phase.QUEUED.value, *[iso_utc(migration.started_at)] * 2, migration.id],
+        ).fetchone()
+        return int(row[0])
 
     def _not_in_state(self, migration: Migration) -> Exception:
         row = self._session.execute(

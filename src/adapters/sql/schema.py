@@ -52,6 +52,10 @@ class Dialect:
     # locks the row until the commit, so a concurrent read-modify-write waits
     # instead of undoing this one's change; "" where writers take turns anyway.
     lock_read_rows: str
+    # What ends a SELECT of the queue's next row: it locks that row and
+    # passes over rows another transaction holds, so instances taking copies
+    # at once each take another; "" where writers take turns anyway.
+    skip_locked: str
     # A session keeps the plan of a foreign key's check it made while the
     # referenced table was nearly empty (PostgreSQL), however large it grows.
     reuses_plans: bool
@@ -80,6 +84,7 @@ SQLITE = Dialect(
     events_in_turn="",
     statements_undo_alone=True,
     lock_read_rows="",
+    skip_locked="",
     reuses_plans=False,
     list_in_row="",
     adds_constraints=False,
@@ -99,6 +104,7 @@ POSTGRES = Dialect(
     # NO KEY: keys never change, and a row locked so still takes new
     # references (a foreign key check's KEY SHARE) without waiting.
     lock_read_rows=" FOR NO KEY UPDATE",
+    skip_locked=" FOR NO KEY UPDATE OF m SKIP LOCKED",
     reuses_plans=True,
     list_in_row="ARRAY(SELECT {item} FROM {table} WHERE {parent} = {of}.id ORDER BY position)",
     adds_constraints=True,
@@ -331,9 +337,9 @@ def _instances(execute: Execute, dialect: Dialect) -> None:
     ])
 
 
-# The kinds `EventKind` names, written out as step 5 admitted them (a test
-# compares the two).
-EVENT_KINDS = (
+# The kinds step 5 admitted, written out (step 9 admits more; a test compares
+# the latest with `EventKind`).
+EVENT_KINDS_5 = (
     "created",
     "updated",
     "run_requested",
@@ -346,29 +352,35 @@ EVENT_KINDS = (
 )
 
 
+_EVENTS_TABLE = """
+    CREATE TABLE {name} (
+        id {{id}},
+        owner_id {{int}} NOT NULL,
+        migration_id {{int}} NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ({kinds})),
+        detail TEXT NOT NULL,
+        actor_id {{int}},
+        FOREIGN KEY (owner_id, migration_id)
+            REFERENCES migrations (owner_id, id) ON DELETE CASCADE
+    )
+"""
+_EVENT_INDEXES = (
+    "CREATE INDEX events_by_owner ON events (owner_id, id)",
+    "CREATE INDEX events_by_migration ON events (migration_id, id)",
+)
+
+
 def _events(execute: Execute, dialect: Dialect) -> None:
     """Step 5: the history of each migration, which goes with it,
     and what the run of a migration has copied (JSON, like the snapshot).
     `actor_id` refers to no row: an event records who acted, whatever becomes
     of the account later."""
-    kinds = ", ".join(f"'{kind}'" for kind in EVENT_KINDS)
+    kinds = ", ".join(f"'{kind}'" for kind in EVENT_KINDS_5)
     _run(execute, dialect, [
         "ALTER TABLE migrations ADD COLUMN copied TEXT",
-        f"""
-        CREATE TABLE events (
-            id {{id}},
-            owner_id {{int}} NOT NULL,
-            migration_id {{int}} NOT NULL,
-            at TEXT NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ({kinds})),
-            detail TEXT NOT NULL,
-            actor_id {{int}},
-            FOREIGN KEY (owner_id, migration_id)
-                REFERENCES migrations (owner_id, id) ON DELETE CASCADE
-        )
-        """,
-        "CREATE INDEX events_by_owner ON events (owner_id, id)",
-        "CREATE INDEX events_by_migration ON events (migration_id, id)",
+        _EVENTS_TABLE.format(name="events", kinds=kinds),
+        *_EVENT_INDEXES,
     ])
 
 
@@ -466,6 +478,54 @@ def _real_machines(execute: Execute, dialect: Dialect) -> None:
         )
 
 
+# The kinds step 9 admits: those of step 5, then what real copies at fleet
+# scale, warm migrations and readiness record.
+EVENT_KINDS_9 = (
+    *EVENT_KINDS_5,
+    "queued",
+    "sync_started",
+    "synced",
+    "sync_failed",
+    "cutover_requested",
+    "hook_ran",
+    "preflight",
+)
+EVENT_KINDS = EVENT_KINDS_9
+
+
+def _copy_queue(execute: Execute, dialect: Dialect) -> None:
+    """Step 9: the copy queue (SPEC 2.10) lives in the migrations' rows: a
+    running migration's `phase` (`queued`: waiting for a copy slot, held by
+    no instance; taken, it is `copying`), oldest request first, and whether
+    its carrier is moving a volume into place (`swapping`: a cancel waits).
+    The events admit the new kinds: PostgreSQL replaces the CHECK, SQLite
+    rebuilds the table (its CHECKs cannot be altered), keeping every row, id
+    and the id sequence."""
+    phases = "'queued', 'copying', 'syncing', 'in_sync', 'cutting_over'"
+    _run(execute, dialect, [
+        f"ALTER TABLE migrations ADD COLUMN phase TEXT CHECK (phase IN ({phases}))",
+        "ALTER TABLE migrations ADD COLUMN swapping BOOLEAN NOT NULL DEFAULT FALSE",
+        "UPDATE migrations SET phase = 'copying' WHERE state = 'running'",
+        "CREATE INDEX migrations_queue ON migrations (started_at, id) WHERE phase = 'queued'",
+    ])
+    kinds = ", ".join(f"'{kind}'" for kind in EVENT_KINDS_9)
+    if dialect.adds_constraints:
+        execute("ALTER TABLE events DROP CONSTRAINT events_kind_check")
+        execute(f"ALTER TABLE events ADD CONSTRAINT events_kind_check CHECK (kind IN ({kinds}))")
+        return
+    _run(execute, dialect, [
+        _EVENTS_TABLE.format(name="events_rebuilt", kinds=kinds),
+        "INSERT INTO events_rebuilt (id, owner_id, migration_id, at, kind, detail, actor_id)"
+        " SELECT id, owner_id, migration_id, at, kind, detail, actor_id FROM events",
+        "DELETE FROM sqlite_sequence WHERE name = 'events_rebuilt'",
+        "INSERT INTO sqlite_sequence (name, seq)"
+        " SELECT 'events_rebuilt', seq FROM sqlite_sequence WHERE name = 'events'",
+        "DROP TABLE events",
+        "ALTER TABLE events_rebuilt RENAME TO events",
+        *_EVENT_INDEXES,
+    ])
+
+
 STEPS: list[Step] = [
     _create_tables,
     _index_list_filters,
@@ -475,6 +535,7 @@ STEPS: list[Step] = [
     _waves,
     _filters_by_value_first,
     _real_machines,
+    _copy_queue,
 ]
 LATEST_VERSION = len(STEPS)
 

@@ -177,12 +177,16 @@ MIGRATIONS = EntityTable(
         "snapshot",
         "instance_id",
         "copied",
+        "phase",
+        "swapping",
     ),
     frozenset({"owner_id", "source_id", "migration_target_id", "progress"}),
     (("source_id", "workloads"), ("migration_target_id", "migration_targets")),
     ListField("selected_mount_point_ids", "migration_mount_points", "migration_id", "mount_points"),
     json_columns=("snapshot", "copied"),
-    unfilterable=frozenset({"snapshot", "started_at", "finished_at", "instance_id", "copied"}),
+    unfilterable=frozenset(
+        {"snapshot", "started_at", "finished_at", "instance_id", "copied", "phase", "swapping"}
+    ),
     derived=(
         DerivedField(
             "wave_id",
