@@ -42,6 +42,18 @@ class MigrationState(str, enum.Enum):
         return self in (MigrationState.SUCCESS, MigrationState.ERROR)
 
 
+class Phase(str, enum.Enum):
+    """Where a running migration is. A real copy waits for a copy slot
+    (`queued`, held by no instance) before it copies (SPEC 2.10)."""
+
+    QUEUED = "queued"
+    COPYING = "copying"
+
+
+def _phase(value: Any) -> Phase | None:
+    return None if value is None else Phase(value)
+
+
 def volume_key(name: str) -> str:
     """The identity of a volume name: `C:\\`, `c:` and `c:/` are one volume."""
     stripped = name.rstrip("\\/")
@@ -86,6 +98,8 @@ def _operating_system(value: Any) -> OperatingSystem | None:
 
 
 def _host_key(_instance: Any, _attribute: Any, value: Any) -> None:
+    # Either form a pin takes: the whole key (`ssh-ed25519 AAAA...`), or its
+    # fingerprint alone (`SHA256:...`, as earlier releases stored it).
     if value is not None and (not isinstance(value, str) or not value):
         raise InvalidInput.field("host_key", "Must be a non-empty string, or null.")
 
@@ -260,8 +274,8 @@ class Workload:
     # Where the machine's tree is found once logged in (a snapshot or a
     # rescue system mounts it elsewhere).
     root: str = attrs.field(default="/", converter=posix_root)
-    # The SSH host key fingerprint pinned at first contact; only the core's
-    # machine use cases set it, and the user may clear it.
+    # The SSH host key pinned at first contact (whole; answered as its
+    # fingerprint); only the core's machine use cases set it, and the user may clear it.
     host_key: str | None = attrs.field(default=None, validator=_host_key)
     id: int = UNSAVED
 
@@ -345,6 +359,10 @@ class Migration:
     wave_id: int | None = None
     # What the current (or last) run has copied; None before any run.
     copied: CopyMark | None = None
+    # Where a running migration is (None when not running).
+    phase: Phase | None = attrs.field(default=None, converter=_phase)
+    # True while its carrier moves a verified volume into place: a cancel waits.
+    swapping: bool = False
     id: int = UNSAVED
 
     # -- the changes of state of a run (SPEC 2.2, 2.3) ----------------------
@@ -357,21 +375,54 @@ class Migration:
             raise Conflict(f"Migration {self.id} has already succeeded.")
 
     def start(
-        self, *, at: datetime, snapshot: TargetVm, mark: CopyMark, instance_id: str | None, progress: int = 0
+        self,
+        *,
+        at: datetime,
+        snapshot: TargetVm,
+        mark: CopyMark,
+        instance_id: str | None,
+        progress: int = 0,
+        queued: bool = False,
     ) -> Migration:
-        """Running from `at`, copying `snapshot` from where `mark` says."""
+        """Running from `at`, copying `snapshot` from where `mark` says: at
+        once by `instance_id`, or `queued` for a copy slot (held by no instance)."""
         self.ensure_startable()
         return attrs.evolve(
             self,
             state=MigrationState.RUNNING,
+            phase=Phase.QUEUED if queued else Phase.COPYING,
             error=None,
             started_at=at,
             finished_at=None,
             snapshot=snapshot,
-            instance_id=instance_id,
+            instance_id=None if queued else instance_id,
             copied=mark,
             progress=progress,
+            swapping=False,
         )
+
+    def take(self, instance_id: str | None) -> Migration:
+        """A queued copy taken by the instance `instance_id`, which copies it now."""
+        if self.state is not MigrationState.RUNNING or self.phase is not Phase.QUEUED:
+            raise Conflict(f"Migration {self.id} has no queued copy to take.")
+        return attrs.evolve(self, phase=Phase.COPYING, instance_id=instance_id)
+
+    def carried_by(self, instance_id: str | None) -> bool:
+        """Whether `instance_id` carries this migration's copy now."""
+        return (
+            self.state is MigrationState.RUNNING and self.phase is Phase.COPYING and self.instance_id == instance_id
+        )
+
+    def enter_swap(self, instance_id: str | None) -> Migration:
+        """The carrier moves a verified volume into place: from now until
+        `leave_swap`, a cancel waits (Conflict when the run is not carried by
+        `instance_id` any more: cancelled or interrupted meanwhile)."""
+        if not self.carried_by(instance_id):
+            raise Conflict(f"Migration {self.id}'s copy is no longer carried by this instance.")
+        return attrs.evolve(self, swapping=True)
+
+    def leave_swap(self) -> Migration:
+        return attrs.evolve(self, swapping=False)
 
     def advance(self, *, storage: tuple[Volume, ...], mark: CopyMark, progress: int) -> Migration:
         """Copied as far as `mark` says, with the volumes' sizes as they passed;
@@ -390,6 +441,8 @@ class Migration:
         return attrs.evolve(
             self,
             state=MigrationState.SUCCESS,
+            phase=None,
+            swapping=False,
             progress=100,
             error=None,
             finished_at=at,
@@ -404,6 +457,8 @@ class Migration:
         return attrs.evolve(
             self,
             state=MigrationState.ERROR,
+            phase=None,
+            swapping=False,
             error=error,
             finished_at=at,
             copied=None if mark is None else attrs.evolve(mark, eta=None),
@@ -450,6 +505,13 @@ class EventKind(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    QUEUED = "queued"
+    SYNC_STARTED = "sync_started"
+    SYNCED = "synced"
+    SYNC_FAILED = "sync_failed"
+    CUTOVER_REQUESTED = "cutover_requested"
+    HOOK_RAN = "hook_ran"
+    PREFLIGHT = "preflight"
 
 
 def _detail(value: Mapping[str, Any]) -> dict[str, Any]:

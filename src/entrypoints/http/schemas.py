@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, fields, pre_load, validate
 
-from migration_core import CloudType, EventKind, MigrationState, OperatingSystem
+from migration_core import CloudType, EventKind, MigrationState, OperatingSystem, Phase
 
 MAX_ID = 2**63 - 1
 MAX_SIZE = 2**63 - 1
@@ -207,8 +207,9 @@ def _ids_list(**kwargs: Any) -> fields.List:
 
 
 _HOST_KEY = (
-    "The SSH host key fingerprint pinned at the first contact with the machine (null until"
-    " then). Read-only but for one change: null clears it, and the next contact pins the key it meets."
+    "The SHA-256 fingerprint of the SSH host key pinned at the first contact with the machine"
+    " (null until then); the service keeps the whole key. Read-only but for one change: null"
+    " clears it, and the next contact pins the key it meets."
 )
 
 
@@ -321,6 +322,12 @@ class MigrationTargetSchema(Body):
     )
 
 
+_PHASE = (
+    "Where a running migration is: `queued` (a real copy waiting for a copy slot, SPEC 2.10) or"
+    " `copying`; null when not running."
+)
+
+
 class MigrationSchema(Body):
     id = Id(dump_only=True)
     source = Id(required=True, attribute="source_id", metadata={"description": "Workload id."})
@@ -338,6 +345,7 @@ class MigrationSchema(Body):
         },
     )
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
+    phase = fields.Enum(Phase, by_value=True, dump_only=True, allow_none=True, metadata={"description": _PHASE})
     progress = fields.Integer(dump_only=True, metadata={"description": "0 to 100."})
     error = fields.String(dump_only=True, allow_none=True)
     started_at = UtcDateTime(dump_only=True, allow_none=True)
@@ -377,6 +385,15 @@ class MigrationRunStateSchema(Schema):
     """The answer of `/state/`: the state, and what the run has copied."""
 
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
+    phase = fields.Enum(Phase, by_value=True, dump_only=True, allow_none=True, metadata={"description": _PHASE})
+    queue_position = fields.Integer(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "While queued, the copy's place in the queue that every instance serves (1 is"
+            " next); null otherwise."
+        },
+    )
     progress = fields.Integer(
         dump_only=True,
         metadata={"description": "floor(100 * bytes_copied / bytes_total): at most 99 until success."},
