@@ -50,7 +50,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -61,9 +61,7 @@ from .sql.instances import SqlInstanceRegistry
 from .sql.schema import SQLITE
 from .sql.schema import upgrade as upgrade_steps
 from .sql.unit_of_work import SqlUnitOfWork, savepoint_on
-
-if TYPE_CHECKING:
-    from .sqlite_group_commit import GroupCommitExecutor
+from .sqlite_group_commit import GroupCommitExecutor
 
 __all__ = ["SqliteStorage", "SqliteUnitOfWork", "StorageFailure", "upgrade"]
 
@@ -181,8 +179,6 @@ class SqliteStorage:
 
     def write_executor(self) -> GroupCommitExecutor:
         """Writes of many callers committed together (`sqlite_group_commit`)."""
-        from .sqlite_group_commit import GroupCommitExecutor  # it builds on this module
-
         return GroupCommitExecutor(self)
 
     def close(self) -> None:

@@ -17,9 +17,12 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, ParamSpec, Protocol, TypeVar
 
-from .sqlite import SqliteStorage, StorageFailure
+from sqlite_utils import Database
+
+from .sql.errors import StorageFailure
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,8 +32,17 @@ log = logging.getLogger(__name__)
 _Job = tuple[Future[Any], Callable[[], Any]]
 
 
+class _Batching(Protocol):
+    """What a batch needs of the SQLite storage (`SqliteStorage`): one unit
+    of work, and the connection it writes through."""
+
+    def unit_of_work(self) -> AbstractContextManager[Any]: ...
+
+    def database(self) -> Database: ...
+
+
 class GroupCommitExecutor(Executor):
-    def __init__(self, storage: SqliteStorage, *, max_batch: int = 64) -> None:
+    def __init__(self, storage: _Batching, *, max_batch: int = 64) -> None:
         self._storage = storage
         self._max_batch = max_batch
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()

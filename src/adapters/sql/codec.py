@@ -5,8 +5,9 @@ which the database remembers so that another key is refused."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cattrs
 
@@ -14,8 +15,12 @@ from migration_core import CloudType, Login, MigrationState, OperatingSystem, Ph
 
 from ..secrets import SecretBox, SecretError
 
-if TYPE_CHECKING:
-    from .session import Session
+
+class _Executes(Protocol):
+    """A session's one method the key check needs (`session.Session`)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ...) -> Any: ...
+
 
 R = TypeVar("R")
 
@@ -69,7 +74,7 @@ class Codec:
     def entity(self, values: dict[str, Any], kind: type[R]) -> R:
         return self.converter.structure(values, kind)
 
-    def check_key(self, session: Session, where: str) -> None:
+    def check_key(self, session: _Executes, where: str) -> None:
         """Remember a sealed sentence on first use; later, refuse a key that
         cannot open it: such a key could not read a stored password."""
         row = session.execute("SELECT value FROM settings WHERE name = 'key_check'").fetchone()
