@@ -252,7 +252,16 @@ def give_to_runner(storage: Storage, clock: Clock, runner: Runner, job: CopyJob)
     try:
         runner.launch(job)
     except Exception as exc:
-        fail_run(storage, clock, RunRef.of_job(job), f"The copy could not start: {exc}")
+        # Not a copy's end: the run fails even while queued (its copy waits
+        # for this runner), as the caller hears.
+        with storage.unit_of_work() as uow:
+            failed = _finish(
+                uow, clock, RunRef.of_job(job), error=f"The copy could not start: {exc}", kind=EventKind.FAILED,
+                by_copy=False,
+            )
+            if failed is not None:
+                append(uow, failed[1])
+            uow.commit()
         raise
 
 
@@ -410,15 +419,17 @@ def _finish(
     kind: EventKind,
     actor: int | None = None,
     last: CopyProgress | None = None,
+    by_copy: bool = True,
 ) -> tuple[Migration, list[Event]] | None:
     """End a running run (None when it is not running), with the copy's
     `last` report recorded first; the migration as stored and its events,
-    which the caller appends after its other writes. A copy's end (`last`
-    given, or success) does not end a run queued again since."""
+    which the caller appends after its other writes. A copy's end (its
+    success or failure, `by_copy`) does not end a run queued again since; a
+    failed launch (not `by_copy`) fails the run, queued or not."""
     migration = uow.migrations.get(ref.owner_id, ref.migration_id)
     if migration.state is not RUNNING:
         return None
-    if migration.phase is Phase.QUEUED and kind in (EventKind.SUCCEEDED, EventKind.FAILED):
+    if by_copy and migration.phase is Phase.QUEUED and kind in (EventKind.SUCCEEDED, EventKind.FAILED):
         return None
     now = clock.now()
     events: list[Event] = []
