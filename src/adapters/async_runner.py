@@ -124,6 +124,8 @@ class AsyncRunner:
         self._max_copies_per_machine = max_copies_per_machine
         # Set when a run was queued or a copy ended here: look at the queue at once.
         self._queue_news = True
+        # Real copies told to stop whose stop has not returned yet.
+        self._stopping: set[_Run] = set()
         self._storage = storage
         self._clock = clock
         self._copier = copier
@@ -258,8 +260,21 @@ class AsyncRunner:
             run = self._runs.pop(migration_id, None)
             if run is not None:
                 run.stopped = True
+                if run.real:
+                    self._stopping.add(run)
         if run is not None and run.copy is not None:
-            run.copy.cancel()  # a real copy's remote processes stop and its staging goes
+            self._stop_copy(run)
+
+    def _stop_copy(self, run: _Run) -> None:
+        """Stop a copy (a real one's remote processes stop and its new copy
+        goes); its slot stays taken until it has stopped."""
+        try:
+            assert run.copy is not None
+            run.copy.cancel()
+        finally:
+            with self._table_lock:
+                self._stopping.discard(run)
+                self._queue_news = True
 
     @property
     def active(self) -> frozenset[int]:
@@ -362,7 +377,8 @@ class AsyncRunner:
     async def _take_copies(self) -> None:
         """Take queued copies while this instance has free slots."""
         with self._table_lock:
-            real = [run for run in self._runs.values() if run.real]
+            # A copy still stopping holds its slot and its machines.
+            real = [run for run in self._runs.values() if run.real] + list(self._stopping)
             room = self._max_copies - len(real)
             news, self._queue_news = self._queue_news, False
         if room <= 0 or not self._accepting:
@@ -421,13 +437,15 @@ class AsyncRunner:
             self._queue_news = self._queue_news or any(run.real for run in ended)
             for run in ended:
                 if run.copy is not None and not run.stopped and run.copy.ended() is None:
-                    stopping.append(run.copy)
+                    stopping.append(run)
+                    if run.real:
+                        self._stopping.add(run)
                 run.stopped = True
                 if self._runs.get(run.ref.migration_id) is run:
                     del self._runs[run.ref.migration_id]
         if stopping and self._loop is not None:
-            for copy in stopping:
-                self._loop.run_in_executor(self._cancels, copy.cancel)
+            for run in stopping:
+                self._loop.run_in_executor(self._cancels, self._stop_copy, run)
 
     # -- storage work (in the executor) -----------------------------------
 

@@ -82,6 +82,10 @@ class FakeCopy:
         self._changed = changed
         self.released = threading.Event()
         self.cancelled = threading.Event()
+        # Cleared by a test: a cancelled copy then winds down (as a real one
+        # stops its remote processes) until the test sets it.
+        self.wound_down = threading.Event()
+        self.wound_down.set()
         self._wake = threading.Event()
         self.swapped: list[int] = []
         self.refused: int | None = None  # the volume whose swap the gate refused
@@ -104,6 +108,7 @@ class FakeCopy:
                 self._finish(CopyEnd("the test never released this copy"))
                 return
             if self.cancelled.is_set():
+                self.wound_down.wait(PATIENCE)
                 self._finish(CopyEnd("cancelled"))
                 return
             done: list[VolumeCopied] = []
@@ -710,17 +715,22 @@ async def test_a_cancel_elsewhere_stops_the_copy_and_a_stop_leaves_the_queue_to_
         assert set(copier.started()) == {first.id, second.id}
 
         # Cancelled through another instance: the copy here stops within about a tick.
+        [cancelled_copy] = copier.of(first.id)
+        cancelled_copy.wound_down.clear()
         answered = await asyncio.to_thread(cancel_elsewhere, fleet, clock, fleet.ref(first))
         assert (answered.state, answered.error) == (MigrationState.ERROR, core.CANCELLED)
-        [cancelled_copy] = copier.of(first.id)
         await eventually(cancelled_copy.cancelled.is_set, "the cancelled copy to be stopped")
+        # While it winds down it holds its slot: no third copy over ten ticks.
+        await asyncio.sleep(10 * TICK)
+        assert len(copier.started()) == 2
+        cancelled_copy.wound_down.set()
         await eventually(lambda: cancelled_copy.ended() is not None, "the cancelled copy to end")
         assert cancelled_copy.swapped == []
         # Its slot goes to the oldest queued copy.
         await eventually(copier.has_started(3), "the next copy to start")
         assert copier.started()[2] == migrations[2].id
-        # (Not `copier.most == 2`: the slot of a copy cancelled elsewhere is
-        # given again while that copy may still be winding down.)
+        # The cancelled copy held its slot until it had stopped.
+        assert copier.most == 2
         after = await asyncio.to_thread(fleet.get, first.id)
         assert (after.state, after.error) == (MigrationState.ERROR, core.CANCELLED)
     finally:
