@@ -162,6 +162,8 @@ export const migration = {
       }
       fill(progress,
         h("p", {}, stateBadge(state.state)),
+        state.phase === "queued" ? h("p", {class: "queued"},
+          `Waiting for a copy slot: number ${state.queue_position ?? "?"} in the queue that every instance serves.`) : null,
         state.error ? h("p", {class: "error-text run-error"},
           state.error === "cancelled" ? "The run was cancelled." : `The run failed: ${state.error}`) : null,
         h("p", {class: "overall"}, bar(state.progress, "Overall progress")),

@@ -64,6 +64,7 @@ export const overview = {
         ? h("ul", {class: "running"}, active.results.map((item) => h("li", {},
           h("a", {href: `#/migrations/${item.id}`}, `Migration ${item.id}`),
           ` ${named(workloadsById, item.source, (workload) => workload.ip)} to ${named(targetsById, item.migration_target, targetLabel)} `,
+          item.phase === "queued" ? h("span", {class: "queued"}, "queued ") : null,
           bar(item.progress, `Migration ${item.id} progress`))))
         : h("p", {class: "empty"}, "No migration is running."));
       fill(inventory,
