@@ -2,7 +2,8 @@
 
 Debian's /usr/sbin/sshd in the foreground, its configuration, host key, client
 keys, authorized keys and log in a temporary directory, listening on one free
-port on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (several machines need several ips).
+port on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (several machines need several ips),
+or on the addresses given (at most 16: tests/sshd_fleet.py serves more).
 It is stopped and its directory deleted at the end, by the fixture or by atexit.
 
 Logins: the current user with an ed25519 key (OpenSSH format) or an RSA key
@@ -42,6 +43,7 @@ ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd as root refuses to start without it
 PATIENCE = 20.0  # seconds: a bound on every wait, never an expectation
 USER_PREFIX = "mig-"
+MAX_LISTEN_ADDRESSES = 16  # sshd's MAX_LISTEN_SOCKS, one socket per address and port
 PACKAGES = "Debian's openssh-server and openssh-client (apt-get install openssh-server openssh-client)"
 
 
@@ -189,9 +191,19 @@ def _stop_orphans() -> None:
 class SshServer:
     """One sshd of our own: start/stop, or `with`."""
 
-    def __init__(self, sshd: Path = SSHD, addresses: Sequence[str] = ADDRESSES) -> None:
+    def __init__(
+        self, sshd: Path = SSHD, addresses: Sequence[str] = ADDRESSES, *, default_limits: bool = False
+    ) -> None:
+        """`default_limits`: OpenSSH's own MaxSessions, MaxStartups and
+        MaxAuthTries, as a stock server has them, instead of the raised ones
+        that let the other tests open many sessions at once. One sshd listens
+        on at most 16 addresses (its MAX_LISTEN_SOCKS: "Too many listen
+        sockets"): a fleet of more is several servers (tests/sshd_fleet.py)."""
+        if len(addresses) > MAX_LISTEN_ADDRESSES:
+            raise ValueError(f"one sshd listens on at most {MAX_LISTEN_ADDRESSES} addresses, not {len(addresses)}")
         self._sshd = sshd
         self.addresses = tuple(addresses)
+        self.default_limits = default_limits
         self._tmp: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._fingerprint = ""
@@ -321,6 +333,8 @@ class SshServer:
         tmp = self.directory
         root = os.geteuid() == 0
         listen = "".join(f"ListenAddress {address}\n" for address in self.addresses)
+        # OpenSSH's defaults otherwise: MaxSessions 10, MaxStartups 10:30:100, MaxAuthTries 6.
+        limits = "" if self.default_limits else "MaxSessions 30\nMaxStartups 100\nMaxAuthTries 10\n"
         (tmp / "home").mkdir(exist_ok=True)
         # UsePAM no: Debian's PAM stack wants pam_loginuid, which fails in many
         # containers; without PAM, sshd checks passwords against /etc/shadow.
@@ -338,10 +352,7 @@ KbdInteractiveAuthentication no
 UsePAM no
 UseDNS no
 LogLevel VERBOSE
-MaxSessions 30
-MaxStartups 100
-MaxAuthTries 10
-LoginGraceTime 30
+{limits}LoginGraceTime 30
 PrintMotd no
 PrintLastLog no
 X11Forwarding no
@@ -396,6 +407,13 @@ SetEnv HOME={tmp / "home"}
                 self._process.wait(timeout=0.02)
             except subprocess.TimeoutExpired:
                 pass
+
+    def authorize(self, public_key: str) -> None:
+        """Let `public_key` (an authorized_keys line) log in as `username` too:
+        servers of one fleet then take one client key. sshd reads the file at
+        each login."""
+        with open(self.directory / "authorized_keys" / self.username, "a") as keys:
+            keys.write(public_key.rstrip("\n") + "\n")
 
     def add_password_user(self) -> PasswordUser:
         """A new system user with a random password that sshd accepts, removed

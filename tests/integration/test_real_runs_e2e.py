@@ -4,11 +4,9 @@ at 127.0.0.2, each a directory. The test compares the trees itself."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,100 +15,8 @@ import attrs
 import pytest
 
 from ..sshd_fixtures import Machine
-from .service_process import ServiceProcess, sign_up, wait_for
-
-
-def _digest(root: Path) -> dict[str, tuple[str, int, str]]:
-    found = {}
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(directory) / name
-            info = path.lstat()
-            contents = os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
-            found[str(path.relative_to(root))] = (oct(info.st_mode), info.st_size, contents)
-    return found
-
-
-class RealPlan:
-    """A source with its volumes, a host, a target onto it, and a migration."""
-
-    def __init__(
-        self,
-        service: ServiceProcess,
-        source: Machine,
-        host: Machine,
-        volumes: list[str],
-        *,
-        user: str = "mover",
-        landing: str = "landing",
-    ) -> None:
-        self.service = service
-        self.token = sign_up(service, user)
-        self.landing = host.root / landing
-        key = self.ok(
-            "POST", "/api/v1/credentials/", {"username": source.username, "private_key": source.private_key}, 201
-        )
-        cloud = self.ok("POST", "/api/v1/credentials/", {"username": "cloud", "password": "pw"}, 201)
-        self.mount_points = [
-            self.ok("POST", "/api/v1/mount_points/", {"name": name, "size": 1000}, 201)["id"] for name in volumes
-        ]
-        self.source = self.ok(
-            "POST",
-            "/api/v1/work_loads/",
-            {
-                "ip": source.ip,
-                "port": source.port,
-                "credentials": key["id"],
-                "storage": self.mount_points,
-                "os": "linux",
-                "root": str(source.root),
-            },
-            201,
-        )["id"]
-        self.host = self.ok(
-            "POST",
-            "/api/v1/work_loads/",
-            {
-                "ip": host.ip,
-                "port": host.port,
-                "credentials": key["id"],
-                "storage": [],
-            },
-            201,
-        )["id"]
-        self.target = self.ok(
-            "POST",
-            "/api/v1/migration_targets/",
-            {
-                "cloud_type": "vsphere",
-                "cloud_credentials": cloud["id"],
-                "host": self.host,
-                "root": str(self.landing),
-            },
-            201,
-        )["id"]
-        self.migration = self.ok(
-            "POST",
-            "/api/v1/migrations/",
-            {
-                "source": self.source,
-                "migration_target": self.target,
-                "selected_mount_points": self.mount_points,
-            },
-            201,
-        )["id"]
-
-    def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
-        return self.service.ok(method, path, body, self.token, status)
-
-    def state(self) -> Any:
-        return self.ok("GET", f"/api/v1/migrations/{self.migration}/state/")
-
-    def until(self, check: Callable[[Any], bool]) -> Any:
-        return wait_for("the run's state", lambda: (lambda s: s if check(s) else None)(self.state()), patience=60)
-
-    def events(self, kind: str) -> list[Any]:
-        return self.ok("GET", f"/api/v1/migrations/{self.migration}/events/?kind={kind}")["results"]  # type: ignore[no-any-return]
+from .real_plans import RealPlan, digest, remote_processes
+from .service_process import ServiceProcess, wait_for
 
 
 @pytest.fixture
@@ -137,13 +43,6 @@ def _copying_a_big_tree(
     return plan, source, host
 
 
-def _remote(*roots: Path) -> list[str]:
-    """The processes working below these trees (the source's, the host's): the
-    copy's tar, find and sha256sum, run by sshd for the service."""
-    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in listing.splitlines() if any(str(root) in line for root in roots)]
-
-
 def test_a_real_run_copies_every_volume_verified_and_the_target_vm_holds_what_passed(
     service: ServiceProcess, make_machine: Callable[[str], Machine]
 ) -> None:
@@ -159,7 +58,7 @@ def test_a_real_run_copies_every_volume_verified_and_the_target_vm_holds_what_pa
     done = plan.until(lambda s: s["finished"])
 
     assert (done["state"], done["progress"], done["error"]) == ("success", 100, None)
-    assert _digest(source.root) == _digest(plan.landing)
+    assert digest(source.root) == digest(plan.landing)
     sizes = [volume["size"] for volume in done["volumes"]]
     assert sizes == [len("127.0.0.1 localhost\n"), 300_000] == [volume["copied"] for volume in done["volumes"]]
     details = [event["detail"] for event in plan.events("volume_copied")]
@@ -176,13 +75,17 @@ def test_cancel_mid_copy_stops_the_remote_processes_and_leaves_nothing_at_the_pl
     service: ServiceProcess, make_machine: Callable[[str], Machine]
 ) -> None:
     plan, source, host = _copying_a_big_tree(service, make_machine)
-    wait_for("the copy's remote processes", lambda: _remote(source.root, host.root) or None)
+    wait_for("the copy's remote processes", lambda: remote_processes(source.root, host.root) or None)
 
     cancelled = plan.ok("POST", f"/api/v1/migrations/{plan.migration}/cancel/")
 
     assert (cancelled["state"], cancelled["error"]) == ("error", "cancelled")
     # Killed before the answer; a loaded kernel may take a moment to finish them.
-    wait_for("the copy's remote processes to end", lambda: _remote(source.root, host.root) == [] or None, patience=5)
+    wait_for(
+        "the copy's remote processes to end",
+        lambda: remote_processes(source.root, host.root) == [] or None,
+        patience=5,
+    )
     assert not plan.landing.exists() or os.listdir(plan.landing) == []
 
 
@@ -194,7 +97,7 @@ def test_a_service_killed_mid_copy_is_interrupted_and_the_rerun_is_whole_and_lea
     assert copying["volumes"][0]["files"] >= 1  # the files of the volume being copied, as they pass
 
     service.stop(signal.SIGKILL)
-    wait_for("the killed service's copies to end", lambda: _remote(source.root, host.root) == [] or None)
+    wait_for("the killed service's copies to end", lambda: remote_processes(source.root, host.root) == [] or None)
     assert not (plan.landing / "huge").exists()
     service.start()
     after = plan.state()
@@ -204,7 +107,7 @@ def test_a_service_killed_mid_copy_is_interrupted_and_the_rerun_is_whole_and_lea
     done = plan.until(lambda s: s["finished"])
 
     assert done["state"] == "success", done
-    assert _digest(source.root) == _digest(plan.landing)
+    assert digest(source.root) == digest(plan.landing)
     assert sorted(os.listdir(plan.landing)) == ["etc", "huge"]
 
 
@@ -312,7 +215,7 @@ def test_two_postgresql_instances_share_the_copy_queue_and_a_killed_one_leaves_i
         assert interrupted[0].until(lambda s: s["finished"])["state"] == "success"
 
         for plan, source in zip(plans, sources):
-            assert _digest(source.root) == _digest(plan.landing)
+            assert digest(source.root) == digest(plan.landing)
             assert sorted(os.listdir(plan.landing)) == ["etc", "huge"]  # no staging left
             if plan is not interrupted[0]:
                 assert (len(plan.events("started")), plan.events("interrupted")) == (1, [])
