@@ -1,23 +1,31 @@
-"""Benchmark: real copies over SSH, beside OpenSSH's own pipeline.
+"""Benchmark: real copies over SSH, beside OpenSSH's own pipelines.
 
 Starts a throwaway OpenSSH server (tests/sshd_server.py: 127.0.0.1, .2, .3 on
 one port) and the service (`python -m entrypoints serve`, SQLite in a
-temporary directory, access log off), and drives the service only through its
-HTTP API: key credentials, a source workload at 127.0.0.1 whose root is a
-directory of test data, a host workload at 127.0.0.2, a target with that host
-and a root of its own for each copy, a migration of the source's volume "/",
-its run, and `/state/` polled until it succeeds. Four phases, figures only:
+temporary directory, access log off, every copy setting at its default), and
+drives the service only through its HTTP API: key credentials, a source
+workload at 127.0.0.1 whose root is a directory of test data, a host workload
+at 127.0.0.2, a target with that host and a root of its own for each copy, a
+migration of the source's volume "/", its run, and `/state/` polled until it
+succeeds. Five phases, figures only:
 
     copy       one volume of --gib, as --files files and as one large file,
-               through the service (verification on) and through
-               `ssh src tar -cf - . | ssh host tar -xf -` (the limit),
-               interleaved; then the check's own cost, the copier's steps
-               after its stream: the host's SHA-256 of every file it wrote
-               (volume_place.HASHES, over ssh, fed the paths), then the
-               source and the copy listed at once (volume_place.LIST), their
-               parsing and the plan in Python; and the service's hashing of
-               the stream (TarCounter with digests against without, in this
-               process, over a local tar of the same tree)
+               three ways, interleaved (the order turned each repetition):
+               through the service (verification on); through the verified
+               pipeline, `ssh src 'bash -c "tar -cf - . | tee >(sha256sum
+               >&2)"' | ssh host 'bash -c "tee >(sha256sum >&2) | tar -xf
+               -"'` (both hashes checked equal); and through the bare one,
+               `ssh src tar -cf - . | ssh host tar -xf -` (the limit). Their
+               times and rates, and their CPU: the service's own (its process
+               and every process it started, its `ssh` clients and control
+               masters, which are reaped before the figure is read: utime,
+               stime, cutime and cstime of /proc/PID/stat), against the two
+               `ssh` clients' of each pipeline (getrusage(RUSAGE_CHILDREN)
+               around it); per GiB, and their ratio each repetition. First,
+               what the service spends idle in 10 s, its state polled as
+               during a copy. With --gcm-too, the large shape also through
+               the bare pipeline with -c aes128-gcm@openssh.com, the cipher
+               the service's masters choose first
     second     a second run: --gib as --second-files files copied through the
                service into an empty place, one file rewritten on the
                source, then a second migration of the same source into the
@@ -28,27 +36,46 @@ its run, and `/state/` polled until it succeeds. Four phases, figures only:
                (SRC on its PYTHONPATH, as bench/run.py does), interleaved
                with this tree's, the order swapped each repetition: the
                first copies side by side (and its second run, with
-               --beside-second). With --steps, both runs' steps timed
-               inside this tree's service (a sitecustomize that wraps the
-               copier's methods)
-    four       four copies of the large file at once into four roots: their
-               total throughput, and the migrations' detail under the load
-               generator of run.py meanwhile, against detail just before
+               --beside-second)
+    four       four copies of the large file at once into four roots (one
+               source, one host: the default 4 copies a machine lets all four
+               run): their total throughput and the service's CPU (serving
+               the load too), and the migrations' detail under run.py's load
+               generator (wrk -t2 when installed) meanwhile, against detail
+               just before
     memory     the service's peak RSS (VmHWM, reset before each copy, and
-               VmRSS sampled every 20 ms) during a --small-mib copy and a
-               --gib copy of one file, then a --gib copy as --files files
-               (the copier holds each volume's listings); with --beside,
-               the same copies through the other version's service too
+               VmRSS sampled every 20 ms; its `ssh` children's RSS summed
+               apart) during a --small-mib copy and a --gib copy of one
+               file, then a --gib copy as --files files (the copier holds
+               each volume's listings); with --beside, the same copies
+               through the other version's service too
+    wave       --wave-copies migrations of --wave-mib each (--wave-files
+               files), every one from its own source machine, all onto the
+               one host, as one wave (`POST /api/v1/waves/`, then its run),
+               with the default copy settings (8 copies an instance, 4
+               touching one machine: one host, so 4 at a time). Each source
+               has an address of its own in 127.0.0.0/8: sshd listens on 16
+               addresses at most, so one more throwaway sshd (its own key,
+               so its own credentials) per 16 sources; a workload's ip is
+               unique among one user's, so one user's wave needs as many
+               addresses as sources. The sources' roots are one directory
+               (the data is read from the page cache, as the other phases'
+               is). Two waves in turn: one alone (its total time, the most
+               copying at once by polling the wave's migrations every 0.25
+               s, each copy's time, the service's CPU), then one under the
+               detail load (the API's p99 in windows of --seconds while it
+               runs), against detail just before
 
 Throughput is the volume's file bytes over the run's time (the migration's
-`started_at` to `finished_at`: connections, stream, verification and the move
-into place), in MB/s of 10^6 bytes. Every wait is bounded; the data lives
-under /tmp and is removed at the end.
+`started_at` to `finished_at`: logins, stream, verification and the move into
+place), in MB/s of 10^6 bytes; a pipeline's time is its wall time, logins
+included. Every wait is bounded; the data lives under /tmp and is removed at
+the end. Only 127.0.0.0/8 is ever connected to.
 
-    python bench/copies.py [--gib 1] [--files 16384] [--repeat 3] [--seconds 5]
-    python bench/copies.py --quick          # a smoke run of about half a minute
+    python bench/copies.py [--gib 1] [--files 8192] [--repeat 3] [--seconds 5]
+    python bench/copies.py --quick          # a smoke run of about a minute
     python bench/copies.py --profile        # and py-spy over the service during one copy of each shape
-    python bench/copies.py --phases second --beside /tmp/before-copy/src --steps
+    python bench/copies.py --phases second --beside /tmp/before-copy/src
 """
 
 from __future__ import annotations
@@ -64,8 +91,8 @@ sys.path.append(os.path.dirname(os.path.realpath(__file__)))
 
 import argparse
 import collections
+import contextlib
 import datetime
-import json
 import re
 import resource
 import shutil
@@ -75,20 +102,24 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import loadgen
-from adapters.remote_shell import remote_command, remote_script
-from adapters.tar_stream import TarCounter
-from adapters.volume_place import HASHES, LIST, nul_list, parse_listing  # the copier's own remote commands
-from migration_core.sync_plan import plan_volume, tree_order
-from run import Api, cpu_seconds, free_port, stop_process, wait_until_up  # also puts the repository on sys.path
+from adapters.remote_shell import remote_command
+from run import Api, free_port, stop_process, wait_until_up  # also puts the repository on sys.path
 
 MiB = 1 << 20
+GiB = 1 << 30
 SOURCE, HOST = "127.0.0.1", "127.0.0.2"
-POLL_SECONDS = 0.05
+# How often a copy's state is polled: the copy's time is the service's own
+# (started_at to finished_at), so this only bounds how late the benchmark
+# notices; each poll is a request whose CPU counts in the service's.
+POLL_SECONDS = 0.1
+# sshd's MAX_LISTEN_SOCKS: the addresses one sshd listens on, at most.
+SSHD_ADDRESSES = 16
+# The service's CPU is read once its child processes are reaped, within this.
+REAP_SECONDS = 30.0
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -96,6 +127,47 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def children(pid: int) -> list[int]:
+    """The live (or not yet reaped) child processes of `pid`, of all its threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def family_cpu(pid: int) -> tuple[float, float]:
+    """(its own, its children's) CPU seconds, user and system: the process's
+    threads, and the children it has reaped (cutime, cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def system_cpu(pid: int) -> float:
+    """The system part of a process's own CPU seconds (its threads' time in the kernel)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def reaped_cpu(pid: int) -> tuple[float, float]:
+    """family_cpu once `pid` has no child left: every `ssh` it started is
+    reaped, so their CPU is in its children's figure."""
+    deadline = time.monotonic() + REAP_SECONDS
+    while left := children(pid):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the service still has child processes {left} after {REAP_SECONDS:.0f} s")
+        time.sleep(0.02)
+    return family_cpu(pid)
+
+
+def load_text() -> str:
+    """`uptime`, as the machine says it."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def make_tree(directory: Path, total: int, files: int) -> int:
@@ -129,14 +201,6 @@ def tree_bytes(directory: Path) -> tuple[int, int]:
     return files, size
 
 
-def regular_files(directory: Path) -> list[bytes]:
-    """The regular files below `directory` as the copier names them (`./d000/f00000`), parents first."""
-    return list(tree_order(
-        b"./" + os.path.relpath(os.path.join(folder, name), directory).encode()
-        for folder, _, names in os.walk(directory) for name in names
-    ))
-
-
 def shape_file(directory: Path, n: int) -> Path:
     """File `n` of a tree make_tree wrote."""
     return directory / f"d{n // 256:03d}" / f"f{n:05d}"
@@ -161,201 +225,90 @@ def timestamp(text: str) -> float:
     return datetime.datetime.fromisoformat(text).timestamp()
 
 
+# The verified pipeline's two ends: each side hashes the archive as it passes.
+VERIFIED_READER = 'tar -C "$1" -cf - . | tee >(sha256sum >&2)'
+VERIFIED_WRITER = 'tee >(sha256sum >&2) | tar -C "$1" -xf -'
+_DIGEST = re.compile(rb"^([0-9a-f]{64})  -$", re.M)
+
+
 class Ssh:
     """OpenSSH's client against the benchmark's server, with its key and its
-    host key pinned, no configuration of the machine's own."""
+    host key pinned, no configuration of the machine's own (OpenSSH's default
+    ciphers: a pipeline typed by hand)."""
 
     def __init__(self, server: Any, workdir: Path) -> None:
         self.server = server
+        self.workdir = workdir
         self.known_hosts = workdir / "known_hosts"
         self.known_hosts.write_text(server.known_hosts_line())
 
-    def argv(self, address: str, command: str) -> list[str]:
+    def argv(self, address: str, command: str, cipher: str | None = None) -> list[str]:
         return [
             "ssh", "-F", "/dev/null", "-T", "-p", str(self.server.port), "-i", str(self.server.private_key_path),
+            *(["-c", cipher] if cipher else []),
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
             f"{self.server.username}@{address}", command,
         ]
 
-    def output(self, address: str, command: str, timeout: float, stdin: bytes = b"") -> bytes:
-        done = subprocess.run(self.argv(address, command), input=stdin, capture_output=True, timeout=timeout)
-        if done.returncode != 0:
-            raise SystemExit(f"ssh {address} {command[:60]!r} failed ({done.returncode}): {done.stderr[-500:]!r}")
-        return done.stdout
-
-    def pipeline(self, origin: Path, destination: Path, timeout: float) -> tuple[float, float]:
-        """`ssh src tar -C origin -cf - . | ssh host tar -C destination -xf -`:
-        its wall time and the two clients' CPU time."""
+    def pipeline(
+        self, origin: Path, destination: Path, timeout: float, *, verified: bool, cipher: str | None = None
+    ) -> tuple[float, float]:
+        """The bare pipeline, `ssh src tar -C origin -cf - . | ssh host tar -C
+        destination -xf -`, or the verified one (each side's bash tees the
+        archive into sha256sum on its standard error; the two digests must be
+        equal), with OpenSSH's default cipher or `cipher`: its wall time and
+        the two clients' CPU time."""
         destination.mkdir(parents=True)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        began = time.perf_counter()
-        reader = subprocess.Popen(self.argv(SOURCE, remote_command("tar", "-C", str(origin), "-cf", "-", ".")),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        assert reader.stdout is not None
-        writer = subprocess.Popen(self.argv(HOST, remote_command("tar", "-C", str(destination), "-xf", "-")),
-                                  stdin=reader.stdout)
-        reader.stdout.close()
-        try:
-            codes = (writer.wait(timeout), reader.wait(timeout))
-        except subprocess.TimeoutExpired:
-            for process in (reader, writer):
-                process.kill()
-            raise SystemExit(f"the ssh pipeline took more than {timeout:.0f} s") from None
-        seconds = time.perf_counter() - began
+        if verified:
+            reading = remote_command("bash", "-c", VERIFIED_READER, "bash", str(origin))
+            writing = remote_command("bash", "-c", VERIFIED_WRITER, "bash", str(destination))
+        else:
+            reading = remote_command("tar", "-C", str(origin), "-cf", "-", ".")
+            writing = remote_command("tar", "-C", str(destination), "-xf", "-")
+        with tempfile.TemporaryFile(dir=self.workdir) as said_reading, \
+                tempfile.TemporaryFile(dir=self.workdir) as said_writing:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            began = time.perf_counter()
+            reader = subprocess.Popen(self.argv(SOURCE, reading, cipher), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=said_reading)
+            assert reader.stdout is not None
+            writer = subprocess.Popen(self.argv(HOST, writing, cipher), stdin=reader.stdout, stdout=subprocess.DEVNULL,
+                                      stderr=said_writing)
+            reader.stdout.close()
+            try:
+                codes = (writer.wait(timeout), reader.wait(timeout))
+            except subprocess.TimeoutExpired:
+                for process in (reader, writer):
+                    process.kill()
+                    process.wait(30)
+                raise SystemExit(f"the ssh pipeline took more than {timeout:.0f} s") from None
+            seconds = time.perf_counter() - began
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            said_reading.seek(0)
+            said_writing.seek(0)
+            errors = said_reading.read(), said_writing.read()
         if codes != (0, 0):
-            raise SystemExit(f"the ssh pipeline failed: exit {codes}")
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            raise SystemExit(f"the ssh pipeline failed: exit {codes}: {errors!r:.500}")
+        if verified:
+            digests = [_DIGEST.findall(error) for error in errors]
+            if [len(found) for found in digests] != [1, 1] or digests[0] != digests[1]:
+                raise SystemExit(f"the verified pipeline's two sha256sums disagree or are missing: {errors!r:.500}")
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return seconds, cpu
-
-    def check(self, origin: Path, copy: Path, files: list[bytes], timeout: float) -> dict[str, float]:
-        """The copier's check after its stream, its commands run as it runs
-        them: the host's SHA-256 of every file it wrote (HASHES, fed the
-        paths), then the source and the copy listed at once (LIST); the
-        parsing of both listings and the plan that compares them, in this
-        process. Wall times of each step, and the CPU time of the Python part."""
-        began = time.perf_counter()
-        hashes = self.output(HOST, remote_script(HASHES, str(copy)), timeout, stdin=nul_list(files))
-        hashed = time.perf_counter()
-        records = hashes.count(b"\0")
-        if records != len(files):
-            raise SystemExit(f"HASHES gave {records} records for {len(files)} files")
-        with ThreadPoolExecutor(2) as pool:
-            theirs = pool.submit(self.output, SOURCE, remote_script(LIST, str(origin)), timeout)
-            held = pool.submit(self.output, HOST, remote_script(LIST, str(copy)), timeout)
-            source_listing, copy_listing = theirs.result(), held.result()
-        listed = time.perf_counter()
-        cpu = time.process_time()
-        plan = plan_volume(parse_listing(source_listing), parse_listing(copy_listing), owners=os.geteuid() == 0)
-        python = time.process_time() - cpu
-        if plan.sends:
-            raise SystemExit(f"the check's plan would send {len(plan.sends)} entries again")
-        return {"hashes_s": hashed - began, "listings_s": listed - hashed, "python_s": python,
-                "check_s": hashed - began + listed - hashed + python}
-
-
-def stream_hashing(origin: Path) -> float:
-    """The CPU seconds the service's hashing of a stream costs: a local tar of
-    `origin` (as the copier's source tar writes it) fed in the copier's chunks
-    to a TarCounter with digests, less the same fed to one without."""
-    spent = {}
-    for digests in (False, True):
-        counter = TarCounter(digests=digests)
-        reader = subprocess.Popen(["tar", "-C", str(origin), "--format=posix", "-cf", "-", "."],
-                                  stdout=subprocess.PIPE)
-        assert reader.stdout is not None
-        cpu = 0.0
-        while chunk := reader.stdout.read(256 * 1024):
-            began = time.process_time()
-            counter.feed(chunk)
-            cpu += time.process_time() - began
-        if reader.wait() != 0:
-            raise SystemExit(f"tar of {origin} failed")
-        spent[digests] = cpu
-    return spent[True] - spent[False]
-
-
-# A sitecustomize for the service's process under --steps: it wraps the
-# copier's steps (connections, listings, remote commands by script, the
-# stream, the Python of listings, plan and journal) and appends one JSON line
-# per call to $COPY_BENCH_STEPS. For this tree's copier only.
-COPIER_RUN = "copier's run, connections included"
-STEPS_SITECUSTOMIZE = """
-import contextlib, contextvars, functools, json, os, time
-
-_OUT = os.environ["COPY_BENCH_STEPS"]
-_MIGRATION = contextvars.ContextVar("migration", default=None)
-
-
-def _record(migration, step, seconds):
-    migration = _MIGRATION.get() if migration is None else migration
-    record = {"migration": migration, "step": step, "seconds": seconds, "ended": time.time()}
-    with open(_OUT, "a") as out:
-        out.write(json.dumps(record) + "\\n")
-
-
-def _install():
-    from adapters import ssh_copy, volume_place as vp
-
-    scripts = {vp.BEGIN: "begin: mkdir, cp -l of the unchanged", vp.HASHES: "host hashes (sha256sum)",
-               vp.JOURNAL: "journal written", vp.SWAP: "swap", vp.RECOVER: "recover", vp.CLEAR: "clear",
-               vp.CAN_SET_OWNERS: "id -u"}
-
-    def timed(name):
-        def wrap(method):
-            @functools.wraps(method)
-            async def inner(self, *args, **kwargs):
-                _MIGRATION.set(self._job.migration_id)
-                began = time.perf_counter()
-                try:
-                    return await method(self, *args, **kwargs)
-                finally:
-                    _record(self._job.migration_id, name(args), time.perf_counter() - began)
-            return inner
-        return wrap
-
-    def sync(name, function):
-        @functools.wraps(function)
-        def inner(*args, **kwargs):
-            began = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                _record(None, name, time.perf_counter() - began)
-        return inner
-
-    copier = ssh_copy.SshCopy
-    copier._must = timed(lambda a: scripts.get(a[1][2] if len(a[1]) > 2 else "", a[1][0]))(copier._must)
-    copier._list = timed(lambda a: "list " + a[1] + " (find, parse)")(copier._list)
-    copier._stream = timed(lambda a: "stream (tar | service | tar)")(copier._stream)
-    copier._volume = timed(lambda a: "volume, all steps")(copier._volume)
-    copier.run = timed(lambda a: "copier's run, connections included")(copier.run)
-    ssh_copy.plan_volume = sync("plan (Python)", ssh_copy.plan_volume)
-    ssh_copy.parse_listing = sync("parse listing (Python)", ssh_copy.parse_listing)
-    ssh_copy.journal_tar = sync("journal tar (Python)", ssh_copy.journal_tar)
-    first_init = copier.__init__
-
-    def init(self, job, report, connect, **kwargs):
-        @contextlib.asynccontextmanager
-        async def connecting(address):
-            began = time.perf_counter()
-            async with connect(address) as connection:
-                _record(job.migration_id, "connect and log in to " + address.ip, time.perf_counter() - began)
-                yield connection
-
-        first_init(self, job, report, connecting, **kwargs)
-
-    copier.__init__ = init
-
-
-_install()
-"""
 
 
 class Service:
     """The service as a process, a user with the key's credentials, a source
     workload at 127.0.0.1 with volume "/" and a host workload at 127.0.0.2."""
 
-    def __init__(
-        self, workdir: Path, server: Any, *, label: str = "service", src: Path | None = None, steps: bool = False
-    ) -> None:
+    def __init__(self, workdir: Path, server: Any, *, label: str = "service", src: Path | None = None) -> None:
         self.workdir = workdir
         self.label = label
         self.port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        paths = []
         if src is not None:  # another version's code, found before this tree's (as bench/run.py does)
-            paths.append(str(src))
-        self.steps: Path | None = None
-        if steps:  # the copier's steps timed, by a sitecustomize of the benchmark's
-            site = workdir / f"{label}-site"
-            site.mkdir()
-            (site / "sitecustomize.py").write_text(STEPS_SITECUSTOMIZE)
-            self.steps = workdir / f"{label}-steps.jsonl"
-            env["COPY_BENCH_STEPS"] = str(self.steps)
-            paths.append(str(site))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
         self._log = open(workdir / f"{label}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "entrypoints", "serve", "--port", str(self.port),
@@ -369,9 +322,7 @@ class Service:
         wait_until_up(self.base + "/health", self.process)
         self.api = Api(self.base)
         self.api.sign_up("copy")
-        self.credentials = self.api.ok(
-            "POST", "/api/v1/credentials/", {"username": server.username, "private_key": server.private_key}
-        )["id"]
+        self.credentials = self.add_credentials(server)
         self.volume = self.api.ok("POST", "/api/v1/mount_points/", {"name": "/", "size": 0})["id"]
         self.source = self.api.ok("POST", "/api/v1/work_loads/", {
             "ip": SOURCE, "credentials": self.credentials, "storage": [self.volume], "os": "linux", "root": "/",
@@ -381,11 +332,15 @@ class Service:
             "ip": HOST, "credentials": self.credentials, "storage": [], "os": "linux", "port": server.port,
         })["id"]
         self._source_root = ""
-        self._targets = 0
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def add_credentials(self, server: Any) -> int:
+        return int(self.api.ok(  # type: ignore[call-overload]
+            "POST", "/api/v1/credentials/", {"username": server.username, "private_key": server.private_key}
+        )["id"])
 
     def point_source_at(self, root: Path, size: int) -> None:
         if self._source_root != str(root):
@@ -393,21 +348,22 @@ class Service:
             self.api.ok("PATCH", f"/api/v1/work_loads/{self.source}/", {"root": str(root)})
             self._source_root = str(root)
 
-    def target(self, destination: Path) -> int:
+    def target(self, destination: Path, host: int | None = None) -> int:
         """A new target: the host, root `destination`."""
-        self._targets += 1
         return int(self.api.ok("POST", "/api/v1/migration_targets/", {  # type: ignore[call-overload]
-            "cloud_type": "vsphere", "cloud_credentials": self.credentials, "host": self.host,
+            "cloud_type": "vsphere", "cloud_credentials": self.credentials, "host": host or self.host,
             "root": str(destination),
         })["id"])
 
-    def migration(self, destination: Path, target: int | None = None) -> int:
+    def migration(self, destination: Path, target: int | None = None, *, source: int | None = None,
+                  volume: int | None = None) -> int:
         """A migration of "/" into `target`, or into a new target at `destination`."""
         if target is None:
             target = self.target(destination)
-        return int(self.api.ok("POST", "/api/v1/migrations/", {
-            "source": self.source, "migration_target": target, "selected_mount_points": [self.volume],
-        })["id"])  # type: ignore[call-overload]
+        return int(self.api.ok("POST", "/api/v1/migrations/", {  # type: ignore[call-overload]
+            "source": source or self.source, "migration_target": target,
+            "selected_mount_points": [volume or self.volume],
+        })["id"])
 
     def run(self, migration: int) -> None:
         self.api.ok("POST", f"/api/v1/migrations/{migration}/run/")
@@ -440,63 +396,59 @@ class Service:
     ) -> dict[str, Any]:
         """One run through the API (a new migration into `target`, or into a
         new target at `destination`); its seconds (started_at to finished_at),
-        the service's CPU seconds and peak RSS meanwhile, and what its
-        volume_copied event says it sent (`sends` bytes expected, else `size`)."""
+        the service's CPU seconds meanwhile (its own, and its reaped children's),
+        its peak RSS, and what its volume_copied event says it sent (`sends`
+        bytes expected, else `size`)."""
         self.point_source_at(origin, size)
         if target is None:
             target = self.target(destination)
         migration = self.migration(destination, target)
+        own, kids = reaped_cpu(self.pid)
+        system = system_cpu(self.pid)
         with Memory(self.pid) as memory:
-            cpu = cpu_seconds(self.pid)
             self.run(migration)
             detail = self.wait([migration], timeout)[0]
-            cpu = cpu_seconds(self.pid) - cpu
+        own_after, kids_after = reaped_cpu(self.pid)
+        system = system_cpu(self.pid) - system
         copied = self.copied(migration)
         expected = size if sends is None else sends
         if not copied.get("verified") or copied["bytes"] != expected:
             raise SystemExit(f"{self.label}: migration {migration} copied {copied}, expected {expected} bytes verified")
         seconds = timestamp(detail["finished_at"]) - timestamp(detail["started_at"])
-        return {"seconds": seconds, "cpu": cpu, "peak_mb": memory.peak_mb, "before_mb": memory.before_mb,
-                "files": copied["files"], "bytes": copied["bytes"], "linked": copied.get("linked"),
-                "target": target, "migration": migration, "started": timestamp(detail["started_at"]),
-                "finished": timestamp(detail["finished_at"])}
-
-    def steps_of(self, done: dict[str, Any]) -> dict[str, tuple[float, int]]:
-        """What --steps recorded of a run's copy (`done`, as copy() returned
-        it): seconds and count by step, and the run's time outside the copier
-        (from `started_at` until it began, and from its end to `finished_at`)."""
-        steps: dict[str, tuple[float, int]] = {}
-        if self.steps is None or not self.steps.exists():
-            return steps
-        for line in self.steps.read_text().splitlines():
-            record = json.loads(line)
-            if record["migration"] == done["migration"]:
-                seconds, count = steps.get(record["step"], (0.0, 0))
-                steps[record["step"]] = (seconds + record["seconds"], count + 1)
-                if record["step"] == COPIER_RUN:
-                    began = record["ended"] - record["seconds"]
-                    steps["service: started_at until the copier begins"] = (began - done["started"], 1)
-                    steps["service: the copier's end until finished_at"] = (done["finished"] - record["ended"], 1)
-        return steps
+        return {"seconds": seconds, "cpu": own_after - own + kids_after - kids, "cpu_python": own_after - own,
+                "cpu_ssh": kids_after - kids, "cpu_system": system, "peak_mb": memory.peak_mb,
+                "before_mb": memory.before_mb, "children_mb": memory.children_mb, "files": copied["files"],
+                "bytes": copied["bytes"], "linked": copied.get("linked"), "target": target, "migration": migration}
 
     def stop(self) -> None:
         stop_process(self.process, self._log)
+        said = (self.workdir / f"{self.label}.log").read_text(errors="replace").splitlines()
+        bad = [line for line in said if re.search(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b", line)]
+        print(f"# the {self.label} service logged {len(said)} lines, {len(bad)} of them warnings or errors"
+              + "".join(f"\n#   {line[:300]}" for line in bad[:10]), flush=True)
 
 
 class Memory:
     """The peak RSS of a process over a block: VmHWM reset at its start
-    (clear_refs) and VmRSS sampled every 20 ms, whichever is larger."""
+    (clear_refs) and VmRSS sampled every 20 ms, whichever is larger; and the
+    largest sum of its children's VmRSS in those samples."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._stop = threading.Event()
         self._largest = 0
-        self.before_mb = self.peak_mb = 0.0
+        self._children = 0
+        self.before_mb = self.peak_mb = self.children_mb = 0.0
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
             self._largest = max(self._largest, status_kb(self.pid, "VmRSS"))
+            held = 0
+            for child in children(self.pid):
+                with contextlib.suppress(OSError, KeyError):
+                    held += status_kb(child, "VmRSS")
+            self._children = max(self._children, held)
 
     def __enter__(self) -> Memory:
         self.before_mb = status_kb(self.pid, "VmRSS") / 1024
@@ -511,6 +463,7 @@ class Memory:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self._largest, status_kb(self.pid, "VmHWM")) / 1024
+        self.children_mb = self._children / 1024
 
 
 class Profile:
@@ -573,6 +526,8 @@ def summarise_profile(raw: Path, top: int = 14) -> None:
         print(f"#     {100 * count / total:5.1f}%  {name}")
 
 
+
+
 def mbps(size: int, seconds: float) -> float:
     return size / seconds / 1e6
 
@@ -581,51 +536,108 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def rounds(values: list[float], digits: int = 2) -> str:
+    return ", ".join(f"{value:.{digits}f}" for value in values)
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+WAYS = ("service", "verified", "bare")
+# The bare pipeline with the cipher the service's masters choose first (--gcm-too, the large shape only).
+GCM = "aes128-gcm@openssh.com"
+
+
+def idle_cpu(service: Service, seconds: float) -> float:
+    """The service's own CPU seconds over `seconds` with no copy, one
+    migration's state polled as during a copy: what of a copy's figure is
+    the ticker's and the benchmark's polling."""
+    migration = service.migration(service.workdir / "never-run")
+    own, _ = reaped_cpu(service.pid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        service.api.ok("GET", f"/api/v1/migrations/{migration}/state/")
+        time.sleep(POLL_SECONDS)
+    return reaped_cpu(service.pid)[0] - own
+
+
 def copy_phase(
     service: Service, ssh: Ssh, shapes: dict[str, tuple[Path, int]], workdir: Path, args: argparse.Namespace
 ) -> None:
+    """Each repetition, each shape: the service, the verified pipeline and the
+    bare one, one after another, the order turned by one each repetition."""
     figures: dict[str, list[float]] = collections.defaultdict(list)
     destination = workdir / "landing"
-    names = {shape: regular_files(origin) for shape, (origin, _) in shapes.items()}
+    held = {shape: tree_bytes(origin) for shape, (origin, _) in shapes.items()}
+    idle = idle_cpu(service, 10.0)
+    print(f"# copy: the service idle, one state polled every {POLL_SECONDS:g} s as during a copy: {idle:.2f} s of CPU"
+          " in 10 s", flush=True)
+    ways = {shape: WAYS + (("bare-gcm",) if args.gcm_too and shape == "large" else ()) for shape in shapes}
     for repetition in range(1, args.repeat + 1):
-        print(f"# copy: repetition {repetition}", flush=True)
+        print(f"# copy: repetition {repetition}; load {loadavg()}", flush=True)
         for shape, (origin, size) in shapes.items():
+            turn = (repetition - 1) % len(ways[shape])
+            order = ways[shape][turn:] + ways[shape][:turn]
             timeout = max(300.0, size / 2e6)
+            seconds: dict[str, float] = {}
+            cpu: dict[str, float] = {}
+            for way in order:
+                clean(destination)
+                if way == "service":
+                    done = service.copy(origin, size, destination, timeout)
+                    seconds[way], cpu[way] = done["seconds"], done["cpu"]
+                    figures[f"{shape} service_cpu_python"].append(done["cpu_python"] * GiB / size)
+                    figures[f"{shape} service_cpu_ssh"].append(done["cpu_ssh"] * GiB / size)
+                    figures[f"{shape} service_cpu_system"].append(done["cpu_system"] * GiB / size)
+                    figures[f"{shape} peak_mb"].append(done["peak_mb"])
+                else:
+                    seconds[way], cpu[way] = ssh.pipeline(origin, destination, timeout, verified=way == "verified",
+                                                          cipher=GCM if way == "bare-gcm" else None)
+                if tree_bytes(destination) != held[shape]:
+                    raise SystemExit(f"the {way} copy of {shape} does not hold {held[shape]} (files, bytes)")
             clean(destination)
-            done = service.copy(origin, size, destination, timeout)
-            files, landed = tree_bytes(destination)
-            if landed != size:
-                raise SystemExit(f"the service's copy holds {landed} bytes, not {size}")
-            check = ssh.check(origin, destination, names[shape], timeout)
-            clean(destination)
-            limit, limit_cpu = ssh.pipeline(origin, destination, timeout)
-            if tree_bytes(destination) != (files, landed):
-                raise SystemExit("the ssh pipeline's copy differs in size from the source")
-            clean(destination)
-            hashing = stream_hashing(origin)
-            for key, value in {
-                "service": mbps(size, done["seconds"]), "limit": mbps(size, limit),
-                "service_s": done["seconds"], "limit_s": limit, "service_cpu": done["cpu"],
-                "limit_cpu": limit_cpu, "peak_mb": done["peak_mb"], "stream_hashing_s": hashing, **check,
-            }.items():
+            for way in order:
+                figures[f"{shape} {way}_s"].append(seconds[way])
+                figures[f"{shape} {way}_mbps"].append(mbps(size, seconds[way]))
+                figures[f"{shape} {way}_cpu_gib"].append(cpu[way] * GiB / size)
+            ratios = {
+                "rate_verified": seconds["verified"] / seconds["service"],
+                "rate_bare": seconds["bare"] / seconds["service"],
+                "cpu_bare": cpu["service"] / cpu["bare"],
+                "cpu_verified": cpu["service"] / cpu["verified"],
+            }
+            if "bare-gcm" in cpu:
+                ratios["cpu_bare_gcm"] = cpu["service"] / cpu["bare-gcm"]
+            for key, value in ratios.items():
                 figures[f"{shape} {key}"].append(value)
-            print(f"{shape:6s} service {mbps(size, done['seconds']):7.1f} MB/s ({done['seconds']:6.2f} s, "
-                  f"{done['files']} files, CPU {done['cpu']:5.1f} s, peak RSS {done['peak_mb']:.0f} MB)  "
-                  f"limit {mbps(size, limit):7.1f} MB/s ({limit:6.2f} s, ssh clients' CPU {limit_cpu:5.1f} s)  "
-                  f"ratio {limit / done['seconds']:.2f}  check {check['check_s']:5.2f} s (host hashes "
-                  f"{check['hashes_s']:.2f} s, listings {check['listings_s']:.2f} s, Python {check['python_s']:.2f} s)"
-                  f"  stream hashing {hashing:.2f} s CPU", flush=True)
-    print(f"\n# copy: medians of {args.repeat}; ratio = service MB/s / limit MB/s (target >= 0.50, verification on)")
+            print(f"{shape:6s} " + "  ".join(
+                f"{way} {seconds[way]:6.2f} s {mbps(size, seconds[way]):6.1f} MB/s CPU {cpu[way]:5.2f} s"
+                for way in order
+            ) + f"  | service python {done['cpu_python']:.2f} s (system {done['cpu_system']:.2f}) + ssh "
+                f"{done['cpu_ssh']:.2f} s, peak RSS "
+                f"{done['peak_mb']:.0f} MB | rate/verified {ratios['rate_verified']:.2f} rate/bare "
+                f"{ratios['rate_bare']:.2f} CPU/bare {ratios['cpu_bare']:.2f}", flush=True)
+    print(f"\n# copy: medians of {args.repeat} interleaved repetitions; CPU in seconds a GiB (the service's: its"
+          " process and its reaped ssh children; a pipeline's: its two ssh clients)")
     for shape, (_, size) in shapes.items():
         f = {key.split(" ", 1)[1]: med(v) for key, v in figures.items() if key.startswith(shape + " ")}
-        ratio = med([s / lim for s, lim in zip(figures[f"{shape} service"], figures[f"{shape} limit"])])
-        print(f"{shape:6s} {size / 1e6:,.0f} MB: service {f['service']:.1f} MB/s ({f['service_s']:.2f} s, "
-              f"CPU {f['service_cpu']:.1f} s), limit {f['limit']:.1f} MB/s ({f['limit_s']:.2f} s, "
-              f"CPU {f['limit_cpu']:.1f} s), ratio {ratio:.2f}; check after the stream {f['check_s']:.2f} s "
-              f"({100 * f['check_s'] / f['service_s']:.0f}% of the run; host hashes {f['hashes_s']:.2f} s, "
-              f"listings {f['listings_s']:.2f} s, Python {f['python_s']:.2f} s); service without it about "
-              f"{mbps(size, f['service_s'] - f['check_s']):.1f} MB/s; the stream's hashing in the service "
-              f"{f['stream_hashing_s']:.2f} s CPU; peak RSS {f['peak_mb']:.0f} MB")
+        r = {key: figures[f"{shape} {key}"] for key in ("rate_verified", "rate_bare", "cpu_bare", "cpu_verified")}
+        print(f"{shape:6s} {held[shape][0]:,} files, {size / MiB:,.0f} MiB: "
+              + "; ".join(f"{way} {f[way + '_s']:.2f} s ({f[way + '_mbps']:.1f} MB/s, CPU {f[way + '_cpu_gib']:.2f}"
+                          " s/GiB)" for way in ways[shape]))
+        print(f"       service CPU {f['service_cpu_gib']:.2f} s/GiB (python {f['service_cpu_python']:.2f}, of it "
+              f"system {f['service_cpu_system']:.2f}; ssh {f['service_cpu_ssh']:.2f}) / bare ssh CPU "
+              f"{f['bare_cpu_gib']:.2f} s/GiB: {med(r['cpu_bare']):.2f} "
+              f"(rounds {rounds(r['cpu_bare'])}; target <= 1.10); / verified ssh CPU: {med(r['cpu_verified']):.2f} "
+              f"(rounds {rounds(r['cpu_verified'])})")
+        if f"{shape} cpu_bare_gcm" in figures:
+            gcm = figures[f"{shape} cpu_bare_gcm"]
+            print(f"       service CPU / bare ssh CPU with {GCM} (the service's masters' cipher): {med(gcm):.2f} "
+                  f"(rounds {rounds(gcm)})")
+        print(f"       rate, service / verified: {med(r['rate_verified']):.2f} (rounds {rounds(r['rate_verified'])}; "
+              f"target >= 0.95); service / bare: {med(r['rate_bare']):.2f} (rounds {rounds(r['rate_bare'])}); "
+              f"service peak RSS {f['peak_mb']:.0f} MB")
 
 
 def second_phase(
@@ -639,7 +651,7 @@ def second_phase(
     timeout = max(300.0, size / 2e6)
     changed = shape_file(origin, files // 2)
     for repetition in range(1, args.repeat + 1):
-        print(f"# second: repetition {repetition}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        print(f"# second: repetition {repetition}; load {loadavg()}", flush=True)
         for service in services if repetition % 2 else services[::-1]:
             mine = service is services[0]
             destination = workdir / f"second-{service.label}"
@@ -649,7 +661,6 @@ def second_phase(
                 raise SystemExit(f"{service.label}: the first copy does not hold {files} files of {size} bytes")
             figures[f"{service.label} first_s"].append(first["seconds"])
             figures[f"{service.label} first_cpu"].append(first["cpu"])
-            runs = [("first", first)]
             line = (f"{service.label:8s} first {first['seconds']:6.2f} s ({mbps(size, first['seconds']):5.1f} MB/s, "
                     f"CPU {first['cpu']:5.1f} s)")
             if mine or args.beside_second:
@@ -665,45 +676,34 @@ def second_phase(
                 for key, value in {"second_s": second["seconds"], "ratio": ratio, "bytes": second["bytes"],
                                    "second_cpu": second["cpu"]}.items():
                     figures[f"{service.label} {key}"].append(value)
-                runs.append(("second", second))
                 line += (f"  second {second['seconds']:6.2f} s (CPU {second['cpu']:5.2f} s, sent {second['bytes']:,} "
                          f"bytes in {second['files']} file(s), linked {second['linked']})  first/second {ratio:5.1f}")
             clean(destination)
             print(line, flush=True)
-            for run, done in runs:
-                for step, (seconds, count) in sorted(service.steps_of(done).items(),
-                                                     key=lambda item: -item[1][0]):
-                    figures[f"{service.label} {run}-step {step}"].append(seconds)
-                    calls = f" ({count} calls)" if count > 1 else ""
-                    print(f"#   {run} run's step: {seconds:6.3f} s  {step}{calls}")
     print(f"\n# second: medians of {args.repeat}; {files:,} files, {size / MiB:,.0f} MiB, one rewritten between runs")
     for service in services:
         f = {key.split(" ", 1)[1]: med(v) for key, v in figures.items() if key.startswith(service.label + " ")}
         line = f"{service.label}: first {f['first_s']:.2f} s (CPU {f['first_cpu']:.1f} s)"
         if "second_s" in f:
-            rounds = ", ".join(f"{r:.1f}" for r in figures[f"{service.label} ratio"])
             target = "target >= 20" if service is services[0] else "another version's, for reference"
             line += (f", second {f['second_s']:.2f} s (CPU {f['second_cpu']:.2f} s, sent {f['bytes']:,.0f} bytes); "
-                     f"first/second {f['ratio']:.1f} (rounds {rounds}; {target})")
+                     f"first/second {f['ratio']:.1f} (rounds {rounds(figures[f'{service.label} ratio'], 1)}; "
+                     f"{target})")
         print(line)
-        for run in ("first", "second"):
-            steps = {key.split(" ", 1)[1]: value for key, value in f.items() if key.startswith(f"{run}-step ")}
-            for step, seconds in sorted(steps.items(), key=lambda item: -item[1]):
-                print(f"#   {run} run's step, median: {seconds:6.3f} s  {step}")
     if services[1:]:
         mine, other = services[0].label, services[1].label
         pairs = [a / b for a, b in zip(figures[f"{mine} first_s"], figures[f"{other} first_s"])]
         print(f"first copy, {mine} / {other}: {med(figures[f'{mine} first_s']):.2f} s / "
               f"{med(figures[f'{other} first_s']):.2f} s; service CPU {med(figures[f'{mine} first_cpu']):.1f} s / "
               f"{med(figures[f'{other} first_cpu']):.1f} s; ratio of each repetition's pair, median "
-              f"{med(pairs):.2f} (rounds {', '.join(f'{p:.2f}' for p in pairs)}; target <= 1: not slower)")
+              f"{med(pairs):.2f} (rounds {rounds(pairs)}; target <= 1: not slower)")
 
 
 def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: argparse.Namespace) -> None:
     figures: dict[str, list[float]] = collections.defaultdict(list)
     token = service.api.token
     for repetition in range(1, args.repeat + 1):
-        print(f"# four: repetition {repetition}", flush=True)
+        print(f"# four: repetition {repetition}; load {loadavg()}", flush=True)
         roots = [workdir / f"four-{n}" for n in range(4)]
         for root in roots:
             clean(root)
@@ -711,13 +711,14 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
         migrations = [service.migration(root) for root in roots]
         load = loadgen.Load(service.base, [f"/api/v1/migrations/{m}/" for m in migrations], token=token)
         idle = loadgen.run(load, seconds=args.seconds, connections=args.connections)
-        cpu = cpu_seconds(service.pid)
+        own, kids = reaped_cpu(service.pid)
         for migration in migrations:
             service.run(migration)
         busy = loadgen.run(load, seconds=args.seconds, connections=args.connections)
         still = sum(not service.api.ok("GET", f"/api/v1/migrations/{m}/state/")["finished"] for m in migrations)
         details = service.wait(migrations, max(600.0, 4 * size / 2e6))
-        cpu = cpu_seconds(service.pid) - cpu
+        own_after, kids_after = reaped_cpu(service.pid)
+        cpu = own_after - own + kids_after - kids
         began = min(timestamp(d["started_at"]) for d in details)
         ended = max(timestamp(d["finished_at"]) for d in details)
         for root in roots:
@@ -727,19 +728,23 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
         total = mbps(4 * size, ended - began)
         for key, value in {"total": total, "seconds": ended - began, "cpu": cpu, "idle_rps": idle.rps,
                            "idle_p99": idle.p99_ms, "busy_rps": busy.rps, "busy_p99": busy.p99_ms,
-                           "busy_p50": busy.p50_ms, "idle_p50": idle.p50_ms}.items():
+                           "busy_p50": busy.p50_ms, "idle_p50": idle.p50_ms, "ratio": busy.rps / idle.rps,
+                           "cpu_python": own_after - own, "still": still}.items():
             figures[key].append(value)
-        print(f"four copies: {total:7.1f} MB/s in total ({ended - began:6.2f} s, service CPU {cpu:5.1f} s)  "
-              f"detail idle {idle.rps:7.0f} req/s p99 {idle.p99_ms:6.2f} ms  during the copies {busy.rps:7.0f} "
-              f"req/s p50 {busy.p50_ms:6.2f} ms p99 {busy.p99_ms:6.2f} ms errors {idle.errors + busy.errors}  "
-              f"({still} of 4 still copying when the load ended)", flush=True)
+        print(f"four copies: {total:7.1f} MB/s in total ({ended - began:6.2f} s, service CPU {cpu:5.1f} s, of it "
+              f"python {own_after - own:5.1f} s, serving the detail load too)  detail idle {idle.rps:7.0f} req/s p99 "
+              f"{idle.p99_ms:6.2f} ms  "
+              f"during the copies {busy.rps:7.0f} req/s p50 {busy.p50_ms:6.2f} ms p99 {busy.p99_ms:6.2f} ms errors "
+              f"{idle.errors + busy.errors}  busy/idle {busy.rps / idle.rps:.2f}  ({still} of 4 still copying when "
+              "the load ended)", flush=True)
     f = {key: med(values) for key, values in figures.items()}
-    ratio = med([b / i for b, i in zip(figures["busy_rps"], figures["idle_rps"])])
     print(f"\n# four: medians of {args.repeat}")
-    print(f"four copies of {size / 1e6:,.0f} MB at once: {f['total']:.1f} MB/s in total ({f['seconds']:.2f} s); "
-          f"detail during them {f['busy_rps']:.0f} req/s, p50 {f['busy_p50']:.2f} ms, p99 {f['busy_p99']:.2f} ms "
-          f"(target <= 50 ms); idle {f['idle_rps']:.0f} req/s, p99 {f['idle_p99']:.2f} ms; "
-          f"busy/idle {ratio:.2f} (target >= 0.50)")
+    print(f"four copies of {size / 1e6:,.0f} MB at once: {f['total']:.1f} MB/s in total ({f['seconds']:.2f} s, "
+          f"service CPU {f['cpu']:.1f} s, python {f['cpu_python']:.1f} s); detail during them {f['busy_rps']:.0f} "
+          f"req/s, p50 {f['busy_p50']:.2f} ms, p99 {f['busy_p99']:.2f} ms (rounds {rounds(figures['busy_p99'])}; "
+          f"target <= 50 ms); idle {f['idle_rps']:.0f} req/s, p99 {f['idle_p99']:.2f} ms; busy/idle "
+          f"{f['ratio']:.2f} (rounds {rounds(figures['ratio'])}; target >= 0.60); still copying when the load "
+          f"ended: {', '.join(str(int(s)) for s in figures['still'])} of 4")
 
 
 def memory_phase(
@@ -754,10 +759,160 @@ def memory_phase(
                 done = service.copy(origin, size, destination, max(300.0, size / 2e6))
                 clean(destination)
                 peaks[f"{service.label}: {name}"].append(done["peak_mb"])
-                print(f"memory {repetition}: {service.label}, {name} copy, service RSS {done['before_mb']:.0f} MB "
-                      f"before, peak {done['peak_mb']:.0f} MB", flush=True)
+                peaks[f"{service.label}: {name} children"].append(done["children_mb"])
+                print(f"memory {repetition}: {service.label}, {name} copy ({mbps(size, done['seconds']):.1f} MB/s), "
+                      f"service RSS {done['before_mb']:.0f} MB before, peak {done['peak_mb']:.0f} MB; its ssh "
+                      f"children's RSS at most {done['children_mb']:.0f} MB together", flush=True)
     print(f"\n# memory: largest of {args.memory_repeat}")
-    print("; ".join(f"{name} copy: service peak RSS {max(values):.0f} MB" for name, values in peaks.items()))
+    print("; ".join(f"{name} copy: service peak RSS {max(values):.0f} MB (ssh children "
+                    f"{max(peaks[name + ' children']):.0f} MB)"
+                    for name, values in peaks.items() if not name.endswith(" children")))
+
+
+class Poller:
+    """A thread that lists a wave's migrations every `every` seconds until
+    all are finished (or `timeout`): the most in phase `copying` at once,
+    and the time each count was seen."""
+
+    def __init__(self, base: str, token: str | None, wave: int, members: int, every: float, timeout: float) -> None:
+        self.api = Api(base)
+        self.api.token = token
+        self._path = f"/api/v1/migrations/?wave={wave}&limit=1000"
+        self._members = members
+        self._every = every
+        self._deadline = time.monotonic() + timeout
+        self.most = 0
+        self.polls = 0
+        self.copying: list[int] = []
+        # When each migration was first seen copying (or finished, if it was never seen copying).
+        self.began: dict[int, float] = {}
+        self.failed: list[str] = []
+        self.timed_out = False
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        try:
+            while True:
+                page = self.api.ok("GET", self._path)
+                rows = page["results"]
+                assert isinstance(rows, list) and len(rows) == self._members, page
+                now = time.time()
+                for row in rows:
+                    if row["phase"] == "copying" or row["state"] in ("success", "error"):
+                        self.began.setdefault(row["id"], now)
+                copying = sum(row["phase"] == "copying" for row in rows)
+                self.copying.append(copying)
+                self.most = max(self.most, copying)
+                self.polls += 1
+                self.failed = [f"{row['id']}: {row['error']}" for row in rows if row["state"] == "error"]
+                if all(row["state"] in ("success", "error") for row in rows):
+                    return
+                if time.monotonic() > self._deadline:
+                    self.timed_out = True
+                    return
+                time.sleep(self._every)
+        finally:
+            self.done.set()
+
+    def join(self) -> None:
+        self._thread.join(timeout=max(1.0, self._deadline - time.monotonic() + 60))
+
+
+def start_source_servers(stack: contextlib.ExitStack, count: int) -> list[Any]:
+    """Throwaway sshd servers for `count` source machines, 16 addresses each,
+    at 127.0.N.1 to 127.0.N.16 (N from 1)."""
+    from tests.sshd_server import SshServer
+
+    servers = []
+    for n in range(0, count, SSHD_ADDRESSES):
+        server_number = n // SSHD_ADDRESSES + 1
+        addresses = [f"127.0.{server_number}.{k}" for k in range(1, min(SSHD_ADDRESSES, count - n) + 1)]
+        servers.append(stack.enter_context(SshServer(addresses=addresses)))
+    return servers
+
+
+def wave_phase(
+    service: Service, servers: list[Any], origin: Path, size: int, files: int, workdir: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Two waves of --wave-copies real copies onto the one host, in turn: one
+    alone, one under the detail load (detail just before it for reference)."""
+    sources: list[tuple[int, int]] = []
+    for server in servers:
+        credentials = service.add_credentials(server)
+        for address in server.addresses:
+            volume = int(service.api.ok("POST", "/api/v1/mount_points/",  # type: ignore[call-overload]
+                                        {"name": "/", "size": size})["id"])
+            workload = int(service.api.ok("POST", "/api/v1/work_loads/", {  # type: ignore[call-overload]
+                "ip": address, "credentials": credentials, "storage": [volume], "os": "linux", "root": str(origin),
+                "port": server.port,
+            })["id"])
+            sources.append((workload, volume))
+    sources = sources[:args.wave_copies]
+    count = len(sources)
+    timeout = max(600.0, count * size / 1e6)
+    listening = ", ".join(str(len(s.addresses)) for s in servers)
+    print(f"# wave: {count} sources on {len(servers)} sshd processes ({listening} addresses)"
+          f", one host at {HOST}; {files} files, {size / MiB:,.0f} MiB each", flush=True)
+    for label, loaded in (("alone", False), ("under load", True)):
+        roots = [workdir / f"wave-{n:03d}" for n in range(count)]
+        for root in roots:
+            shutil.rmtree(root, ignore_errors=True)
+        os.sync()
+        migrations = [service.migration(root, source=workload, volume=volume)
+                      for root, (workload, volume) in zip(roots, sources)]
+        wave = int(service.api.ok("POST", "/api/v1/waves/",  # type: ignore[call-overload]
+                                  {"name": f"fleet {label}", "migrations": migrations})["id"])
+        load = loadgen.Load(service.base, [f"/api/v1/migrations/{m}/" for m in migrations], token=service.api.token)
+        idle = loadgen.run(load, seconds=args.seconds, connections=args.connections) if loaded else None
+        print(f"# wave {label}: load {loadavg()}", flush=True)
+        own, kids = reaped_cpu(service.pid)
+        asked = time.time()
+        answer = service.api.ok("POST", f"/api/v1/waves/{wave}/run/")
+        if answer.get("refused"):
+            raise SystemExit(f"the wave's run refused members: {answer['refused']}")
+        poller = Poller(service.base, service.api.token, wave, count, 0.25, timeout)
+        windows: list[loadgen.Result] = []
+        while loaded and not poller.done.is_set():
+            windows.append(loadgen.run(load, seconds=args.seconds, connections=args.connections))
+        poller.join()
+        if poller.timed_out or not poller.done.is_set():
+            raise SystemExit(f"the wave {label} was still running after {timeout:.0f} s")
+        if poller.failed:
+            raise SystemExit(f"{len(poller.failed)} copies of the wave failed, the first {poller.failed[0]}")
+        own_after, kids_after = reaped_cpu(service.pid)
+        details = [service.api.ok("GET", f"/api/v1/migrations/{m}/") for m in migrations]
+        first = min(timestamp(d["started_at"]) for d in details)  # type: ignore[arg-type]
+        last = max(timestamp(d["finished_at"]) for d in details)  # type: ignore[arg-type]
+        for migration in migrations:
+            copied = service.copied(migration)
+            if not copied.get("verified") or copied["bytes"] != size:
+                raise SystemExit(f"wave migration {migration} copied {copied}, expected {size} bytes verified")
+        for root in roots:
+            if tree_bytes(root) != (files, size):
+                raise SystemExit(f"{root} does not hold {files} files of {size} bytes")
+            shutil.rmtree(root)
+        cpu = own_after - own + kids_after - kids
+        lasted = [timestamp(d["finished_at"]) - poller.began[int(d["id"])] for d in details]  # type: ignore[arg-type]
+        line = (f"wave {label}: {count} copies of {size / MiB:,.0f} MiB in {last - asked:.1f} s from the run's POST "
+                f"to the last finished_at ({last - first:.1f} s from the first started_at; "
+                f"{mbps(count * size, last - asked):.1f} MB/s in all); most copying at once {poller.most}, on average "
+                f"{statistics.mean(poller.copying):.2f} "
+                f"(of {poller.polls} polls every 0.25 s: copying {collections.Counter(poller.copying).most_common()}); "
+                f"each copy, from the first poll that saw it copying to its finished_at: median "
+                f"{med(lasted):.2f} s, largest {max(lasted):.2f} s; service CPU {cpu:.1f} s ({cpu / count:.2f} s a "
+                f"copy; python {own_after - own:.1f} s{', with the detail load' if loaded else ''})")
+        print(line, flush=True)
+        if loaded and idle is not None:
+            p99s = [w.p99_ms for w in windows]
+            ratios = [w.rps / idle.rps for w in windows]
+            print(f"wave {label}: detail just before, idle: {idle.rps:.0f} req/s, p99 {idle.p99_ms:.2f} ms; during "
+                  f"the wave, {len(windows)} windows of {args.seconds:g} s (the last may run past its end): p99 "
+                  f"{rounds(p99s)} ms (median {med(p99s):.2f}, largest {max(p99s):.2f}); req/s "
+                  f"{', '.join(f'{w.rps:.0f}' for w in windows)} (busy/idle median {med(ratios):.2f}); errors "
+                  f"{sum(w.errors for w in windows) + idle.errors}", flush=True)
 
 
 def profile_phase(service: Service, shapes: dict[str, tuple[Path, int]], workdir: Path) -> None:
@@ -772,58 +927,73 @@ def profile_phase(service: Service, shapes: dict[str, tuple[Path, int]], workdir
         summarise_profile(raw)
 
 
+PHASES = ("copy", "second", "four", "memory", "wave")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="the volume's size in GiB (each shape, each copy)")
-    parser.add_argument("--files", type=int, default=16_384, help="files of the many-files shape")
+    parser.add_argument("--files", type=int, default=8_192,
+                        help="files of the many-files shape (128 KiB each at 1 GiB)")
     parser.add_argument("--small-mib", type=int, default=256, help="the smaller copy of the memory phase")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--four-repeat", type=int, help="repetitions of the four phase (default: --repeat)")
     parser.add_argument("--memory-repeat", type=int, default=1, help="rounds of the memory phase")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each detail measurement")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--phases", default="copy,second,four,memory",
-                        help="comma-separated: copy, second, four, memory")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated: {', '.join(PHASES)}")
     parser.add_argument("--second-files", type=int, default=8_192,
                         help="files of the second phase's volume (--gib in all: 128 KiB each by default)")
+    parser.add_argument("--wave-copies", type=int, default=100, help="migrations of the wave, each from its own source")
+    parser.add_argument("--wave-mib", type=int, default=16, help="each wave copy's volume, in MiB")
+    parser.add_argument("--wave-files", type=int, default=16, help="files of each wave copy's volume")
     parser.add_argument("--beside", metavar="SRC", type=Path,
                         help="the src folder of another version (e.g. from git archive): the second phase's two"
                         " runs, and the memory phase's copies, through a service running it too, interleaved"
                         " with this tree's")
     parser.add_argument("--beside-second", action="store_true",
-                        help="with --beside, the other version's second run too (before this change: a whole copy)")
-    parser.add_argument("--steps", action="store_true",
-                        help="the second phase's copies timed step by step inside this tree's service")
+                        help="with --beside, the other version's second run too (before 0.4.1: a whole copy)")
+    parser.add_argument("--gcm-too", action="store_true",
+                        help=f"the copy phase's large shape also through the bare pipeline with -c {GCM}")
     parser.add_argument("--profile", action="store_true", help="then py-spy over the service, one copy a shape")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 64 MiB, 1,024 files (512 in the second phase), 16 MiB small copy,"
-                        " one repetition, 2 s loads")
+                        " one repetition, 2 s loads, a wave of 20 copies of 4 MiB")
     args = parser.parse_args()
     if args.quick:
         args.gib, args.files, args.small_mib, args.repeat, args.seconds = 1 / 16, 1024, 16, 1, 2.0
-        args.second_files = 512
+        args.second_files, args.wave_copies, args.wave_mib, args.wave_files = 512, 20, 4, 4
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    unknown = set(phases) - {"copy", "second", "four", "memory"}
+    unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if args.beside is not None and not (args.beside / "entrypoints").is_dir():
         parser.error(f"--beside {args.beside}: no entrypoints package there (give a checkout's src folder)")
-    total = int(args.gib * (1 << 30))
-    generator = "wrk" if loadgen.wrk_available() else "python aiohttp client"
+    if not 1 <= args.wave_copies <= 250 * SSHD_ADDRESSES:
+        parser.error("--wave-copies: 1 to 4,000 (127.0.N.K, N up to 250)")
+    total = int(args.gib * GiB)
+    generator = "wrk -t2" if loadgen.wrk_available() else "python aiohttp client (no wrk installed)"
     print(f"# copy benchmark: phases {', '.join(phases)}; {total / MiB:,.0f} MiB a volume ({args.files:,} files of "
           f"{total // args.files // 1024:,} KiB, or one file; {args.second_files:,} files of "
           f"{total // args.second_files // 1024:,} KiB in the second phase), {args.repeat} interleaved repetitions; "
-          f"{'beside ' + str(args.beside) + '; ' if args.beside else ''}{os.cpu_count()} cores; load "
-          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; detail load: {generator}, "
-          f"{args.connections} connections, {args.seconds:g} s", flush=True)
+          f"wave of {args.wave_copies} copies of {args.wave_mib} MiB; "
+          f"{'beside ' + str(args.beside) + '; ' if args.beside else ''}{os.cpu_count()} cores; detail load: "
+          f"{generator}, {args.connections} connections, {args.seconds:g} s", flush=True)
+    print(f"# start {datetime.datetime.now().isoformat(timespec='seconds')}; uptime: {load_text()}", flush=True)
     began = time.monotonic()
     from tests.sshd_server import SshServer  # the repository is on sys.path once run is imported
 
-    with tempfile.TemporaryDirectory(prefix="migration-copy-bench-", dir="/tmp") as tmp, SshServer() as server:
-        run_phases(Path(tmp), server, args, total, phases)
-    print(f"# done in {time.monotonic() - began:.0f} s; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="migration-copy-bench-", dir="/tmp") as tmp, \
+            contextlib.ExitStack() as stack:
+        server = stack.enter_context(SshServer())
+        run_phases(Path(tmp), server, stack, args, total, phases)
+    print(f"# done in {time.monotonic() - began:.0f} s, {datetime.datetime.now().isoformat(timespec='seconds')}; "
+          f"uptime: {load_text()}")
 
 
-def run_phases(workdir: Path, server: Any, args: argparse.Namespace, total: int, phases: list[str]) -> None:
+def run_phases(
+    workdir: Path, server: Any, stack: contextlib.ExitStack, args: argparse.Namespace, total: int, phases: list[str]
+) -> None:
     """The data each phase asked for needs, the services, then each phase."""
     made = time.monotonic()
     many = workdir / "source-files"
@@ -841,22 +1011,28 @@ def run_phases(workdir: Path, server: Any, args: argparse.Namespace, total: int,
     } if "memory" in phases else {}
     second = workdir / "source-second"
     second_size = make_tree(second, total, args.second_files) if "second" in phases else 0
+    fleet = workdir / "source-wave"
+    wave_size = make_tree(fleet, args.wave_mib * MiB, args.wave_files) if "wave" in phases else 0
     os.sync()
     print(f"# data written in {time.monotonic() - made:.1f} s under {workdir}", flush=True)
+    servers = start_source_servers(stack, args.wave_copies) if "wave" in phases else []
     ssh = Ssh(server, workdir)
-    services = [Service(workdir, server, label="this", steps=args.steps)]
+    services = [Service(workdir, server, label="this")]
     try:
         if {"second", "memory"} & set(phases) and args.beside is not None:
             services.append(Service(workdir, server, label="beside", src=args.beside.resolve()))
         service = services[0]
         if "copy" in phases:
-            copy_phase(service, ssh, shapes, workdir, args)
+            copy_phase(service, ssh, {k: shapes[k] for k in ("large", "files")}, workdir, args)
         if "second" in phases:
             second_phase(services, second, second_size, args.second_files, workdir, args)
         if "four" in phases:
-            four_phase(service, *shapes["large"], workdir, args)
+            four_args = argparse.Namespace(**{**vars(args), "repeat": args.four_repeat or args.repeat})
+            four_phase(service, *shapes["large"], workdir, four_args)
         if "memory" in phases:
             memory_phase(services, sizes, workdir, args)
+        if "wave" in phases:
+            wave_phase(service, servers, fleet, wave_size, args.wave_files, workdir, args)
         if args.profile:
             profile_phase(service, {k: v for k, v in shapes.items() if k in ("files", "large")}, workdir)
     finally:
