@@ -114,8 +114,9 @@ GiB = 1 << 30
 SOURCE, HOST = "127.0.0.1", "127.0.0.2"
 # How often a copy's state is polled: the copy's time is the service's own
 # (started_at to finished_at), so this only bounds how late the benchmark
-# notices; each poll is a request whose CPU counts in the service's.
-POLL_SECONDS = 0.1
+# notices; each poll is a request whose CPU counts in the service's (every
+# 0.1 s: about 0.2 s of CPU in 10 s here, every 0.5 s: 0.04 s more than none).
+POLL_SECONDS = 0.5
 # sshd's MAX_LISTEN_SOCKS: the addresses one sshd listens on, at most.
 SSHD_ADDRESSES = 16
 # The service's CPU is read once its child processes are reaped, within this.
@@ -298,6 +299,10 @@ class Ssh:
         return seconds, cpu
 
 
+# The copier's line at a copy's end: the runner writes `finished_at` at its next tick.
+_COPIER_DONE = re.compile(r"^(\S+ \S+) INFO adapters\.ssh_copy\[\d+\]: copy of migration (\d+), .*: done$")
+
+
 class Service:
     """The service as a process, a user with the key's credentials, a source
     workload at 127.0.0.1 with volume "/" and a host workload at 127.0.0.2."""
@@ -415,10 +420,23 @@ class Service:
         if not copied.get("verified") or copied["bytes"] != expected:
             raise SystemExit(f"{self.label}: migration {migration} copied {copied}, expected {expected} bytes verified")
         seconds = timestamp(detail["finished_at"]) - timestamp(detail["started_at"])
-        return {"seconds": seconds, "cpu": own_after - own + kids_after - kids, "cpu_python": own_after - own,
-                "cpu_ssh": kids_after - kids, "cpu_system": system, "peak_mb": memory.peak_mb,
-                "before_mb": memory.before_mb, "children_mb": memory.children_mb, "files": copied["files"],
-                "bytes": copied["bytes"], "linked": copied.get("linked"), "target": target, "migration": migration}
+        ended = self.copier_ended(migration)
+        lag = float("nan") if ended is None else timestamp(detail["finished_at"]) - ended
+        return {
+            "seconds": seconds, "lag": lag, "cpu": own_after - own + kids_after - kids, "cpu_python": own_after - own,
+            "cpu_ssh": kids_after - kids, "cpu_system": system, "peak_mb": memory.peak_mb,
+            "before_mb": memory.before_mb, "children_mb": memory.children_mb, "files": copied["files"],
+            "bytes": copied["bytes"], "linked": copied.get("linked"), "target": target, "migration": migration,
+        }
+
+    def copier_ended(self, migration: int) -> float | None:
+        """When the copier said it was done with `migration` (its log line, local time to the millisecond)."""
+        with open(self.workdir / f"{self.label}.log", errors="replace") as said:
+            for line in said:
+                match = _COPIER_DONE.match(line)
+                if match and int(match.group(2)) == migration:
+                    return datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return None
 
     def stop(self) -> None:
         stop_process(self.process, self._log)
@@ -591,6 +609,7 @@ def copy_phase(
                     figures[f"{shape} service_cpu_ssh"].append(done["cpu_ssh"] * GiB / size)
                     figures[f"{shape} service_cpu_system"].append(done["cpu_system"] * GiB / size)
                     figures[f"{shape} peak_mb"].append(done["peak_mb"])
+                    figures[f"{shape} lag"].append(done["lag"])
                 else:
                     seconds[way], cpu[way] = ssh.pipeline(origin, destination, timeout, verified=way == "verified",
                                                           cipher=GCM if way == "bare-gcm" else None)
@@ -615,7 +634,7 @@ def copy_phase(
                 f"{way} {seconds[way]:6.2f} s {mbps(size, seconds[way]):6.1f} MB/s CPU {cpu[way]:5.2f} s"
                 for way in order
             ) + f"  | service python {done['cpu_python']:.2f} s (system {done['cpu_system']:.2f}) + ssh "
-                f"{done['cpu_ssh']:.2f} s, peak RSS "
+                f"{done['cpu_ssh']:.2f} s, finished_at {done['lag']:.2f} s after the copier's end, peak RSS "
                 f"{done['peak_mb']:.0f} MB | rate/verified {ratios['rate_verified']:.2f} rate/bare "
                 f"{ratios['rate_bare']:.2f} CPU/bare {ratios['cpu_bare']:.2f}", flush=True)
     print(f"\n# copy: medians of {args.repeat} interleaved repetitions; CPU in seconds a GiB (the service's: its"
@@ -637,7 +656,8 @@ def copy_phase(
                   f"(rounds {rounds(gcm)})")
         print(f"       rate, service / verified: {med(r['rate_verified']):.2f} (rounds {rounds(r['rate_verified'])}; "
               f"target >= 0.95); service / bare: {med(r['rate_bare']):.2f} (rounds {rounds(r['rate_bare'])}); "
-              f"service peak RSS {f['peak_mb']:.0f} MB")
+              f"service peak RSS {f['peak_mb']:.0f} MB; finished_at after the copier's end (its log line) "
+              f"{rounds(figures[f'{shape} lag'])} s")
 
 
 def second_phase(
@@ -896,13 +916,16 @@ def wave_phase(
             shutil.rmtree(root)
         cpu = own_after - own + kids_after - kids
         lasted = [timestamp(d["finished_at"]) - poller.began[int(d["id"])] for d in details]  # type: ignore[arg-type]
+        lags = [timestamp(d["finished_at"]) - (service.copier_ended(int(d["id"])) or float("nan"))  # type: ignore[arg-type]
+                for d in details]
         line = (f"wave {label}: {count} copies of {size / MiB:,.0f} MiB in {last - asked:.1f} s from the run's POST "
                 f"to the last finished_at ({last - first:.1f} s from the first started_at; "
                 f"{mbps(count * size, last - asked):.1f} MB/s in all); most copying at once {poller.most}, on average "
                 f"{statistics.mean(poller.copying):.2f} "
                 f"(of {poller.polls} polls every 0.25 s: copying {collections.Counter(poller.copying).most_common()}); "
                 f"each copy, from the first poll that saw it copying to its finished_at: median "
-                f"{med(lasted):.2f} s, largest {max(lasted):.2f} s; service CPU {cpu:.1f} s ({cpu / count:.2f} s a "
+                f"{med(lasted):.2f} s, largest {max(lasted):.2f} s; finished_at after the copier's end: median "
+                f"{med(lags):.2f} s, largest {max(lags):.2f} s; service CPU {cpu:.1f} s ({cpu / count:.2f} s a "
                 f"copy; python {own_after - own:.1f} s{', with the detail load' if loaded else ''})")
         print(line, flush=True)
         if loaded and idle is not None:
