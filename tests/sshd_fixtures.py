@@ -46,6 +46,7 @@ class Machine:
     private_key: str = attrs.field(repr=False)
     pem_private_key: str = attrs.field(repr=False)
     host_key_fingerprint: str
+    host_public_key: str  # the host key whole, as a pin holds it: "ssh-ed25519 AAAA..."
     add_password_user: Callable[[], PasswordUser] = attrs.field(repr=False)
 
 
@@ -68,6 +69,7 @@ def make_machine(sshd: SshServer, tmp_path: Path) -> Callable[[str], Machine]:
             private_key=sshd.private_key,
             pem_private_key=sshd.pem_private_key,
             host_key_fingerprint=sshd.fingerprint(),
+            host_public_key=sshd.host_public_key(),
             add_password_user=sshd.add_password_user,
         )
 
@@ -177,3 +179,42 @@ def closed_port() -> Iterator[int]:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         yield holder.getsockname()[1]
+
+
+class ClosingListener:
+    """A port that accepts each connection and closes it at once, after
+    `greeting` (nothing, or sshd's line to a connection beyond MaxStartups):
+    a machine refusing connections before the login."""
+
+    def __init__(self, ip: str, greeting: bytes = b"") -> None:
+        self._socket = _listening(ip)
+        self.ip = ip
+        self.port: int = self._socket.getsockname()[1]
+        self._greeting = greeting
+        self._thread = threading.Thread(target=self._serve, name="closing-listener", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return  # closed at teardown
+            with conn:
+                if self._greeting:
+                    conn.sendall(self._greeting)
+
+    def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self._socket.close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(params=[b"", b"Exceeded MaxStartups\r\n"], ids=["silent close", "MaxStartups"])
+def closing_listener(request: pytest.FixtureRequest) -> Iterator[ClosingListener]:
+    """A port on 127.0.0.1 that closes every connection before the login."""
+    listener = ClosingListener("127.0.0.1", request.param)
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -26,13 +26,14 @@ def remote_script(script: str, *arguments: str) -> str:
 
 
 # Says its process id (that of the SSH session's leader: the login shell
-# execs it), then becomes `argv`: the caller can kill the session's whole
-# process group, pipelines included, with `kill -KILL -- -PID`.
-_SAYING_ITS_PID = 'echo "$$"; exec "$@"'
+# execs it) on standard error, then becomes `argv`: the caller can kill the
+# session's whole process group, pipelines included, with `kill -KILL -- -PID`.
+# Standard output stays the program's own (a stream's archive, byte for byte).
+_SAYING_ITS_PID = 'echo "$$" >&2; exec "$@"'
 
 
 def tracked_command(*argv: str) -> str:
-    """`argv` run so that its first output line is the id of its process group."""
+    """`argv` run so that the first line of its standard error is the id of its process group."""
     return remote_script(_SAYING_ITS_PID, *argv)
 
 

@@ -3,8 +3,9 @@
 thread started at the first connection, so the service's loop never carries
 a machine's bytes and a program that embeds the core and never connects has
 no thread. Every address is checked against the allowed networks before a
-socket is opened; host keys are pinned by fingerprint; every remote command
-is written by `remote_shell`."""
+socket is opened; host keys are pinned whole (a pin held as a fingerprint
+alone is matched by it); every remote command is written by `remote_shell`.
+A real copy goes through OpenSSH's own client instead (`ssh_copy`)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,12 @@ from migration_core.machines import (
     MachineFacts,
     MachineUnreachable,
     SwapGate,
+    fingerprint,
+    whole_key,
 )
 
+from .copy_engine.openssh import MAX_STARTUPS, Transport, changed_key, closed_before_login
+from .copy_engine.relay import Bandwidth
 from .remote_shell import remote_script
 from .ssh_library import asyncssh
 
@@ -115,16 +120,84 @@ class _IoThread:
 
 
 class _PinningClient(asyncssh.SSHClient):
-    """Accepts the host key pinned (any key when none is), and remembers the
-    fingerprint of the key the server showed."""
+    """Accepts the host key pinned (whole, or its fingerprint alone; any key
+    when none is), and remembers the whole key the server showed."""
 
     def __init__(self, pinned: str | None) -> None:
         self.pinned = pinned
         self.seen: str | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        self.seen = key.get_fingerprint("sha256")
-        return self.pinned is None or self.seen == self.pinned
+        self.seen = " ".join(key.export_public_key("openssh").decode().split()[:2])
+        if self.pinned is None:
+            return True
+        whole = whole_key(self.pinned)
+        return self.seen == whole if whole is not None else fingerprint(self.seen) == self.pinned
+
+
+class _Heard(asyncio.Protocol):
+    """Between the socket and asyncssh's connection: keeps the first bytes
+    the machine said, so that a connection closed before the login can be
+    told from one that answered as something else than SSH."""
+
+    KEEP = 512
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.heard = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if len(self.heard) < self.KEEP:
+            self.heard += data[: self.KEEP - len(self.heard)]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _Listening:
+    """An asyncssh `tunnel`: a plain TCP connection through `_Heard`."""
+
+    def __init__(self) -> None:
+        self.heard = b""
+        self._protocol: _Heard | None = None
+
+    async def create_connection(
+        self, session_factory: Callable[[], asyncio.Protocol], host: str, port: int
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
+
+        def heard() -> _Heard:
+            self._protocol = _Heard(session_factory())
+            return self._protocol
+
+        transport, protocol = await loop.create_connection(heard, host, port)
+        return transport, protocol.inner
+
+    def said(self) -> bytes:
+        return self._protocol.heard if self._protocol is not None else b""
+
+
+def _closed_early(where: str, heard: bytes, reason: str) -> str:
+    """A connection closed before the login, in words: dropped (nothing said,
+    an SSH banner, or sshd's MaxStartups line), or not an SSH server."""
+    lines = [line.strip() for line in heard.decode("utf-8", "replace").splitlines()]
+    answer = [line for line in lines if line and not line.startswith("SSH-") and line != MAX_STARTUPS]
+    if not answer:
+        return closed_before_login(where)
+    return f"{where} did not answer as an SSH server ({reason})."
 
 
 class SshMachines:
@@ -139,8 +212,11 @@ class SshMachines:
         *,
         command_timeout: float = 120.0,
         setting: str = ALLOWED_NETWORKS_SETTING,
+        max_bandwidth: int | None = None,
     ) -> None:
         self.allowed_networks = tuple(allowed_networks)
+        # One cap (bytes per second) that every copy of this driver shares; None: unlimited.
+        self._bandwidth = None if max_bandwidth is None else Bandwidth(max_bandwidth)
         self.connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._setting = setting
@@ -172,8 +248,10 @@ class SshMachines:
     def start_copy(self, job: CopyJob, changed: Callable[[], None], gate: SwapGate | None = None) -> CopyHandle:
         from .ssh_copy import CopyInBackground, SshCopy
 
+        transport = Transport(self.connect_timeout, self.ensure_allowed, self._bandwidth)
+
         def copy(report: Callable[[CopyProgress], None]) -> SshCopy:
-            return SshCopy(job, report, self.connection, after_stream=self.after_stream)
+            return SshCopy(job, report, transport, gate=gate, after_stream=self.after_stream)
 
         return CopyInBackground(job, copy, changed, self._io.loop())
 
@@ -193,7 +271,7 @@ class SshMachines:
 
     @contextlib.asynccontextmanager
     async def connection(self, address: MachineAddress) -> AsyncIterator[tuple[asyncssh.SSHClientConnection, str]]:
-        """A logged-in connection and the fingerprint of the host key it met."""
+        """A logged-in connection and the host key it met, whole (`type base64`)."""
         self.ensure_allowed(address.ip)
         where = f"{address.ip} port {address.port}"
         client = _PinningClient(address.host_key)
@@ -203,12 +281,18 @@ class SshMachines:
                 keys = [asyncssh.import_private_key(address.private_key)]
             except (asyncssh.KeyImportError, ValueError) as error:
                 raise MachineUnreachable(f"The credentials' private key cannot be used: {error}.") from None
+        listening = _Listening()
+        whole = None if address.host_key is None else whole_key(address.host_key)
+        # A whole key pinned is asked for by its algorithms; a fingerprint alone names none.
+        algorithms = () if whole is None else asyncssh.import_public_key(whole).sig_algorithms
         try:
             async with asyncio.timeout(self.connect_timeout):
                 connection, _ = await asyncssh.create_connection(
                     lambda: client,
                     address.ip,
                     address.port,
+                    tunnel=listening,
+                    server_host_key_algs=[alg.decode() for alg in algorithms] or (),
                     username=address.username,
                     password=address.password or None,
                     client_keys=keys,
@@ -229,18 +313,18 @@ class SshMachines:
                 f"Timed out after {self.connect_timeout:g} s connecting and logging in to {where}."
             ) from None
         except asyncssh.HostKeyNotVerifiable:
-            if client.seen is not None and address.host_key is not None and client.seen != address.host_key:
-                raise HostKeyChanged(
-                    f"Host key changed at {where}: it showed {client.seen}, but {address.host_key} is"
-                    " pinned. If the machine was rebuilt, clear the workload's host_key and check it again."
-                ) from None
+            if client.seen is not None and address.host_key is not None:
+                raise HostKeyChanged(changed_key(where, fingerprint(client.seen), address.host_key)) from None
             raise MachineUnreachable(f"The host key of {where} could not be verified.") from None
         except asyncssh.PermissionDenied:
             raise MachineUnreachable(f"Login refused for user {address.username!r} at {where}.") from None
         except (asyncssh.ProtocolError, asyncssh.ConnectionLost) as error:
-            raise MachineUnreachable(f"{where} did not answer as an SSH server ({error.reason}).") from None
+            raise MachineUnreachable(_closed_early(where, listening.said(), error.reason)) from None
         except asyncssh.Error as error:
             raise MachineUnreachable(f"The SSH connection to {where} failed: {error.reason}.") from None
+        except (ConnectionResetError, BrokenPipeError):
+            # Closed on the service before the SSH greeting was done.
+            raise MachineUnreachable(_closed_early(where, listening.said(), "it closed the connection")) from None
         except OSError as error:
             raise MachineUnreachable(_socket_failure(where, error)) from None
         except ValueError as error:  # a username or password SSH cannot carry (SASLprep)
@@ -313,9 +397,6 @@ def _socket_failure(where: str, error: OSError) -> str:
         return f"Connection refused at {where}: nothing listens there."
     if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
         return f"No route to {where}."
-    if error.errno in (errno.ECONNRESET, errno.EPIPE):
-        # Closed on the service before the SSH greeting was done.
-        return f"{where} did not answer as an SSH server (it closed the connection)."
     return f"Could not reach {where}: {error.strerror or error}."
 
 

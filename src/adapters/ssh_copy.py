@@ -1,27 +1,54 @@
-"""The real copy (SPEC 2.8) over the SSH driver's connections. Each volume
-goes through its itinerary: the plan (both trees listed and compared), the
-new copy begun beside the place (unchanged entries hard-linked), the stream
-of what differs from the source through the service (each file hashed as it
-passes), the check (the host's hashes of what it wrote; the source listed
-again, and up to three catch-up passes of what changed meanwhile), then the
+"""The real copy (SPEC 2.8, 2.10). Each volume goes through its itinerary:
+the plan (both trees listed and compared), the new copy begun beside the
+place (unchanged entries hard-linked), the stream of what differs, the check
+(with up to three catch-up passes of what changed meanwhile), then the
 journal and the swap into place. The steps' remote commands are in
-`volume_place`; this module carries them over asyncssh."""
+`volume_place`; each machine is reached by OpenSSH's `ssh` through one
+control master (`copy_engine.openssh`), and the stream goes from the
+source's `tar -c` to the host's `tar -x` from pipe to pipe in the kernel
+(`copy_engine.relay`): its bytes never enter the service's Python.
+
+**The check, now that the service does not see the bytes.** After a stream,
+both machines hash the files it sent, at once: the host what it wrote in the
+new copy, the source the same files at their origin. Then the source is
+listed again. A file is then one of three:
+- its two hashes are equal: the new copy holds what the source held when it
+  was hashed; the listing after that says whether it changed since (its
+  change time moves with every write), and a file changed since is sent
+  again, as any file the plan finds different;
+- its hashes differ, and the source's listing after the hashing is what it
+  was before the stream (size, times, change time and all): nothing wrote to
+  the file while it was read, hashed or since, so the host did not write what
+  left the source: the verification fails, naming how many and the first;
+- its hashes differ and the file changed on the source (or went) since it
+  was listed before the stream: it changed while or after it was read. It is
+  no error by itself: it goes into the next catch-up pass, as a file tar said
+  changed as it read it. After the passes, a file still changing fails a
+  cold run in words.
+The bytes and files a volume's report counts are those of the files sent as
+the host listing shows them once written (no parser of the archive is
+needed), the progress during a stream the bytes the relay has moved, capped
+at what the pass sends."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import codecs
 import contextlib
 import logging
+import os
 import posixpath
 import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
+from typing import TypeVar
 
 import attrs
 
+from migration_core import Conflict
 from migration_core.machines import (
     CopyEnd,
     CopyFailed,
@@ -29,15 +56,16 @@ from migration_core.machines import (
     CopyProgress,
     MachineAddress,
     MachineUnreachable,
+    SwapGate,
     VolumeCopied,
     VolumeToCopy,
 )
 from migration_core.sync_plan import DIRECTORY, REGULAR, Listing, VolumePlan, plan_volume, tree_order
 
+from .copy_engine.openssh import Link, Login, Transport, private_directory
+from .copy_engine.relay import Relay, pipe
 from .remote_shell import kill_groups, remote_command, tracked_command
 from .ssh import login_at
-from .ssh_library import asyncssh
-from .tar_stream import TarCounter
 from .volume_place import (
     ABANDON,
     BEGIN,
@@ -59,7 +87,8 @@ from .volume_place import (
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
+T = TypeVar("T")
+
 # A report at most this often (bytes in between are counted, not reported).
 REPORT_SECONDS = 0.25
 # Passes of just the files that changed while a volume was read, after the first.
@@ -67,8 +96,9 @@ CATCH_UP_PASSES = 3
 # tar's words for a file it read while it changed, or that went before it read it.
 _CHANGED = re.compile(rb"^tar: (.*): file changed as we read it$", re.M)
 _GONE = re.compile(rb"^tar: (.*): (?:File removed before we read it|Cannot stat: No such file or directory)$", re.M)
-
-Connect = Callable[[MachineAddress], contextlib.AbstractAsyncContextManager[tuple[asyncssh.SSHClientConnection, str]]]
+PIPE = asyncio.subprocess.PIPE
+DEVNULL = asyncio.subprocess.DEVNULL
+SIDES = ("source", "host")
 
 
 def place(root: str, name: str) -> str:
@@ -141,8 +171,9 @@ class SshCopy:
         self,
         job: CopyJob,
         report: Callable[[CopyProgress], None],
-        connect: Connect,
+        transport: Transport,
         *,
+        gate: SwapGate | None = None,
         after_stream: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
         if job.host is None:
@@ -150,49 +181,68 @@ class SshCopy:
         self._job = job
         self._host: MachineAddress = job.host
         self._report = report
-        self._connect = connect
+        self._transport = transport
+        self._gate = gate
         # Called once a volume's first stream is in its new copy, before it is checked.
         self._after_stream = after_stream
         self._done: list[VolumeCopied] = []
         self._last_report = 0.0
         self._planned: int | None = None
+        self._links: dict[str, Link] = {}
         # The process groups still running on each machine, to kill on a stop.
-        self._running: dict[str, set[int]] = {"source": set(), "host": set()}
+        self._running: dict[str, set[int]] = {side: set() for side in SIDES}
         # The volume being assembled (its place and new copy), to abandon on a stop.
         self._assembling: tuple[str, str] | None = None
         # How far the host's clock is ahead of the source's (ns): change times compare across it.
         self._clock_offset = 0
+        # The whole host key each machine showed (`source`, `host`), for CopyEnd.
+        self.host_keys: dict[str, str] = {}
+
+    def _address(self, side: str) -> MachineAddress:
+        return self._job.source if side == "source" else self._host
 
     async def run(self) -> None:
-        job = self._job
+        job, transport = self._job, self._transport
         try:
-            async with self._connect(job.source) as (source, _), self._connect(self._host) as (host, _):
+            # Both addresses are checked before any process starts.
+            for address in (job.source, self._host):
+                transport.ensure_allowed(address.ip)
+            with private_directory() as directory:
+                self._links = {
+                    side: Link(Login(side, address, directory, transport.connect_timeout, address.host_key), transport)
+                    for side, address in (("source", job.source), ("host", self._host))
+                }
                 try:
-                    owners = (await self._must(host, ("sh", "-c", CAN_SET_OWNERS), "host", "")).strip() == b"1"
-                    host_ahead, source_ahead = await asyncio.gather(
-                        self._clock(host, "host"), self._clock(source, "source")
-                    )
+                    opened = await asyncio.gather(*(link.open() for link in self._links.values()),
+                                                  return_exceptions=True)
+                    for outcome in opened:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                    owners = (await self._must("host", ("sh", "-c", CAN_SET_OWNERS), "")).strip() == b"1"
+                    host_ahead, source_ahead = await asyncio.gather(self._clock("host"), self._clock("source"))
                     self._clock_offset = host_ahead - source_ahead
-                    await self._recover(host)
+                    await self._recover()
                     for index in range(job.first, len(job.volumes)):
-                        await self._volume(source, host, index, owners=owners)
+                        await self._volume(index, owners=owners)
                 finally:
-                    await self._stop_remote({"source": source, "host": host})
-        except MachineUnreachable as failure:
+                    await self._stop_remote()
+                    self.host_keys = {side: link.met for side, link in self._links.items() if link.met}
+                    await asyncio.gather(*(link.close() for link in self._links.values()))
+        except (MachineUnreachable, Conflict) as failure:
             raise CopyFailed(failure.message) from None
 
-    async def _clock(self, connection: asyncssh.SSHClientConnection, side: str) -> int:
+    async def _clock(self, side: str) -> int:
         """How far a machine's clock is ahead of the service's, in nanoseconds
         (half the round trip allowed for); 0 where `date` cannot say."""
         before = time.time_ns()
-        said = await self._must(connection, ("date", "+%s%N"), side, "")
+        said = await self._must(side, ("date", "+%s%N"), "")
         after = time.time_ns()
         try:
             return int(said.strip()) - (before + after) // 2
         except ValueError:
             return 0
 
-    async def _recover(self, host: asyncssh.SSHClientConnection) -> None:
+    async def _recover(self) -> None:
         """Before anything else: finish the swaps an earlier run of this
         migration left under way, and remove what it left half-made."""
         migration_id = self._job.migration_id
@@ -201,47 +251,35 @@ class SshCopy:
             target = place(self._host.root, _volume_path(volume.name))
             triples += [target, incoming_of(target, migration_id), journal_of(target, migration_id)]
         # Untracked, as the swap itself: a cancel must not stop a swap half-way.
-        await self._must(host, ("sh", "-c", RECOVER, SWAP, *triples), "host", self._host.root, tracked=False)
-        await self._must(host, ("rm", "-rf", "--", staging_of(self._host.root, migration_id)), "host", "")
+        await self._must("host", ("sh", "-c", RECOVER, SWAP, *triples), self._host.root, tracked=False)
+        await self._must("host", ("rm", "-rf", "--", staging_of(self._host.root, migration_id)), "")
 
-    async def _stop_remote(self, connections: dict[str, asyncssh.SSHClientConnection]) -> None:
-        """Kill what still runs of this copy on both machines, then remove the
-        new copy it was assembling (not one whose swap was committed)."""
-        for side, connection in connections.items():
+    async def _stop_remote(self) -> None:
+        """Kill what still runs of this copy on both machines (through their
+        masters), then remove the new copy it was assembling (not one whose
+        swap was committed)."""
+        for side, link in self._links.items():
             pids = self._running[side]
-            if pids and not connection.is_closed():
+            if pids and not link.ended():
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(10):
-                        await connection.run(kill_groups(*pids), check=False, stdin=asyncssh.DEVNULL)
+                        await self._quietly(link, kill_groups(*pids))
             pids.clear()
-        if self._assembling is not None:
-            target, incoming = self._assembling
-            journal = journal_of(target, self._job.migration_id)
+        host = self._links.get("host")
+        if self._assembling is not None and host is not None and not host.ended():
+            incoming = self._assembling[1]
+            journal = journal_of(self._assembling[0], self._job.migration_id)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(30):
-                    await connections["host"].run(
-                        remote_command("sh", "-c", ABANDON, "sh", incoming, journal),
-                        check=False,
-                        stdin=asyncssh.DEVNULL,
-                    )
+                    await self._quietly(host, remote_command("sh", "-c", ABANDON, "sh", incoming, journal))
 
-    async def _start(
-        self, connection: asyncssh.SSHClientConnection, side: str, argv: Sequence[str], *, stdin: object = None
-    ) -> tuple[asyncssh.SSHClientProcess[bytes], int]:
-        """Start a tracked remote process; it and the id of its process group."""
-        options: dict[str, object] = {"encoding": None}
-        if stdin is not None:
-            options["stdin"] = stdin
-        process: asyncssh.SSHClientProcess[bytes] = await connection.create_process(
-            tracked_command(*argv), **options
-        )
-        line = await process.stdout.readline()
-        if not line.strip().isdigit():
-            process.close()
-            raise CopyFailed(f"The {side} did not start {argv[0]} (it said {line[:80]!r}).")
-        pid = int(line)
-        self._running[side].add(pid)
-        return process, pid
+    @staticmethod
+    async def _quietly(link: Link, remote: str) -> None:
+        process = await link.spawn(remote, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+        try:
+            await process.wait()
+        finally:
+            await _reap(link, process)
 
     def _progress(self, index: int, partial: int = 0, files: int = 0, *, now: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -250,9 +288,7 @@ class SshCopy:
         self._last_report = loop.time()
         self._report(CopyProgress(index, partial, files, tuple(self._done), self._planned))
 
-    async def _volume(
-        self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, index: int, *, owners: bool
-    ) -> None:
+    async def _volume(self, index: int, *, owners: bool) -> None:
         """One volume's itinerary: plan, begin, send and check (with catch-up passes), swap."""
         job = self._job
         volume: VolumeToCopy = job.volumes[index]
@@ -268,64 +304,82 @@ class SshCopy:
         self._planned = None
         self._progress(index, now=True)
 
-        theirs, ours = await asyncio.gather(self._list_source(source, at), self._list(
-            host, "host", at.target, place_patterns(at.nested), missing_ok=True
-        ))
+        theirs, ours = await asyncio.gather(
+            self._list_source(at), self._list("host", at.target, place_patterns(at.nested), missing_ok=True)
+        )
         plan = plan_volume(theirs, ours, owners=owners, clock_offset=self._clock_offset)
         self._planned = plan.send_bytes
         self._progress(index, now=True)
 
         self._assembling = (at.target, at.incoming)
-        await self._must(
-            host, ("sh", "-c", BEGIN, "sh", at.target, at.incoming), "host", at.target, stdin=nul_list(plan.links)
-        )
-        sent = TarCounter()  # what every pass of this volume sent, counted
-        theirs = await self._send_and_check(source, host, at, plan, sent, owners=owners)
+        await self._must("host", ("sh", "-c", BEGIN, "sh", at.target, at.incoming), at.target,
+                         stdin=nul_list(plan.links))
+        sent = _Sent()  # what every pass of this volume sent
+        theirs = await self._send_and_check(at, plan, theirs, sent, owners=owners)
 
         swap = plan_volume(theirs, ours, owners=owners, clock_offset=self._clock_offset)
-        # Once the journal is being written the copy goes into place: a cancel
-        # meanwhile waits for the swap, so that once it is answered nothing of
-        # this run reaches a place any more.
-        swapping = asyncio.ensure_future(self._swap(host, at, journal_tar(swap, theirs, ours, owners=owners)))
-        try:
-            await asyncio.shield(swapping)
-        except asyncio.CancelledError:
-            await swapping
-            raise
+        await self._swap_through_gate(at, journal_tar(swap, theirs, ours, owners=owners))
         self._assembling = None
         self._done.append(VolumeCopied(
-            index=index, bytes=sent.file_bytes, files=sent.files, linked=len(swap.links), dropped=len(swap.drops),
+            index=index, bytes=sent.bytes, files=sent.files, linked=len(swap.links), dropped=len(swap.drops),
             held=sum(entry.size for entry in theirs.values() if entry.kind == REGULAR),
         ))
         self._planned = None
         self._progress(index + 1, now=True)
 
-    async def _swap(self, host: asyncssh.SSHClientConnection, at: _Volume, journal: bytes) -> None:
-        await self._must(host, ("sh", "-c", JOURNAL, "sh", at.journal), "host", at.target, stdin=journal)
-        await self._must(host, ("sh", "-c", SWAP, "sh", at.target, at.incoming, at.journal), "host", at.target,
+    async def _swap_through_gate(self, at: _Volume, journal: bytes) -> None:
+        """Write the journal and swap, once the gate lets this volume in (a
+        run ended elsewhere keeps it out: nothing is swapped, the new copy is
+        abandoned). Once the journal is being written the copy goes into
+        place: a cancel meanwhile waits for the swap, so that once it is
+        answered nothing of this run reaches a place any more."""
+        gate = self._gate
+        if gate is not None and not await _blocking(gate.enter, at.index):
+            raise CopyFailed("cancelled")
+        try:
+            swapping = asyncio.ensure_future(self._swap(at, journal))
+            try:
+                await asyncio.shield(swapping)
+            except asyncio.CancelledError:
+                await swapping
+                raise
+        finally:
+            if gate is not None:
+                await _blocking(gate.leave, at.index)
+
+    async def _swap(self, at: _Volume, journal: bytes) -> None:
+        await self._must("host", ("sh", "-c", JOURNAL, "sh", at.journal), at.target, stdin=journal)
+        await self._must("host", ("sh", "-c", SWAP, "sh", at.target, at.incoming, at.journal), at.target,
                          tracked=False)
 
     async def _send_and_check(
-        self, source: asyncssh.SSHClientConnection, host: asyncssh.SSHClientConnection, at: _Volume,
-        plan: VolumePlan, sent: TarCounter, *, owners: bool,
+        self, at: _Volume, plan: VolumePlan, theirs: Listing, sent: _Sent, *, owners: bool
     ) -> Listing:
-        """Stream what the plan sends into the new copy and check it: what was
-        written is what left the source, and the new copy matches the source
-        listed again; what changed meanwhile goes again, up to CATCH_UP_PASSES
-        times. The source's last listing, which the new copy matches."""
+        """Stream what the plan sends into the new copy and check it (see the
+        module's docstring): what was written is what the source holds, and
+        the new copy matches the source listed again; what changed meanwhile
+        goes again, up to CATCH_UP_PASSES times. The source's last listing,
+        which the new copy matches."""
         sending = plan.sends
         for catch_up in range(CATCH_UP_PASSES + 1):
             paths = tree_order((*plan.dirs, *sending))
-            stream = await self._stream(source, host, at.origin, at.incoming, paths, at.index, sent)
+            files = [path for path in sending if path in theirs and theirs[path].kind == REGULAR]
+            warnings = await self._stream(at, paths, sent, [theirs[path].size for path in tree_order(files)])
             if catch_up == 0 and self._after_stream is not None:
                 await self._after_stream(at.index, at.incoming)
-            await self._verify_sent(host, at, sending, stream)
-            theirs, held = await asyncio.gather(
-                self._list_source(source, at), self._list(host, "host", at.incoming, [])
-            )
+            differing = await self._differing(at, files)
+            now, held = await asyncio.gather(self._list_source(at), self._list("host", at.incoming, []))
+            sent.add(files, held)
+            wrong = sorted(path for path in differing if now.get(path) == theirs[path])
+            if wrong:
+                raise CopyFailed(
+                    f"Verification failed for volume {at.name}: {len(wrong)} file(s) differ"
+                    f" between {at.origin} on the source and the copy on the host, the first {_shown(wrong[0])}."
+                )
+            theirs = now
             plan = plan_volume(theirs, held, owners=owners, clock_offset=self._clock_offset)
             # tar also says a directory changed as it read it: its entries are checked on their own.
-            read_changing = {p for p in _tar_names(_CHANGED, stream.warnings) if p in theirs}
+            read_changing = {p for p in _tar_names(_CHANGED, warnings) | differing if p in theirs}
             changing = set(plan.sends) | {p for p in read_changing if theirs[p].kind != DIRECTORY}
             if not changing and not plan.drops:
                 return theirs
@@ -334,154 +388,199 @@ class SshCopy:
             # What is sent again goes first, and so does a file where a directory now stands.
             in_the_way = [path for path in plan.dirs if path in held and held[path].kind != DIRECTORY]
             clear = nul_list((*changing, *plan.drops, *in_the_way))
-            await self._must(host, ("sh", "-c", CLEAR, "sh", at.incoming), "host", at.incoming, stdin=clear)
+            await self._must("host", ("sh", "-c", CLEAR, "sh", at.incoming), at.incoming, stdin=clear)
             sending = tree_order(changing)
         raise AssertionError("the last pass returns or raises")
 
-    async def _list_source(self, source: asyncssh.SSHClientConnection, at: _Volume) -> Listing:
-        return await self._list(source, "source", at.origin, [glob_escaped(path) for path in at.nested])
+    async def _differing(self, at: _Volume, files: Sequence[bytes]) -> set[bytes]:
+        """The files sent whose SHA-256 differs between the new copy on the
+        host and their origin on the source (or that one side lacks); both
+        machines hash at once."""
+        if not files:
+            return set()
+        on_host, on_source = await asyncio.gather(
+            self._hashes("host", at.incoming, files), self._hashes("source", at.origin, files)
+        )
+        return {path for path in files if on_host.get(path) is None or on_host.get(path) != on_source.get(path)}
 
-    async def _list(
-        self, connection: asyncssh.SSHClientConnection, side: str, directory: str, patterns: list[str],
-        *, missing_ok: bool = False,
-    ) -> Listing:
+    async def _hashes(self, side: str, directory: str, files: Sequence[bytes]) -> dict[bytes, bytes]:
+        said = await self._must(side, ("sh", "-c", HASHES, "sh", directory), directory, stdin=nul_list(files))
+        hashes = {}
+        for record in said.split(b"\0"):
+            if len(record) > 66:
+                hashes[record[66:]] = record[:64]
+        return hashes
+
+    async def _list_source(self, at: _Volume) -> Listing:
+        return await self._list("source", at.origin, [glob_escaped(path) for path in at.nested])
+
+    async def _list(self, side: str, directory: str, patterns: list[str], *, missing_ok: bool = False) -> Listing:
         """A tree's listing; empty for a place not there yet (`missing_ok`)."""
-        try:
-            process, pid = await self._start(
-                connection, side, ("sh", "-c", LIST, "sh", directory, *patterns), stdin=asyncssh.DEVNULL
-            )
-            try:
-                result = await process.wait()
-            finally:
-                process.close()
-            self._running[side].discard(pid)
-        except (asyncssh.Error, OSError) as error:
-            raise CopyFailed(self._vanished(side, error)) from None
-        if result.exit_status == 3:
+        status, out, err = await self._run(side, ("sh", "-c", LIST, "sh", directory, *patterns))
+        if status == 3:
             if missing_ok:
                 return {}
             raise CopyFailed(f"{directory} on the {side} is not a directory the login may enter.")
-        if result.exit_status != 0:
-            failure = _why(_bytes(result.stderr), directory, f"listing {directory} failed")
+        if status != 0:
+            failure = _why(err, directory, f"listing {directory} failed")
             raise CopyFailed(f"{failure} (on the {side})")
         # On the host, what another filesystem mounted below holds is not the copy's to change.
-        return parse_listing(_bytes(result.stdout), one_device=side == "host")
+        return parse_listing(out, one_device=side == "host")
 
-    async def _verify_sent(
-        self, host: asyncssh.SSHClientConnection, at: _Volume, sending: Sequence[bytes], stream: _Stream
-    ) -> None:
-        """Each file sent has, on the host as written, the SHA-256 it had as it
-        left the source; any difference fails the volume."""
-        files = [path for path in sending if path in stream.digests]
-        written = await self._must(
-            host, ("sh", "-c", HASHES, "sh", at.incoming), "host", at.incoming, stdin=nul_list(files)
-        )
-        on_host = {}
-        for record in written.split(b"\0"):
-            if record:
-                on_host[record[66:]] = record[:64]
-        differing = sorted(path for path in files if on_host.get(path) != stream.digests[path])
-        if differing:
-            raise CopyFailed(
-                f"Verification failed for volume {at.name}: {len(differing)} file(s) differ"
-                f" between {at.origin} on the source and the copy on the host, the first {_shown(differing[0])}."
-            )
-
-    async def _stream(
-        self,
-        source: asyncssh.SSHClientConnection,
-        host: asyncssh.SSHClientConnection,
-        origin: str,
-        incoming: str,
-        paths: Sequence[bytes],
-        index: int,
-        counted: TarCounter,
-    ) -> _Stream:
-        """Send `paths` (directories and what differs) from the source into the
-        new copy; what tar said of files that changed, and each file's hash."""
+    async def _stream(self, at: _Volume, paths: Sequence[bytes], sent: _Sent, sizes: Sequence[int]) -> bytes:
+        """Send `paths` (directories and what differs, `sizes` the bytes of its
+        files in order) from the source into the new copy: the source's tar
+        writes into one pipe, the host's reads from another, and a relay
+        thread splices one into the other. What tar said of files that
+        changed as it read them."""
+        source, host = self._links["source"], self._links["host"]
         reading = (
-            "tar", "-C", origin, "--format=posix", "--pax-option=delete=atime,delete=ctime", "--no-recursion",
+            "tar", "-C", at.origin, "--format=posix", "--pax-option=delete=atime,delete=ctime", "--no-recursion",
             "--null", "--verbatim-files-from", "--no-unquote", "-T", "-", "-cpf", "-",
         )
         # Owners by number, as the plan compares them: names may map to other ids on the host.
-        writing = ("tar", "-C", incoming, "--numeric-owner", "-xpf", "-")
-        stream = TarCounter(digests=True)
-        before_bytes, before_files = counted.file_bytes, counted.files
-        sender, sender_pid = await self._start(source, "source", reading)
+        writing = ("tar", "-C", at.incoming, "--numeric-owner", "-xpf", "-")
+        archive, archive_in = pipe()  # the source's tar writes into archive_in
+        feed_out, feed = pipe()  # the host's tar reads from feed_out
+        sender = receiver = None
+        relay = None
         try:
-            sender.stdin.write(nul_list(paths))
-            sender.stdin.write_eof()
-            receiver, receiver_pid = await self._start(host, "host", writing)
             try:
-                while chunk := await sender.stdout.read(CHUNK):
-                    stream.feed(chunk)
-                    receiver.stdin.write(chunk)
-                    await receiver.stdin.drain()
-                    self._progress(index, before_bytes + stream.file_bytes, before_files + stream.files)
-                sent = await sender.wait()
-                if source.is_closed() or sent.exit_status is None:
-                    raise CopyFailed(self._vanished("source", "its connection closed"))
-                self._running["source"].discard(sender_pid)
-                receiver.stdin.write_eof()
-                # wait() gathers what the process wrote and nobody read: its errors.
-                received = await receiver.wait()
-                self._running["host"].discard(receiver_pid)
-                if received.exit_status != 0:
-                    raise CopyFailed(
-                        _why(_bytes(received.stderr), self._host.root, "tar on the host failed")
-                        + f" (writing {origin} into {incoming} on the host)"
-                    )
-                warnings = _bytes(sent.stderr)
-                if sent.exit_status not in (0, 1) and not _only_changes(warnings):
-                    raise CopyFailed(
-                        _why(warnings, origin, "tar on the source failed reading " + origin) + " (on the source)"
-                    )
+                sender = await source.spawn(tracked_command(*reading), stdin=PIPE, stdout=archive_in, stderr=PIPE)
             finally:
-                if receiver.exit_status is None:
-                    with contextlib.suppress(Exception):
-                        receiver.kill()
-                receiver.close()
-        except (asyncssh.Error, OSError) as error:
-            raise CopyFailed(self._vanished("source" if source.is_closed() else "host", error)) from None
+                os.close(archive_in)
+            try:
+                receiver = await host.spawn(tracked_command(*writing), stdin=feed_out, stdout=DEVNULL, stderr=PIPE)
+            finally:
+                os.close(feed_out)
+            # The list of paths goes in while the archive comes out: tar reads it as it writes.
+            listing = asyncio.ensure_future(_feed(sender, nul_list(paths)))
+            sender_pid, receiver_pid = await asyncio.gather(
+                self._pid("source", sender, "tar"), self._pid("host", receiver, "tar")
+            )
+            assert sender.stderr is not None and receiver.stderr is not None
+            warned = asyncio.ensure_future(sender.stderr.read())
+            complained = asyncio.ensure_future(receiver.stderr.read())
+            relay = Relay(archive, feed, bandwidth=self._transport.bandwidth,
+                          counted=self._counter(at.index, sent, sizes))
+            await relay.wait()
+            received_status = await receiver.wait()
+            if relay.broken:
+                if received_status == 0:
+                    # The host's tar read the archive to its end, not the padding
+                    # after it: the rest goes nowhere, and the source's tar ends as it would.
+                    await relay.drain()
+                else:
+                    # The host's tar failed: the source's tar, on a full pipe, is stopped.
+                    relay.close()
+                    await self._kill("source", sender_pid)
+            sent_status = await sender.wait()
+            warnings, errors = await warned, await complained
+            await listing
+            for link, status in ((source, sent_status), (host, received_status)):
+                if link.ended() or status == 255 and await link.lost():
+                    raise CopyFailed(self._vanished(link.side, link.last_words()))
+            self._running["source"].discard(sender_pid)
+            self._running["host"].discard(receiver_pid)
+            if received_status != 0:
+                raise CopyFailed(
+                    _why(errors, self._host.root, f"tar on the host failed (exit status {received_status})")
+                    + f" (writing {at.origin} into {at.incoming} on the host)"
+                )
+            if sent_status not in (0, 1) and not _only_changes(warnings):
+                raise CopyFailed(
+                    _why(warnings, at.origin, "tar on the source failed reading " + at.origin) + " (on the source)"
+                )
+            return warnings
         finally:
-            if sender.exit_status is None:
-                with contextlib.suppress(Exception):
-                    sender.kill()
-            sender.close()
-        counted.file_bytes += stream.file_bytes
-        counted.files += stream.files
-        return _Stream(stream.digests, warnings)
+            if relay is None:
+                os.close(archive)
+                os.close(feed)
+            else:
+                relay.close()
+            for link, process in ((source, sender), (host, receiver)):
+                if process is not None:
+                    await _reap(link, process)
+
+    def _counter(self, index: int, sent: _Sent, sizes: Sequence[int]) -> Callable[[int], None]:
+        """What the relay calls with its count (from its thread): a report at
+        most every REPORT_SECONDS, of the bytes moved (at most this pass's
+        files' bytes, the archive's headers left out) and the files they fill."""
+        loop = asyncio.get_running_loop()
+        ends = []
+        total = 0
+        for size in sizes:
+            total += size
+            ends.append(total)
+        last = [0.0]
+
+        def counted(moved: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < REPORT_SECONDS:
+                return
+            last[0] = now
+            partial = sent.bytes + min(moved, total)
+            files = sent.files + bisect.bisect_right(ends, moved)
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(self._progress, index, partial, files)
+
+        return counted
+
+    async def _pid(self, side: str, process: asyncio.subprocess.Process, program: str) -> int:
+        """The process group a tracked command says it leads (its first line
+        on standard error), noted for a stop."""
+        assert process.stderr is not None
+        line = await process.stderr.readline()
+        if not line.strip().isdigit():
+            link = self._links[side]
+            if await link.lost():
+                raise CopyFailed(self._vanished(side, link.last_words()))
+            raise CopyFailed(f"The {side} did not start {program} (it said {line[:80]!r}).")
+        pid = int(line)
+        self._running[side].add(pid)
+        return pid
+
+    async def _kill(self, side: str, pid: int) -> None:
+        link = self._links[side]
+        if not link.ended():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await self._quietly(link, kill_groups(pid))
+        self._running[side].discard(pid)
 
     def _vanished(self, which: str, error: object) -> str:
-        address = self._job.source if which == "source" else self._host
+        address = self._address(which)
         return f"The {which} {address.ip} port {address.port} vanished mid-copy ({error})."
 
-    async def _must(
-        self, connection: asyncssh.SSHClientConnection, argv: Sequence[str], side: str, where: str,
-        *, stdin: bytes | None = None, tracked: bool = True,
-    ) -> bytes:
-        """Run a remote command to its end (fed `stdin`); its output, or
-        CopyFailed in words. An untracked one is not killed on a stop: the swap."""
+    async def _run(
+        self, side: str, argv: Sequence[str], *, stdin: bytes | None = None, tracked: bool = True
+    ) -> tuple[int, bytes, bytes]:
+        """Run a remote command to its end (fed `stdin`): its exit status,
+        output and errors. An untracked one is not killed on a stop: the swap."""
+        link = self._links[side]
+        process = await link.spawn(
+            tracked_command(*argv) if tracked else remote_command(*argv), stdin=PIPE, stdout=PIPE, stderr=PIPE
+        )
+        pid = None
         try:
             if tracked:
-                process, pid = await self._start(
-                    connection, side, argv, stdin=asyncssh.DEVNULL if stdin is None else None
-                )
-            else:
-                process, pid = await connection.create_process(remote_command(*argv), encoding=None), None
-            try:
-                if stdin is not None:
-                    process.stdin.write(stdin)
-                process.stdin.write_eof()
-                result = await process.wait()
-            finally:
-                process.close()
-            stdout, stderr = _bytes(result.stdout), _bytes(result.stderr)
-            if pid is not None:
-                self._running[side].discard(pid)
-        except (asyncssh.Error, OSError) as error:
-            raise CopyFailed(self._vanished(side, error)) from None
-        if result.exit_status != 0:
+                pid = await self._pid(side, process, argv[0])
+            stdout, stderr = await process.communicate(stdin or b"")
+        finally:
+            await _reap(link, process)
+        if pid is not None:
+            self._running[side].discard(pid)
+        status = process.returncode
+        if link.ended() or status == 255 and await link.lost():
+            raise CopyFailed(self._vanished(side, link.last_words()))
+        return -1 if status is None else status, stdout, stderr
+
+    async def _must(
+        self, side: str, argv: Sequence[str], where: str, *, stdin: bytes | None = None, tracked: bool = True
+    ) -> bytes:
+        """`_run`'s output, or CopyFailed in words."""
+        status, stdout, stderr = await self._run(side, argv, stdin=stdin, tracked=tracked)
+        if status != 0:
             raise CopyFailed(_why(stderr, where, f"a command failed on the {side}") + f" (on the {side})")
         return stdout
 
@@ -508,12 +607,52 @@ class _Volume:
         return journal_of(self.target, self.migration_id)
 
 
-class _Stream:
-    """What one stream of a volume said: each file's hash, and tar's warnings."""
+class _Sent:
+    """What the passes of a volume sent: the files and their bytes, as the
+    host's listing of the new copy shows them once written."""
 
-    def __init__(self, digests: dict[bytes, bytes], warnings: bytes) -> None:
-        self.digests = digests
-        self.warnings = warnings
+    def __init__(self) -> None:
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, files: Sequence[bytes], held: Listing) -> None:
+        for path in files:
+            entry = held.get(path)
+            if entry is not None and entry.kind == REGULAR:
+                self.files += 1
+                self.bytes += entry.size
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
+    """Write `data` to a process's standard input, then close it; a process
+    gone meanwhile is no error here (its exit status says why)."""
+    assert process.stdin is not None
+    with contextlib.suppress(ConnectionError):
+        process.stdin.write(data)
+        await process.stdin.drain()
+    process.stdin.close()
+
+
+async def _reap(link: Link, process: asyncio.subprocess.Process) -> None:
+    """A local client is over: killed if it still runs (its remote command
+    is killed apart, by its process group), and forgotten."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+    link.done_with(process)
+
+
+async def _blocking(call: Callable[[int], T], index: int) -> T:
+    """A blocking call (storage) in a thread, seen to its end even when the
+    copy is cancelled meanwhile (then the cancel goes on after it)."""
+    running = asyncio.ensure_future(asyncio.to_thread(call, index))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
 
 
 def _only_changes(stderr: bytes) -> bool:
@@ -561,6 +700,8 @@ class CopyInBackground:
             log.exception("the copy of migration %d failed", self._job.migration_id)
             end = CopyEnd(f"The copy failed: {exc}")
         finally:
+            # The whole keys met, for a pin held as a fingerprint alone to be completed.
+            end = attrs.evolve(end, host_keys=dict(copy.host_keys))
             self._log(end)
             with self._lock:
                 self._end = end

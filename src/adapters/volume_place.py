@@ -1,6 +1,7 @@
 """What runs on the machines to copy one volume (SPEC 2.8), whatever carries
 the stream: the listings of the source and of the place, the new copy
-assembled beside the place, and the swap that puts it there.
+assembled beside the place, the hashes of what was sent (on both machines),
+and the swap that puts it there.
 
 Below the volume's place P on the host, for migration m:
 - `P/.migration-incoming-m` is the new copy being assembled: the unchanged
@@ -68,8 +69,10 @@ BEGIN = (
 # Remove from the new copy "$1" the paths on standard input (to be sent again, or gone).
 CLEAR = 'cd -- "$1" && xargs -0r rm -rf --one-file-system --'
 
-# The SHA-256 of the files on standard input, below "$1", as sha256sum -z prints them.
-HASHES = 'cd -- "$1" && xargs -0r sha256sum -z --'
+# The SHA-256 of the files on standard input, below "$1", as sha256sum -z
+# prints them; a file that is not there (gone from the source, never written
+# on the host) has none, and the comparison of both sides' hashes says so.
+HASHES = 'cd -- "$1" || exit 1; xargs -0r sha256sum -z -- 2>/dev/null; exit 0'
 
 # Write the journal "$1" whole from a tar on standard input.
 JOURNAL = 'j=$1; rm -rf -- "$j.new" && mkdir -- "$j.new" && tar -C "$j.new" -xf - && mv -- "$j.new" "$j"'

@@ -6,6 +6,9 @@ machine answers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -17,6 +20,51 @@ from .ports import ListQuery, Storage
 
 # The tools a real copy needs on both machines (SPEC 2.8).
 COPY_TOOLS = ("tar", "sha256sum")
+
+
+def fingerprint(pin: str) -> str:
+    """What the service answers for a pinned host key: a whole key (OpenSSH's
+    one-line `type base64`) as its SHA-256 fingerprint, `SHA256:` and the
+    unpadded base64 of the hash of the key's blob, as `ssh-keygen -l` prints
+    it; a pin held as a fingerprint alone (or anything else) as it is."""
+    blob = key_blob(pin)
+    if blob is None:
+        return pin
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def key_blob(pin: str) -> bytes | None:
+    """The blob of a whole public key (`type base64`, a comment after it
+    allowed), or None for a fingerprint or anything that is no key: the blob
+    begins with the key's type, as SSH writes every key."""
+    parts = pin.split()
+    if len(parts) < 2:
+        return None
+    kind, encoded = parts[0], parts[1]
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    named = kind.encode()
+    if blob[:4] != len(named).to_bytes(4, "big") or blob[4 : 4 + len(named)] != named:
+        return None
+    return blob
+
+
+def whole_key(pin: str) -> str | None:
+    """A whole key as pinned (`type base64`, without its comment), or None for a fingerprint."""
+    return " ".join(pin.split()[:2]) if key_blob(pin) is not None else None
+
+
+def pin_after_contact(pinned: str | None, met: str) -> str | None:
+    """The pin once a contact met the whole key `met` (and was let in, so it
+    matched the pin): the key met at first contact, a fingerprint completed
+    to the whole key it names; any other pin stays."""
+    if pinned is None:
+        return met
+    if key_blob(pinned) is None and key_blob(met) is not None and fingerprint(met) == pinned:
+        return whole_key(met)
+    return pinned
 
 
 class MachineUnreachable(DomainError):
@@ -31,8 +79,9 @@ class HostKeyChanged(MachineUnreachable):
 
 @attrs.frozen
 class MachineAddress:
-    """How to reach a machine and log in to it. `host_key` is the pinned
-    fingerprint; None trusts the first key met (and the caller pins it)."""
+    """How to reach a machine and log in to it. `host_key` is the pinned key
+    (whole, or a fingerprint alone from an earlier release); None trusts the
+    first key met (and the caller pins it)."""
 
     ip: str
     port: int
@@ -59,7 +108,7 @@ class MachineAddress:
 class MachineFacts:
     """What a check reads of a machine."""
 
-    host_key: str  # the fingerprint of the key it answered with
+    host_key: str  # the whole key it answered with (`type base64`)
     os: OperatingSystem | None
     hostname: str
     kernel: str
@@ -82,7 +131,7 @@ class Filesystem:
 
 @attrs.frozen
 class Discovered:
-    """What a discovery read: the key the machine answered with, and its filesystems."""
+    """What a discovery read: the whole key the machine answered with, and its filesystems."""
 
     host_key: str
     filesystems: Sequence[Filesystem]
@@ -269,16 +318,17 @@ def _contact(workload: Workload) -> tuple[object, ...]:
 def _learn(
     storage: Storage, owner_id: int, seen: Workload, host_key: str, os: OperatingSystem | None = None
 ) -> None:
-    """Pin the host key met at first contact, and record the os when unknown.
-    Nothing is written when the workload was changed meanwhile in what this
-    contact relied on (its address or its pinned key)."""
+    """Pin the host key met at first contact (whole), complete a pin held as a
+    fingerprint alone, and record the os when unknown. Nothing is written
+    when the workload was changed meanwhile in what this contact relied on
+    (its address or its pinned key)."""
     with storage.unit_of_work() as uow:
         workload = uow.workloads.get(owner_id, seen.id)
         if _contact(workload) != _contact(seen):
             return
         learnt = attrs.evolve(
             workload,
-            host_key=workload.host_key or host_key,
+            host_key=pin_after_contact(workload.host_key, host_key),
             os=workload.os or os,
         )
         if learnt != workload:
@@ -290,12 +340,14 @@ def check_workload(storage: Storage, machines: Machines, owner_id: int, workload
     """Connect to a workload, log in and read its facts. A machine that cannot
     be reached is a report with `ok` false and the reason, not an error; an
     address outside the allowed networks raises Conflict. A first contact
-    pins the host key; the os is recorded when it was unknown."""
+    pins the host key; the os is recorded when it was unknown. The report
+    names the key by its fingerprint."""
     workload, address = _address(storage, owner_id, workload_id)
     try:
         facts = machines.facts(address)
     except MachineUnreachable as failure:
-        return CheckReport(ok=False, message=failure.message, host_key=workload.host_key)
+        pinned = None if workload.host_key is None else fingerprint(workload.host_key)
+        return CheckReport(ok=False, message=failure.message, host_key=pinned)
     _learn(storage, owner_id, workload, facts.host_key, facts.os)
     missing = facts.missing_tools
     if missing:
@@ -309,7 +361,7 @@ def check_workload(storage: Storage, machines: Machines, owner_id: int, workload
         hostname=facts.hostname,
         kernel=facts.kernel,
         tools=facts.tools,
-        host_key=facts.host_key,
+        host_key=fingerprint(facts.host_key),
     )
 
 
@@ -363,7 +415,7 @@ def discover_volumes(
                 attrs.evolve(
                     current,
                     mount_point_ids=(*current.mount_point_ids, *new_ids),
-                    host_key=current.host_key or found.host_key,
+                    host_key=pin_after_contact(current.host_key, found.host_key),
                     os=current.os or OperatingSystem.LINUX,
                 )
             )

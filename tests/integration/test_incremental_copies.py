@@ -544,6 +544,10 @@ def test_a_place_on_a_filesystem_of_its_own_receives_its_volume_by_rename(
 # -- a service killed at each step of a volume's copy ---------------------------
 
 
+# How the service's local clients begin: OpenSSH's ssh, or what starts it.
+_CLIENTS = (b"ssh\0", b"nice\0", b"setpriv\0")
+
+
 class _Step:
     """The remote processes of a volume's copy, as the host and the source
     (this test's sshd) run them: a step is found in the act and stopped
@@ -555,16 +559,18 @@ class _Step:
         self._big = 0  # the inode of the copy in place's big file, until the swap moves the new one in
 
     def _processes(self, step: str | None = None) -> Iterator[int]:
-        """The processes at work below the two trees (those of `step` alone).
-        All of /proc, arguments first (the quickest to read, and a step takes
-        milliseconds): what a dead connection leaves is no longer sshd's."""
+        """The processes at work below the two trees (those of `step` alone,
+        on a machine: not the service's own `ssh` clients, whose arguments
+        carry the remote command). All of /proc, arguments first (the
+        quickest to read, and a step takes milliseconds): what a dead
+        connection leaves is no longer sshd's."""
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as file:
                     args = file.read()
-                if step is not None and not self._is(step, args):
+                if step is not None and (args.startswith(_CLIENTS) or not self._is(step, args)):
                     continue
                 directory = os.readlink(f"/proc/{entry}/cwd".encode())
             except OSError:

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 import migration_core as core
@@ -16,7 +17,7 @@ from adapters.memory import MemoryStorage
 from adapters.ssh import SshMachines, parse_mounts, volumes_under
 from migration_core import Conflict, OperatingSystem
 
-from ..sshd_fixtures import Listener, Machine, Witness
+from ..sshd_fixtures import ClosingListener, Listener, Machine, Witness
 from ..sshd_server import SshServer
 
 OWNER = 1
@@ -71,9 +72,9 @@ def test_a_check_reads_what_the_machine_says_of_itself_and_pins_its_key(
     assert (report.os, report.hostname, report.kernel) == (OperatingSystem.LINUX, socket.gethostname(), uname.release)
     assert report.hostname == uname.nodename
     assert dict(report.tools) == {"tar": True, "sha256sum": True}
-    assert report.host_key == machine.host_key_fingerprint
+    assert report.host_key == machine.host_key_fingerprint  # answered as its fingerprint
     stored = core.get_workload(storage, OWNER, workload_id)
-    assert (stored.host_key, stored.os) == (machine.host_key_fingerprint, OperatingSystem.LINUX)
+    assert (stored.host_key, stored.os) == (machine.host_public_key, OperatingSystem.LINUX)  # pinned whole
 
 
 def test_a_password_login_checks_too_and_a_wrong_password_is_refused_in_words(
@@ -135,12 +136,12 @@ def test_a_changed_host_key_refuses_every_connection_until_the_user_clears_it(
     assert not changed.ok and changed.message.startswith("Host key changed at 127.0.0.1")
     assert sshd.fingerprint() in changed.message and machine.host_key_fingerprint in changed.message
     assert not found.ok and found.message == changed.message
-    assert core.get_workload(storage, OWNER, workload_id).host_key == machine.host_key_fingerprint
+    assert core.get_workload(storage, OWNER, workload_id).host_key == machine.host_public_key
 
     core.update_workload(storage, OWNER, workload_id, host_key=None)
     again = core.check_workload(storage, machines, OWNER, workload_id)
     assert again.ok and again.host_key == sshd.fingerprint()
-    assert core.get_workload(storage, OWNER, workload_id).host_key == sshd.fingerprint()
+    assert core.get_workload(storage, OWNER, workload_id).host_key == sshd.host_public_key()
 
 
 def test_an_address_outside_the_allowed_networks_is_refused_before_any_packet(
@@ -193,7 +194,7 @@ def test_discovery_of_this_machine_matches_its_mounts_and_used_bytes(machine: Ma
     workload = core.get_workload(storage, OWNER, workload_id)
     stored = {core.get_mount_point(storage, OWNER, i).name for i in workload.mount_point_ids}
     assert stored == set(found)
-    assert workload.os is OperatingSystem.LINUX and workload.host_key == machine.host_key_fingerprint
+    assert workload.os is OperatingSystem.LINUX and workload.host_key == machine.host_public_key
 
 
 def test_a_dry_run_writes_nothing_and_a_second_discovery_updates_sizes_and_removes_nothing(
@@ -256,3 +257,58 @@ def test_a_windows_workload_is_not_discovered(
     with pytest.raises(Conflict, match="runs windows"):
         core.discover_volumes(storage, machines, OWNER, workload_id)
     assert witness.attempts() == []
+
+
+def test_a_connection_closed_before_the_login_says_so_and_a_real_non_ssh_answer_is_told_apart(
+    closing_listener: ClosingListener, not_ssh_listener: Listener
+) -> None:
+    """sshd beyond its MaxStartups closes a connection before the login
+    (saying so in a line, or not): that reads as a closed connection, not as
+    a machine that is no SSH server; an HTTP answer still reads as the latter."""
+    driver = SshMachines(LOOPBACK, connect_timeout=5)
+    try:
+        reports = {}
+        for name, listener in (("closing", closing_listener), ("http", not_ssh_listener)):
+            storage = _storage()
+            workload_id = _workload(storage, listener.ip, listener.port, username="root", password="x")
+            reports[name] = core.check_workload(storage, driver, OWNER, workload_id)
+    finally:
+        driver.close()
+
+    where = f"{closing_listener.ip} port {closing_listener.port}"
+    assert reports["closing"].message == (
+        f"The connection to {where} was closed before the login (the machine may be refusing"
+        " connections beyond its sshd MaxStartups; try again or raise it)."
+    )
+    http = reports["http"].message
+    assert http.startswith(f"{not_ssh_listener.ip} port {not_ssh_listener.port} did not answer as an SSH server"), http
+
+
+def test_a_key_pinned_as_a_fingerprint_alone_is_completed_by_a_check_whose_key_matches_it(
+    machine: Machine, machines: SshMachines
+) -> None:
+    """A database from an earlier release holds fingerprints: the next check
+    that meets the key it names pins the whole key; one that meets another
+    key leaves the pin as it was and is refused."""
+    storage = _storage()
+    workload_id = _of(storage, machine)
+    _pin(storage, workload_id, machine.host_key_fingerprint)
+
+    report = core.check_workload(storage, machines, OWNER, workload_id)
+
+    assert report.ok and report.host_key == machine.host_key_fingerprint
+    assert core.get_workload(storage, OWNER, workload_id).host_key == machine.host_public_key
+
+    other = "SHA256:" + "A" * 43
+    _pin(storage, workload_id, other)
+    refused = core.check_workload(storage, machines, OWNER, workload_id)
+    assert not refused.ok and refused.message.startswith("Host key changed at 127.0.0.1"), refused.message
+    assert refused.host_key == other and core.get_workload(storage, OWNER, workload_id).host_key == other
+
+
+def _pin(storage: MemoryStorage, workload_id: int, key: str) -> None:
+    """A pin as an earlier release (or a check) left it, written straight through storage."""
+    with storage.unit_of_work() as uow:
+        workload = uow.workloads.get(OWNER, workload_id)
+        uow.workloads.update(attrs.evolve(workload, host_key=key))
+        uow.commit()

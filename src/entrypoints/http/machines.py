@@ -42,7 +42,7 @@ class CheckSchema(Schema):
     host_key = fields.String(
         dump_only=True,
         allow_none=True,
-        metadata={"description": "The fingerprint of the host key met (pinned at first contact)."},
+        metadata={"description": "The SHA-256 fingerprint of the host key met (pinned whole at first contact)."},
     )
 
 
@@ -100,7 +100,7 @@ _REFUSED = "Refused: the workload's ip is outside MIGRATION_ALLOWED_NETWORKS (no
     tags=[TAG],
     summary="Check a workload: connect over SSH, log in and read its facts",
     description="Reads the os, hostname and kernel, and whether `tar` and `sha256sum` are there."
-    " The first successful contact pins the host key's fingerprint in `host_key`; a later"
+    " The first successful contact pins the host key (`host_key` answers its fingerprint); a later"
     " contact that meets another key fails (`ok` false) until `host_key` is cleared. A check"
     " sets `os` when it was null. A machine that cannot be reached answers 200 with `ok` false"
     " and the reason.",

@@ -22,6 +22,7 @@ from migration_core import (
     WaveState,
     Workload,
 )
+from migration_core.machines import fingerprint
 
 View = dict[str, Any]
 
@@ -53,7 +54,7 @@ def workload_view(workload: Workload) -> View:
         "port": workload.port,
         "os": None if workload.os is None else workload.os.value,
         "root": workload.root,
-        "host_key": workload.host_key,
+        "host_key": None if workload.host_key is None else fingerprint(workload.host_key),
     }
 
 
