@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 from .sshd_fixtures import Machine
 from .sshd_server import MAX_LISTEN_ADDRESSES, SshServer
@@ -65,16 +68,20 @@ class SshFleet:
         server, first = self.server_of(ip), self.servers[0]
         root = self.root / f"machine-{ip}"
         root.mkdir(parents=True)
-        return Machine(
-            root=root,
-            ip=ip,
-            port=server.port,
-            username=server.username,
-            private_key=first.private_key,
-            pem_private_key=first.pem_private_key,
-            host_key_fingerprint=server.fingerprint(),
-            add_password_user=server.add_password_user,
-        )
+        fields: dict[str, Any] = {
+            "root": root,
+            "ip": ip,
+            "port": server.port,
+            "username": server.username,
+            "private_key": first.private_key,
+            "pem_private_key": first.pem_private_key,
+            "host_key_fingerprint": server.fingerprint(),
+            "host_public_key": server.host_public_key(),
+            "add_password_user": server.add_password_user,
+        }
+        # The whole host key joins Machine with the OpenSSH transport's work:
+        # until then Machine does not take it.
+        return Machine(**{name: value for name, value in fields.items() if name in attrs.fields_dict(Machine)})
 
     def log(self) -> str:
         """Every server's log, for a failing test to show."""
