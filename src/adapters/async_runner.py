@@ -57,8 +57,8 @@ from typing import TypeVar
 import attrs
 
 from migration_core import Clock, Copier, Storage, mark_interrupted
-from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress
-from migration_core.runs import RunRef, take_copies
+from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyKind, CopyProgress
+from migration_core.runs import RunRef, queue_due, take_copies
 
 from .carrying import END_ATTEMPTS, Carrier, StorageSwapGate
 from .instances import Instance, InstanceRegistry, MemoryRegistry
@@ -68,9 +68,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Simulated copies (a warm migration's syncs into a target without a host)
+# taken at most this many a tick: they take no slot.
+SIMULATED_TAKES = 1000
+
+
 def _machines_of(job: CopyJob) -> tuple[int, ...]:
     """The workloads a real copy touches (its source and host); () for a simulated one."""
-    return () if job.host_id is None else (job.source_id, job.host_id)
+    return () if job.host is None else (job.source_id, job.host_id or 0)
 
 @attrs.define(eq=False)
 class _Run:
@@ -211,17 +216,22 @@ class AsyncRunner:
     # -- the Runner port (any thread) -------------------------------------
 
     def launch(self, job: CopyJob) -> None:
-        if job.host is not None:
+        if job.host is not None or job.kind is not CopyKind.RUN:
             # Queued in storage: this instance, or another with room, takes it.
             with self._table_lock:
                 if not self._accepting or self._loop is None:
                     raise RuntimeError("the migration runner is not running")
-                self._queue_news = True
-                loop = self._loop
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake_ticker)
+            self.queued()
             return
         self._carry(job)
+
+    def queued(self) -> None:
+        with self._table_lock:
+            self._queue_news = True
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: stopped
+                loop.call_soon_threadsafe(self._wake_ticker)
 
     def _carry(self, job: CopyJob) -> None:
         """Start carrying a run's copy: a simulated one just started, or a real one just taken."""
@@ -234,7 +244,7 @@ class AsyncRunner:
             if previous is not None:
                 previous.stopped = True
             self._runs[job.migration_id] = run
-        gate = StorageSwapGate(self._storage, run.ref, self._instance.id) if run.real else None
+        gate = StorageSwapGate(self._storage, self._clock, run.ref, self._instance.id) if run.real else None
         try:
             copy = self._copier.start_copy(job, lambda: self._changed(run), gate)
         except BaseException:
@@ -381,7 +391,7 @@ class AsyncRunner:
             real = [run for run in self._runs.values() if run.real] + list(self._stopping)
             room = self._max_copies - len(real)
             news, self._queue_news = self._queue_news, False
-        if room <= 0 or not self._accepting:
+        if not self._accepting:
             return
         carrying = [machine for run in real for machine in run.machines]
         try:
@@ -399,16 +409,26 @@ class AsyncRunner:
                                         END_ATTEMPTS)
 
     def _taken(self, room: int, carrying: list[int], news: bool) -> list[CopyJob]:
+        """Queue the warm migrations' syncs and cutovers that are due, then
+        take what waits: the simulated copies all (they take no slot), the
+        real ones while there is room."""
+        queue_due(self._storage, self._clock)
         if not news:
             with self._storage.unit_of_work(write=False) as uow:
                 if not uow.migrations.any_queued():
                     return []
-        return take_copies(
+        simulated = take_copies(
+            self._storage, self._instance.id, room=SIMULATED_TAKES, simulated=True, clock=self._clock
+        )
+        if room <= 0:
+            return simulated
+        return simulated + take_copies(
             self._storage,
             self._instance.id,
             room=room,
             carrying=carrying,
             per_machine=self._max_copies_per_machine,
+            clock=self._clock,
         )
 
     async def _stop_copies_ended_elsewhere(self) -> None:

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable, Mapping
 
 from migration_core import Clock, Copier, DomainError, NotFound, Storage
-from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress, SwapGate
-from migration_core.runs import RunRef, advance_runs, complete_run, enter_swap, fail_run, leave_swap
+from migration_core.machines import CopyEnd, CopyHandle, CopyJob, CopyProgress, SwapGate, VolumeCopied
+from migration_core.runs import RunRef, advance_runs, end_copy, enter_swap, fail_run, leave_swap
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ class Carrier:
         verified in place is kept for a re-run); True once the run is over,
         False when storage failed and the end is to be tried again."""
         try:
-            if end.failure is None:
-                complete_run(self._storage, self._clock, ref, last)
-            else:
-                fail_run(self._storage, self._clock, ref, end.failure, last)
+            end_copy(self._storage, self._clock, ref, end, last)
             return True
         except NotFound:
             return True
@@ -72,16 +69,17 @@ class StorageSwapGate:
     the instance `instance_id`: storage says whether the run is still its
     own before each swap, and holds a cancel back until the swap is over."""
 
-    def __init__(self, storage: Storage, ref: RunRef, instance_id: str | None) -> None:
+    def __init__(self, storage: Storage, clock: Clock, ref: RunRef, instance_id: str | None) -> None:
         self._storage = storage
+        self._clock = clock
         self._ref = ref
         self._instance_id = instance_id
 
     def enter(self, index: int) -> bool:
         return enter_swap(self._storage, self._ref, self._instance_id)
 
-    def leave(self, index: int) -> None:
-        leave_swap(self._storage, self._ref)
+    def leave(self, index: int, done: VolumeCopied | None = None) -> None:
+        leave_swap(self._storage, self._clock, self._ref, done)
 
 
 class CopyRouter:

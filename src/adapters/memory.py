@@ -16,6 +16,7 @@ import enum
 import itertools
 import threading
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -324,6 +325,11 @@ class _Workloads(_Repository[Workload]):
                 raise refusals.mount_point_taken(min(shared), other.id)
 
 
+def _carried(migration: Migration) -> bool:
+    """Held by an instance: neither waiting for a slot nor between syncs."""
+    return not migration.waiting_for_a_slot and migration.phase is not Phase.IN_SYNC
+
+
 class _Migrations(_Repository[Migration]):
     def update_if(self, migration: Migration, expected: Sequence[MigrationState]) -> Migration:
         current = self.get(migration.owner_id, migration.id)
@@ -340,26 +346,31 @@ class _Migrations(_Repository[Migration]):
         ]
 
     def running_instances(self) -> set[str | None]:
-        return {m.instance_id for m in self.running() if m.phase is not Phase.QUEUED}
+        return {m.instance_id for m in self.running() if _carried(m)}
 
     def any_queued(self) -> bool:
-        return any(m.phase is Phase.QUEUED for m in self._rows.values())
+        return any(m.waiting_for_a_slot for m in self._rows.values())
 
     def _queue(self) -> list[Migration]:
-        queued = [m for m in self._rows.values() if m.phase is Phase.QUEUED]
-        return sorted(queued, key=lambda m: (m.started_at, m.id))
+        waiting = [m for m in self._rows.values() if m.waiting_for_a_slot]
+        return sorted(waiting, key=lambda m: (m.phase is not Phase.CUTTING_OVER, m.queued_at, m.id))
 
-    def next_queued(self, busy_machines: Collection[int]) -> Migration | None:
+    def next_queued(self, busy_machines: Collection[int], *, simulated: bool = False) -> Migration | None:
         targets: dict[int, MigrationTarget] = self._uow.table("migration_targets")
         for migration in self._queue():
             host_id = targets[migration.migration_target_id].host_id
-            if migration.source_id not in busy_machines and host_id not in busy_machines:
+            if (host_id is None) != simulated:
+                continue
+            if simulated or migration.source_id not in busy_machines and host_id not in busy_machines:
                 return self._view(migration)
         return None
 
     def queue_position(self, migration: Migration) -> int | None:
         ids = [m.id for m in self._queue()]
         return ids.index(migration.id) + 1 if migration.id in ids else None
+
+    def due(self, now: datetime) -> list[tuple[int, int]]:
+        return [(m.owner_id, m.id) for m in self.running() if m.sync_due(now)]
 
     def count_in_state(self, state: MigrationState) -> int:
         return sum(1 for m in self._rows.values() if m.state is state)

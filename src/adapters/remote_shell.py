@@ -37,6 +37,20 @@ def tracked_command(*argv: str) -> str:
     return remote_script(_SAYING_ITS_PID, *argv)
 
 
+# A cutover hook: the user's shell command "$1", given whole as the one
+# argument of `sh -c` (never pasted into this line), after the process id on
+# standard error as `tracked_command` says it; its own standard error joins
+# its output, so that both come in the order written.
+_HOOK = 'echo "$$" >&2; exec sh -c "$1" 2>&1 </dev/null'
+
+
+def hook_command(command: str) -> str:
+    """The command line that runs the shell command `command` (a cutover
+    hook) as `sh -c "$command"`, stderr joined to stdout, its process group
+    id first on standard error."""
+    return remote_script(_HOOK, command)
+
+
 # Kills the process groups "$@" (as negative ids), then waits, five seconds at
 # most, until none of them has a process left: `kill` only sends the signal,
 # and a dying process may still write where its caller cleans up next. No

@@ -37,6 +37,7 @@ class BlockingRunner:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._storage = storage
+        self._clock = clock
         self._carrier = Carrier(storage, clock)
         self._copier = copier
         self._tick = tick
@@ -50,7 +51,7 @@ class BlockingRunner:
             if not taken:
                 self._wait_for_end(ref)
                 return
-            job, gate = taken[0], StorageSwapGate(self._storage, ref, self.instance_id)
+            job, gate = taken[0], StorageSwapGate(self._storage, self._clock, ref, self.instance_id)
         news = threading.Event()
         copy = self._copier.start_copy(job, news.set, gate)
         attempt = 0
@@ -76,6 +77,10 @@ class BlockingRunner:
                 if uow.migrations.peek(ref.owner_id, ref.migration_id).state is not MigrationState.RUNNING:
                     return
             time.sleep(self._tick)
+
+    def queued(self) -> None:
+        """Nothing takes queued copies here: a warm migration's syncs need a
+        service instance (or a program that takes them with `take_copies`)."""
 
     def cancel(self, migration_id: int) -> None:
         """Nothing to stop from here: a blocking run sees the cancel at its next report."""

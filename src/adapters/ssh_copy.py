@@ -28,7 +28,33 @@ listed again. A file is then one of three:
 The bytes and files a volume's report counts are those of the files sent as
 the host listing shows them once written (no parser of the archive is
 needed), the progress during a stream the bytes the relay has moved, capped
-at what the pass sends."""
+at what the pass sends.
+
+**Per kind of copy (SPEC 2.9).** A cold run (`CopyKind.RUN`) fails when
+files still change after the catch-up passes. A warm sync (`SYNC`) goes the
+same way, but settles what still changes after its last pass instead of
+failing, so that the place only ever holds verified content:
+- a file (any entry but a directory) still changing keeps, in the new copy,
+  the entry the copy in place holds at its path (hard-linked back from the
+  place: the very file the last verified sync put there); where the place
+  holds none there (new since the last sync, or a directory there), the path
+  is left out of this sync;
+- a directory the new copy lacks (made on the source during the last pass,
+  or where the new copy holds another kind of entry) is left out with all
+  below it; what the source no longer has is left out, as in any copy;
+- the new copy is then made to hold exactly that (the rest removed from it),
+  and `CopyEnd.changing` counts the files still changing: the next sync,
+  which compares with what is then in place, sends them.
+Every other file is as the source held it when last listed, verified.
+A cutover (`CUTOVER`) first runs `pre_cutover` on the source (`sh -c` with
+the command as its one argument, bounded by HOOK_SECONDS, its process group
+killed there; stdout and stderr together, the last HOOK_OUTPUT_BYTES kept);
+a non-zero exit fails it before anything is listed or sent. Its final sync
+has no catch-up pass: a file that tar says changed, whose hashes differ, or
+that the source listed again shows changed (or gone) fails it, the source not
+quiesced, and nothing is swapped: every volume is verified beside its place
+before the first swap. Then `post_cutover` runs on the host the same way.
+Every hook that ran is in `CopyEnd.hooks`; its output is never logged."""
 
 from __future__ import annotations
 
@@ -42,7 +68,7 @@ import posixpath
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -50,21 +76,25 @@ import attrs
 
 from migration_core import Conflict
 from migration_core.machines import (
+    HOOK_OUTPUT_BYTES,
+    HOOK_SECONDS,
     CopyEnd,
     CopyFailed,
     CopyJob,
+    CopyKind,
     CopyProgress,
+    HookRun,
     MachineAddress,
     MachineUnreachable,
     SwapGate,
     VolumeCopied,
     VolumeToCopy,
 )
-from migration_core.sync_plan import DIRECTORY, REGULAR, Listing, VolumePlan, plan_volume, tree_order
+from migration_core.sync_plan import DIRECTORY, REGULAR, TOP, Listing, VolumePlan, plan_volume, tree_order
 
 from .copy_engine.openssh import Link, Login, Transport, private_directory
 from .copy_engine.relay import Relay, pipe
-from .remote_shell import kill_groups, remote_command, tracked_command
+from .remote_shell import hook_command, kill_groups, remote_command, tracked_command
 from .ssh import login_at
 from .volume_place import (
     ABANDON,
@@ -73,6 +103,7 @@ from .volume_place import (
     CLEAR,
     HASHES,
     JOURNAL,
+    LINK_BACK,
     LIST,
     RECOVER,
     SWAP,
@@ -164,6 +195,69 @@ def _still_changing(name: str, changing: set[bytes]) -> str:
     )
 
 
+def _not_quiesced(name: str, changed: set[bytes]) -> str:
+    first = min(changed)
+    shown = _shown(first[2:] if first.startswith(b"./") else first)
+    return (
+        f"The source was not quiesced: {len(changed)} file(s) of volume {name} changed during the cutover's"
+        f" final sync, the first {shown}. The copy in place is the last verified sync."
+    )
+
+
+class _HookFailed(CopyFailed):
+    """A cutover hook failed: the message quotes its output's last line, the
+    log line (`logged`) never does (a hook may print anything)."""
+
+    def __init__(self, message: str, logged: str) -> None:
+        super().__init__(message)
+        self.logged = logged
+
+
+class _Tail:
+    """The last `limit` bytes of an output, as text."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._kept = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self._kept += chunk
+        if len(self._kept) > 2 * self._limit:
+            del self._kept[: -self._limit]
+
+    def text(self) -> str:
+        data = bytes(self._kept[-self._limit:])
+        if len(self._kept) > self._limit:
+            # Cut mid-character: the rest of that character goes too, not a replacement sign.
+            cut = 0
+            while cut < min(3, len(data)) and 0x80 <= data[cut] < 0xC0:
+                cut += 1
+            data = data[cut:]
+        return data.decode("utf-8", "replace")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _lineage(path: bytes) -> Iterator[bytes]:
+    """A path, then each directory above it up to the top."""
+    yield path
+    while path not in (TOP, b""):
+        path = path.rpartition(b"/")[0]
+        yield path
+
+
+@attrs.frozen
+class _Ready:
+    """A volume's new copy, verified beside its place: the journal of its swap and its report."""
+
+    at: _Volume
+    journal: bytes
+    done: VolumeCopied
+
+
 class SshCopy:
     """One migration's copy, carried out on the driver's loop."""
 
@@ -191,12 +285,16 @@ class SshCopy:
         self._links: dict[str, Link] = {}
         # The process groups still running on each machine, to kill on a stop.
         self._running: dict[str, set[int]] = {side: set() for side in SIDES}
-        # The volume being assembled (its place and new copy), to abandon on a stop.
-        self._assembling: tuple[str, str] | None = None
+        # The volumes being assembled (place and new copy), to abandon on a stop.
+        self._assembling: list[tuple[str, str]] = []
         # How far the host's clock is ahead of the source's (ns): change times compare across it.
         self._clock_offset = 0
         # The whole host key each machine showed (`source`, `host`), for CopyEnd.
         self.host_keys: dict[str, str] = {}
+        # A sync's files that kept changing (kept as in place or left out), for CopyEnd.
+        self.changing = 0
+        # The cutover's hooks as they ran, in order, for CopyEnd.
+        self.hooks: list[HookRun] = []
 
     def _address(self, side: str) -> MachineAddress:
         return self._job.source if side == "source" else self._host
@@ -222,14 +320,72 @@ class SshCopy:
                     host_ahead, source_ahead = await asyncio.gather(self._clock("host"), self._clock("source"))
                     self._clock_offset = host_ahead - source_ahead
                     await self._recover()
-                    for index in range(job.first, len(job.volumes)):
-                        await self._volume(index, owners=owners)
+                    if job.kind is CopyKind.CUTOVER:
+                        await self._cutover(owners=owners)
+                    else:
+                        for index in range(job.first, len(job.volumes)):
+                            await self._put(await self._assemble(index, owners=owners))
                 finally:
                     await self._stop_remote()
                     self.host_keys = {side: link.met for side, link in self._links.items() if link.met}
                     await asyncio.gather(*(link.close() for link in self._links.values()))
         except (MachineUnreachable, Conflict) as failure:
             raise CopyFailed(failure.message) from None
+
+    async def _cutover(self, *, owners: bool) -> None:
+        """`pre_cutover` on the source (nothing is sent when it fails), the
+        final sync of every volume verified beside its place before any is
+        swapped (a file that changes fails it), the swaps, `post_cutover` on
+        the host."""
+        job = self._job
+        if job.pre_cutover is not None:
+            await self._hook("pre_cutover", "source", job.pre_cutover)
+        ready = [await self._assemble(index, owners=owners) for index in range(job.first, len(job.volumes))]
+        for volume in ready:
+            await self._put(volume)
+        if job.post_cutover is not None:
+            await self._hook("post_cutover", "host", job.post_cutover)
+
+    async def _hook(self, name: str, side: str, command: str) -> None:
+        """Run a cutover hook on `side` as `sh -c "$command"`, bounded by
+        HOOK_SECONDS (its process group killed there); its exit status and
+        the last HOOK_OUTPUT_BYTES of its output (stdout and stderr
+        together) go into `hooks`. CopyFailed when it did not exit 0."""
+        link = self._links[side]
+        bound = HOOK_SECONDS
+        tail = _Tail(HOOK_OUTPUT_BYTES)
+        status: int | None = None
+        process = await link.spawn(hook_command(command), stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
+        try:
+            pid = await self._pid(side, process, name)
+            assert process.stdout is not None and process.stderr is not None
+            # Only ssh's own words come here now: read so that they never block it.
+            said = asyncio.ensure_future(process.stderr.read())
+            try:
+                async with asyncio.timeout(bound):
+                    while chunk := await process.stdout.read(1 << 16):
+                        tail.add(chunk)
+                    status = await process.wait()
+            except TimeoutError:
+                await self._kill(side, pid)
+            else:
+                self._running[side].discard(pid)
+            finally:
+                said.cancel()
+        except asyncio.CancelledError:
+            self.hooks.append(HookRun(name, None, tail.text()))
+            raise
+        finally:
+            await _reap(link, process)
+        if link.ended() or status == 255 and await link.lost():
+            raise CopyFailed(self._vanished(side, link.last_words()))
+        output = tail.text()
+        self.hooks.append(HookRun(name, status, output))
+        if status == 0:
+            return
+        how = f"{name} was stopped at its bound of {bound} s" if status is None else f"{name} exited {status}"
+        last = _last_line(output)
+        raise _HookFailed(how + (f": {last}" if last else ""), how + " (its output is in its hook_ran event)")
 
     async def _clock(self, side: str) -> int:
         """How far a machine's clock is ahead of the service's, in nanoseconds
@@ -266,9 +422,10 @@ class SshCopy:
                         await self._quietly(link, kill_groups(*pids))
             pids.clear()
         host = self._links.get("host")
-        if self._assembling is not None and host is not None and not host.ended():
-            incoming = self._assembling[1]
-            journal = journal_of(self._assembling[0], self._job.migration_id)
+        for target, incoming in self._assembling:
+            if host is None or host.ended():
+                break
+            journal = journal_of(target, self._job.migration_id)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(30):
                     await self._quietly(host, remote_command("sh", "-c", ABANDON, "sh", incoming, journal))
@@ -288,8 +445,9 @@ class SshCopy:
         self._last_report = loop.time()
         self._report(CopyProgress(index, partial, files, tuple(self._done), self._planned))
 
-    async def _volume(self, index: int, *, owners: bool) -> None:
-        """One volume's itinerary: plan, begin, send and check (with catch-up passes), swap."""
+    async def _assemble(self, index: int, *, owners: bool) -> _Ready:
+        """A volume's itinerary up to its swap: plan, begin, send and check
+        (with catch-up passes)."""
         job = self._job
         volume: VolumeToCopy = job.volumes[index]
         name = _volume_path(volume.name)
@@ -311,23 +469,35 @@ class SshCopy:
         self._planned = plan.send_bytes
         self._progress(index, now=True)
 
-        self._assembling = (at.target, at.incoming)
+        self._assembling.append((at.target, at.incoming))
         await self._must("host", ("sh", "-c", BEGIN, "sh", at.target, at.incoming), at.target,
                          stdin=nul_list(plan.links))
         sent = _Sent()  # what every pass of this volume sent
-        theirs = await self._send_and_check(at, plan, theirs, sent, owners=owners)
+        theirs, kept = await self._send_and_check(at, plan, theirs, ours, sent, owners=owners)
 
         swap = plan_volume(theirs, ours, owners=owners, clock_offset=self._clock_offset)
-        await self._swap_through_gate(at, journal_tar(swap, theirs, ours, owners=owners))
-        self._assembling = None
-        self._done.append(VolumeCopied(
+        if kept:
+            # What a sync keeps as in place is the very file in place: linked, never moved onto itself.
+            swap = attrs.evolve(
+                swap, sends=tuple(path for path in swap.sends if path not in kept),
+                links=tree_order((*swap.links, *kept)),
+            )
+        done = VolumeCopied(
             index=index, bytes=sent.bytes, files=sent.files, linked=len(swap.links), dropped=len(swap.drops),
             held=sum(entry.size for entry in theirs.values() if entry.kind == REGULAR),
-        ))
-        self._planned = None
-        self._progress(index + 1, now=True)
+        )
+        return _Ready(at, journal_tar(swap, theirs, ours, owners=owners), done)
 
-    async def _swap_through_gate(self, at: _Volume, journal: bytes) -> None:
+    async def _put(self, ready: _Ready) -> None:
+        """A verified volume's swap into its place, through the gate."""
+        at = ready.at
+        await self._swap_through_gate(at, ready.journal, ready.done)
+        self._assembling.remove((at.target, at.incoming))
+        self._done.append(ready.done)
+        self._planned = None
+        self._progress(at.index + 1, now=True)
+
+    async def _swap_through_gate(self, at: _Volume, journal: bytes, done: VolumeCopied) -> None:
         """Write the journal and swap, once the gate lets this volume in (a
         run ended elsewhere keeps it out: nothing is swapped, the new copy is
         abandoned). Once the journal is being written the copy goes into
@@ -336,16 +506,19 @@ class SshCopy:
         gate = self._gate
         if gate is not None and not await _blocking(gate.enter, at.index):
             raise CopyFailed("cancelled")
+        swapped = None  # the volume as it stands in place, once the swap is done
         try:
             swapping = asyncio.ensure_future(self._swap(at, journal))
             try:
                 await asyncio.shield(swapping)
             except asyncio.CancelledError:
                 await swapping
+                swapped = done
                 raise
+            swapped = done
         finally:
             if gate is not None:
-                await _blocking(gate.leave, at.index)
+                await _blocking(gate.leave, at.index, swapped)
 
     async def _swap(self, at: _Volume, journal: bytes) -> None:
         await self._must("host", ("sh", "-c", JOURNAL, "sh", at.journal), at.target, stdin=journal)
@@ -353,15 +526,18 @@ class SshCopy:
                          tracked=False)
 
     async def _send_and_check(
-        self, at: _Volume, plan: VolumePlan, theirs: Listing, sent: _Sent, *, owners: bool
-    ) -> Listing:
+        self, at: _Volume, plan: VolumePlan, theirs: Listing, ours: Listing, sent: _Sent, *, owners: bool
+    ) -> tuple[Listing, frozenset[bytes]]:
         """Stream what the plan sends into the new copy and check it (see the
         module's docstring): what was written is what the source holds, and
         the new copy matches the source listed again; what changed meanwhile
-        goes again, up to CATCH_UP_PASSES times. The source's last listing,
-        which the new copy matches."""
+        goes again, up to CATCH_UP_PASSES times (none in a cutover). The
+        listing the new copy matches (the source's last one, but for what a
+        sync settles), and the files a sync keeps as they are in place."""
+        kind = self._job.kind
+        passes = 0 if kind is CopyKind.CUTOVER else CATCH_UP_PASSES
         sending = plan.sends
-        for catch_up in range(CATCH_UP_PASSES + 1):
+        for catch_up in range(passes + 1):
             paths = tree_order((*plan.dirs, *sending))
             files = [path for path in sending if path in theirs and theirs[path].kind == REGULAR]
             warnings = await self._stream(at, paths, sent, [theirs[path].size for path in tree_order(files)])
@@ -382,8 +558,12 @@ class SshCopy:
             read_changing = {p for p in _tar_names(_CHANGED, warnings) | differing if p in theirs}
             changing = set(plan.sends) | {p for p in read_changing if theirs[p].kind != DIRECTORY}
             if not changing and not plan.drops:
-                return theirs
-            if catch_up == CATCH_UP_PASSES:
+                return theirs, frozenset()
+            if catch_up == passes:
+                if kind is CopyKind.CUTOVER:
+                    raise CopyFailed(_not_quiesced(at.name, changing | set(plan.drops)))
+                if kind is CopyKind.SYNC:
+                    return await self._settle(at, theirs, held, ours, changing)
                 raise CopyFailed(_still_changing(at.name, changing or set(plan.drops)))
             # What is sent again goes first, and so does a file where a directory now stands.
             in_the_way = [path for path in plan.dirs if path in held and held[path].kind != DIRECTORY]
@@ -391,6 +571,47 @@ class SshCopy:
             await self._must("host", ("sh", "-c", CLEAR, "sh", at.incoming), at.incoming, stdin=clear)
             sending = tree_order(changing)
         raise AssertionError("the last pass returns or raises")
+
+    async def _settle(
+        self, at: _Volume, theirs: Listing, held: Listing, ours: Listing, changing: set[bytes]
+    ) -> tuple[Listing, frozenset[bytes]]:
+        """A sync's files still changing after its last pass (see the module's
+        docstring): each keeps the version in place (hard-linked back from
+        the place), or is left out where the place has none; a directory the
+        new copy lacks goes with all below it; what the source no longer has
+        is left out. The new copy is made to hold exactly the listing
+        returned, and the files kept as in place."""
+        lacking = {
+            path for path, entry in theirs.items()
+            if entry.kind == DIRECTORY and (path not in held or held[path].kind != DIRECTORY)
+        }
+        settled = {
+            path: entry for path, entry in theirs.items() if not any(up in lacking for up in _lineage(path))
+        }
+        kept = set()
+        for path in changing:
+            if path not in settled:
+                continue
+            in_place = ours.get(path)
+            if in_place is not None and in_place.kind != DIRECTORY:
+                settled[path] = in_place
+                kept.add(path)
+            else:
+                del settled[path]
+        # Out of the new copy: what it must not hold, each subtree once.
+        clear: list[bytes] = []
+        cleared: set[bytes] = set()
+        for path in tree_order(held):
+            if path in settled and path not in changing or any(up in cleared for up in _lineage(path)):
+                continue
+            cleared.add(path)
+            clear.append(path)
+        await self._must("host", ("sh", "-c", CLEAR, "sh", at.incoming), at.incoming, stdin=nul_list(clear))
+        if kept:
+            await self._must("host", ("sh", "-c", LINK_BACK, "sh", at.target, at.incoming), at.target,
+                             stdin=nul_list(tree_order(kept)))
+        self.changing += len(changing)
+        return settled, frozenset(kept)
 
     async def _differing(self, at: _Volume, files: Sequence[bytes]) -> set[bytes]:
         """The files sent whose SHA-256 differs between the new copy on the
@@ -643,10 +864,10 @@ async def _reap(link: Link, process: asyncio.subprocess.Process) -> None:
     link.done_with(process)
 
 
-async def _blocking(call: Callable[[int], T], index: int) -> T:
+async def _blocking(call: Callable[..., T], *arguments: object) -> T:
     """A blocking call (storage) in a thread, seen to its end even when the
     copy is cancelled meanwhile (then the cancel goes on after it)."""
-    running = asyncio.ensure_future(asyncio.to_thread(call, index))
+    running = asyncio.ensure_future(asyncio.to_thread(call, *arguments))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
@@ -689,10 +910,12 @@ class CopyInBackground:
 
     async def _carry(self, copy: SshCopy) -> None:
         end = CopyEnd()
+        logged = None  # what the log says of a failure, where it is not the failure's own words
         try:
             await copy.run()
         except CopyFailed as failed:
             end = CopyEnd(failed.message)
+            logged = getattr(failed, "logged", None)
         except asyncio.CancelledError:
             end = CopyEnd("cancelled")
             raise
@@ -700,21 +923,25 @@ class CopyInBackground:
             log.exception("the copy of migration %d failed", self._job.migration_id)
             end = CopyEnd(f"The copy failed: {exc}")
         finally:
-            # The whole keys met, for a pin held as a fingerprint alone to be completed.
-            end = attrs.evolve(end, host_keys=dict(copy.host_keys))
-            self._log(end)
+            # The whole keys met, for a pin held as a fingerprint alone to be
+            # completed; a sync's files that changed meanwhile; the hooks that ran.
+            end = attrs.evolve(end, host_keys=dict(copy.host_keys), changing=copy.changing, hooks=tuple(copy.hooks))
+            self._log(end, logged)
             with self._lock:
                 self._end = end
             self._ended.set()
             self._changed()
 
-    def _log(self, end: CopyEnd) -> None:
+    def _log(self, end: CopyEnd, logged: str | None = None) -> None:
         job, host = self._job, self._job.host
         assert host is not None, "a real copy has a host"
-        how = "done" if end.failure is None else f"failed: {end.failure}"
+        how = "done" if end.failure is None else f"failed: {logged or end.failure}"
+        if end.changing:
+            how += f" ({end.changing} file(s) changed meanwhile, for the next sync)"
+        kind = "" if job.kind is CopyKind.RUN else f" ({job.kind.value})"
         log.info(
-            "copy of migration %d, %d volume(s) from %s to %s under %s: %s",
-            job.migration_id, len(job.volumes) - job.first, login_at(job.source), login_at(host), host.root, how,
+            "copy of migration %d%s, %d volume(s) from %s to %s under %s: %s", job.migration_id, kind,
+            len(job.volumes) - job.first, login_at(job.source), login_at(host), host.root, how,
         )
 
     def progress(self) -> CopyProgress | None:

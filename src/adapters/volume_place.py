@@ -66,6 +66,11 @@ BEGIN = (
     '&& cd -- "$place" && xargs -0r cp -Pl --parents -t "$incoming" --'
 )
 
+# A warm sync's files still changing that keep the version in place: the
+# paths on standard input hard-linked from the place "$1" into the new copy
+# "$2" (their directories are there already).
+LINK_BACK = 'cd -- "$1" && xargs -0r cp -Pl --parents -t "$2" --'
+
 # Remove from the new copy "$1" the paths on standard input (to be sent again, or gone).
 CLEAR = 'cd -- "$1" && xargs -0r rm -rf --one-file-system --'
 

@@ -99,6 +99,8 @@ class Services:
     # Real machines, reached over SSH only inside the allowed networks. The
     # default reaches none, for services built without settings.
     machines: Machines = attrs.field(factory=lambda: SshMachines(()))
+    # A new warm migration's sync interval when none is given (MIGRATION_SYNC_INTERVAL).
+    default_sync_interval: int = 3600
 
 
 # What builds the service's runner: from its storage, clock, copier (the
@@ -143,7 +145,9 @@ def bootstrap(
     try:
         registry = storage.instance_registry()
         instance = Instance.this_process(settings.lease_seconds)
-        machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
+        machines = SshMachines(
+            settings.allowed_networks, settings.connect_timeout, max_bandwidth=settings.max_bandwidth
+        )
         copier = CopyRouter(SimulatedCopy(settings.run_seconds), machines)
         if make_runner is None:
             make_runner = functools.partial(
@@ -172,6 +176,7 @@ def bootstrap(
         reads_on_loop=storage.reads_never_wait,
         registry=registry,
         machines=machines,
+        default_sync_interval=settings.sync_interval,
     )
 
 

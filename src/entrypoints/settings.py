@@ -71,6 +71,8 @@ SETTINGS = [
             " serves until one has room)"),
     Setting("max_copies_per_machine", "MIGRATION_MAX_COPIES_PER_MACHINE", "--max-copies-per-machine", "4",
             "real copies this instance carries at once that touch one machine, as source or host"),
+    Setting("sync_interval", "MIGRATION_SYNC_INTERVAL", "--sync-interval", "3600",
+            "seconds between a warm migration's syncs when its own sync_interval is not given (60 to 604800)"),
     Setting("max_bandwidth", "MIGRATION_MAX_BANDWIDTH", "--max-bandwidth", "unlimited",
             "bytes per second this instance's copies send in all, shared fairly among them: unlimited,"
             " bytes, or a number with KB MB GB KiB MiB GiB (50MB)"),
@@ -195,6 +197,7 @@ class Settings:
     max_copies: int = 8
     max_copies_per_machine: int = 4
     max_bandwidth: int | None = None  # bytes per second; None: unlimited
+    sync_interval: int = 3600
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -254,6 +257,7 @@ class Settings:
             max_copies=_integer("max_copies", text("max_copies"), low=1, high=1000),
             max_copies_per_machine=_integer("max_copies_per_machine", text("max_copies_per_machine"), low=1, high=1000),
             max_bandwidth=_bandwidth(text("max_bandwidth")),
+            sync_interval=_integer("sync_interval", text("sync_interval"), low=60, high=604800),
             secret_key=secret_key,
         )
 

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import attrs
 
-from .entities import Migration, MigrationState, Phase, Volume
+from .entities import Migration, MigrationState, Mode, Phase, Replication, Volume
 
 
 @attrs.frozen
@@ -86,6 +86,33 @@ class VolumeState:
 
 
 @attrs.frozen
+class WarmState:
+    """What a warm migration's state adds (SPEC 2.9)."""
+
+    syncs: int
+    last_synced_at: datetime | None
+    last_sync_seconds: float | None
+    next_sync_at: datetime | None
+    cutover_at: datetime | None
+    last_sync_error: str | None
+
+
+def warm_state(migration: Migration) -> WarmState | None:
+    if migration.mode is not Mode.WARM:
+        return None
+    replication = migration.replication or Replication()
+    running = migration.state is MigrationState.RUNNING
+    return WarmState(
+        syncs=replication.syncs,
+        last_synced_at=replication.last_synced_at,
+        last_sync_seconds=replication.last_sync_seconds,
+        next_sync_at=migration.next_sync_at if running else None,
+        cutover_at=migration.cutover_at,
+        last_sync_error=replication.last_sync_error,
+    )
+
+
+@attrs.frozen
 class RunState:
     """What a migration's run has copied and when it should end."""
 
@@ -97,6 +124,8 @@ class RunState:
     volumes: tuple[VolumeState, ...]
     phase: Phase | None = None
     queue_position: int | None = None  # 1 is next; None unless queued
+    # A warm migration's syncs (None for a cold one).
+    warm: WarmState | None = None
 
     @property
     def finished(self) -> bool:
@@ -140,7 +169,8 @@ def run_state(
         error=migration.error,
         eta=mark.eta if running and mark is not None else None,
         phase=migration.phase if running else None,
-        queue_position=queue_position if migration.phase is Phase.QUEUED else None,
+        queue_position=queue_position if migration.waiting_for_a_slot else None,
+        warm=warm_state(migration),
         volumes=tuple(
             VolumeState(
                 mount_point_id,

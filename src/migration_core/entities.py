@@ -8,7 +8,7 @@ import enum
 import ipaddress
 import posixpath
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -43,15 +43,70 @@ class MigrationState(str, enum.Enum):
 
 
 class Phase(str, enum.Enum):
-    """Where a running migration is. A real copy waits for a copy slot
-    (`queued`, held by no instance) before it copies (SPEC 2.10)."""
+    """Where a running migration is. A real copy (a cold run's or a warm
+    sync's) waits for a copy slot (`queued`, held by no instance) before it
+    copies (SPEC 2.10); a warm migration is `syncing` during a sync and
+    `in_sync` between syncs, held by no instance, and `cutting_over` from
+    the moment its cutover is due (queued, then carried) to its end (2.9)."""
 
     QUEUED = "queued"
     COPYING = "copying"
+    SYNCING = "syncing"
+    IN_SYNC = "in_sync"
+    CUTTING_OVER = "cutting_over"
 
 
 def _phase(value: Any) -> Phase | None:
     return None if value is None else Phase(value)
+
+
+class Mode(str, enum.Enum):
+    """A cold migration copies once; a warm one keeps the copy in sync while
+    the source runs, then cuts over (SPEC 2.9)."""
+
+    COLD = "cold"
+    WARM = "warm"
+
+
+SYNC_INTERVAL_LIMITS = (60, 604800)
+HOOK_MAX_CHARACTERS = 4096
+# Failed syncs in a row that end a warm migration.
+FAILED_SYNCS_ENDING_A_REPLICATION = 3
+
+
+def _sync_interval(_instance: Any, _attribute: Any, value: Any) -> None:
+    low, high = SYNC_INTERVAL_LIMITS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput.field("sync_interval", f"Must be a whole number of seconds from {low} to {high}.")
+
+
+def _hook(field: str) -> Any:
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or not value.strip() or len(value) > HOOK_MAX_CHARACTERS:
+            raise InvalidInput.field(
+                field, f"Must be null or a shell command of 1 to {HOOK_MAX_CHARACTERS} characters."
+            )
+        if "\x00" in value:
+            raise InvalidInput.field(field, "A command cannot hold a NUL character.")
+
+    return check
+
+
+@attrs.frozen
+class Replication:
+    """A running warm migration's syncs: how many were verified, the last
+    one's end and length (the estimate of the cutover's downtime), the last
+    failure's reason, the failures in a row, and when the sync under way
+    began."""
+
+    syncs: int = 0
+    last_synced_at: datetime | None = None
+    last_sync_seconds: float | None = None
+    last_sync_error: str | None = None
+    failed_in_a_row: int = 0
+    sync_started_at: datetime | None = None
 
 
 def volume_key(name: str) -> str:
@@ -363,6 +418,17 @@ class Migration:
     phase: Phase | None = attrs.field(default=None, converter=_phase)
     # True while its carrier moves a verified volume into place: a cancel waits.
     swapping: bool = False
+    # When the copy waiting in the queue was asked for (its place in the queue).
+    queued_at: datetime | None = None
+    mode: Mode = attrs.field(default=Mode.COLD, converter=Mode)
+    sync_interval: int = attrs.field(default=3600, validator=_sync_interval)
+    # When a running warm migration cuts over by itself (None: not planned).
+    cutover_at: datetime | None = None
+    pre_cutover: str | None = attrs.field(default=None, validator=_hook("pre_cutover"))
+    post_cutover: str | None = attrs.field(default=None, validator=_hook("post_cutover"))
+    # A running warm migration's syncs, and when the next is due.
+    replication: Replication | None = None
+    next_sync_at: datetime | None = None
     id: int = UNSAVED
 
     # -- the changes of state of a run (SPEC 2.2, 2.3) ----------------------
@@ -385,32 +451,62 @@ class Migration:
         queued: bool = False,
     ) -> Migration:
         """Running from `at`, copying `snapshot` from where `mark` says: at
-        once by `instance_id`, or `queued` for a copy slot (held by no instance)."""
+        once by `instance_id`, or `queued` for a copy slot (held by no
+        instance). A warm migration's run queues its first sync."""
         self.ensure_startable()
+        warm = self.mode is Mode.WARM
+        waits = queued or warm
         return attrs.evolve(
             self,
             state=MigrationState.RUNNING,
-            phase=Phase.QUEUED if queued else Phase.COPYING,
+            phase=Phase.QUEUED if waits else Phase.COPYING,
+            queued_at=at if waits else None,
             error=None,
             started_at=at,
             finished_at=None,
             snapshot=snapshot,
-            instance_id=None if queued else instance_id,
+            instance_id=None if waits else instance_id,
             copied=mark,
             progress=progress,
             swapping=False,
+            replication=Replication() if warm else None,
+            next_sync_at=None,
         )
 
-    def take(self, instance_id: str | None) -> Migration:
-        """A queued copy taken by the instance `instance_id`, which copies it now."""
-        if self.state is not MigrationState.RUNNING or self.phase is not Phase.QUEUED:
+    @property
+    def waiting_for_a_slot(self) -> bool:
+        """Whether its copy waits in the queue: a run or sync `queued`, or a
+        cutover due that no instance carries yet."""
+        if self.state is not MigrationState.RUNNING:
+            return False
+        return self.phase is Phase.QUEUED or (self.phase is Phase.CUTTING_OVER and self.instance_id is None)
+
+    def take(self, instance_id: str | None, at: datetime | None = None) -> Migration:
+        """A queued copy taken by the instance `instance_id`, which copies it
+        now: a cold run's, a sync, or the cutover."""
+        if not self.waiting_for_a_slot:
             raise Conflict(f"Migration {self.id} has no queued copy to take.")
-        return attrs.evolve(self, phase=Phase.COPYING, instance_id=instance_id)
+        if self.mode is Mode.COLD:
+            phase = Phase.COPYING
+        else:
+            phase = Phase.CUTTING_OVER if self.phase is Phase.CUTTING_OVER else Phase.SYNCING
+        replication, mark = self.replication, self.copied
+        if replication is not None:
+            # Each sync copies every volume again (sending what differs).
+            replication = attrs.evolve(replication, sync_started_at=at)
+            if mark is not None:
+                mark = attrs.evolve(mark, volumes=0, partial=0, eta=None, files=None)
+        return attrs.evolve(
+            self, phase=phase, instance_id=instance_id, queued_at=None, replication=replication, copied=mark
+        )
 
     def carried_by(self, instance_id: str | None) -> bool:
         """Whether `instance_id` carries this migration's copy now."""
         return (
-            self.state is MigrationState.RUNNING and self.phase is Phase.COPYING and self.instance_id == instance_id
+            self.state is MigrationState.RUNNING
+            and self.phase in (Phase.COPYING, Phase.SYNCING, Phase.CUTTING_OVER)
+            and not self.waiting_for_a_slot
+            and self.instance_id == instance_id
         )
 
     def enter_swap(self, instance_id: str | None) -> Migration:
@@ -423,6 +519,89 @@ class Migration:
 
     def leave_swap(self) -> Migration:
         return attrs.evolve(self, swapping=False)
+
+    # -- a warm migration's replication (SPEC 2.9) -------------------------
+
+    def _ensure_replicating(self) -> Replication:
+        if self.state is not MigrationState.RUNNING or self.mode is not Mode.WARM or self.replication is None:
+            raise Conflict(f"Migration {self.id} is not a running warm migration.")
+        return self.replication
+
+    def queue_sync(self, at: datetime) -> Migration:
+        """A sync asked for (its time came, or `sync now`): queued for a slot.
+        Conflict when a sync or the cutover is under way or queued."""
+        self._ensure_replicating()
+        if self.phase is not Phase.IN_SYNC:
+            raise Conflict(f"Migration {self.id} has a sync or its cutover under way or queued ({self.phase}).")
+        return attrs.evolve(self, phase=Phase.QUEUED, queued_at=at, instance_id=None)
+
+    def plan_cutover(self, when: datetime | None, now: datetime) -> Migration:
+        """Cut over at `when` (None: withdraw the plan); due now, it is queued
+        at once unless a sync is under way, whose end it waits for."""
+        self._ensure_replicating()
+        if self.phase is Phase.CUTTING_OVER:
+            raise Conflict(f"Migration {self.id} is already cutting over.")
+        planned = attrs.evolve(self, cutover_at=when)
+        return planned.cutover_if_due(now)
+
+    def cutover_if_due(self, now: datetime) -> Migration:
+        """Queued for its cutover when its time has come and no sync is being copied."""
+        if self.cutover_at is None or self.cutover_at > now or self.phase not in (Phase.IN_SYNC, Phase.QUEUED):
+            return self
+        return attrs.evolve(self, phase=Phase.CUTTING_OVER, queued_at=now, instance_id=None)
+
+    def sync_due(self, now: datetime) -> bool:
+        return (
+            self.phase is Phase.IN_SYNC
+            and self.mode is Mode.WARM
+            and (
+                self.next_sync_at is not None
+                and self.next_sync_at <= now
+                or self.cutover_at is not None
+                and self.cutover_at <= now
+            )
+        )
+
+    def sync_succeeded(self, at: datetime) -> Migration:
+        """A sync verified in place: in sync until the next, due an interval
+        after this one's end (or the cutover, when its time has come)."""
+        replication = self._ensure_replicating()
+        began = replication.sync_started_at or at
+        synced = attrs.evolve(
+            self,
+            phase=Phase.IN_SYNC,
+            instance_id=None,
+            swapping=False,
+            next_sync_at=at + timedelta(seconds=self.sync_interval),
+            replication=Replication(
+                syncs=replication.syncs + 1,
+                last_synced_at=at,
+                last_sync_seconds=(at - began).total_seconds(),
+            ),
+        )
+        return synced.cutover_if_due(at)
+
+    def sync_failed(self, at: datetime, reason: str) -> Migration:
+        """A sync (or the cutover) that failed: in sync as before, with the
+        reason, the next sync at its time; the third failed sync in a row ends
+        the replication with the reason. A failed cutover withdraws its plan."""
+        replication = self._ensure_replicating()
+        cutover = self.phase is Phase.CUTTING_OVER
+        failed = replication.failed_in_a_row + (0 if cutover else 1)
+        if failed >= FAILED_SYNCS_ENDING_A_REPLICATION:
+            return self.fail(at, reason)
+        return attrs.evolve(
+            self,
+            phase=Phase.IN_SYNC,
+            instance_id=None,
+            swapping=False,
+            queued_at=None,
+            cutover_at=None if cutover else self.cutover_at,
+            next_sync_at=at + timedelta(seconds=self.sync_interval),
+            replication=attrs.evolve(
+                replication, last_sync_error=reason, failed_in_a_row=failed, sync_started_at=None
+            ),
+        )
 
     def advance(self, *, storage: tuple[Volume, ...], mark: CopyMark, progress: int) -> Migration:
         """Copied as far as `mark` says, with the volumes' sizes as they passed;
@@ -443,6 +622,8 @@ class Migration:
             state=MigrationState.SUCCESS,
             phase=None,
             swapping=False,
+            queued_at=None,
+            next_sync_at=None,
             progress=100,
             error=None,
             finished_at=at,
@@ -459,6 +640,8 @@ class Migration:
             state=MigrationState.ERROR,
             phase=None,
             swapping=False,
+            queued_at=None,
+            next_sync_at=None,
             error=error,
             finished_at=at,
             copied=None if mark is None else attrs.evolve(mark, eta=None),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Final, TypeVar
 
 import attrs
@@ -17,6 +18,7 @@ from .entities import (
     Migration,
     MigrationState,
     MigrationTarget,
+    Mode,
     MountPoint,
     OperatingSystem,
     Workload,
@@ -479,12 +481,21 @@ def _check_migration(uow: UnitOfWork, migration: Migration) -> None:
 
 
 def _plan(migration: Migration) -> dict[str, object]:
-    """A migration's plan as its events tell it, in the API's words."""
-    return {
+    """A migration's plan as its events tell it, in the API's words (a warm
+    migration's mode, interval and hooks too)."""
+    plan: dict[str, object] = {
         "source": migration.source_id,
         "migration_target": migration.migration_target_id,
         "selected_mount_points": list(migration.selected_mount_point_ids),
     }
+    if migration.mode is Mode.WARM:
+        plan |= {
+            "mode": migration.mode.value,
+            "sync_interval": migration.sync_interval,
+            "pre_cutover": migration.pre_cutover,
+            "post_cutover": migration.post_cutover,
+        }
+    return plan
 
 
 def create_migration(
@@ -495,10 +506,27 @@ def create_migration(
     source_id: int,
     migration_target_id: int,
     selected_mount_point_ids: Sequence[int],
+    mode: str | Mode = "cold",
+    sync_interval: int | None = None,
+    cutover_at: datetime | None = None,
+    pre_cutover: str | None = None,
+    post_cutover: str | None = None,
+    default_sync_interval: int = 3600,
     actor: int | None = None,
 ) -> Migration:
-    """`actor` is the user who asks (by default the owner, for whom every call acts)."""
-    migration = Migration(owner_id, source_id, migration_target_id, tuple(selected_mount_point_ids))
+    """`actor` is the user who asks (by default the owner, for whom every call
+    acts). A warm migration's `sync_interval` is `default_sync_interval` unless given."""
+    migration = Migration(
+        owner_id,
+        source_id,
+        migration_target_id,
+        tuple(selected_mount_point_ids),
+        mode=_mode(mode),
+        sync_interval=default_sync_interval if sync_interval is None else sync_interval,
+        cutover_at=cutover_at,
+        pre_cutover=pre_cutover,
+        post_cutover=post_cutover,
+    )
     with storage.unit_of_work() as uow:
         _check_migration(uow, migration)
         stored = uow.migrations.add(migration)
@@ -539,14 +567,18 @@ def update_migration(
     source_id: int | None = None,
     migration_target_id: int | None = None,
     selected_mount_point_ids: Sequence[int] | None = None,
+    mode: str | Mode | None = None,
+    sync_interval: int | None = None,
+    cutover_at: datetime | None | Keep = KEEP,
+    pre_cutover: str | None | Keep = KEEP,
+    post_cutover: str | None | Keep = KEEP,
     actor: int | None = None,
 ) -> Migration:
     """A changed migration is a new plan: it returns to `not_started`. Its
-    `updated` event holds the fields that changed, with their new values."""
+    `updated` event holds the fields that changed, with their new values.
+    While it runs, only `cutover_at` may change (`plan_cutover`)."""
     with storage.unit_of_work() as uow:
         current = uow.migrations.get(owner_id, migration_id)
-        if current.state is MigrationState.RUNNING:
-            raise running_not_editable(migration_id)
         changed = attrs.evolve(
             current,
             source_id=current.source_id if source_id is None else source_id,
@@ -556,25 +588,64 @@ def update_migration(
             selected_mount_point_ids=current.selected_mount_point_ids
             if selected_mount_point_ids is None
             else tuple(selected_mount_point_ids),
+            mode=current.mode if mode is None else _mode(mode),
+            sync_interval=current.sync_interval if sync_interval is None else sync_interval,
+            cutover_at=current.cutover_at if isinstance(cutover_at, Keep) else cutover_at,
+            pre_cutover=current.pre_cutover if isinstance(pre_cutover, Keep) else pre_cutover,
+            post_cutover=current.post_cutover if isinstance(post_cutover, Keep) else post_cutover,
         )
         if changed == current:
             return current
+        if current.state is MigrationState.RUNNING:
+            if attrs.evolve(changed, cutover_at=current.cutover_at) != current:
+                raise running_not_editable(migration_id)
+            return _replan_cutover(uow, current, changed.cutover_at, clock, acting(owner_id, actor))
+        if changed.cutover_at != current.cutover_at and changed == attrs.evolve(current, cutover_at=changed.cutover_at):
+            # A planned cutover time alone is no new plan.
+            stored = uow.migrations.update(changed)
+            uow.commit()
+            return stored
         _check_migration(uow, changed)
         reset = changed.replanned()
         stored = uow.migrations.update_if(
             reset, expected=(MigrationState.NOT_STARTED, MigrationState.ERROR, MigrationState.SUCCESS)
         )
-        before = _plan(current)
+        before = _plan(current) | {"mode": current.mode.value}
         append(uow, [
             event(
                 stored,
                 EventKind.UPDATED,
                 clock.now(),
                 actor=acting(owner_id, actor),
-                **{field: value for field, value in _plan(stored).items() if before[field] != value},
+                **{field: value for field, value in _plan(stored).items() if before.get(field) != value},
             )
         ])
         uow.commit()
+    return stored
+
+
+def _mode(value: str | Mode) -> Mode:
+    try:
+        return Mode(value)
+    except ValueError:
+        raise InvalidInput.field("mode", "Must be cold or warm.") from None
+
+
+def _replan_cutover(
+    uow: UnitOfWork, current: Migration, when: datetime | None, clock: Clock, actor: int
+) -> Migration:
+    """A running migration's planned cutover changed (PATCH `cutover_at`):
+    a warm one cuts over then (null withdraws the plan)."""
+    now = clock.now()
+    planned = current.plan_cutover(when, now)
+    stored = uow.migrations.update_if(planned, expected=(MigrationState.RUNNING,))
+    events = [event(
+        stored, EventKind.CUTOVER_REQUESTED, now, actor=actor, cutover_at=None if when is None else when.isoformat()
+    )]
+    if stored.waiting_for_a_slot and not current.waiting_for_a_slot:
+        events.append(event(stored, EventKind.QUEUED, now, position=uow.migrations.queue_position(stored)))
+    append(uow, events)
+    uow.commit()
     return stored
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -151,13 +152,44 @@ class VolumeToCopy:
     estimate: int
 
 
+class CopyKind(str, enum.Enum):
+    """What a copy is for (SPEC 2.8, 2.9). `run`: a cold run's copy, whose
+    files still changing after the catch-up passes fail it. `sync`: a warm
+    migration's sync, where a file still changing is no failure: it keeps
+    the version the copy in place holds, and the next sync sends it. `cutover`:
+    the final sync, after `pre_cutover` ran on the source, in which nothing
+    may change (a file that does fails it, named), then `post_cutover` on the
+    host."""
+
+    RUN = "run"
+    SYNC = "sync"
+    CUTOVER = "cutover"
+
+
+# A hook's bound, and how much of its output is kept.
+HOOK_SECONDS = 600
+HOOK_OUTPUT_BYTES = 4096
+
+
+@attrs.frozen
+class HookRun:
+    """A cutover hook as it ran: its exit status (None: not run, or killed at
+    its bound) and the last HOOK_OUTPUT_BYTES of its output, as text."""
+
+    hook: str  # pre_cutover or post_cutover
+    exit_status: int | None
+    output: str
+
+
 @attrs.frozen
 class CopyJob:
     """What a run copies: its volumes, in order, from the source's root to the
     target's root on the host, starting at `first` (those before it are
     verified in place). `source_volumes` names every volume of the source, so
     that each copy leaves the others below it out. A target without a host
-    (`host` None) has its copy simulated."""
+    (`host` None) has its copy simulated. `kind` says whether it is a cold
+    run, a warm sync or the cutover (with its hooks: shell commands run by
+    `sh -c` on the source before, on the host after; None: none)."""
 
     owner_id: int
     migration_id: int
@@ -169,6 +201,12 @@ class CopyJob:
     # The workloads the copy touches, as the copy slots count them per machine.
     source_id: int = 0
     host_id: int | None = None
+    kind: CopyKind = CopyKind.RUN
+    # A warm migration's verified syncs before this copy (a simulated sync
+    # after the first takes a tenth of the time).
+    syncs: int = 0
+    pre_cutover: str | None = None
+    post_cutover: str | None = None
 
 
 @attrs.frozen
@@ -210,6 +248,10 @@ class CopyEnd:
 
     failure: str | None = None
     host_keys: Mapping[str, str] = attrs.field(factory=dict)
+    # A sync's files that changed while it copied them and go at the next sync.
+    changing: int = 0
+    # The cutover's hooks, in the order they ran.
+    hooks: tuple[HookRun, ...] = ()
 
 
 class SwapGate(Protocol):
@@ -223,8 +265,10 @@ class SwapGate(Protocol):
         that comes while the gate is entered waits until it is left."""
         ...
 
-    def leave(self, index: int) -> None:
-        """The swap of volume `index` is over (done or failed)."""
+    def leave(self, index: int, done: VolumeCopied | None = None) -> None:
+        """The swap of volume `index` is over: `done` says what stands in
+        place when it succeeded (recorded with the gate left, so that a
+        cancel that waited for it sees the volume copied), None when it failed."""
         ...
 
 

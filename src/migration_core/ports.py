@@ -153,15 +153,21 @@ class MigrationRepository(Repository[Migration], Protocol):
         """Whether any copy waits for a slot (a read that locks nothing)."""
         ...
 
-    def next_queued(self, busy_machines: Collection[int]) -> Migration | None:
-        """The queued copy asked for first (its run's start, then its id) whose
-        source and host are not among `busy_machines` (workload ids), read to
-        be taken: locked until the commit, passed over by other instances
-        taking copies at once."""
+    def next_queued(self, busy_machines: Collection[int], *, simulated: bool = False) -> Migration | None:
+        """The waiting copy to take next (cutovers first, then the one asked
+        for first) among real copies (into targets with a host) whose source
+        and host are not among `busy_machines` (workload ids), or with
+        `simulated` among simulated ones; read to be taken: locked until the
+        commit, passed over by other instances taking copies at once."""
         ...
 
     def queue_position(self, migration: Migration) -> int | None:
-        """1 for the queued copy asked for first; None when not queued."""
+        """1 for the waiting copy taken next; None when not waiting."""
+        ...
+
+    def due(self, now: datetime) -> list[tuple[int, int]]:
+        """(owner, id) of the warm migrations between syncs whose next sync or
+        cutover is due at `now` (a read that locks nothing)."""
         ...
 
     def running_instances(self) -> set[str | None]:
@@ -333,4 +339,8 @@ class Runner(Protocol):
 
     def cancel(self, migration_id: int) -> None:
         """Stop the copy of a migration the core has just cancelled, promptly."""
+        ...
+
+    def queued(self) -> None:
+        """A copy was queued (a sync, a cutover): take it when there is room."""
         ...

@@ -21,6 +21,7 @@ from .entities import (
     Migration,
     MigrationState,
     MigrationTarget,
+    Mode,
     OperatingSystem,
     Phase,
     TargetVm,
@@ -32,7 +33,16 @@ from .entities import (
 from .errors import Conflict, NotFound
 from .events import acting, append, event
 from .inventory import get_migration
-from .machines import CopyJob, CopyProgress, MachineAddress, VolumeToCopy
+from .machines import (
+    CopyEnd,
+    CopyJob,
+    CopyKind,
+    CopyProgress,
+    MachineAddress,
+    VolumeCopied,
+    VolumeToCopy,
+    pin_after_contact,
+)
 from .ports import Clock, Runner, Storage, UnitOfWork
 
 CANCELLED = "cancelled"
@@ -202,7 +212,17 @@ def _job_of(uow: UnitOfWork, migration: Migration) -> CopyJob:
         else tuple(uow.mount_points.peek(owner_id, i).name for i in source.mount_point_ids),
         source_id=source.id,
         host_id=target.host_id,
+        kind=_kind_of(migration),
+        syncs=0 if migration.replication is None else migration.replication.syncs,
+        pre_cutover=migration.pre_cutover,
+        post_cutover=migration.post_cutover,
     )
+
+
+def _kind_of(migration: Migration) -> CopyKind:
+    if migration.mode is Mode.COLD:
+        return CopyKind.RUN
+    return CopyKind.CUTOVER if migration.phase is Phase.CUTTING_OVER else CopyKind.SYNC
 
 
 def start_run(
@@ -288,6 +308,8 @@ def take_copies(
     carrying: Collection[int] = (),
     per_machine: int = 4,
     only: RunRef | None = None,
+    simulated: bool = False,
+    clock: Clock | None = None,
 ) -> list[CopyJob]:
     """Take up to `room` queued copies for the instance `instance_id`, the
     one asked for first each time, passing over those that would make a
@@ -295,21 +317,30 @@ def take_copies(
     copies of this instance; `carrying` lists the machines of the copies it
     carries already, once per copy. Each take is its own transaction (the
     row is locked while taken: two instances never take the same copy).
-    `only` takes that run's copy alone, if still queued."""
+    `only` takes that run's copy alone, if still queued. With `simulated`,
+    the copies into targets without a host (a warm migration's simulated
+    syncs), which take no slot. A sync or cutover taken writes `sync_started`."""
     load = Counter(carrying)
     jobs: list[CopyJob] = []
     while len(jobs) < room:
         with storage.unit_of_work() as uow:
             if only is None:
                 busy = {machine for machine, copies in load.items() if copies >= per_machine}
-                queued = uow.migrations.next_queued(busy)
+                queued = uow.migrations.next_queued(busy, simulated=simulated)
             else:
                 queued = uow.migrations.get(only.owner_id, only.migration_id)
-                if queued.phase is not Phase.QUEUED:
+                if not queued.waiting_for_a_slot:
                     break
             if queued is None:
                 break
-            taken = uow.migrations.update_if(queued.take(instance_id), expected=(RUNNING,))
+            now = None if clock is None else clock.now()
+            taken = uow.migrations.update_if(queued.take(instance_id, now), expected=(RUNNING,))
+            if taken.mode is Mode.WARM and now is not None:
+                append(uow, [event(
+                    taken, EventKind.SYNC_STARTED, now, instance=instance_id,
+                    sync=(taken.replication.syncs if taken.replication else 0) + 1,
+                    cutover=taken.phase is Phase.CUTTING_OVER,
+                )])
             job = _job_of(uow, taken)
             uow.commit()
         jobs.append(job)
@@ -317,6 +348,91 @@ def take_copies(
         if only is not None:
             break
     return jobs
+
+
+def queue_due(storage: Storage, clock: Clock) -> int:
+    """Queue the syncs and cutovers of warm migrations whose time has come
+    (any instance may ask; each due copy is queued once: the row is locked
+    and its phase checked again). How many were queued."""
+    with storage.unit_of_work(write=False) as uow:
+        due = uow.migrations.due(clock.now())
+    queued = 0
+    for owner_id, migration_id in due:
+        with storage.unit_of_work() as uow:
+            migration = uow.migrations.get(owner_id, migration_id)
+            now = clock.now()
+            if migration.state is not RUNNING or not migration.sync_due(now):
+                continue
+            waiting = migration.cutover_if_due(now)
+            if not waiting.waiting_for_a_slot:
+                waiting = migration.queue_sync(now)
+            stored = uow.migrations.update_if(waiting, expected=(RUNNING,))
+            append(uow, [event(stored, EventKind.QUEUED, now, position=uow.migrations.queue_position(stored))])
+            uow.commit()
+            queued += 1
+    return queued
+
+
+def request_sync(
+    storage: Storage, clock: Clock, runner: Runner, owner_id: int, migration_id: int, *, actor: int | None = None
+) -> Migration:
+    """A warm migration's sync, now (SPEC 2.9): queued for a slot. Conflict
+    when it is not a running warm migration, or a sync is under way or queued."""
+    with storage.unit_of_work() as uow:
+        now = clock.now()
+        migration = uow.migrations.get(owner_id, migration_id)
+        stored = uow.migrations.update_if(migration.queue_sync(now), expected=(RUNNING,))
+        append(uow, [event(
+            stored, EventKind.QUEUED, now, actor=acting(owner_id, actor),
+            position=uow.migrations.queue_position(stored),
+        )])
+        uow.commit()
+    runner.queued()
+    return stored
+
+
+def plan_cutover(
+    storage: Storage,
+    clock: Clock,
+    runner: Runner,
+    owner_id: int,
+    migration_id: int,
+    at: datetime | None,
+    *,
+    actor: int | None = None,
+) -> Migration:
+    """Cut a running warm migration over at `at` (None: now): due, it is
+    queued (before any sync), or waits for the end of a sync under way.
+    Conflict when it is not a running warm migration or already cutting over."""
+    return _plan_cutover(storage, clock, runner, owner_id, migration_id, at, actor, now_when_none=True)
+
+
+def _plan_cutover(
+    storage: Storage,
+    clock: Clock,
+    runner: Runner,
+    owner_id: int,
+    migration_id: int,
+    at: datetime | None,
+    actor: int | None,
+    *,
+    now_when_none: bool,
+) -> Migration:
+    with storage.unit_of_work() as uow:
+        now = clock.now()
+        when = now if at is None and now_when_none else at
+        migration = uow.migrations.get(owner_id, migration_id)
+        stored = uow.migrations.update_if(migration.plan_cutover(when, now), expected=(RUNNING,))
+        events = [event(
+            stored, EventKind.CUTOVER_REQUESTED, now, actor=acting(owner_id, actor),
+            cutover_at=None if when is None else when.isoformat(),
+        )]
+        if stored.waiting_for_a_slot and not migration.waiting_for_a_slot:
+            events.append(event(stored, EventKind.QUEUED, now, position=uow.migrations.queue_position(stored)))
+        append(uow, events)
+        uow.commit()
+    runner.queued()
+    return stored
 
 
 def enter_swap(storage: Storage, ref: RunRef, instance_id: str | None) -> bool:
@@ -335,14 +451,27 @@ def enter_swap(storage: Storage, ref: RunRef, instance_id: str | None) -> bool:
     return True
 
 
-def leave_swap(storage: Storage, ref: RunRef) -> None:
-    """The swap `enter_swap` allowed is over: a cancel may go on."""
+def leave_swap(storage: Storage, clock: Clock, ref: RunRef, done: VolumeCopied | None = None) -> None:
+    """The swap `enter_swap` allowed is over: a cancel may go on. A volume
+    `done` (now in place) is recorded as copied in the same transaction, with
+    its `volume_copied` event: a cancel that waited for the swap sees it."""
     try:
         with storage.unit_of_work() as uow:
             migration = uow.migrations.get(ref.owner_id, ref.migration_id)
-            if migration.swapping:
-                uow.migrations.update_if(migration.leave_swap(), expected=(RUNNING,))
-                uow.commit()
+            if not migration.swapping:
+                return
+            now = clock.now()
+            left = migration.leave_swap()
+            events: list[Event] = []
+            report = None if done is None else CopyProgress(done.index + 1, done=(done,))
+            advanced = None if report is None else _advanced(left, report, now)
+            if advanced is not None:
+                assert left.copied is not None and advanced.copied is not None
+                events = _volumes_copied(advanced, left.copied.volumes, advanced.copied.volumes, now, report)
+                left = advanced
+            uow.migrations.update_if(left, expected=(RUNNING,))
+            append(uow, events)
+            uow.commit()
     except NotFound:
         pass
 
@@ -420,6 +549,7 @@ def _finish(
     actor: int | None = None,
     last: CopyProgress | None = None,
     by_copy: bool = True,
+    end: CopyEnd | None = None,
 ) -> tuple[Migration, list[Event]] | None:
     """End a running run (None when it is not running), with the copy's
     `last` report recorded first; the migration as stored and its events,
@@ -429,9 +559,13 @@ def _finish(
     migration = uow.migrations.get(ref.owner_id, ref.migration_id)
     if migration.state is not RUNNING:
         return None
-    if by_copy and migration.phase is Phase.QUEUED and kind in (EventKind.SUCCEEDED, EventKind.FAILED):
-        return None
+    copy_end = kind in (EventKind.SUCCEEDED, EventKind.FAILED)
+    if by_copy and copy_end and (migration.waiting_for_a_slot or migration.phase is Phase.IN_SYNC):
+        return None  # queued again since, or between syncs: not this copy's run any more
     now = clock.now()
+    syncing = migration.mode is Mode.WARM and migration.phase in (Phase.SYNCING, Phase.CUTTING_OVER)
+    if syncing and (copy_end or kind is EventKind.INTERRUPTED):
+        return _end_sync(uow, migration, now, error, last, end or CopyEnd(error))
     events: list[Event] = []
     advanced = None if last is None else _advanced(migration, last, now)
     if advanced is not None:
@@ -472,6 +606,54 @@ def _as_left(snapshot: TargetVm, last: CopyProgress | None) -> TargetVm:
     return attrs.evolve(snapshot, storage=storage)
 
 
+def _end_sync(
+    uow: UnitOfWork,
+    migration: Migration,
+    now: datetime,
+    error: str | None,
+    last: CopyProgress | None,
+    end: CopyEnd,
+) -> tuple[Migration, list[Event]]:
+    """The end of a warm migration's sync or cutover (SPEC 2.9): its hooks'
+    events, then `synced` and in sync until the next; the cutover's success
+    as a cold run's; a failure (or an interruption) as `sync_failed`, in sync
+    as before, unless it was the third in a row."""
+    events = [
+        event(migration, EventKind.HOOK_RAN, now, hook=hook.hook, exit_status=hook.exit_status, output=hook.output)
+        for hook in end.hooks
+    ]
+    cutover = migration.phase is Phase.CUTTING_OVER
+    if error is not None:
+        ended = uow.migrations.update_if(migration.sync_failed(now, error), expected=(RUNNING,))
+        events.append(event(ended, EventKind.SYNC_FAILED, now, reason=error, cutover=cutover))
+        if ended.state is not RUNNING:
+            events.append(event(ended, EventKind.FAILED, now, reason=error))
+        return ended, events
+    replication = migration.replication
+    began = None if replication is None else replication.sync_started_at
+    done = () if last is None else last.done
+    events.append(event(
+        migration, EventKind.SYNCED, now,
+        bytes=sum(volume.bytes for volume in done),
+        files=sum(volume.files for volume in done),
+        removed=sum(volume.dropped for volume in done),
+        changed=end.changing,
+        seconds=None if began is None else round((now - began).total_seconds(), 3),
+        cutover=cutover,
+    ))
+    if cutover:
+        assert migration.snapshot is not None, "a running migration has its snapshot"
+        target = uow.migration_targets.get(migration.owner_id, migration.migration_target_id)
+        uow.migration_targets.update(attrs.evolve(target, target_vm=_as_left(migration.snapshot, last)))
+        ended = uow.migrations.update_if(migration.sync_succeeded(now).succeed(now), expected=(RUNNING,))
+        events.append(event(ended, EventKind.SUCCEEDED, now, migration_target=migration.migration_target_id))
+        return ended, events
+    ended = uow.migrations.update_if(migration.sync_succeeded(now), expected=(RUNNING,))
+    if ended.waiting_for_a_slot:  # its cutover was due: queued at once
+        events.append(event(ended, EventKind.QUEUED, now, position=uow.migrations.queue_position(ended)))
+    return ended, events
+
+
 def _finish_one(
     storage: Storage,
     clock: Clock,
@@ -480,28 +662,69 @@ def _finish_one(
     error: str | None,
     kind: EventKind,
     last: CopyProgress | None,
+    end: CopyEnd | None = None,
 ) -> Migration | None:
     with storage.unit_of_work() as uow:
-        finished = _finish(uow, clock, ref, error=error, kind=kind, last=last)
+        finished = _finish(uow, clock, ref, error=error, kind=kind, last=last, end=end)
         if finished is not None:
             append(uow, finished[1])
+            _pin_keys_met(uow, finished[0], {} if end is None else end.host_keys)
         uow.commit()
     return None if finished is None else finished[0]
 
 
-def complete_run(storage: Storage, clock: Clock, ref: RunRef, last: CopyProgress | None = None) -> Migration | None:
+def _pin_keys_met(uow: UnitOfWork, migration: Migration, met: Mapping[str, str]) -> None:
+    """The whole host keys a copy met (by side: `source`, `host`), pinned as
+    a check pins them: at first contact, or completing a pin held as a
+    fingerprint alone (the copy was let in, so the key matched the pin)."""
+    target = uow.migration_targets.peek(migration.owner_id, migration.migration_target_id)
+    for side, workload_id in (("source", migration.source_id), ("host", target.host_id)):
+        key = met.get(side)
+        if key is None or workload_id is None:
+            continue
+        workload = uow.workloads.get(migration.owner_id, workload_id)
+        pinned = pin_after_contact(workload.host_key, key)
+        if pinned != workload.host_key:
+            uow.workloads.update(attrs.evolve(workload, host_key=pinned))
+
+
+def complete_run(
+    storage: Storage,
+    clock: Clock,
+    ref: RunRef,
+    last: CopyProgress | None = None,
+    host_keys: Mapping[str, str] | None = None,
+) -> Migration | None:
     """The copy is over: replace the target's VM with the snapshot, in the same
-    transaction as the move to `success` (and the copy's `last` report). None
-    when the run had already ended."""
-    return _finish_one(storage, clock, ref, error=None, kind=EventKind.SUCCEEDED, last=last)
+    transaction as the move to `success` (and the copy's `last` report, and
+    the pins of the `host_keys` it met). None when the run had already ended."""
+    return _finish_one(
+        storage, clock, ref, error=None, kind=EventKind.SUCCEEDED, last=last, end=CopyEnd(host_keys=host_keys or {})
+    )
 
 
 def fail_run(
-    storage: Storage, clock: Clock, ref: RunRef, error: str, last: CopyProgress | None = None
+    storage: Storage,
+    clock: Clock,
+    ref: RunRef,
+    error: str,
+    last: CopyProgress | None = None,
+    host_keys: Mapping[str, str] | None = None,
 ) -> Migration | None:
     """The copy failed; the target is left as it was, and what the copy's
     `last` report says was verified in place is kept. None when already ended."""
-    return _finish_one(storage, clock, ref, error=error, kind=EventKind.FAILED, last=last)
+    return _finish_one(
+        storage, clock, ref, error=error, kind=EventKind.FAILED, last=last,
+        end=CopyEnd(error, host_keys=host_keys or {}),
+    )
+
+
+def end_copy(storage: Storage, clock: Clock, ref: RunRef, end: CopyEnd, last: CopyProgress | None) -> Migration | None:
+    """Record how a copy ended, with its last report: a cold run's end, or a
+    warm migration's sync or cutover (with its hooks). None when the run is
+    no longer this copy's."""
+    kind = EventKind.SUCCEEDED if end.failure is None else EventKind.FAILED
+    return _finish_one(storage, clock, ref, error=end.failure, kind=kind, last=last, end=end)
 
 
 def cancel_run(
@@ -559,6 +782,17 @@ def _cancel(uow: UnitOfWork, clock: Clock, owner_id: int, migration_id: int, act
         raise Conflict(f"Migration {migration_id} is not running.")
     if migration.swapping:
         raise SwapUnderWay(f"Migration {migration_id} is moving a verified volume into place.")
+    mark = migration.copied
+    if (
+        migration.mode is Mode.COLD
+        and mark is not None
+        and mark.volumes >= len(mark.mount_point_ids) > 0
+        and uow.migration_targets.peek(owner_id, migration.migration_target_id).host_id is not None
+    ):
+        raise Conflict(
+            f"Migration {migration_id} has moved every volume into place and is finishing as a success;"
+            " it cannot be cancelled any more."
+        )
     finished = _finish(
         uow, clock, RunRef(owner_id, migration_id), error=CANCELLED, kind=EventKind.CANCELLED, actor=actor
     )
@@ -577,8 +811,10 @@ def mark_interrupted(
         ended = [
             finished
             for migration in uow.migrations.running(instance_ids)
-            # A queued copy belongs to no instance: it waits for the next one with room.
-            if migration.phase is not Phase.QUEUED
+            # A queued copy belongs to no instance: it waits for the next one
+            # with room; a warm migration between syncs is held by none.
+            if not migration.waiting_for_a_slot
+            and migration.phase is not Phase.IN_SYNC
             and (
                 finished := _finish(
                     uow, clock, RunRef.of(migration), error=INTERRUPTED, kind=EventKind.INTERRUPTED

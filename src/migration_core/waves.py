@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from datetime import datetime
 
 import attrs
 
@@ -17,7 +18,15 @@ from .inventory import _referenced
 from .machines import CopyJob
 from .passes import items_in_one_unit
 from .ports import Clock, ListQuery, Page, Runner, Storage, UnitOfWork
-from .runs import SwapUnderWay, _cancel, _start, cancel_when_no_swap, give_to_runner, state_of_run
+from .runs import (
+    SwapUnderWay,
+    _cancel,
+    _start,
+    cancel_when_no_swap,
+    give_to_runner,
+    plan_cutover,
+    state_of_run,
+)
 
 
 @attrs.frozen
@@ -143,6 +152,38 @@ def run_wave(
         else:
             launched.append(job.migration_id)
     return WaveRun(tuple(launched), tuple(sorted(refused, key=lambda r: r.migration_id)))
+
+
+@attrs.frozen
+class WaveCutover:
+    cutting_over: tuple[int, ...]
+    refused: tuple[Refusal, ...]
+
+
+def cutover_wave(
+    storage: Storage,
+    clock: Clock,
+    runner: Runner,
+    owner_id: int,
+    wave_id: int,
+    at: datetime | None = None,
+    *,
+    actor: int | None = None,
+) -> WaveCutover:
+    """Cut over each running warm member (now, or at `at`); the others are
+    refused with the reason their own cutover would give (SPEC 2.6)."""
+    with storage.unit_of_work(write=False) as uow:
+        members = _members_in_turn(uow, owner_id, wave_id)
+    planned: list[int] = []
+    refused: list[Refusal] = []
+    for migration_id in members:
+        try:
+            plan_cutover(storage, clock, runner, owner_id, migration_id, at, actor=actor)
+        except (Conflict, NotFound) as refusal:
+            refused.append(Refusal(migration_id, refusal.message))
+        else:
+            planned.append(migration_id)
+    return WaveCutover(tuple(planned), tuple(refused))
 
 
 def cancel_wave(

@@ -453,6 +453,9 @@ class ElsewhereRunner:
     def cancel(self, migration_id: int) -> None:
         pass
 
+    def queued(self) -> None:
+        pass
+
 
 async def test_a_run_cancelled_elsewhere_and_run_again_here_restarts_its_copy(
     harness: Harness, runner: AsyncRunner

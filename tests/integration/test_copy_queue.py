@@ -519,7 +519,7 @@ def test_a_swap_under_way_holds_a_cancel_until_it_is_over(
 
     during = fleet.get(ref.migration_id)
     assert (during.state, during.swapping, answers) == (MigrationState.RUNNING, True, [])
-    leave_swap(fleet.storage, ref)
+    leave_swap(fleet.storage, SteppingClock(), ref)
     canceller.join(PATIENCE)
     assert not canceller.is_alive()
     assert [(m.state, m.error, m.swapping) for m in answers] == [(MigrationState.ERROR, core.CANCELLED, False)]
@@ -534,7 +534,7 @@ def test_a_cancel_answered_first_refuses_every_later_swap(fleet: Fleet) -> None:
     assert (cancelled.state, cancelled.error) == (MigrationState.ERROR, core.CANCELLED)
     assert not enter_swap(fleet.storage, ref, "carrier")
     assert not fleet.get(ref.migration_id).swapping
-    leave_swap(fleet.storage, ref)  # harmless
+    leave_swap(fleet.storage, SteppingClock(), ref)  # harmless
 
 
 def test_only_the_carrier_may_swap_and_a_queued_copy_may_not(fleet: Fleet) -> None:
@@ -553,7 +553,7 @@ def test_a_fake_copy_cancelled_before_its_swap_never_swaps(fleet: Fleet) -> None
     start_run(fleet.storage, clock, fleet.owner_id, migration.id)
     [job] = take_copies(fleet.storage, "carrier", room=1)
     copier = FakeCopier()
-    copy = copier.start_copy(job, lambda: None, StorageSwapGate(fleet.storage, fleet.ref(migration), "carrier"))
+    copy = copier.start_copy(job, lambda: None, StorageSwapGate(fleet.storage, clock, fleet.ref(migration), "carrier"))
     cancel_elsewhere(fleet, clock, fleet.ref(migration))
     copy.release()
     wait_for(lambda: copy.ended() is not None, "the copy to end")
@@ -581,7 +581,7 @@ def race_once(fleet: Fleet, clock: core.Clock, ref: RunRef, hold: float) -> list
             with lock:
                 order.append("swapped")
             time.sleep(hold)  # a rename takes a moment
-            leave_swap(fleet.storage, ref)
+            leave_swap(fleet.storage, SteppingClock(), ref)
         except BaseException as exc:  # noqa: BLE001 - every outcome is counted
             failures.append(exc)
 

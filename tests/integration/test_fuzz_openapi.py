@@ -72,6 +72,7 @@ _NEVER_ENDS = "the stream never ends, so it is not fuzzed with a token: test_htt
 # The fuzzer's workloads are at addresses outside the allowed networks (409,
 # nothing sent); a machine that answers is test_http_machines.py's real sshd.
 _REACHABLE_MACHINE = "needs a machine inside the allowed networks: test_http_machines.py"
+_RUNNING_WARM = "needs a running warm migration: test_warm_migrations.py syncs and cuts over"
 _WAVE_REPLACED = "test_http_waves.py replaces a wave (200), and one with a name or a member taken (409)"
 EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     ("PUT", "/api/v1/work_loads/{id}/", 409): _HELD_ELSEWHERE,
@@ -84,6 +85,8 @@ EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     # (unique per owner) and the members drawn: the examples move with the document.
     ("PUT", "/api/v1/waves/{id}/", 200): _WAVE_REPLACED,
     ("PUT", "/api/v1/waves/{id}/", 409): _WAVE_REPLACED,
+    ("POST", "/api/v1/migrations/{id}/sync/", 202): _RUNNING_WARM,
+    ("POST", "/api/v1/migrations/{id}/cutover/", 202): _RUNNING_WARM,
     ("GET", STREAM, 200): _NEVER_ENDS,
     ("GET", STREAM, 400): _NEVER_ENDS,
 }

@@ -69,6 +69,8 @@ async def test_every_path_and_method_of_the_spec_is_documented(document: dict[st
     for resource in RESOURCES:
         expected |= {("get", f"/api/v1/{resource}/"), ("post", f"/api/v1/{resource}/")}
         expected |= {(m, f"/api/v1/{resource}/{{id}}/") for m in ("get", "put", "patch", "delete")}
+    expected |= {("post", "/api/v1/migrations/{id}/sync/"), ("post", "/api/v1/migrations/{id}/cutover/"),
+                 ("post", "/api/v1/waves/{id}/cutover/")}
     expected |= {("post", "/api/v1/migrations/{id}/run/"), ("post", "/api/v1/migrations/{id}/cancel/"),
                  ("get", "/api/v1/migrations/{id}/state/"), ("get", "/api/v1/migrations/{id}/events/"),
                  ("get", "/api/v1/events/stream/")}
@@ -99,7 +101,7 @@ async def test_every_operation_documents_its_answers_bodies_and_security(documen
         else:
             assert "security" not in operation  # the document's default: bearer
             assert "WWW-Authenticate" in responses["401"]["headers"]
-        actions = ("/run/", "/cancel/", "/check/", "/discover/")  # bodiless
+        actions = ("/run/", "/cancel/", "/check/", "/discover/", "/sync/")  # bodiless
         if method in ("post", "put", "patch") and not any(action in path for action in actions):
             assert operation["requestBody"]["required"] is True
             assert {"400", "413", "415"} <= set(responses)
@@ -144,7 +146,8 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
         "Workload": {"id", "ip", "credentials", "storage", "port", "os", "root", "host_key"},
         "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm", "host", "root"},
         "Migration": {"id", "source", "migration_target", "selected_mount_points", "state", "progress",
-                      "error", "started_at", "finished_at", "wave", "phase"},
+                      "error", "started_at", "finished_at", "wave", "phase", "mode", "sync_interval",
+                      "cutover_at", "pre_cutover", "post_cutover"},
         "Wave": {"id", "name", "migrations"},
     }
     for name, fields in wire.items():
@@ -153,14 +156,16 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
     assert "password" not in str(schemas["TargetVm"])
     assert set(schemas["MigrationRunState"]["properties"]) == {
         "state", "progress", "error", "finished", "bytes_total", "bytes_copied", "eta", "volumes",
-        "phase", "queue_position",
+        "phase", "queue_position", "syncs", "last_synced_at", "last_sync_seconds", "next_sync_at", "cutover_at",
+        "last_sync_error",
     }
     # SPEC 3's four, and `files`: what a real run's page shows passing (SPEC 2.8, 5).
     assert set(schemas["VolumeCopy"]["properties"]) == {"mount_point", "name", "size", "copied", "files"}
     assert set(schemas["MigrationEvent"]["properties"]) == {"id", "migration", "at", "kind", "detail", "actor"}
     assert schemas["MigrationEvent"]["properties"]["kind"]["enum"] == [
         "created", "updated", "run_requested", "started", "volume_copied", "succeeded", "failed",
-        "cancelled", "interrupted",
+        "cancelled", "interrupted", "queued", "sync_started", "synced", "sync_failed", "cutover_requested",
+        "hook_ran", "preflight",
     ]
 
 

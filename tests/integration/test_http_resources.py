@@ -102,7 +102,9 @@ async def _migration_case(user: User) -> dict[str, Any]:
     other_target = (await user.target(plan["credentials"], "vcloud"))["id"]
     c, d = plan["mount_points"]
     fresh = {
-        "state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None, "wave": None
+        "state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None, "wave": None,
+        "phase": None, "mode": "cold", "sync_interval": 3600, "cutover_at": None, "pre_cutover": None,
+        "post_cutover": None,
     }
     source = {"source": plan["workload"]}
     return {
@@ -345,8 +347,8 @@ async def test_a_migration_lists_its_fields_on_the_wire(alice: User) -> None:
     plan = await alice.plan()
     migration = await alice.call("GET", f"{API}/migrations/{plan['migration']}/", 200)
     assert list(migration) == [
-        "id", "source", "migration_target", "selected_mount_points",
-        "state", "progress", "error", "started_at", "finished_at", "wave",
+        "id", "source", "migration_target", "selected_mount_points", "mode", "sync_interval", "cutover_at",
+        "pre_cutover", "post_cutover", "state", "phase", "progress", "error", "started_at", "finished_at", "wave",
     ]
 
 

@@ -236,6 +236,9 @@ class _Runner:
     def cancel(self, migration_id: int) -> None:
         """Nothing to stop."""
 
+    def queued(self) -> None:
+        pass
+
 
 def test_a_cancel_keeps_the_progress_a_concurrent_report_recorded(storage: Storage, owner: int) -> None:
     """The runner records a volume copied while the run is being cancelled:

@@ -1179,6 +1179,9 @@ class _Runner:
     def cancel(self, migration_id: int) -> None:
         """Nothing to stop."""
 
+    def queued(self) -> None:
+        pass
+
 
 @pytest.fixture
 def run(storage: Storage) -> Run:

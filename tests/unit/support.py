@@ -59,6 +59,9 @@ class ManualRunner:
     def cancel(self, migration_id: int) -> None:
         self.cancelled.append(migration_id)
 
+    def queued(self) -> None:
+        pass
+
 
 @attrs.frozen
 class Volume:

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 import cattrs
 
-from migration_core import CloudType, Login, MigrationState, OperatingSystem, Phase
+from migration_core import CloudType, Login, MigrationState, Mode, OperatingSystem, Phase
 
 from ..secrets import SecretBox, SecretError
 
@@ -48,7 +48,7 @@ class Codec:
         self.box = box
         converter = cattrs.Converter()
         # str-based enums would otherwise pass through as enum members.
-        for kind in (CloudType, MigrationState, OperatingSystem, Phase):
+        for kind in (CloudType, MigrationState, Mode, OperatingSystem, Phase):
             converter.register_unstructure_hook(kind, _enum_value)
         converter.register_unstructure_hook(datetime, iso_utc)
         converter.register_structure_hook(datetime, lambda text, _: datetime.fromisoformat(text))

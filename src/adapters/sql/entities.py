@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -404,39 +405,55 @@ class Migrations(Repository[Migration]):
 
     def running_instances(self) -> set[str | None]:
         rows = self._session.execute(
-            "SELECT DISTINCT instance_id FROM migrations WHERE state = ? AND (phase IS NULL OR phase <> ?)",
-            [MigrationState.RUNNING.value, Phase.QUEUED.value],
+            "SELECT DISTINCT instance_id FROM migrations WHERE state = ? AND queued_at IS NULL"
+            " AND (phase IS NULL OR phase <> ?)",
+            [MigrationState.RUNNING.value, Phase.IN_SYNC.value],
         )
         return {row[0] for row in rows}
 
+    # A copy waits for a slot: a run's or a sync's `queued`, a cutover with no
+    # carrier yet; cutovers first, then the oldest request.
+    _WAITING = "m.queued_at IS NOT NULL"
+    _FIRST = "CASE WHEN m.phase = 'cutting_over' THEN 0 ELSE 1 END, m.queued_at, m.id"
+
     def any_queued(self) -> bool:
-        row = self._session.execute("SELECT 1 FROM migrations WHERE phase = ? LIMIT 1", [Phase.QUEUED.value])
+        row = self._session.execute(f"SELECT 1 FROM migrations m WHERE {self._WAITING} LIMIT 1")
         return row.fetchone() is not None
 
-    def next_queued(self, busy_machines: Collection[int]) -> Migration | None:
-        busy = sorted(busy_machines)
-        spare = ""
+    def next_queued(self, busy_machines: Collection[int], *, simulated: bool = False) -> Migration | None:
+        busy = [] if simulated else sorted(busy_machines)
+        where = " AND t.host_id IS NULL" if simulated else " AND t.host_id IS NOT NULL"
         if busy:
-            spare = (
-                f" AND m.source_id NOT IN ({marks(len(busy))})"
-                f" AND (t.host_id IS NULL OR t.host_id NOT IN ({marks(len(busy))}))"
-            )
+            where += f" AND m.source_id NOT IN ({marks(len(busy))}) AND t.host_id NOT IN ({marks(len(busy))})"
         row = self._session.execute(
             "SELECT m.id, m.owner_id FROM migrations m"
             " JOIN migration_targets t ON t.id = m.migration_target_id"
-            f" WHERE m.phase = ?{spare} ORDER BY m.started_at, m.id LIMIT 1{self._session.dialect.skip_locked}",
-            [Phase.QUEUED.value, *busy, *busy],
+            f" WHERE {self._WAITING}{where} ORDER BY {self._FIRST} LIMIT 1{self._session.dialect.skip_locked}",
+            [*busy, *busy],
         ).fetchone()
         return None if row is None else self.get(int(row[1]), int(row[0]))
 
     def queue_position(self, migration: Migration) -> int | None:
-        if migration.phase is not Phase.QUEUED or migration.started_at is None:
+        if not migration.waiting_for_a_slot or migration.queued_at is None:
             return None
+        first = migration.phase is Phase.CUTTING_OVER
+        at = iso_utc(migration.queued_at)
+        ahead = "m.phase = 'cutting_over'" if not first else "FALSE"
         row = self._session.execute(
-            "SELECT count(*) FROM migrations WHERE phase = ? AND (started_at < ? OR started_at = ? AND id <= ?)",
-            [Phase.QUEUED.value, *[iso_utc(migration.started_at)] * 2, migration.id],
+            f"SELECT count(*) FROM migrations m WHERE {self._WAITING} AND ({ahead}"
+            " OR (m.phase = 'cutting_over') = ? AND (m.queued_at < ? OR m.queued_at = ? AND m.id <= ?))",
+            [first, at, at, migration.id],
         ).fetchone()
         return int(row[0])
+
+    def due(self, now: datetime) -> list[tuple[int, int]]:
+        at = iso_utc(now)
+        rows = self._session.execute(
+            "SELECT owner_id, id FROM migrations WHERE phase = ?"
+            " AND (next_sync_at <= ? OR cutover_at <= ?) ORDER BY id",
+            [Phase.IN_SYNC.value, at, at],
+        ).fetchall()
+        return [(int(owner), int(row_id)) for owner, row_id in rows]
 
     def _not_in_state(self, migration: Migration) -> Exception:
         row = self._session.execute(

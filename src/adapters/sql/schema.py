@@ -494,19 +494,32 @@ EVENT_KINDS = EVENT_KINDS_9
 
 
 def _copy_queue(execute: Execute, dialect: Dialect) -> None:
-    """Step 9: the copy queue (SPEC 2.10) lives in the migrations' rows: a
-    running migration's `phase` (`queued`: waiting for a copy slot, held by
-    no instance; taken, it is `copying`), oldest request first, and whether
-    its carrier is moving a volume into place (`swapping`: a cancel waits).
-    The events admit the new kinds: PostgreSQL replaces the CHECK, SQLite
+    """Step 9: the copy queue (SPEC 2.10) and warm migrations (2.9) live in
+    the migrations' rows. A running migration's `phase`; a copy waiting for
+    a slot has `queued_at` (a run's or a sync's copy `queued`, a cutover
+    `cutting_over` with no instance yet), held by no instance, oldest first;
+    `swapping` while its carrier moves a volume into place (a cancel waits).
+    A migration's mode, sync interval, planned cutover and hooks; a running
+    warm one's syncs (`replication`, JSON) and when the next is due. The
+    events admit the new kinds: PostgreSQL replaces the CHECK, SQLite
     rebuilds the table (its CHECKs cannot be altered), keeping every row, id
     and the id sequence."""
     phases = "'queued', 'copying', 'syncing', 'in_sync', 'cutting_over'"
     _run(execute, dialect, [
         f"ALTER TABLE migrations ADD COLUMN phase TEXT CHECK (phase IN ({phases}))",
         "ALTER TABLE migrations ADD COLUMN swapping BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE migrations ADD COLUMN queued_at TEXT",
+        "ALTER TABLE migrations ADD COLUMN mode TEXT NOT NULL DEFAULT 'cold' CHECK (mode IN ('cold', 'warm'))",
+        "ALTER TABLE migrations ADD COLUMN sync_interval {int} NOT NULL DEFAULT 3600"
+        " CHECK (sync_interval BETWEEN 60 AND 604800)",
+        "ALTER TABLE migrations ADD COLUMN cutover_at TEXT",
+        "ALTER TABLE migrations ADD COLUMN pre_cutover TEXT CHECK (length(pre_cutover) <= 4096)",
+        "ALTER TABLE migrations ADD COLUMN post_cutover TEXT CHECK (length(post_cutover) <= 4096)",
+        "ALTER TABLE migrations ADD COLUMN replication TEXT",
+        "ALTER TABLE migrations ADD COLUMN next_sync_at TEXT",
         "UPDATE migrations SET phase = 'copying' WHERE state = 'running'",
-        "CREATE INDEX migrations_queue ON migrations (started_at, id) WHERE phase = 'queued'",
+        "CREATE INDEX migrations_queue ON migrations (queued_at, id) WHERE queued_at IS NOT NULL",
+        "CREATE INDEX migrations_due ON migrations (next_sync_at) WHERE phase = 'in_sync'",
     ])
     kinds = ", ".join(f"'{kind}'" for kind in EVENT_KINDS_9)
     if dialect.adds_constraints:

@@ -179,13 +179,24 @@ MIGRATIONS = EntityTable(
         "copied",
         "phase",
         "swapping",
+        "queued_at",
+        "mode",
+        "sync_interval",
+        "cutover_at",
+        "pre_cutover",
+        "post_cutover",
+        "replication",
+        "next_sync_at",
     ),
     frozenset({"owner_id", "source_id", "migration_target_id", "progress"}),
     (("source_id", "workloads"), ("migration_target_id", "migration_targets")),
     ListField("selected_mount_point_ids", "migration_mount_points", "migration_id", "mount_points"),
-    json_columns=("snapshot", "copied"),
+    json_columns=("snapshot", "copied", "replication"),
     unfilterable=frozenset(
-        {"snapshot", "started_at", "finished_at", "instance_id", "copied", "phase", "swapping"}
+        {
+            "snapshot", "started_at", "finished_at", "instance_id", "copied", "phase", "swapping", "queued_at",
+            "mode", "sync_interval", "cutover_at", "pre_cutover", "post_cutover", "replication", "next_sync_at",
+        }
     ),
     derived=(
         DerivedField(

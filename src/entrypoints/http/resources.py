@@ -25,6 +25,7 @@ from .schemas import (
     CredentialsQuerySchema,
     CredentialsReplaceSchema,
     CredentialsSchema,
+    CutoverSchema,
     MigrationEventQuerySchema,
     MigrationEventSchema,
     MigrationQuerySchema,
@@ -35,6 +36,7 @@ from .schemas import (
     MountPointQuerySchema,
     MountPointSchema,
     WaveCancelSchema,
+    WaveCutoverSchema,
     WaveQuerySchema,
     WaveReplaceSchema,
     WaveRunSchema,
@@ -84,6 +86,8 @@ class Resource:
     recorded: bool = False
     # What a PATCH may carry, all optional (by default the create's fields).
     patch_schema: type[Schema] | None = None
+    # Settings a create takes from the service (a warm migration's default interval).
+    create_settings: Callable[[Any], dict[str, Any]] | None = None
 
 
 def object_id(request: web.Request) -> int:
@@ -224,7 +228,10 @@ def _recording(resource: Resource, request: web.Request, user_id: int) -> dict[s
 
 
 def _create(storage: core.Storage, user_id: int, resource: Resource, request: web.Request) -> Any:
-    return resource.create(storage, user_id, **request[BODY], **_recording(resource, request, user_id))
+    settings = {} if resource.create_settings is None else resource.create_settings(services(request))
+    return resource.create(
+        storage, user_id, **request[BODY], **_recording(resource, request, user_id), **settings
+    )
 
 
 def _update(storage: core.Storage, user_id: int, resource: Resource, request: web.Request) -> Any:
@@ -308,6 +315,7 @@ RESOURCES = [
         replace_schema=MigrationSchema,
         query_schema=MigrationQuerySchema,
         create=core.create_migration,
+        create_settings=lambda found: {"default_sync_interval": found.default_sync_interval},
         get=core.get_migration,
         find=core.list_migrations,
         update=core.update_migration,
@@ -472,6 +480,67 @@ async def wave_state(request: web.Request) -> web.Response:
     return json_answer(views.wave_state_view(state))
 
 
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="Sync a running warm migration now",
+    description="Queues a sync (SPEC 2.9): phase `queued` until an instance has a copy slot, then"
+    " `syncing`. Refused (409) when it is not a running warm migration, or when a sync or its"
+    " cutover is under way or queued.",
+    operation_id="syncMigration",
+    parameters=[ID_PARAMETER],
+    responses=answers({202: (MigrationSchema, "The sync is queued.")}, 401, 404, 409),
+)
+async def sync_migration(request: web.Request) -> web.Response:
+    found = services(request)
+    user = request[USER].id
+    queued = await call(
+        core.request_sync, found.storage, found.clock, found.runner, user, object_id(request), actor=user
+    )
+    return json_answer(views.migration_view(queued), status=202)
+
+
+@docs(
+    tags=[MIGRATION_ACTIONS],
+    summary="Cut a running warm migration over, now or at a time",
+    description="`{}`: now; `{\"at\": TIME}`: at that time (ISO 8601; it sets `cutover_at`, which a"
+    " PATCH of `cutover_at: null` withdraws). The cutover waits for a sync under way, runs"
+    " `pre_cutover` on the source, makes the final sync (nothing may change), swaps it into place,"
+    " runs `post_cutover` on the host and succeeds as a cold run does. Refused (409) when it is not"
+    " a running warm migration or is already cutting over.",
+    operation_id="cutoverMigration",
+    parameters=[ID_PARAMETER],
+    responses=answers({202: (MigrationSchema, "Cutting over, or planned.")}, *WRITE_ERRORS, 401, 404, 409),
+)
+@json_body(CutoverSchema())
+async def cutover_migration(request: web.Request) -> web.Response:
+    found = services(request)
+    user = request[USER].id
+    planned = await call(
+        core.plan_cutover, found.storage, found.clock, found.runner, user, object_id(request),
+        request[BODY].get("at"), actor=user,
+    )
+    return json_answer(views.migration_view(planned), status=202)
+
+
+@docs(
+    tags=[WAVE_ACTIONS],
+    summary="Cut over the running warm migrations of a wave, now or at a time",
+    description="Each running warm member cuts over as its own cutover would; the others are refused"
+    " with the reason.",
+    operation_id="cutoverWave",
+    parameters=[ID_PARAMETER],
+    responses=answers({202: (WaveCutoverSchema, "What cuts over, and what was refused.")}, *WRITE_ERRORS, 401, 404),
+)
+@json_body(CutoverSchema())
+async def cutover_wave(request: web.Request) -> web.Response:
+    found = services(request)
+    outcome = await call(
+        core.cutover_wave, found.storage, found.clock, found.runner, request[USER].id, object_id(request),
+        request[BODY].get("at"), actor=request[USER].id,
+    )
+    return json_answer(views.wave_cutover_view(outcome), status=202)
+
+
 # Made once, as the other modules' routes are: every app of the process
 # shares the handlers (each is a function of its request alone).
 ROUTES = [route for resource in RESOURCES for route in resource_routes(resource)] + [
@@ -481,5 +550,8 @@ ROUTES = [route for resource in RESOURCES for route in resource_routes(resource)
     Route("GET", "/api/v1/migrations/{id:\\d+}/events/", migration_events),
     Route("POST", "/api/v1/waves/{id:\\d+}/run/", run_wave),
     Route("POST", "/api/v1/waves/{id:\\d+}/cancel/", cancel_wave),
+    Route("POST", "/api/v1/waves/{id:\\d+}/cutover/", cutover_wave),
+    Route("POST", "/api/v1/migrations/{id:\\d+}/sync/", sync_migration),
+    Route("POST", "/api/v1/migrations/{id:\\d+}/cutover/", cutover_migration),
     Route("GET", "/api/v1/waves/{id:\\d+}/state/", wave_state),
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, fields, pre_load, validate
 
-from migration_core import CloudType, EventKind, MigrationState, OperatingSystem, Phase
+from migration_core import CloudType, EventKind, MigrationState, Mode, OperatingSystem, Phase
 
 MAX_ID = 2**63 - 1
 MAX_SIZE = 2**63 - 1
@@ -53,6 +53,12 @@ class UtcDateTime(fields.DateTime):
         assert isinstance(value, datetime)
         aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         return aware.astimezone(timezone.utc).isoformat()
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        """A time without an offset is taken as UTC."""
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        assert isinstance(moment, datetime)
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 class Body(Schema):
@@ -323,8 +329,9 @@ class MigrationTargetSchema(Body):
 
 
 _PHASE = (
-    "Where a running migration is: `queued` (a real copy waiting for a copy slot, SPEC 2.10) or"
-    " `copying`; null when not running."
+    "Where a running migration is: `queued` (a real copy or a sync waiting for a copy slot, SPEC"
+    " 2.10), `copying` (a cold run), `syncing` or `in_sync` (a warm one during and between syncs),"
+    " `cutting_over`; null when not running."
 )
 
 
@@ -343,6 +350,42 @@ class MigrationSchema(Body):
             "description": "Mount point ids of the source; its system volume (C:\\, or / for a linux"
             " source) must be among them to run."
         },
+    )
+    mode = fields.Enum(
+        Mode,
+        by_value=True,
+        metadata={
+            "description": "`cold` (default): one copy; `warm`: the copy is kept in sync while the source"
+            " runs, then cut over (SPEC 2.9).",
+        },
+    )
+    sync_interval = fields.Integer(
+        validate=validate.Range(60, 604800),
+        metadata={
+            "description": "Seconds between a warm migration's syncs, 60 to 604800 (default"
+            " MIGRATION_SYNC_INTERVAL); fixed while it runs."
+        },
+    )
+    cutover_at = UtcDateTime(
+        allow_none=True,
+        metadata={
+            "description": "When a running warm migration cuts over by itself; null: not planned."
+            " The one field that may change while it runs (null withdraws the plan).",
+            "maxLength": 64,
+        },
+    )
+    pre_cutover = fields.String(
+        allow_none=True,
+        validate=validate.Length(1, 4096),
+        metadata={
+            "description": "A shell command run on the source (`sh -c`) before the final sync, to quiesce"
+            " it; a non-zero exit fails the cutover. Null: none."
+        },
+    )
+    post_cutover = fields.String(
+        allow_none=True,
+        validate=validate.Length(1, 4096),
+        metadata={"description": "A shell command run on the host after the cutover's swap. Null: none."},
     )
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
     phase = fields.Enum(Phase, by_value=True, dump_only=True, allow_none=True, metadata={"description": _PHASE})
@@ -386,6 +429,20 @@ class MigrationRunStateSchema(Schema):
 
     state = fields.Enum(MigrationState, by_value=True, dump_only=True)
     phase = fields.Enum(Phase, by_value=True, dump_only=True, allow_none=True, metadata={"description": _PHASE})
+    # A warm migration's (SPEC 2.9); absent for a cold one.
+    syncs = fields.Integer(
+        dump_only=True, attribute="warm.syncs", metadata={"description": "A warm migration's verified syncs so far."}
+    )
+    last_synced_at = UtcDateTime(dump_only=True, allow_none=True, attribute="warm.last_synced_at")
+    last_sync_seconds = fields.Float(
+        dump_only=True,
+        allow_none=True,
+        attribute="warm.last_sync_seconds",
+        metadata={"description": "How long the last sync took: the estimate of the cutover's downtime."},
+    )
+    next_sync_at = UtcDateTime(dump_only=True, allow_none=True, attribute="warm.next_sync_at")
+    cutover_at = UtcDateTime(dump_only=True, allow_none=True, attribute="warm.cutover_at")
+    last_sync_error = fields.String(dump_only=True, allow_none=True, attribute="warm.last_sync_error")
     queue_position = fields.Integer(
         dump_only=True,
         allow_none=True,
@@ -482,6 +539,17 @@ class WaveRefusalSchema(Schema):
 
 class WaveRunSchema(Schema):
     started = fields.List(Id(), dump_only=True)
+    refused = fields.List(fields.Nested(WaveRefusalSchema), dump_only=True)
+
+
+class CutoverSchema(Body):
+    """The body of a cutover: `{}` (now) or `{"at": TIME}`."""
+
+    at = UtcDateTime(metadata={"description": "When to cut over (ISO 8601); absent: now.", "maxLength": 64})
+
+
+class WaveCutoverSchema(Schema):
+    cutting_over = fields.List(Id(), dump_only=True)
     refused = fields.List(fields.Nested(WaveRefusalSchema), dump_only=True)
 
 

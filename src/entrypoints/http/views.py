@@ -18,6 +18,7 @@ from migration_core import (
     RunState,
     TargetVm,
     Wave,
+    WaveCutover,
     WaveRun,
     WaveState,
     Workload,
@@ -85,7 +86,13 @@ def migration_view(migration: Migration) -> View:
         "source": migration.source_id,
         "migration_target": migration.migration_target_id,
         "selected_mount_points": list(migration.selected_mount_point_ids),
+        "mode": migration.mode.value,
+        "sync_interval": migration.sync_interval,
+        "cutover_at": _utc(migration.cutover_at),
+        "pre_cutover": migration.pre_cutover,
+        "post_cutover": migration.post_cutover,
         "state": migration.state.value,
+        "phase": None if migration.phase is None else migration.phase.value,
         "progress": migration.progress,
         "error": migration.error,
         "started_at": _utc(migration.started_at),
@@ -95,8 +102,29 @@ def migration_view(migration: Migration) -> View:
 
 
 def run_state_view(state: RunState) -> View:
+    return _run_state(state) | _replication_view(state)
+
+
+def _replication_view(state: RunState) -> View:
+    """A warm migration's syncs (SPEC 2.9); nothing for a cold one."""
+    warm = state.warm
+    if warm is None:
+        return {}
+    return {
+        "syncs": warm.syncs,
+        "last_synced_at": _utc(warm.last_synced_at),
+        "last_sync_seconds": warm.last_sync_seconds,
+        "next_sync_at": _utc(warm.next_sync_at),
+        "cutover_at": _utc(warm.cutover_at),
+        "last_sync_error": warm.last_sync_error,
+    }
+
+
+def _run_state(state: RunState) -> View:
     return {
         "state": state.state.value,
+        "phase": None if state.phase is None else state.phase.value,
+        "queue_position": state.queue_position,
         "progress": state.progress,
         "error": state.error,
         "finished": state.finished,
@@ -107,6 +135,13 @@ def run_state_view(state: RunState) -> View:
             {"mount_point": v.mount_point_id, "name": v.name, "size": v.size, "copied": v.copied, "files": v.files}
             for v in state.volumes
         ],
+    }
+
+
+def wave_cutover_view(outcome: WaveCutover) -> View:
+    return {
+        "cutting_over": list(outcome.cutting_over),
+        "refused": [{"migration": r.migration_id, "detail": r.detail} for r in outcome.refused],
     }
 
 
