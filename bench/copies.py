@@ -164,6 +164,23 @@ def reaped_cpu(pid: int) -> tuple[float, float]:
     return family_cpu(pid)
 
 
+class Machines:
+    """The throwaway sshd servers, as the machines of the copies: what they
+    spent (the listeners' reaped children: each connection's sshd, and the
+    tar, bash, tee and sha256sum it ran), on the same cores as the service."""
+
+    def __init__(self, servers: list[Any]) -> None:
+        self.servers = servers
+
+    def cpu(self) -> float:
+        """Their CPU seconds so far, once no connection is left (10 s at most:
+        a session still open is counted when it ends)."""
+        deadline = time.monotonic() + 10
+        while any(children(server.pid) for server in self.servers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return sum(sum(family_cpu(server.pid)) for server in self.servers)
+
+
 def load_text() -> str:
     """`uptime`, as the machine says it."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -581,7 +598,8 @@ def idle_cpu(service: Service, seconds: float) -> float:
 
 
 def copy_phase(
-    service: Service, ssh: Ssh, shapes: dict[str, tuple[Path, int]], workdir: Path, args: argparse.Namespace
+    service: Service, ssh: Ssh, machines: Machines, shapes: dict[str, tuple[Path, int]], workdir: Path,
+    args: argparse.Namespace,
 ) -> None:
     """Each repetition, each shape: the service, the verified pipeline and the
     bare one, one after another, the order turned by one each repetition."""
@@ -600,8 +618,10 @@ def copy_phase(
             timeout = max(300.0, size / 2e6)
             seconds: dict[str, float] = {}
             cpu: dict[str, float] = {}
+            remote: dict[str, float] = {}
             for way in order:
                 clean(destination)
+                remote[way] = machines.cpu()
                 if way == "service":
                     done = service.copy(origin, size, destination, timeout)
                     seconds[way], cpu[way] = done["seconds"], done["cpu"]
@@ -613,6 +633,7 @@ def copy_phase(
                 else:
                     seconds[way], cpu[way] = ssh.pipeline(origin, destination, timeout, verified=way == "verified",
                                                           cipher=GCM if way == "bare-gcm" else None)
+                remote[way] = machines.cpu() - remote[way]
                 if tree_bytes(destination) != held[shape]:
                     raise SystemExit(f"the {way} copy of {shape} does not hold {held[shape]} (files, bytes)")
             clean(destination)
@@ -620,6 +641,7 @@ def copy_phase(
                 figures[f"{shape} {way}_s"].append(seconds[way])
                 figures[f"{shape} {way}_mbps"].append(mbps(size, seconds[way]))
                 figures[f"{shape} {way}_cpu_gib"].append(cpu[way] * GiB / size)
+                figures[f"{shape} {way}_machines_gib"].append(remote[way] * GiB / size)
             ratios = {
                 "rate_verified": seconds["verified"] / seconds["service"],
                 "rate_bare": seconds["bare"] / seconds["service"],
@@ -631,20 +653,21 @@ def copy_phase(
             for key, value in ratios.items():
                 figures[f"{shape} {key}"].append(value)
             print(f"{shape:6s} " + "  ".join(
-                f"{way} {seconds[way]:6.2f} s {mbps(size, seconds[way]):6.1f} MB/s CPU {cpu[way]:5.2f} s"
-                for way in order
+                f"{way} {seconds[way]:6.2f} s {mbps(size, seconds[way]):6.1f} MB/s CPU {cpu[way]:5.2f} s "
+                f"(machines {remote[way]:5.2f} s)" for way in order
             ) + f"  | service python {done['cpu_python']:.2f} s (system {done['cpu_system']:.2f}) + ssh "
                 f"{done['cpu_ssh']:.2f} s, finished_at {done['lag']:.2f} s after the copier's end, peak RSS "
                 f"{done['peak_mb']:.0f} MB | rate/verified {ratios['rate_verified']:.2f} rate/bare "
                 f"{ratios['rate_bare']:.2f} CPU/bare {ratios['cpu_bare']:.2f}", flush=True)
     print(f"\n# copy: medians of {args.repeat} interleaved repetitions; CPU in seconds a GiB (the service's: its"
-          " process and its reaped ssh children; a pipeline's: its two ssh clients)")
+          " process and its reaped ssh children; a pipeline's: its two ssh clients; the machines': their sshd and"
+          " what it ran)")
     for shape, (_, size) in shapes.items():
         f = {key.split(" ", 1)[1]: med(v) for key, v in figures.items() if key.startswith(shape + " ")}
         r = {key: figures[f"{shape} {key}"] for key in ("rate_verified", "rate_bare", "cpu_bare", "cpu_verified")}
         print(f"{shape:6s} {held[shape][0]:,} files, {size / MiB:,.0f} MiB: "
               + "; ".join(f"{way} {f[way + '_s']:.2f} s ({f[way + '_mbps']:.1f} MB/s, CPU {f[way + '_cpu_gib']:.2f}"
-                          " s/GiB)" for way in ways[shape]))
+                          f" s/GiB, machines {f[way + '_machines_gib']:.2f} s/GiB)" for way in ways[shape]))
         print(f"       service CPU {f['service_cpu_gib']:.2f} s/GiB (python {f['service_cpu_python']:.2f}, of it "
               f"system {f['service_cpu_system']:.2f}; ssh {f['service_cpu_ssh']:.2f}) / bare ssh CPU "
               f"{f['bare_cpu_gib']:.2f} s/GiB: {med(r['cpu_bare']):.2f} "
@@ -719,7 +742,9 @@ def second_phase(
               f"{med(pairs):.2f} (rounds {rounds(pairs)}; target <= 1: not slower)")
 
 
-def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: argparse.Namespace) -> None:
+def four_phase(
+    service: Service, machines: Machines, origin: Path, size: int, workdir: Path, args: argparse.Namespace
+) -> None:
     figures: dict[str, list[float]] = collections.defaultdict(list)
     token = service.api.token
     for repetition in range(1, args.repeat + 1):
@@ -731,6 +756,7 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
         migrations = [service.migration(root) for root in roots]
         load = loadgen.Load(service.base, [f"/api/v1/migrations/{m}/" for m in migrations], token=token)
         idle = loadgen.run(load, seconds=args.seconds, connections=args.connections)
+        remote = machines.cpu()
         own, kids = reaped_cpu(service.pid)
         for migration in migrations:
             service.run(migration)
@@ -738,6 +764,7 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
         still = sum(not service.api.ok("GET", f"/api/v1/migrations/{m}/state/")["finished"] for m in migrations)
         details = service.wait(migrations, max(600.0, 4 * size / 2e6))
         own_after, kids_after = reaped_cpu(service.pid)
+        remote = machines.cpu() - remote
         cpu = own_after - own + kids_after - kids
         began = min(timestamp(d["started_at"]) for d in details)
         ended = max(timestamp(d["finished_at"]) for d in details)
@@ -749,10 +776,11 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
         for key, value in {"total": total, "seconds": ended - began, "cpu": cpu, "idle_rps": idle.rps,
                            "idle_p99": idle.p99_ms, "busy_rps": busy.rps, "busy_p99": busy.p99_ms,
                            "busy_p50": busy.p50_ms, "idle_p50": idle.p50_ms, "ratio": busy.rps / idle.rps,
-                           "cpu_python": own_after - own, "still": still}.items():
+                           "cpu_python": own_after - own, "still": still, "machines": remote}.items():
             figures[key].append(value)
         print(f"four copies: {total:7.1f} MB/s in total ({ended - began:6.2f} s, service CPU {cpu:5.1f} s, of it "
-              f"python {own_after - own:5.1f} s, serving the detail load too)  detail idle {idle.rps:7.0f} req/s p99 "
+              f"python {own_after - own:5.1f} s, serving the detail load too; the machines {remote:5.1f} s)  "
+              f"detail idle {idle.rps:7.0f} req/s p99 "
               f"{idle.p99_ms:6.2f} ms  "
               f"during the copies {busy.rps:7.0f} req/s p50 {busy.p50_ms:6.2f} ms p99 {busy.p99_ms:6.2f} ms errors "
               f"{idle.errors + busy.errors}  busy/idle {busy.rps / idle.rps:.2f}  ({still} of 4 still copying when "
@@ -760,7 +788,8 @@ def four_phase(service: Service, origin: Path, size: int, workdir: Path, args: a
     f = {key: med(values) for key, values in figures.items()}
     print(f"\n# four: medians of {args.repeat}")
     print(f"four copies of {size / 1e6:,.0f} MB at once: {f['total']:.1f} MB/s in total ({f['seconds']:.2f} s, "
-          f"service CPU {f['cpu']:.1f} s, python {f['cpu_python']:.1f} s); detail during them {f['busy_rps']:.0f} "
+          f"service CPU {f['cpu']:.1f} s, python {f['cpu_python']:.1f} s; the machines' side {f['machines']:.1f} s"
+          f"); detail during them {f['busy_rps']:.0f} "
           f"req/s, p50 {f['busy_p50']:.2f} ms, p99 {f['busy_p99']:.2f} ms (rounds {rounds(figures['busy_p99'])}; "
           f"target <= 50 ms); idle {f['idle_rps']:.0f} req/s, p99 {f['idle_p99']:.2f} ms; busy/idle "
           f"{f['ratio']:.2f} (rounds {rounds(figures['ratio'])}; target >= 0.60); still copying when the load "
@@ -854,7 +883,7 @@ def start_source_servers(stack: contextlib.ExitStack, count: int) -> list[Any]:
 
 
 def wave_phase(
-    service: Service, servers: list[Any], origin: Path, size: int, files: int, workdir: Path,
+    service: Service, servers: list[Any], machines: Machines, origin: Path, size: int, files: int, workdir: Path,
     args: argparse.Namespace,
 ) -> None:
     """Two waves of --wave-copies real copies onto the one host, in turn: one
@@ -888,6 +917,7 @@ def wave_phase(
         load = loadgen.Load(service.base, [f"/api/v1/migrations/{m}/" for m in migrations], token=service.api.token)
         idle = loadgen.run(load, seconds=args.seconds, connections=args.connections) if loaded else None
         print(f"# wave {label}: load {loadavg()}", flush=True)
+        remote = machines.cpu()
         own, kids = reaped_cpu(service.pid)
         asked = time.time()
         answer = service.api.ok("POST", f"/api/v1/waves/{wave}/run/")
@@ -903,6 +933,7 @@ def wave_phase(
         if poller.failed:
             raise SystemExit(f"{len(poller.failed)} copies of the wave failed, the first {poller.failed[0]}")
         own_after, kids_after = reaped_cpu(service.pid)
+        remote = machines.cpu() - remote
         details = [service.api.ok("GET", f"/api/v1/migrations/{m}/") for m in migrations]
         first = min(timestamp(d["started_at"]) for d in details)  # type: ignore[arg-type]
         last = max(timestamp(d["finished_at"]) for d in details)  # type: ignore[arg-type]
@@ -926,7 +957,8 @@ def wave_phase(
                 f"each copy, from the first poll that saw it copying to its finished_at: median "
                 f"{med(lasted):.2f} s, largest {max(lasted):.2f} s; finished_at after the copier's end: median "
                 f"{med(lags):.2f} s, largest {max(lags):.2f} s; service CPU {cpu:.1f} s ({cpu / count:.2f} s a "
-                f"copy; python {own_after - own:.1f} s{', with the detail load' if loaded else ''})")
+                f"copy; python {own_after - own:.1f} s{', with the detail load' if loaded else ''}); the machines' "
+                f"side {remote:.1f} s")
         print(line, flush=True)
         if loaded and idle is not None:
             p99s = [w.p99_ms for w in windows]
@@ -1040,22 +1072,23 @@ def run_phases(
     print(f"# data written in {time.monotonic() - made:.1f} s under {workdir}", flush=True)
     servers = start_source_servers(stack, args.wave_copies) if "wave" in phases else []
     ssh = Ssh(server, workdir)
+    machines = Machines([server, *servers])
     services = [Service(workdir, server, label="this")]
     try:
         if {"second", "memory"} & set(phases) and args.beside is not None:
             services.append(Service(workdir, server, label="beside", src=args.beside.resolve()))
         service = services[0]
         if "copy" in phases:
-            copy_phase(service, ssh, {k: shapes[k] for k in ("large", "files")}, workdir, args)
+            copy_phase(service, ssh, machines, {k: shapes[k] for k in ("large", "files")}, workdir, args)
         if "second" in phases:
             second_phase(services, second, second_size, args.second_files, workdir, args)
         if "four" in phases:
             four_args = argparse.Namespace(**{**vars(args), "repeat": args.four_repeat or args.repeat})
-            four_phase(service, *shapes["large"], workdir, four_args)
+            four_phase(service, machines, *shapes["large"], workdir, four_args)
         if "memory" in phases:
             memory_phase(services, sizes, workdir, args)
         if "wave" in phases:
-            wave_phase(service, servers, fleet, wave_size, args.wave_files, workdir, args)
+            wave_phase(service, servers, machines, fleet, wave_size, args.wave_files, workdir, args)
         if args.profile:
             profile_phase(service, {k: v for k, v in shapes.items() if k in ("files", "large")}, workdir)
     finally:
