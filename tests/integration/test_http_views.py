@@ -3,6 +3,7 @@ give exactly what its schema's dump gives, for any entity."""
 
 from __future__ import annotations
 
+import base64
 from datetime import timezone
 
 import attrs
@@ -63,6 +64,15 @@ credentials = st.builds(
     private_key=st.sampled_from(["", keygen("views", "-t", "ed25519")]),
     id=ids,
 )
+def _whole_key(blob_tail: bytes) -> str:
+    """An ed25519 public key in OpenSSH's one-line form (its blob names its type)."""
+    kind = b"ssh-ed25519"
+    blob = len(kind).to_bytes(4, "big") + kind + len(blob_tail).to_bytes(4, "big") + blob_tail
+    return "ssh-ed25519 " + base64.b64encode(blob).decode()
+
+
+# Pins are kept whole and answered as fingerprints.
+whole_keys = st.binary(min_size=32, max_size=32).map(_whole_key)
 mount_points = st.builds(MountPoint, owner_id=ids, name=text, size=sizes, id=ids)
 workloads = st.builds(
     Workload,
@@ -73,7 +83,7 @@ workloads = st.builds(
     port=st.integers(1, 65535),
     os=st.none() | st.sampled_from(OperatingSystem),
     root=roots,
-    host_key=st.none() | text,
+    host_key=st.none() | text | whole_keys,
     id=ids,
 )
 target_vms = st.builds(

@@ -14,6 +14,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, pre_load, validate
 
 from migration_core import CloudType, EventKind, MigrationState, Mode, OperatingSystem, Phase
+from migration_core.machines import fingerprint
 
 MAX_ID = 2**63 - 1
 MAX_SIZE = 2**63 - 1
@@ -254,7 +255,12 @@ class WorkloadSchema(Body):
             "example": "/",
         },
     )
-    host_key = fields.String(dump_only=True, allow_none=True, metadata={"description": _HOST_KEY})
+    host_key = fields.Function(
+        lambda workload: None if workload.host_key is None else fingerprint(workload.host_key),
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": _HOST_KEY, "type": "string"},
+    )
 
 
 class WorkloadChangeSchema(WorkloadSchema):
