@@ -532,7 +532,8 @@ class Migration:
         Conflict when a sync or the cutover is under way or queued."""
         self._ensure_replicating()
         if self.phase is not Phase.IN_SYNC:
-            raise Conflict(f"Migration {self.id} has a sync or its cutover under way or queued ({self.phase}).")
+            doing = "none" if self.phase is None else self.phase.value
+            raise Conflict(f"Migration {self.id} has a sync or its cutover under way or queued ({doing}).")
         return attrs.evolve(self, phase=Phase.QUEUED, queued_at=at, instance_id=None)
 
     def plan_cutover(self, when: datetime | None, now: datetime) -> Migration:
