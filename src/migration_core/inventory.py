@@ -610,14 +610,16 @@ def update_migration(
         stored = uow.migrations.update_if(
             reset, expected=(MigrationState.NOT_STARTED, MigrationState.ERROR, MigrationState.SUCCESS)
         )
+        # The mode either way: a cold plan leaves it out of its fields.
         before = _plan(current) | {"mode": current.mode.value}
+        after = _plan(stored) | {"mode": stored.mode.value}
         append(uow, [
             event(
                 stored,
                 EventKind.UPDATED,
                 clock.now(),
                 actor=acting(owner_id, actor),
-                **{field: value for field, value in _plan(stored).items() if before.get(field) != value},
+                **{field: value for field, value in after.items() if before.get(field) != value},
             )
         ])
         uow.commit()
