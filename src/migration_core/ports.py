@@ -10,10 +10,11 @@ from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 
+from .copy_jobs import CopyJob
 from .entities import (
     Credentials,
     CredentialsSummary,
@@ -26,9 +27,6 @@ from .entities import (
     Wave,
     Workload,
 )
-
-if TYPE_CHECKING:
-    from .machines import CopyJob
 
 E = TypeVar("E")
 E_co = TypeVar("E_co", covariant=True)
