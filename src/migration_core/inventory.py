@@ -594,12 +594,14 @@ def update_migration(
             pre_cutover=current.pre_cutover if isinstance(pre_cutover, Keep) else pre_cutover,
             post_cutover=current.post_cutover if isinstance(post_cutover, Keep) else post_cutover,
         )
-        if changed == current:
-            return current
         if current.state is MigrationState.RUNNING:
-            if attrs.evolve(changed, cutover_at=current.cutover_at) != current:
+            # An edit of its cutover time alone; any other, even one that
+            # changes nothing, is refused as before warm migrations were.
+            if isinstance(cutover_at, Keep) or attrs.evolve(changed, cutover_at=current.cutover_at) != current:
                 raise running_not_editable(migration_id)
             return _replan_cutover(uow, current, changed.cutover_at, clock, acting(owner_id, actor))
+        if changed == current:
+            return current
         if changed.cutover_at != current.cutover_at and changed == attrs.evolve(current, cutover_at=changed.cutover_at):
             # A planned cutover time alone is no new plan.
             stored = uow.migrations.update(changed)
