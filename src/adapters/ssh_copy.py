@@ -219,15 +219,17 @@ class _Tail:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._kept = bytearray()
+        self._cut = False
 
     def add(self, chunk: bytes) -> None:
         self._kept += chunk
-        if len(self._kept) > 2 * self._limit:
+        if len(self._kept) > self._limit:
             del self._kept[: -self._limit]
+            self._cut = True
 
     def text(self) -> str:
-        data = bytes(self._kept[-self._limit:])
-        if len(self._kept) > self._limit:
+        data = bytes(self._kept)
+        if self._cut:
             # Cut mid-character: the rest of that character goes too, not a replacement sign.
             cut = 0
             while cut < min(3, len(data)) and 0x80 <= data[cut] < 0xC0:
