@@ -87,7 +87,8 @@ class Service:
             time.sleep(POLL_SECONDS)
 
     def events(self, migration: int, kind: str) -> list[dict[str, Any]]:
-        return self.ok("GET", f"/api/v1/migrations/{migration}/events/?kind={kind}&limit=1000")["results"]  # type: ignore[no-any-return]
+        path = f"/api/v1/migrations/{migration}/events/?kind={kind}&limit=1000"
+        return self.ok("GET", path)["results"]  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         stop_process(self.process, self._log)
@@ -123,13 +124,16 @@ def cutover_phase(workdir: Path, args: argparse.Namespace) -> None:
         server = stack.enter_context(SshServer())
         service = Service(workdir, "cutover")
         stack.callback(service.stop)
-        login = service.ok("POST", "/api/v1/credentials/", {"username": server.username, "private_key": server.private_key})["id"]
+        key = {"username": server.username, "private_key": server.private_key}
+        login = service.ok("POST", "/api/v1/credentials/", key)["id"]
         volume = service.ok("POST", "/api/v1/mount_points/", {"name": "/", "size": total})["id"]
         source = service.ok("POST", "/api/v1/work_loads/", {
             "ip": SOURCE, "port": server.port, "credentials": login, "storage": [volume], "os": "linux",
             "root": str(tree),
         })["id"]
-        host = service.ok("POST", "/api/v1/work_loads/", {"ip": HOST, "port": server.port, "credentials": login, "os": "linux"})["id"]
+        host = service.ok(
+            "POST", "/api/v1/work_loads/", {"ip": HOST, "port": server.port, "credentials": login, "os": "linux"}
+        )["id"]
 
         def migration(root: Path, **warm: Any) -> int:
             target = service.ok("POST", "/api/v1/migration_targets/", {
@@ -175,10 +179,14 @@ def idle_phase(workdir: Path, args: argparse.Namespace) -> None:
     try:
         login = service.ok("POST", "/api/v1/credentials/", {"username": "u", "password": "p"})["id"]
         volume = service.ok("POST", "/api/v1/mount_points/", {"name": "C:\\", "size": 10**9})["id"]
-        source = service.ok("POST", "/api/v1/work_loads/", {"ip": "10.1.0.1", "credentials": login, "storage": [volume]})["id"]
+        source = service.ok(
+            "POST", "/api/v1/work_loads/", {"ip": "10.1.0.1", "credentials": login, "storage": [volume]}
+        )["id"]
         migrations = []
         for _ in range(args.idle):
-            target = service.ok("POST", "/api/v1/migration_targets/", {"cloud_type": "aws", "cloud_credentials": login})["id"]
+            target = service.ok(
+                "POST", "/api/v1/migration_targets/", {"cloud_type": "aws", "cloud_credentials": login}
+            )["id"]
             migrations.append(service.ok("POST", "/api/v1/migrations/", {
                 "source": source, "migration_target": target, "selected_mount_points": [volume], "mode": "warm",
             })["id"])
@@ -188,8 +196,10 @@ def idle_phase(workdir: Path, args: argparse.Namespace) -> None:
 
         def measure(label: str) -> float:
             result = loadgen.run(load, seconds=args.seconds, connections=32)
-            print(f"idle: detail {label}: {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms, {result.errors} errors",
-                  flush=True)
+            print(
+                f"idle: detail {label}: {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms, {result.errors} errors",
+                flush=True,
+            )
             return result.rps
 
         before = measure("before the replications")
