@@ -242,7 +242,7 @@ class _Gate:
         self.calls.append(("enter", index))
         return self.open
 
-    def leave(self, index: int) -> None:
+    def leave(self, index: int, done: object = None) -> None:
         self.calls.append(("leave", index))
 
 
