@@ -6,6 +6,7 @@ import {bar, bytes, fill, h, stateBadge, table, when} from "../dom.js";
 import {keepFresh, migrationOf} from "../live.js";
 import {named, targetLabel} from "../labels.js";
 import {targetVm} from "./targets.js";
+import {hooksView, phaseLabel, warmSection} from "./warm.js";
 
 /** What each volume's newest `volume_copied` event says, by mount point: bytes, files, verified (real copies). */
 function copiedDetails(log) {
@@ -32,7 +33,7 @@ function verification(detail, volume, state) {
     }
     return h("span", {class: "empty"}, "Simulated copy: nothing to verify");
   }
-  if (state.state === "running" && volume.copied) return "Copying…";
+  if (state.state === "running" && volume.copied) return state.phase === "in_sync" ? "In sync: the last sync is in place" : "Copying…";
   if (state.state === "error" && volume.copied) return h("span", {class: "error-text"}, "Not in place: the run stopped");
   return "—";
 }
@@ -82,9 +83,9 @@ function by(actor) {
   return actor === null || actor === undefined ? "the service" : `user ${actor}`;
 }
 
-async function history(id, query = "") {
+async function history(id, query = "", limit = 1000) {
   try {
-    const page = await get(`/api/v1/migrations/${id}/events/?limit=1000${query}`);
+    const page = await get(`/api/v1/migrations/${id}/events/?limit=${limit}${query}`);
     return Array.isArray(page) ? page : page.results;
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) return null;
@@ -107,10 +108,14 @@ export const migration = {
     const progress = h("div");
     const vm = h("div");
     const events = h("div");
+    const warm = warmSection(ctx, id, () => refresh());
+    const hooks = h("div", {class: "hooks"});
+    const warmArea = h("div");
     fill(ctx.root,
       h("h1", {tabindex: "-1"}, `Migration ${id}`),
       summary, actions, problem,
       h("section", {"aria-labelledby": "progress-heading"}, h("h2", {id: "progress-heading"}, "Progress"), progress),
+      warmArea,
       h("section", {"aria-labelledby": "vm-heading"}, h("h2", {id: "vm-heading"}, "Target VM"), vm),
       h("section", {"aria-labelledby": "history-heading"}, h("h2", {id: "history-heading"}, "History"), events));
 
@@ -151,6 +156,10 @@ export const migration = {
         get(`/api/v1/migrations/${id}/`), get(`/api/v1/migrations/${id}/state/`), history(id),
         history(id, "&kind=volume_copied&ordering=-id"),
       ]);
+      // A warm migration's syncs and hook runs, the newest, however long the history.
+      const [synced, failed, hookRuns] = item.mode === "warm" ? await Promise.all(
+        ["synced", "sync_failed", "hook_ran"].map((kind) => history(id, `&kind=${kind}&ordering=-id`, 50)),
+      ) : [];
       if (!ctx.alive) return;
       current = state.state;
       fill(summary,
@@ -161,7 +170,8 @@ export const migration = {
         shownState = state.state;
       }
       fill(progress,
-        h("p", {}, stateBadge(state.state)),
+        h("p", {}, stateBadge(state.state),
+          state.phase ? h("span", {class: "phase"}, ` Phase: ${phaseLabel(state.phase)}`) : null),
         state.phase === "queued" ? h("p", {class: "queued"},
           `Waiting for a copy slot: number ${state.queue_position ?? "?"} in the queue that every instance serves.`) : null,
         state.error ? h("p", {class: "error-text run-error"},
@@ -169,12 +179,26 @@ export const migration = {
         h("p", {class: "overall"}, bar(state.progress, "Overall progress")),
         state.bytes_total !== undefined
           ? h("p", {}, `${bytes(state.bytes_copied)} of ${bytes(state.bytes_total)} copied`,
-            state.eta && !state.finished ? `, done about ${when(state.eta)}` : "", ".")
+            state.eta && !state.finished && state.phase !== "in_sync" ? `, done about ${when(state.eta)}` : "", ".")
           : null,
         table("Volumes", ["Volume", "Copied", "Files", "Verification", "Progress"],
           volumeRows(item, state, refs.mountPointsById, copiedDetails(copies))));
+      showWarm(item, state, synced, failed, hookRuns);
       await showVm(item, state);
       showHistory(log);
+    }
+
+    function showWarm(item, state, synced, failed, hookRuns) {
+      if (item.mode !== "warm") {
+        fill(warmArea);
+        return;
+      }
+      warm.update(item, state, synced || [], failed || []);
+      fill(hooks, hooksView(item, hookRuns || []));
+      if (!warmArea.firstChild) {
+        fill(warmArea, warm.element,
+          h("section", {"aria-labelledby": "hooks-heading"}, h("h2", {id: "hooks-heading"}, "Hooks"), hooks));
+      }
     }
 
     async function showVm(item, state) {

@@ -24,6 +24,30 @@ function volumeChoices(refs, workloadId) {
   });
 }
 
+const MODES = [
+  {value: "cold", label: "Cold: one copy"},
+  {value: "warm", label: "Warm: keep in sync while the source runs, then cut over"},
+];
+const WARM_FIELDS = ["sync_interval", "pre_cutover", "post_cutover"];
+
+/** The body to send: a cold migration's hidden fields stay as they are; an
+ * empty hook is none (null), an empty interval the service's default. */
+function migrationBody(values) {
+  const body = {...values};
+  if (body.mode !== "warm") {
+    for (const name of WARM_FIELDS) delete body[name];
+    return body;
+  }
+  const interval = String(body.sync_interval).trim();
+  if (interval === "") delete body.sync_interval;
+  // Anything but digits goes as typed, for the API to refuse in its own words.
+  else body.sync_interval = /^\d+$/.test(interval) ? Number(interval) : interval;
+  for (const hook of ["pre_cutover", "post_cutover"]) {
+    body[hook] = body[hook].trim() === "" ? null : body[hook];
+  }
+  return body;
+}
+
 function migrationLink(item) {
   return h("a", {href: `#/migrations/${item.id}`}, `Migration ${item.id}`);
 }
@@ -50,7 +74,8 @@ export const migrations = resourceScreen({
     {label: "Source", cell: (item, refs) => named(refs.workloadsById, item.source, (workload) => workload.ip)},
     {label: "Target", cell: (item, refs) => named(refs.targetsById, item.migration_target, targetLabel)},
     {label: "Volumes", cell: (item, refs) => item.selected_mount_points.map((id) => named(refs.mountPointsById, id, (volume) => volume.name)).join(", ")},
-    {label: "State", cell: (item) => h("span", {}, stateBadge(item.state), item.error ? ` ${item.error}` : "")},
+    {label: "State", cell: (item) => h("span", {}, stateBadge(item.state), item.mode === "warm" ? " warm" : "",
+      item.phase ? ` ${item.phase.replace(/_/g, " ")}` : "", item.error ? ` ${item.error}` : "")},
     {label: "Progress", cell: (item) => bar(item.progress, `Migration ${item.id} progress`)},
   ],
   fields: (item, refs) => [
@@ -62,11 +87,27 @@ export const migrations = resourceScreen({
     {name: "selected_mount_points", label: "Volumes to migrate", type: "checks",
       value: item?.selected_mount_points || [], hint: "C:\\ must be among them for the migration to run.",
       empty: "Choose a source workload first.", options: item ? volumeChoices(refs, item.source) : []},
+    {name: "mode", label: "Mode", type: "select", placeholder: false, value: item?.mode || "cold",
+      options: MODES},
+    {name: "sync_interval", label: "Sync interval (seconds)", inputmode: "numeric",
+      value: item?.sync_interval ?? "", hint: "How long after one sync ends the next starts: 60 (a minute) to 604800 (a week). Empty: the service's default."},
+    {name: "pre_cutover", label: "Before the cutover (on the source)", type: "textarea", rows: 3,
+      value: item?.pre_cutover ?? "", hint: "Shell commands run on the source before the final sync, to stop what writes there. A non-zero exit stops the cutover. Empty: none."},
+    {name: "post_cutover", label: "After the cutover (on the target's host)", type: "textarea", rows: 3,
+      value: item?.post_cutover ?? "", hint: "Shell commands run on the target's host once the final copy is in place. Empty: none."},
   ],
+  body: migrationBody,
   wire: (form, refs) => {
     const volumes = form.field("selected_mount_points");
     form.field("source").input.addEventListener("change", () => {
       volumes.setOptions(volumeChoices(refs, form.field("source").read()));
     });
+    // The interval and the hooks matter to a warm migration only.
+    const mode = form.field("mode");
+    const showWarm = () => {
+      for (const name of WARM_FIELDS) form.field(name).row.hidden = mode.read() !== "warm";
+    };
+    mode.input.addEventListener("change", showWarm);
+    showWarm();
   },
 });

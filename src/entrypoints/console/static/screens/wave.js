@@ -2,9 +2,10 @@
 // its progress weighed by bytes, and each member's bar.
 
 import {all, byId, call, describe, get} from "../api.js";
-import {bar, bytes, fill, h, stateBadge, table} from "../dom.js";
+import {bar, bytes, fill, h, stateBadge, table, uid} from "../dom.js";
 import {keepFresh, migrationOf} from "../live.js";
 import {STATES, named, targetLabel} from "../labels.js";
+import {phaseLabel} from "./warm.js";
 
 export const wave = {
   title: "Wave",
@@ -40,16 +41,46 @@ export const wave = {
         await refresh();
       }}, label);
 
+    // A cutover stops each source's writes: asked first, in place of the outcome.
+    const cutoverButton = h("button", {type: "button", class: "danger", onclick: () => askCutover()}, "Cut over the wave");
+
+    function askCutover() {
+      fill(problem);
+      const questionId = uid("wave-cutover");
+      const keep = h("button", {type: "button", onclick: () => { fill(outcome); cutoverButton.focus(); }},
+        "No, keep them in sync");
+      const yes = h("button", {type: "button", class: "danger", onclick: async (event) => {
+        event.currentTarget.disabled = true;
+        try {
+          const answer = await call("POST", `/api/v1/waves/${id}/cutover/`, {body: {}});
+          showOutcome("cutover", answer);
+        } catch (error) {
+          fill(outcome);
+          const text = describe(error);
+          if (text !== null) fill(problem, h("p", {}, `The wave was not cut over. ${text}`));
+        }
+        cutoverButton.focus();
+        await refresh();
+      }}, "Yes, cut over the wave");
+      fill(outcome,
+        h("p", {class: "confirm", id: questionId},
+          "Cut over every running warm migration of this wave now? Each runs its hook before the cutover on its source,"
+          + " makes a final sync, puts the copy in place and ends. The others are refused."),
+        h("div", {class: "buttons", role: "group", "aria-labelledby": questionId}, yes, keep));
+      keep.focus();
+    }
+
     function showOutcome(verb, answer) {
       const list = (ids) => ids.length ? ids.map((one) => `migration ${one}`).join(", ") : "none";
       if (verb === "cancel") {
         fill(outcome, h("p", {}, `Cancelled: ${list(answer.cancelled || [])}.`));
         return;
       }
+      const cutover = verb === "cutover";
       const refused = answer.refused || [];
       fill(outcome,
-        h("p", {}, `Started: ${list(answer.started || [])}.`),
-        refused.length ? h("div", {class: "refused"}, h("p", {}, `Not started: ${refused.length}.`),
+        h("p", {}, cutover ? `Cutting over: ${list(answer.cutting_over || [])}.` : `Started: ${list(answer.started || [])}.`),
+        refused.length ? h("div", {class: "refused"}, h("p", {}, `${cutover ? "Not cut over" : "Not started"}: ${refused.length}.`),
           h("ul", {}, refused.map((one) => h("li", {},
             h("a", {href: `#/migrations/${one.migration}`}, `Migration ${one.migration}`), `: ${one.detail}`)))) : null);
     }
@@ -57,7 +88,7 @@ export const wave = {
     fill(ctx.root,
       h("h1", {tabindex: "-1"}, `Wave ${found.name}`),
       h("div", {class: "buttons", role: "group", "aria-label": "Actions"},
-        act("run", "Run the wave"), act("cancel", "Cancel the wave"),
+        act("run", "Run the wave"), cutoverButton, act("cancel", "Cancel the wave"),
         h("a", {class: "button-link", href: `#/waves?edit=${id}&back=${encodeURIComponent(`/waves/${id}`)}`}, "Edit"),
         h("a", {class: "button-link", href: "#/waves"}, "All waves")),
       problem, outcome,
@@ -81,7 +112,8 @@ export const wave = {
           h("td", {"data-label": "Migration"}, h("a", {href: `#/migrations/${item.id}`}, `Migration ${item.id}`)),
           h("td", {"data-label": "Source"}, named(workloadsById, item.source, (workload) => workload.ip)),
           h("td", {"data-label": "Target"}, named(targetsById, item.migration_target, targetLabel)),
-          h("td", {"data-label": "State"}, stateBadge(item.state), item.error ? ` ${item.error}` : ""),
+          h("td", {"data-label": "State"}, stateBadge(item.state), item.phase ? ` ${phaseLabel(item.phase)}` : "",
+            item.error ? ` ${item.error}` : ""),
           h("td", {"data-label": "Progress"}, bar(item.progress, `Migration ${item.id} progress`)))))
         : h("p", {class: "empty"}, "This wave has no migrations yet: edit it to add some."));
     }
