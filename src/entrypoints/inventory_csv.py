@@ -13,7 +13,10 @@ space at an end). An unquoted name may hold `=` too (the size follows the
 last one). `select` lists names the same way, separated by `;`.
 
 `port`, `os` and `root` say how the machine is reached (SPEC 2.1); an empty
-cell keeps what is stored (a new workload: 22, unknown, `/`).
+cell keeps what is stored (a new workload: 22, unknown, `/`). The plan's
+`mode` (`cold` or `warm`) and `sync_interval` (whole seconds) likewise (a new
+migration: cold, the service's default interval); export leaves a cold
+migration's interval empty.
 
 Cells that a spreadsheet would run as a formula (starting with = + - @, a tab
 or a carriage return) are written with a `'` in front; import removes that
@@ -41,7 +44,8 @@ from migration_core import (
 )
 from migration_core.fleet import Progress
 
-PLAN_COLUMNS = ("cloud_username", "cloud_password", "cloud_domain", "select", "wave")  # each needs cloud_type
+# Each needs cloud_type.
+PLAN_COLUMNS = ("cloud_username", "cloud_password", "cloud_domain", "select", "wave", "mode", "sync_interval")
 COLUMNS = ("ip", "username", "password", "domain", "volumes", "port", "os", "root", "cloud_type", *PLAN_COLUMNS)
 MAX_BYTES = 10 * 1024 * 1024
 MAX_ROWS = 20_000
@@ -61,6 +65,7 @@ _UNITS = {
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 _PORT = re.compile(r"\s*(\d{1,6})\s*")
+_SECONDS = re.compile(r"\s*(\d{1,9})\s*")
 _QUOTED_IN_NAMES = ';="'
 
 
@@ -79,13 +84,15 @@ def import_csv(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
+    default_sync_interval: int = 3600,
 ) -> ImportReport:
     """Parse the file and import it in one unit of work, or raise RowsRefused
     naming every bad row (those the parser refuses and those the core does)."""
     rows, errors = parse(data)
     try:
         report = import_inventory(
-            storage, clock, owner_id, rows, dry_run=dry_run or bool(errors), progress=progress
+            storage, clock, owner_id, rows, dry_run=dry_run or bool(errors), progress=progress,
+            default_sync_interval=default_sync_interval,
         )
     except RowsRefused as refused:
         errors += refused.rows
@@ -188,6 +195,8 @@ def _row(number: int, columns: Sequence[str], cells: Sequence[str]) -> Inventory
             cloud_domain=values.get("cloud_domain"),
             select=_names(values.get("select", "")),
             wave=None if "wave" not in values else values["wave"].strip(),
+            mode=values.get("mode", "").strip() or None,
+            sync_interval=_seconds(values.get("sync_interval", "")),
         )
     return InventoryRow(
         row=number,
@@ -209,6 +218,15 @@ def _port(cell: str) -> int | None:
     match = _PORT.fullmatch(cell)
     if match is None:
         raise _CellError("port", f"{cell.strip()!r} is not a port: a whole number from 1 to 65535.")
+    return int(match.group(1))
+
+
+def _seconds(cell: str) -> int | None:
+    if not cell.strip():
+        return None
+    match = _SECONDS.fullmatch(cell)
+    if match is None:
+        raise _CellError("sync_interval", f"{cell.strip()!r} is not a whole number of seconds (60 to 604800).")
     return int(match.group(1))
 
 
@@ -340,11 +358,12 @@ def _cells(row: InventoryRow) -> list[str]:
     volumes = ";".join(f"{_name(name)}={size}" for name, size in row.volumes or ())
     machine = ["" if row.port is None else str(row.port), row.os or "", row.root or ""]
     if plan is None:
-        return [row.ip, *login, volumes, *machine, *[""] * 6]
+        return [row.ip, *login, volumes, *machine, *[""] * (1 + len(PLAN_COLUMNS))]
     return [
         row.ip, *login, volumes, *machine,
         plan.cloud_type, plan.cloud_username or "", plan.cloud_password or "", plan.cloud_domain or "",
-        ";".join(map(_name, plan.select or ())), plan.wave or "",
+        ";".join(map(_name, plan.select or ())), plan.wave or "", plan.mode or "",
+        "" if plan.sync_interval is None else str(plan.sync_interval),
     ]
 
 

@@ -21,6 +21,9 @@ What a row means:
   nothing refers to it;
 - `wave` names the migration's wave (created when missing; empty: none): the
   row moves its migration there;
+- `mode` (`cold` or `warm`) and `sync_interval` plan the migration's kind of
+  run (SPEC 2.9); empty keeps what is stored (a new migration: cold, and the
+  service's default interval);
 - a row that would change anything of a workload whose migration is running
   is refused, with the reason an edit of that migration would give."""
 
@@ -32,7 +35,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .entities import Migration, MigrationState, MountPoint, Workload, canonical_ip, volume_key
+from .entities import Migration, MigrationState, Mode, MountPoint, Workload, canonical_ip, volume_key
 from .errors import Conflict, InvalidInput, NotFound, RowError, RowsRefused, running_not_editable
 from .inventory import (
     create_credentials,
@@ -60,7 +63,7 @@ _WORKLOAD = {
     "ip": "ip", "storage": "volumes", "credentials": "username", "port": "port", "os": "os", "root": "root",
 }
 _TARGET = {"cloud_type": "cloud_type", "cloud_credentials": "cloud_username"}
-_MIGRATION = {"selected_mount_points": "select"}
+_MIGRATION = {"selected_mount_points": "select", "mode": "mode", "sync_interval": "sync_interval"}
 
 
 @attrs.frozen
@@ -73,6 +76,8 @@ class Plan:
     cloud_domain: str | None = None
     select: tuple[str, ...] | None = None  # volume names; None: every volume of the row
     wave: str | None = None  # "": in no wave
+    mode: str | None = None  # cold or warm
+    sync_interval: int | None = None  # seconds between a warm migration's syncs
 
 
 @attrs.frozen
@@ -131,13 +136,18 @@ def import_inventory(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
+    default_sync_interval: int = 3600,
 ) -> ImportReport:
     """Apply every row in one transaction, or none (RowsRefused naming every
-    bad row). A dry run checks the same and writes nothing."""
+    bad row). A dry run checks the same and writes nothing. A new warm
+    migration whose row gives no interval gets `default_sync_interval`."""
     repeated = _repeated_ips(rows)
 
     def apply(uow: UnitOfWork, careful: bool) -> ImportReport:
-        return _apply(storage, clock, uow, owner_id, rows, list(repeated), progress, careful=careful)
+        return _apply(
+            storage, clock, uow, owner_id, rows, list(repeated), progress, careful=careful,
+            default_sync_interval=default_sync_interval,
+        )
 
     return items_in_one_unit(storage, apply, commit=not dry_run)
 
@@ -152,6 +162,7 @@ def _apply(
     progress: Progress | None,
     *,
     careful: bool,
+    default_sync_interval: int,
 ) -> ImportReport:
     if errors and not careful:
         raise GaveUp
@@ -160,7 +171,7 @@ def _apply(
     # Rows only name waves; the waves are written after the rows.
     wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
     waves = _WaveMoves(wave_names)
-    within = _Import(storage, clock, uow, owner_id, wave_names, careful)
+    within = _Import(storage, clock, uow, owner_id, wave_names, careful, default_sync_interval)
     for done, row in enumerate(rows, start=1):
         if row.row not in repeated:
             try:
@@ -256,6 +267,7 @@ class _Import:
     owner_id: int
     wave_names: Mapping[int, str]  # of the waves as they were when the import began
     careful: bool  # False: no failure may be passed over
+    default_sync_interval: int  # a new warm migration's, when its row gives none
 
 
 class _RowImport:
@@ -265,6 +277,7 @@ class _RowImport:
     def __init__(self, within: _Import, row: InventoryRow) -> None:
         self.storage, self.clock, self.uow, self.owner_id = within.storage, within.clock, within.uow, within.owner_id
         self.wave_names, self.careful, self.row = within.wave_names, within.careful, row
+        self.default_sync_interval = within.default_sync_interval
         self.changed = False
         self.waves: list[tuple[int, str, bool]] = []  # (migration, the wave the row names, new)
 
@@ -284,6 +297,8 @@ class _RowImport:
             migration = create_migration(
                 self.storage, self.owner_id, clock=self.clock, source_id=workload.id,
                 migration_target_id=target.id, selected_mount_point_ids=selected,
+                mode=plan.mode or "cold", sync_interval=plan.sync_interval,
+                default_sync_interval=self.default_sync_interval,
             )
         if plan.wave:
             self.waves.append((migration.id, plan.wave, True))
@@ -410,11 +425,16 @@ class _KnownWorkloadRow(_RowImport):
                 )
             self.changed = True
         selected = _selection(plan.select, volumes)
+        changes: dict[str, Any] = {}
         if tuple(selected) != migration.selected_mount_point_ids:
+            changes["selected_mount_point_ids"] = selected
+        if plan.mode is not None and plan.mode != migration.mode.value:
+            changes["mode"] = plan.mode
+        if plan.sync_interval is not None and plan.sync_interval != migration.sync_interval:
+            changes["sync_interval"] = plan.sync_interval
+        if changes:
             with _errors_as_column("select", _MIGRATION):
-                update_migration(
-                    self.storage, self.owner_id, migration.id, clock=self.clock, selected_mount_point_ids=selected
-                )
+                update_migration(self.storage, self.owner_id, migration.id, clock=self.clock, **changes)
             self.changed = True
         if plan.wave is not None:
             current = "" if migration.wave_id is None else self._wave_name(migration.wave_id)
@@ -505,6 +525,9 @@ def export_inventory(storage: Storage, owner_id: int) -> list[InventoryRow]:
                 cloud_domain=cloud.domain,
                 select=tuple(volumes[i].name for i in migration.selected_mount_point_ids),
                 wave="" if migration.wave_id is None else waves[migration.wave_id],
+                mode=migration.mode.value,
+                # A cold migration's interval means nothing: left empty (kept).
+                sync_interval=migration.sync_interval if migration.mode is Mode.WARM else None,
             )
         rows.append(
             InventoryRow(

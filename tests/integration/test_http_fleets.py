@@ -131,9 +131,9 @@ async def test_a_changed_row_updates_the_workload_and_its_plan(alice: User) -> N
     assert (await alice.call("GET", f"{API}/mount_points/?name=D:%5C", 200))["count"] == 6 - 1
     exported = await export(alice)
     line = next(line for line in exported.splitlines() if line.startswith("10.10.0.14,"))
-    assert line.endswith(",aws,migrator@corp.example,,CORP,C:\\;G:\\,wave 1")
+    assert line.endswith(",aws,migrator@corp.example,,CORP,C:\\;G:\\,wave 1,cold,")
     moved = next(line for line in exported.splitlines() if line.startswith("10.10.0.24,"))
-    assert moved.endswith(",wave 1")
+    assert moved.endswith(",wave 1,cold,")
 
 
 async def test_a_row_of_a_running_migration_is_refused_with_that_reason(alice: User) -> None:
@@ -532,3 +532,83 @@ async def test_overlapping_imports_at_once_never_duplicate_an_ip(alice: User) ->
     assert {int(ip.rsplit(".", 1)[1]) for ip in ips} == expected
     [wave] = (await alice.call("GET", f"{API}/waves/", 200))["results"]
     assert len(wave["migrations"]) == len(expected)
+
+
+# --- warm plans (SPEC 2.9) ---------------------------------------------------------------
+
+WARM_HEADER = "ip,username,password,volumes,cloud_type,cloud_username,cloud_password,mode,sync_interval\r\n"
+
+
+def warm_rows(*lines: str) -> bytes:
+    return (WARM_HEADER + "".join(line + "\r\n" for line in lines)).encode("utf-8")
+
+
+async def plans_by_ip(user: User) -> dict[str, tuple[str, int]]:
+    """Each workload's migration as (mode, sync_interval), by the workload's ip."""
+    ips = {w["id"]: w["ip"] for w in (await user.call("GET", f"{API}/work_loads/?limit=1000", 200))["results"]}
+    migrations = (await user.call("GET", f"{API}/migrations/?limit=1000", 200))["results"]
+    return {ips[m["source"]]: (m["mode"], m["sync_interval"]) for m in migrations}
+
+
+async def test_mode_and_sync_interval_plan_warm_migrations_and_export_imports_back_to_no_change(alice: User) -> None:
+    body = warm_rows(
+        "10.0.0.1,u,p,C:\\=1,aws,c,s,warm,600",
+        "10.0.0.2,u,p,C:\\=1,aws,c,s,warm,",
+        "10.0.0.3,u,p,C:\\=1,aws,c,s,,",
+        "10.0.0.4,u,p,C:\\=1,aws,c,s,cold,900",
+    )
+    assert await upload(alice, body, 200) == {"created": 4, "updated": 0, "unchanged": 0}
+    assert await plans_by_ip(alice) == {
+        # An empty interval is the service's default (MIGRATION_SYNC_INTERVAL), an empty mode cold.
+        "10.0.0.1": ("warm", 600), "10.0.0.2": ("warm", 3600), "10.0.0.3": ("cold", 3600), "10.0.0.4": ("cold", 900),
+    }
+    exported = await export(alice)
+    header, *lines = list(csv.reader(io.StringIO(exported)))
+    assert header[-2:] == ["mode", "sync_interval"]
+    # A cold migration's interval means nothing: left empty, which keeps it.
+    assert [tuple(line[-2:]) for line in lines] == [("warm", "600"), ("warm", "3600"), ("cold", ""), ("cold", "")]
+    before = await everything(alice)
+    assert await upload(alice, exported.encode(), 200) == {"created": 0, "updated": 0, "unchanged": 4}
+    assert await everything(alice) == before
+
+    changed = warm_rows(
+        "10.0.0.1,u,,C:\\=1,aws,c,,warm,1200", "10.0.0.2,u,,C:\\=1,aws,c,,cold,", "10.0.0.3,u,,C:\\=1,aws,c,,warm,",
+        "10.0.0.4,u,,C:\\=1,aws,c,,,",
+    )
+    assert await upload(alice, changed, 200) == {"created": 0, "updated": 3, "unchanged": 1}
+    assert await plans_by_ip(alice) == {
+        "10.0.0.1": ("warm", 1200), "10.0.0.2": ("cold", 3600), "10.0.0.3": ("warm", 3600), "10.0.0.4": ("cold", 900),
+    }
+    migration = next(m for m in (await everything(alice))["migrations"] if m["sync_interval"] == 1200)
+    events = (await alice.call("GET", f"{API}/migrations/{migration['id']}/events/", 200))["results"]
+    assert events[-1]["kind"] == "updated" and events[-1]["detail"] == {"sync_interval": 1200}
+
+
+async def test_a_bad_mode_or_sync_interval_is_a_row_error_naming_the_column(alice: User) -> None:
+    await upload(alice, warm_rows("10.0.0.9,u,p,C:\\=1,aws,c,s,warm,600"), 200)
+    before = await everything(alice)
+    body = warm_rows(
+        "10.0.0.1,u,p,C:\\=1,aws,c,s,hot,",
+        "10.0.0.2,u,p,C:\\=1,aws,c,s,warm,59",
+        "10.0.0.3,u,p,C:\\=1,aws,c,s,warm,604801",
+        "10.0.0.4,u,p,C:\\=1,aws,c,s,warm,often",
+        "10.0.0.5,u,p,C:\\=1,,,,warm,",
+        "10.0.0.6,u,p,C:\\=1,,,,,600",
+        "10.0.0.9,u,,C:\\=1,aws,c,,tepid,",
+        "10.0.0.7,u,p,C:\\=1,aws,c,s,warm,60",
+    )
+    answer = await upload(alice, body, 400)
+    assert [(row["row"], row["field"]) for row in answer["rows"]] == [
+        (2, "mode"), (3, "sync_interval"), (4, "sync_interval"), (5, "sync_interval"), (6, "mode"),
+        (7, "sync_interval"), (8, "mode"),
+    ]
+    assert "60 to 604800" in answer["rows"][1]["message"]
+    assert answer["rows"][4]["message"] == "A plan column needs cloud_type."
+    assert await everything(alice) == before
+
+
+async def test_a_warm_row_without_an_interval_gets_the_service_s_default(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_services(sync_interval=120)))
+    bob = await User(client, "bob").sign_up()
+    await upload(bob, warm_rows("10.0.0.1,u,p,C:\\=1,aws,c,s,warm,"), 200)
+    assert await plans_by_ip(bob) == {"10.0.0.1": ("warm", 120)}

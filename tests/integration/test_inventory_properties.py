@@ -38,6 +38,9 @@ volume_name = required_text | st.sampled_from(['a;b', 'k=v', 'say "hi"', '"', '"
 ports = st.none() | st.integers(1, 65535)
 systems = st.none() | st.sampled_from(["windows", "linux"])
 roots = st.none() | st.sampled_from(["/", "/mnt/snap", "//srv/./a b/", "/x;y", '/"q"'])
+# None: the cell left empty (a new migration is cold, with the default interval).
+modes = st.none() | st.sampled_from(["cold", "warm"])
+intervals = st.none() | st.integers(60, 604800)
 
 
 @st.composite
@@ -59,6 +62,8 @@ def inventories(draw: st.DrawFn, min_size: int = 0) -> list[InventoryRow]:
                 cloud_domain=draw(cell_text),
                 select=tuple(selected) if draw(st.booleans()) else None,
                 wave=draw(st.sampled_from(["", *waves])),
+                mode=draw(modes),
+                sync_interval=draw(intervals),
             )
         rows.append(
             InventoryRow(
@@ -135,7 +140,12 @@ def _corrupt(row: InventoryRow, how: str) -> InventoryRow:
         return attrs.evolve(row, username="")
     if how == "size":
         return attrs.evolve(row, volumes=(*(row.volumes or ()), ("Z:\\", -1)))
-    return attrs.evolve(row, volumes=row.volumes or (("C:\\", 1),), plan=Plan("gcp", "u", "p"))
+    plan = {
+        "cloud_type": Plan("gcp", "u", "p"),
+        "mode": Plan("aws", "u", "p", mode="hot"),
+        "sync_interval": Plan("aws", "u", "p", mode="warm", sync_interval=59),
+    }[how]
+    return attrs.evolve(row, volumes=row.volumes or (("C:\\", 1),), plan=plan)
 
 
 @settings(max_examples=40)
@@ -155,7 +165,9 @@ def test_bad_rows_are_named_exactly_and_nothing_is_written(
     table = list({row.ip: row for row in table}.values())  # one row an ip
     table = [attrs.evolve(row, row=n) for n, row in enumerate(table, start=2)]
     broken = bad.draw(st.sets(st.sampled_from([row.row for row in table]), min_size=1))
-    hows = {n: bad.draw(st.sampled_from(["ip", "username", "size", "cloud_type"])) for n in broken}
+    hows = {
+        n: bad.draw(st.sampled_from(["ip", "username", "size", "cloud_type", "mode", "sync_interval"])) for n in broken
+    }
     table = [_corrupt(row, hows[row.row]) if row.row in broken else row for row in table]
     before = tables(storage)
 

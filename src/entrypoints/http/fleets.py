@@ -129,7 +129,8 @@ async def import_inventory(request: web.Request) -> web.Response:
     found = services(request)
     loaded: dict[str, Any] = request[QUERY]
     report = await call(
-        import_csv, found.storage, found.clock, request[USER].id, data, dry_run=loaded["dry_run"]
+        import_csv, found.storage, found.clock, request[USER].id, data, dry_run=loaded["dry_run"],
+        default_sync_interval=found.default_sync_interval,
     )
     return json_answer(
         {"created": report.created, "updated": report.updated, "unchanged": report.unchanged}
