@@ -568,8 +568,13 @@ class Migration:
         after this one's end (or the cutover, when its time has come)."""
         replication = self._ensure_replicating()
         began = replication.sync_started_at or at
+        mark = self.copied
         synced = attrs.evolve(
             self,
+            # Every volume in place: the state counts them copied until the next sync.
+            copied=None if mark is None else attrs.evolve(
+                mark, volumes=len(mark.mount_point_ids), partial=0, eta=None, files=None
+            ),
             phase=Phase.IN_SYNC,
             instance_id=None,
             swapping=False,

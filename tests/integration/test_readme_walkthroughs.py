@@ -65,8 +65,9 @@ SECTIONS = [
     "### The history of a migration",
     "### The live stream",
     "## Fleets: import, waves, export",
+    "## A warm migration",
 ]
-SSH_SECTIONS = {"## Real machines", "### A real migration"}  # where port 22 is the test sshd's
+SSH_SECTIONS = {"## Real machines", "### A real migration", "## A warm migration"}  # where port 22 is the test sshd's
 DEMO = "/tmp/migration-demo"
 RUN_SECONDS = 4  # long enough to watch and cancel a run before it ends
 PATIENCE = 120  # seconds a section may take: a bound, never an expectation
