@@ -471,6 +471,9 @@ class Migration:
             swapping=False,
             replication=Replication() if warm else None,
             next_sync_at=None,
+            # A planned cutover whose time passed while it was not running (a
+            # cancelled or failed run's) is no plan of this run.
+            cutover_at=None if self.cutover_at is not None and self.cutover_at <= at else self.cutover_at,
         )
 
     @property
