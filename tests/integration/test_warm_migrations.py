@@ -452,6 +452,27 @@ async def test_a_cutover_that_fails_leaves_the_migration_replicating_with_the_re
     assert (await warm.until(migration, lambda s: s["finished"]))["state"] == "success"
 
 
+async def test_a_cutover_time_that_passed_while_it_was_not_running_does_not_cut_a_rerun_over(
+    make_client: MakeClient,
+) -> None:
+    """Cancelled before its planned cutover, then run again after that time:
+    the new run replicates; it does not cut over as soon as its first sync ends."""
+    warm = await make_client(QUICK)
+    plan = await warm.plan("10.0.0.1", sync_interval=HOUR)
+    migration = plan["migration"]
+    await warm.run_until_in_sync(migration)
+    soon = at(0.5)
+    await warm.call("POST", path(migration, "cutover"), 202, json={"at": soon})
+    await warm.call("POST", path(migration, "cancel"), 200)
+    async with asyncio.timeout(PATIENCE):
+        while datetime.now(timezone.utc) <= when(soon):
+            await asyncio.sleep(TICK)
+
+    await warm.call("POST", path(migration, "run"), 202)
+    state = await warm.until(migration, lambda s: s["phase"] == "in_sync" or s["finished"])
+    assert (state["state"], state["phase"], state["syncs"], state["cutover_at"]) == ("running", "in_sync", 1, None)
+
+
 # --- cancel and failures -----------------------------------------------------------
 
 
