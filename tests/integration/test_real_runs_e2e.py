@@ -174,7 +174,8 @@ def test_two_postgresql_instances_share_the_copy_queue_and_a_killed_one_leaves_i
     # Three seconds: on a machine the suite keeps busy, a copying instance's
     # ticker was once held past two thirds of a one-second lease, and the
     # other instance rightly took it for gone.
-    options = ("--lease-seconds", "3", "--access-log", "off", "--max-copies", "1")
+    # Copies held to 8 MB/s: long enough to act on mid-copy, at little CPU.
+    options = ("--lease-seconds", "3", "--access-log", "off", "--max-copies", "1", "--max-bandwidth", "8MB")
     a = ServiceProcess(postgres_url, tmp_path, "a", *options)
     b = ServiceProcess(postgres_url, tmp_path, "b", *options)
     try:
@@ -188,7 +189,7 @@ def test_two_postgresql_instances_share_the_copy_queue_and_a_killed_one_leaves_i
             machine = machines[number % 2]
             source = attrs.evolve(machine, root=machine.root / f"tree-{number}")
             source.root.mkdir()
-            _big_tree(source.root, 128)
+            _big_tree(source.root, 24)
             service = b if number < 2 else a
             plans.append(RealPlan(service, source, host, ["/"], user=f"user{number}", landing=f"from-{number}"))
             sources.append(source)
