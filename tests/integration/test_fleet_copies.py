@@ -319,16 +319,14 @@ def test_a_cancel_on_either_worker_at_any_step_of_the_copy_never_lets_the_new_co
         ("half-way", lambda: copies.written() >= BIG // 2, on_the_host),
         ("nearly done", lambda: copies.written() >= BIG * 9 // 10, on_the_host),
         ("hashing what was written", lambda: copies.written() == BIG, on_the_host),
-        ("streaming", lambda: copies.written() > 0, on_the_host),
-        ("hashing what was written", lambda: copies.written() == BIG, on_the_host),
     ]
     for step, condition, every in steps:
         status, _ = copies.cancel_when(step, condition, every)
         if status == 200:
             copies.the_old_copy_stays(step)
     print(f"\ncancels: {copies.seen}")
-    # All but the hashing ones come long before the copy's end.
-    assert sum(seen[1] == 200 for seen in copies.seen) >= 4, copies.seen
+    # All but the hashing one come long before the copy's end.
+    assert sum(seen[1] == 200 for seen in copies.seen) >= 3, copies.seen
 
 
 def test_a_cancel_during_the_swap_waits_for_it_and_answers_that_the_run_is_finishing(
@@ -347,6 +345,7 @@ def test_a_cancel_during_the_swap_waits_for_it_and_answers_that_the_run_is_finis
             continue
         assert digest(copies.plan.landing) == digest(copies.source.root)
         assert "finishing" in answer["detail"] or "not running" in answer["detail"], answer
+        break
     print(f"\ncancels: {copies.seen}")
     assert any(seen[1] == 409 for seen in copies.seen), copies.seen
 
