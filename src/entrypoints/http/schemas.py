@@ -266,7 +266,7 @@ class WorkloadSchema(Body):
 class WorkloadChangeSchema(WorkloadSchema):
     """A replacement or a patch may clear the pinned host key (null)."""
 
-    host_key = Text(allow_none=True, metadata={"description": _HOST_KEY})
+    host_key = Text(allow_none=True, metadata={"description": _HOST_KEY})  # type: ignore[assignment]
 
 
 class WorkloadReplaceSchema(WorkloadChangeSchema):
