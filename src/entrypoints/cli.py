@@ -262,13 +262,16 @@ def import_command(arguments: argparse.Namespace) -> int:
                 data = file.read(MAX_BYTES + 1)
     except OSError as error:
         return _fail(f"cannot read {arguments.file}: {error.strerror or error}")
-    return _with_user(arguments, lambda storage, owner: _import(storage, owner, data, arguments.dry_run))
+    # A warm row without an interval takes MIGRATION_SYNC_INTERVAL, as the service's import does.
+    interval = _settings_for(arguments).sync_interval
+    return _with_user(arguments, lambda storage, owner: _import(storage, owner, data, arguments.dry_run, interval))
 
 
-def _import(storage: Storage, owner_id: int, data: bytes, dry_run: bool) -> int:
+def _import(storage: Storage, owner_id: int, data: bytes, dry_run: bool, sync_interval: int) -> int:
     try:
         report = import_csv(
-            storage, SystemClock(), owner_id, data, dry_run=dry_run, progress=ProgressBar(sys.stderr)
+            storage, SystemClock(), owner_id, data, dry_run=dry_run, progress=ProgressBar(sys.stderr),
+            default_sync_interval=sync_interval,
         )
     except RowsRefused as refused:
         rows = [{"row": e.row, "field": e.field, "message": e.message} for e in refused.rows]

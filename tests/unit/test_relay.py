@@ -101,10 +101,11 @@ def test_two_relays_under_one_cap_share_it_evenly_and_never_exceed_it() -> None:
 
         carriers.append(threading.Thread(target=carry))
         others += [threading.Thread(target=feed), threading.Thread(target=drain)]
+    # From before the first thread starts: a relay moves its first chunk at once.
+    began = time.monotonic()
     for thread in carriers + others:
         thread.start()
 
-    began = time.monotonic()
     goal = 6_000_000
     while sum(counts) < goal:
         time.sleep(0.01)

@@ -85,7 +85,8 @@ export const inventory = {
       h("div", {class: "field"}, h("label", {for: textId}, "CSV to import"),
         h("p", {class: "hint", id: `${textId}-hint`},
           "One workload a row, with a header row: ip, username, password, domain, volumes (NAME=SIZE;…), and optionally "
-          + "cloud_type, cloud_username, cloud_password, cloud_domain, select, wave. Fix a row here, then check again."),
+          + "cloud_type, cloud_username, cloud_password, cloud_domain, select, wave, mode (cold or warm), sync_interval. "
+          + "Fix a row here, then check again."),
         text),
       h("div", {class: "buttons"}, checkButton, importButton));
 
