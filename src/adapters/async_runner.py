@@ -131,6 +131,8 @@ class AsyncRunner:
         self._queue_news = True
         # Real copies told to stop whose stop has not returned yet.
         self._stopping: set[_Run] = set()
+        # Set when a copy ended: the ticker steps at once to record it.
+        self._ended_news = False
         self._storage = storage
         self._clock = clock
         self._copier = copier
@@ -261,9 +263,18 @@ class AsyncRunner:
             loop.call_soon_threadsafe(self._wake_ticker)
 
     def _changed(self, run: _Run) -> None:
-        """A copy has news (from its copier's thread): written at the next tick."""
+        """A copy has news (from its copier's thread): written at the next
+        tick; a copy that ended is recorded at once (its slot goes to the
+        next copy, and a cutover's downtime ends with it)."""
         with self._table_lock:
             self._news.add(run)
+            loop = self._loop
+            ended = run.copy is not None and run.copy.ended() is not None
+            if ended:
+                self._ended_news = True
+        if ended and loop is not None:
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: stopped
+                loop.call_soon_threadsafe(self._wake_ticker)
 
     def cancel(self, migration_id: int) -> None:
         with self._carry_lock, self._table_lock:
@@ -315,14 +326,17 @@ class AsyncRunner:
 
     async def _sleep_until(self, next_tick: float) -> None:
         """Sleep until the next tick, or until the earliest run is due if that
-        is sooner. A launch wakes this to plan again; it never forces a step."""
+        is sooner, or until a copy has ended. A launch wakes this to plan again;
+        only an ended copy cuts the sleep short."""
         assert self._loop is not None and self._wake is not None
         while True:
             delay = next_tick - self._loop.time()
             earliest = self._earliest_due()
             if earliest is not None:
                 delay = min(delay, earliest - self._monotonic())
-            if delay <= 0:
+            with self._table_lock:
+                ended, self._ended_news = self._ended_news, False
+            if delay <= 0 or ended:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
