@@ -599,7 +599,9 @@ def update_migration(
             # changes nothing, is refused as before warm migrations were.
             if isinstance(cutover_at, Keep) or attrs.evolve(changed, cutover_at=current.cutover_at) != current:
                 raise running_not_editable(migration_id)
-            return _replan_cutover(uow, current, changed.cutover_at, clock, acting(owner_id, actor))
+            stored = replan_cutover(uow, current, changed.cutover_at, clock.now(), acting(owner_id, actor))
+            uow.commit()
+            return stored
         if changed == current:
             return current
         if changed.cutover_at != current.cutover_at and changed == attrs.evolve(current, cutover_at=changed.cutover_at):
@@ -635,12 +637,10 @@ def _mode(value: str | Mode) -> Mode:
         raise InvalidInput.field("mode", "Must be cold or warm.") from None
 
 
-def _replan_cutover(
-    uow: UnitOfWork, current: Migration, when: datetime | None, clock: Clock, actor: int
-) -> Migration:
-    """A running migration's planned cutover changed (PATCH `cutover_at`):
-    a warm one cuts over then (null withdraws the plan)."""
-    now = clock.now()
+def replan_cutover(uow: UnitOfWork, current: Migration, when: datetime | None, now: datetime, actor: int) -> Migration:
+    """A running warm migration cuts over at `when` (None withdraws the plan),
+    written with its `cutover_requested` event, and `queued` when that makes
+    it wait for a slot now; the caller commits."""
     planned = current.plan_cutover(when, now)
     stored = uow.migrations.update_if(planned, expected=(MigrationState.RUNNING,))
     events = [event(
@@ -649,7 +649,6 @@ def _replan_cutover(
     if stored.waiting_for_a_slot and not current.waiting_for_a_slot:
         events.append(event(stored, EventKind.QUEUED, now, position=uow.migrations.queue_position(stored)))
     append(uow, events)
-    uow.commit()
     return stored
 
 

@@ -32,7 +32,7 @@ from .entities import (
 )
 from .errors import Conflict, NotFound
 from .events import acting, append, event
-from .inventory import get_migration
+from .inventory import get_migration, replan_cutover
 from .machines import (
     CopyEnd,
     CopyJob,
@@ -404,32 +404,10 @@ def plan_cutover(
     """Cut a running warm migration over at `at` (None: now): due, it is
     queued (before any sync), or waits for the end of a sync under way.
     Conflict when it is not a running warm migration or already cutting over."""
-    return _plan_cutover(storage, clock, runner, owner_id, migration_id, at, actor, now_when_none=True)
-
-
-def _plan_cutover(
-    storage: Storage,
-    clock: Clock,
-    runner: Runner,
-    owner_id: int,
-    migration_id: int,
-    at: datetime | None,
-    actor: int | None,
-    *,
-    now_when_none: bool,
-) -> Migration:
     with storage.unit_of_work() as uow:
         now = clock.now()
-        when = now if at is None and now_when_none else at
         migration = uow.migrations.get(owner_id, migration_id)
-        stored = uow.migrations.update_if(migration.plan_cutover(when, now), expected=(RUNNING,))
-        events = [event(
-            stored, EventKind.CUTOVER_REQUESTED, now, actor=acting(owner_id, actor),
-            cutover_at=None if when is None else when.isoformat(),
-        )]
-        if stored.waiting_for_a_slot and not migration.waiting_for_a_slot:
-            events.append(event(stored, EventKind.QUEUED, now, position=uow.migrations.queue_position(stored)))
-        append(uow, events)
+        stored = replan_cutover(uow, migration, now if at is None else at, now, acting(owner_id, actor))
         uow.commit()
     runner.queued()
     return stored
