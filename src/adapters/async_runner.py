@@ -390,6 +390,8 @@ class AsyncRunner:
                 reports[run] = progress
         outcome = await self._in_executor(self._persist, reports, ends)
         self._forget(outcome.ended)
+        if any(run.real for run in outcome.ended):
+            await self._take_copies()  # the slots just freed: not a tick later
         ended, again = set(outcome.ended), set(outcome.again)
         with self._table_lock:
             self._again += [run for run in ready if run in again]
