@@ -5,6 +5,7 @@ shows nothing was sent)."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+
+from adapters.ssh import SshMachines
 
 from .sshd_server import PasswordUser, SshdUnavailable, SshServer
 
@@ -74,6 +77,14 @@ def make_machine(sshd: SshServer, tmp_path: Path) -> Callable[[str], Machine]:
         )
 
     return make
+
+
+@pytest.fixture
+def machines() -> Iterator[SshMachines]:
+    """The SSH driver of copies and checks, allowed onto loopback only."""
+    driver = SshMachines([ipaddress.ip_network("127.0.0.0/8")], connect_timeout=5)
+    yield driver
+    driver.close()
 
 
 @pytest.fixture

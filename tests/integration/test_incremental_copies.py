@@ -30,16 +30,9 @@ from migration_core.machines import CopyFailed, CopyJob, CopyProgress, VolumeToC
 from ..sshd_fixtures import Machine
 from .service_process import PATIENCE, ServiceProcess, wait_for
 from .test_real_runs_e2e import RealPlan
-from .test_ssh_copy import LOOPBACK, MIGRATION, OWNER, _address, _Copy, _leftovers, _own, _source_tree
+from .test_ssh_copy import MIGRATION, OWNER, _address, _Copy, _leftovers, _own, _source_tree
 
 Tree = dict[bytes, tuple[Any, ...]]
-
-
-@pytest.fixture
-def machines() -> Iterator[SshMachines]:
-    driver = SshMachines(LOOPBACK, connect_timeout=5)
-    yield driver
-    driver.close()
 
 
 def _job(source: Machine, root: Path, host: Machine, target: Path, volumes: list[str], every: list[str]) -> CopyJob:

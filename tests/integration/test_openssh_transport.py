@@ -14,7 +14,6 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -25,14 +24,7 @@ from migration_core.machines import CopyEnd, CopyFailed, CopyJob, VolumeToCopy
 
 from ..sshd_fixtures import ClosingListener, Listener, Witness
 from ..sshd_server import SshServer
-from .test_ssh_copy import LOOPBACK, MIGRATION, OWNER, _address, _Copy, _job, _leftovers, _source_tree, _tree
-
-
-@pytest.fixture
-def machines() -> Iterator[SshMachines]:
-    driver = SshMachines(LOOPBACK, connect_timeout=5)
-    yield driver
-    driver.close()
+from .test_ssh_copy import MIGRATION, OWNER, _address, _Copy, _job, _leftovers, _source_tree, _tree
 
 
 def _ended(machines: SshMachines, job: CopyJob) -> CopyEnd:

@@ -11,7 +11,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,13 +32,6 @@ from ..sshd_server import SshServer
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 OWNER = 1
 MIGRATION = 7
-
-
-@pytest.fixture
-def machines() -> Iterator[SshMachines]:
-    driver = SshMachines(LOOPBACK, connect_timeout=5)
-    yield driver
-    driver.close()
 
 
 def _address(machine: Machine, root: Path) -> MachineAddress:

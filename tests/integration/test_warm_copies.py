@@ -40,13 +40,6 @@ MIGRATION = 11
 
 
 @pytest.fixture
-def machines() -> Iterator[SshMachines]:
-    driver = SshMachines(LOOPBACK, connect_timeout=5)
-    yield driver
-    driver.close()
-
-
-@pytest.fixture
 def pair(make_machine: Callable[[str], Machine]) -> tuple[Machine, Machine]:
     """The source (127.0.0.1) with a small tree, and the host (127.0.0.2)."""
     source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
