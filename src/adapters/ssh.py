@@ -30,6 +30,9 @@ from migration_core.machines import (
     MachineAddress,
     MachineFacts,
     MachineUnreachable,
+    PlaceSeen,
+    Surveyed,
+    SurveyQuestions,
     SwapGate,
     fingerprint,
     whole_key,
@@ -37,7 +40,7 @@ from migration_core.machines import (
 
 from .copy_engine.openssh import MAX_STARTUPS, Transport, changed_key, closed_before_login
 from .copy_engine.relay import Bandwidth
-from .remote_shell import remote_script
+from .remote_shell import remote_command, remote_script
 from .ssh_library import asyncssh
 
 T = TypeVar("T")
@@ -71,6 +74,50 @@ _USAGE = (
     'then echo "$u"; else echo -; fi; done'
 )
 _MOUNTS = "cat /proc/self/mounts"
+# A readiness survey (SPEC 2.11), every answer a NUL-ended field: the
+# kernel's name and the hostname; "yes" or "no" for each tool (the login's
+# own PATH); the used bytes of each directory ("-": none there, or
+# unreadable); for each place, the path examined (the place, or its nearest
+# existing ancestor), whether it is the place itself, a directory, writable
+# (find's -writable asks the kernel, which knows a read-only filesystem), and
+# the bytes free there ("-": unread); "ok" or "no" and the error of each hook
+# parsed with `sh -n`. Each group comes after its count. It writes nothing.
+# Run by /bin/sh, so that a login whose PATH lacks `sh` still answers; once
+# the tools are found, the survey's own programs are looked for in the
+# usual places too.
+_SURVEY = r"""nul() { printf '%s\0' "$@"; }
+nul "$(uname -s 2>/dev/null)" "$(uname -n 2>/dev/null)"
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  if command -v "$1" >/dev/null 2>&1; then nul yes; else nul no; fi
+  shift; n=$((n - 1))
+done
+PATH=$PATH:/usr/local/bin:/usr/bin:/bin
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  if [ -d "$1" ] && u=$(du -sxb -- "$1" 2>/dev/null); then nul "${u%%[!0-9]*}"; else nul -; fi
+  shift; n=$((n - 1))
+done
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  p=$1
+  while [ ! -e "$p" ] && [ ! -L "$p" ]; do p=${p%/*}; p=${p:-/}; done
+  e=0 d=0 w=0 f=-
+  [ "$p" = "$1" ] && e=1
+  [ -d "$p" ] && d=1
+  [ -n "$(find "$p" -maxdepth 0 -writable -executable 2>/dev/null)" ] && w=1
+  a=$(stat -f -c '%a %S' -- "$p" 2>/dev/null) && f=$(( ${a% *} * ${a#* } ))
+  nul "$p" "$e" "$d" "$w" "$f"
+  shift; n=$((n - 1))
+done
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  if e=$(sh -n -c "$1" 2>&1 </dev/null); then nul ok ""; else nul no "$e"; fi
+  shift; n=$((n - 1))
+done
+"""
+# The longest parse error a survey keeps of a hook.
+_HOOK_ERROR_CHARACTERS = 500
 
 
 def parse_networks(text: str) -> tuple[IpNetwork, ...]:
@@ -237,6 +284,11 @@ class SshMachines:
         log.info("discovery of %s: %d filesystem(s) under %s", login_at(address), len(found.filesystems), address.root)
         return found
 
+    def survey(self, address: MachineAddress, questions: SurveyQuestions) -> Surveyed:
+        found = self._logged("readiness check", address, self._survey(address, questions))
+        log.info("readiness check of %s: logged in", login_at(address))
+        return found
+
     def _logged(self, what: str, address: MachineAddress, work: Coroutine[Any, Any, T]) -> T:
         """`work`'s result; a failure is one log line (who, where, why) before it goes on."""
         try:
@@ -385,6 +437,50 @@ class SshMachines:
                 if used is not None:
                     found.append(Filesystem(name, used))
             return Discovered(host_key, tuple(found))
+
+
+    async def _survey(self, address: MachineAddress, questions: SurveyQuestions) -> Surveyed:
+        asked = questions
+        arguments = [
+            str(len(asked.tools)), *asked.tools,
+            str(len(asked.directories)), *asked.directories,
+            str(len(asked.places)), *asked.places,
+            str(len(asked.hooks)), *asked.hooks,
+        ]
+        async with self.connection(address) as (connection, host_key):
+            status, out = await self.output(connection, remote_command("/bin/sh", "-c", _SURVEY, "sh", *arguments))
+        fields = out.split(b"\0")
+        expected = 2 + len(asked.tools) + len(asked.directories) + 5 * len(asked.places) + 2 * len(asked.hooks)
+        if status != 0 or fields[-1] != b"" or len(fields) - 1 != expected:
+            raise MachineUnreachable(
+                f"Logged in, but the machine's answer to the readiness check could not be read (exit status {status})."
+            )
+        answers = iter(_text(field) for field in fields[:-1])
+        system, hostname = next(answers), next(answers)
+        tools = {tool: next(answers) == "yes" for tool in asked.tools}
+        directories = {path: _count(next(answers)) for path in asked.directories}
+        places = {}
+        for place in asked.places:
+            examined, exists, directory, writable, free = (next(answers) for _ in range(5))
+            places[place] = PlaceSeen(examined, exists == "1", directory == "1", writable == "1", _count(free))
+        hooks = {}
+        for hook in asked.hooks:
+            parses, error = next(answers), next(answers)
+            hooks[hook] = None if parses == "ok" else (error.strip() or "sh -n refused it")[:_HOOK_ERROR_CHARACTERS]
+        return Surveyed(
+            host_key=host_key,
+            os=OperatingSystem.LINUX if system == "Linux" else None,
+            system=system,
+            hostname=hostname,
+            tools=tools,
+            directories=directories,
+            places=places,
+            hooks=hooks,
+        )
+
+
+def _count(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
 
 
 def login_at(address: MachineAddress) -> str:

@@ -109,6 +109,34 @@ class Replication:
     sync_started_at: datetime | None = None
 
 
+@attrs.frozen
+class MachineCheck:
+    """The last word of a machine (SPEC 2.11): when the service last reached
+    it (by a check, a discovery, a readiness check or a copy's login),
+    whether all was well, and what it found or what failed, in words."""
+
+    at: datetime
+    ok: bool
+    message: str
+
+
+def _machine_check(value: Any) -> MachineCheck | None:
+    """A workload's `last_check` as stored: itself, or the JSON object storage keeps."""
+    if value is None or isinstance(value, MachineCheck):
+        return value
+    return MachineCheck(datetime.fromisoformat(value["at"]), bool(value["ok"]), str(value["message"]))
+
+
+@attrs.frozen
+class Readiness:
+    """A migration's last readiness check (SPEC 2.11): when, whether every
+    check passed, and the names of those that failed, in their order."""
+
+    at: datetime
+    ready: bool
+    failed: tuple[str, ...] = ()
+
+
 def volume_key(name: str) -> str:
     """The identity of a volume name: `C:\\`, `c:` and `c:/` are one volume."""
     stripped = name.rstrip("\\/")
@@ -332,6 +360,7 @@ class Workload:
     # The SSH host key pinned at first contact (whole; answered as its
     # fingerprint); only the core's machine use cases set it, and the user may clear it.
     host_key: str | None = attrs.field(default=None, validator=_host_key)
+    last_check: MachineCheck | None = attrs.field(default=None, converter=_machine_check)
     id: int = UNSAVED
 
 
@@ -429,6 +458,7 @@ class Migration:
     # A running warm migration's syncs, and when the next is due.
     replication: Replication | None = None
     next_sync_at: datetime | None = None
+    readiness: Readiness | None = None
     id: int = UNSAVED
 
     # -- the changes of state of a run (SPEC 2.2, 2.3) ----------------------

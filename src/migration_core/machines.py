@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Protocol
 
 import attrs
@@ -30,12 +31,18 @@ from .copy_jobs import (
     VolumeCopied,
     VolumeToCopy,
 )
-from .entities import MountPoint, OperatingSystem, Workload, canonical_ip, volume_key
+from .entities import MachineCheck, MountPoint, OperatingSystem, Workload, canonical_ip, volume_key
 from .errors import Conflict, DomainError, NotFound
-from .ports import ListQuery, Storage
+from .ports import Clock, ListQuery, Storage, UnitOfWork
 
-# The tools a real copy needs on both machines (SPEC 2.8).
+# The tools a real copy needs on both machines (SPEC 2.8), as a check names them.
 COPY_TOOLS = ("tar", "sha256sum")
+# Every program the copy engine's scripts run on each side, besides the
+# shell's own builtins: what a readiness check looks for on the login's PATH
+# (SPEC 2.11). A copy with a PATH holding just these succeeds (tested).
+SOURCE_TOOLS = ("sh", "find", "tar", "sha256sum", "xargs", "sleep")
+HOST_TOOLS = ("sh", "find", "tar", "sha256sum", "xargs", "cp", "mv", "rm", "mkdir", "chmod", "chown", "touch",
+              "cat", "id", "sleep")
 
 
 def fingerprint(pin: str) -> str:
@@ -126,6 +133,64 @@ class Discovered:
     filesystems: Sequence[Filesystem]
 
 
+@attrs.frozen
+class SurveyQuestions:
+    """What one login to a machine is asked before copies (SPEC 2.11),
+    whatever number of migrations need it: the programs to find on the
+    login's PATH, the directories whose used bytes to read, the places a copy
+    would write (made if missing), and the shell commands to parse (`sh -n`).
+    Nothing it asks writes on the machine."""
+
+    tools: tuple[str, ...] = ()
+    directories: tuple[str, ...] = ()
+    places: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()
+
+    def joined(self, other: SurveyQuestions) -> SurveyQuestions:
+        """Both sets of questions, each asked once, in the order first asked."""
+
+        def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(dict.fromkeys((*a, *b)))
+
+        return SurveyQuestions(
+            union(self.tools, other.tools),
+            union(self.directories, other.directories),
+            union(self.places, other.places),
+            union(self.hooks, other.hooks),
+        )
+
+
+@attrs.frozen
+class PlaceSeen:
+    """A place a copy would write, as the login sees it: `examined` is the
+    place itself when it exists, else its nearest existing ancestor (where
+    the copy would make it); whether that is a directory the login may write
+    into, and the bytes free to the login on its filesystem (None: unread)."""
+
+    examined: str
+    exists: bool
+    directory: bool
+    writable: bool
+    free: int | None
+
+
+@attrs.frozen
+class Surveyed:
+    """What a survey found: the whole host key met, what the machine says it
+    runs, which tools are on the PATH, the used bytes of each directory asked
+    (None: not a directory, or unreadable), each place, and each hook's parse
+    error (None: it parses)."""
+
+    host_key: str
+    os: OperatingSystem | None
+    system: str
+    hostname: str
+    tools: Mapping[str, bool]
+    directories: Mapping[str, int | None]
+    places: Mapping[str, PlaceSeen]
+    hooks: Mapping[str, str | None]
+
+
 class Machines(Copier, Protocol):
     """What the service asks of real machines. Each call connects and logs in
     (refusing an address outside the allowed networks with Conflict, before
@@ -135,6 +200,10 @@ class Machines(Copier, Protocol):
     def facts(self, address: MachineAddress) -> MachineFacts: ...
 
     def filesystems(self, address: MachineAddress) -> Discovered: ...
+
+    def survey(self, address: MachineAddress, questions: SurveyQuestions) -> Surveyed:
+        """Log in once and answer `questions`, writing nothing there."""
+        ...
 
     def close(self) -> None:
         """End every connection and what carries them."""
@@ -180,45 +249,71 @@ def _contact(workload: Workload) -> tuple[object, ...]:
     return workload.ip, workload.port, workload.root, workload.host_key
 
 
-def _learn(
-    storage: Storage, owner_id: int, seen: Workload, host_key: str, os: OperatingSystem | None = None
-) -> None:
-    """Pin the host key met at first contact (whole), complete a pin held as a
-    fingerprint alone, and record the os when unknown. Nothing is written
-    when the workload was changed meanwhile in what this contact relied on
-    (its address or its pinned key)."""
+class _UtcClock:
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+def clock_or_now(clock: Clock | None) -> Clock:
+    """The clock given, or the system's in UTC (for callers that embed the core without one)."""
+    return _UtcClock() if clock is None else clock
+
+
+def remember_contact(
+    uow: UnitOfWork,
+    seen: Workload,
+    check: MachineCheck,
+    host_key: str | None = None,
+    os: OperatingSystem | None = None,
+) -> Workload:
+    """Keep a contact's outcome as the workload's last check (SPEC 2.11); pin
+    the host key met at first contact (or complete a pin held as a
+    fingerprint alone), and record the os when unknown. Nothing is written
+    when the workload changed meanwhile in what the contact relied on (its
+    address, root or pinned key). The workload as it now stands."""
+    workload = uow.workloads.get(seen.owner_id, seen.id)
+    if _contact(workload) != _contact(seen):
+        return workload
+    learnt = attrs.evolve(
+        workload,
+        host_key=workload.host_key if host_key is None else pin_after_contact(workload.host_key, host_key),
+        os=workload.os or os,
+        last_check=check,
+    )
+    if learnt != workload:
+        uow.workloads.update(learnt)
+    return learnt
+
+
+def _remember(storage: Storage, seen: Workload, check: MachineCheck, host_key: str | None = None,
+              os: OperatingSystem | None = None) -> None:
     with storage.unit_of_work() as uow:
-        workload = uow.workloads.get(owner_id, seen.id)
-        if _contact(workload) != _contact(seen):
-            return
-        learnt = attrs.evolve(
-            workload,
-            host_key=pin_after_contact(workload.host_key, host_key),
-            os=workload.os or os,
-        )
-        if learnt != workload:
-            uow.workloads.update(learnt)
-            uow.commit()
+        remember_contact(uow, seen, check, host_key, os)
+        uow.commit()
 
 
-def check_workload(storage: Storage, machines: Machines, owner_id: int, workload_id: int) -> CheckReport:
+def check_workload(
+    storage: Storage, machines: Machines, owner_id: int, workload_id: int, *, clock: Clock | None = None
+) -> CheckReport:
     """Connect to a workload, log in and read its facts. A machine that cannot
     be reached is a report with `ok` false and the reason, not an error; an
     address outside the allowed networks raises Conflict. A first contact
-    pins the host key; the os is recorded when it was unknown. The report
-    names the key by its fingerprint."""
+    pins the host key; the os is recorded when it was unknown; the outcome is
+    the workload's last check. The report names the key by its fingerprint."""
     workload, address = _address(storage, owner_id, workload_id)
+    now = clock_or_now(clock).now
     try:
         facts = machines.facts(address)
     except MachineUnreachable as failure:
+        _remember(storage, workload, MachineCheck(now(), False, failure.message))
         pinned = None if workload.host_key is None else fingerprint(workload.host_key)
         return CheckReport(ok=False, message=failure.message, host_key=pinned)
-    _learn(storage, owner_id, workload, facts.host_key, facts.os)
     missing = facts.missing_tools
     if missing:
         message = f"Logged in to {facts.hostname}, but it lacks {' and '.join(missing)}, which a copy needs."
     else:
         message = f"Logged in to {facts.hostname} as {address.username}; it has every tool a copy needs."
+    _remember(storage, workload, MachineCheck(now(), not missing, message), facts.host_key, facts.os)
     return CheckReport(
         ok=not missing,
         message=message,
@@ -231,18 +326,28 @@ def check_workload(storage: Storage, machines: Machines, owner_id: int, workload
 
 
 def discover_volumes(
-    storage: Storage, machines: Machines, owner_id: int, workload_id: int, *, dry_run: bool = False
+    storage: Storage,
+    machines: Machines,
+    owner_id: int,
+    workload_id: int,
+    *,
+    dry_run: bool = False,
+    clock: Clock | None = None,
 ) -> DiscoveryReport:
     """Read a Linux workload's mounted filesystems under its root and write
     them as its mount points: a new one is added with its used bytes as size,
     a known one (same name) gets its size updated, none is removed. With
-    `dry_run`, only report what would change."""
+    `dry_run`, only report what would change, writing nothing; otherwise the
+    login is the workload's last check."""
     workload, address = _address(storage, owner_id, workload_id)
     if workload.os is OperatingSystem.WINDOWS:
         raise Conflict(f"Workload {workload_id} runs windows: only Linux volumes can be discovered.")
+    now = clock_or_now(clock).now
     try:
         found = machines.filesystems(address)
     except MachineUnreachable as failure:
+        if not dry_run:
+            _remember(storage, workload, MachineCheck(now(), False, failure.message))
         return DiscoveryReport(ok=False, message=failure.message)
     with storage.unit_of_work(write=not dry_run) as uow:
         current = workload if dry_run else uow.workloads.get(owner_id, workload_id)
@@ -275,21 +380,16 @@ def discover_volumes(
                     uow.mount_points.update(attrs.evolve(existing, size=filesystem.used))
             else:
                 unchanged.append(existing.name)
+        verb = "would change" if dry_run else "changed"
+        message = (
+            f"Found {len(found.filesystems)} filesystem(s) under {address.root}:"
+            f" {verb} {len(added)} added, {len(updated)} updated, {len(unchanged)} unchanged."
+        )
+        contact = MachineCheck(now(), True, f"Logged in as {address.username} (discovery). {message}")
         if not dry_run:
-            uow.workloads.update(
-                attrs.evolve(
-                    current,
-                    mount_point_ids=(*current.mount_point_ids, *new_ids),
-                    host_key=pin_after_contact(current.host_key, found.host_key),
-                    os=current.os or OperatingSystem.LINUX,
-                )
-            )
+            uow.workloads.update(attrs.evolve(current, mount_point_ids=(*current.mount_point_ids, *new_ids)))
+            remember_contact(uow, workload, contact, found.host_key, OperatingSystem.LINUX)
             uow.commit()
-    verb = "would change" if dry_run else "changed"
-    message = (
-        f"Found {len(found.filesystems)} filesystem(s) under {address.root}:"
-        f" {verb} {len(added)} added, {len(updated)} updated, {len(unchanged)} unchanged."
-    )
     return DiscoveryReport(True, message, tuple(added), tuple(updated), tuple(unchanged))
 
 
@@ -319,21 +419,28 @@ __all__ = [
     "Filesystem",
     "HOOK_OUTPUT_BYTES",
     "HOOK_SECONDS",
+    "HOST_TOOLS",
     "HookRun",
     "HostKeyChanged",
     "MachineAddress",
     "MachineFacts",
     "MachineUnreachable",
     "Machines",
+    "PlaceSeen",
+    "SOURCE_TOOLS",
+    "SurveyQuestions",
+    "Surveyed",
     "SwapGate",
     "VolumeChange",
     "VolumeCopied",
     "VolumeToCopy",
     "check_workload",
+    "clock_or_now",
     "discover_volumes",
     "fingerprint",
     "key_blob",
     "pin_after_contact",
+    "remember_contact",
     "whole_key",
     "workload_with_ip",
 ]

@@ -18,6 +18,7 @@ from .entities import (
     CopyMark,
     Event,
     EventKind,
+    MachineCheck,
     Migration,
     MigrationState,
     MigrationTarget,
@@ -41,7 +42,7 @@ from .machines import (
     MachineAddress,
     VolumeCopied,
     VolumeToCopy,
-    pin_after_contact,
+    remember_contact,
 )
 from .ports import Clock, Runner, Storage, UnitOfWork
 
@@ -646,24 +647,24 @@ def _finish_one(
         finished = _finish(uow, clock, ref, error=error, kind=kind, last=last, end=end)
         if finished is not None:
             append(uow, finished[1])
-            _pin_keys_met(uow, finished[0], {} if end is None else end.host_keys)
+            _pin_keys_met(uow, finished[0], {} if end is None else end.host_keys, clock.now())
         uow.commit()
     return None if finished is None else finished[0]
 
 
-def _pin_keys_met(uow: UnitOfWork, migration: Migration, met: Mapping[str, str]) -> None:
+def _pin_keys_met(uow: UnitOfWork, migration: Migration, met: Mapping[str, str], at: datetime) -> None:
     """The whole host keys a copy met (by side: `source`, `host`), pinned as
     a check pins them: at first contact, or completing a pin held as a
-    fingerprint alone (the copy was let in, so the key matched the pin)."""
+    fingerprint alone (the copy was let in, so the key matched the pin); the
+    login is each machine's last check."""
     target = uow.migration_targets.peek(migration.owner_id, migration.migration_target_id)
     for side, workload_id in (("source", migration.source_id), ("host", target.host_id)):
         key = met.get(side)
         if key is None or workload_id is None:
             continue
-        workload = uow.workloads.get(migration.owner_id, workload_id)
-        pinned = pin_after_contact(workload.host_key, key)
-        if pinned != workload.host_key:
-            uow.workloads.update(attrs.evolve(workload, host_key=pinned))
+        workload = uow.workloads.peek(migration.owner_id, workload_id)
+        logged_in = MachineCheck(at, True, f"Logged in by a copy of migration {migration.id} (the {side}).")
+        remember_contact(uow, workload, logged_in, key)
 
 
 def complete_run(

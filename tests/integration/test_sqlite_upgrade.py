@@ -101,7 +101,7 @@ def test_a_version_1_database_opens_upgraded_with_its_data(tmp_path: Path) -> No
         storage.close()
 
     db = Database(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 9
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION == 10
     assert {f"{t}_by_{c}" for t, c in FILTER_INDEXES} <= index_names(db)
     plan = " ".join(
         str(row[-1])

@@ -539,6 +539,17 @@ def _copy_queue(execute: Execute, dialect: Dialect) -> None:
     ])
 
 
+def _readiness(execute: Execute, dialect: Dialect) -> None:
+    """Step 10: what readiness checks found is kept (SPEC 2.11), so lists
+    show what is not ready without asking the machines again: a workload's
+    last check or login and a migration's last readiness, each a JSON object
+    (NULL: never)."""
+    _run(execute, dialect, [
+        "ALTER TABLE workloads ADD COLUMN last_check TEXT",
+        "ALTER TABLE migrations ADD COLUMN readiness TEXT",
+    ])
+
+
 STEPS: list[Step] = [
     _create_tables,
     _index_list_filters,
@@ -549,6 +560,7 @@ STEPS: list[Step] = [
     _filters_by_value_first,
     _real_machines,
     _copy_queue,
+    _readiness,
 ]
 LATEST_VERSION = len(STEPS)
 

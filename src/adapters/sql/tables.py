@@ -147,10 +147,13 @@ MOUNT_POINTS = EntityTable(
 WORKLOADS = EntityTable(
     "workloads",
     Workload,
-    ("owner_id", "ip", "credentials_id", "port", "os", "root", "host_key"),
+    ("owner_id", "ip", "credentials_id", "port", "os", "root", "host_key", "last_check"),
     frozenset({"owner_id", "credentials_id", "port"}),
     (("credentials_id", "credentials"),),
     ListField("mount_point_ids", "workload_mount_points", "workload_id", "mount_points"),
+    # The entity takes its last check as the JSON object stored.
+    json_columns=("last_check",),
+    unfilterable=frozenset({"last_check"}),
     plain=True,
 )
 MIGRATION_TARGETS = EntityTable(
@@ -187,15 +190,17 @@ MIGRATIONS = EntityTable(
         "post_cutover",
         "replication",
         "next_sync_at",
+        "readiness",
     ),
     frozenset({"owner_id", "source_id", "migration_target_id", "progress"}),
     (("source_id", "workloads"), ("migration_target_id", "migration_targets")),
     ListField("selected_mount_point_ids", "migration_mount_points", "migration_id", "mount_points"),
-    json_columns=("snapshot", "copied", "replication"),
+    json_columns=("snapshot", "copied", "replication", "readiness"),
     unfilterable=frozenset(
         {
             "snapshot", "started_at", "finished_at", "instance_id", "copied", "phase", "swapping", "queued_at",
             "mode", "sync_interval", "cutover_at", "pre_cutover", "post_cutover", "replication", "next_sync_at",
+            "readiness",
         }
     ),
     derived=(
