@@ -101,6 +101,9 @@ class Services:
     machines: Machines = attrs.field(factory=lambda: SshMachines(()))
     # A new warm migration's sync interval when none is given (MIGRATION_SYNC_INTERVAL).
     default_sync_interval: int = 3600
+    # How many machines a wave's readiness check or a discovery of many
+    # reaches at once (MIGRATION_MAX_COPIES).
+    machines_at_once: int = 8
 
 
 # What builds the service's runner: from its storage, clock, copier (the
@@ -177,6 +180,7 @@ def bootstrap(
         registry=registry,
         machines=machines,
         default_sync_interval=settings.sync_interval,
+        machines_at_once=settings.max_copies,
     )
 
 

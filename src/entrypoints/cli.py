@@ -1,6 +1,7 @@
 """The `migration-api` command line: `migration-api serve [flags]`, and the
 inventory for scripts: `migration-api import FILE --user NAME [--dry-run]`
-and `migration-api export --user NAME [--output FILE]`, against the storage
+and `migration-api export --user NAME [--output FILE]`, the machines'
+`check`, `discover` and `preflight --wave NAME`, against the storage
 the service is configured with (MIGRATION_STORAGE, MIGRATION_SECRET_KEY or
 their flags).
 
@@ -40,8 +41,10 @@ from migration_core import (
     check_workload,
     discover_volumes,
     user_named,
+    wave_named,
     workload_with_ip,
 )
+from migration_core.readiness import MigrationReadiness, check_readiness, check_wave_readiness
 
 PROG = "migration-api"
 log = logging.getLogger(__name__)
@@ -98,12 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     discovering.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
     for command in (checking, discovering):
         command.add_argument("ip", metavar="IP", help="the workload's ip")
-    machine_settings = ("allowed_networks", "connect_timeout")
-    for command in (importing, exporting, checking, discovering):
+    preflight = commands.add_parser(
+        "preflight",
+        help="check whether a user's wave or migration is ready to run",
+        description="Run the readiness checks of a wave's migrations (each machine logged in to once,"
+        " at most MIGRATION_MAX_COPIES at a time) or of one migration, as POST"
+        " /api/v1/waves/{id}/preflight/ does; print a table of each check. Exit 0: all ready; 1: some"
+        " not ready (the table says why); 2: bad command line, setting, user, wave or migration, or an"
+        " address outside the allowed networks.",
+    )
+    which = preflight.add_mutually_exclusive_group(required=True)
+    which.add_argument("--wave", metavar="NAME", help="the wave's name")
+    which.add_argument("--migration", metavar="ID", type=int, help="a migration's id")
+    machine_settings = ("allowed_networks", "connect_timeout", "max_copies")
+    for command in (importing, exporting, checking, discovering, preflight):
         command.add_argument("--user", required=True, metavar="NAME", help="the user whose inventory it is")
         for setting in SETTINGS:
             if setting.name in ("storage", "secret_key") or (
-                command in (checking, discovering) and setting.name in machine_settings
+                command in (checking, discovering, preflight) and setting.name in machine_settings
             ):
                 command.add_argument(
                     setting.flag, dest=setting.name, metavar="VALUE", help=f"variable {setting.variable}"
@@ -223,7 +238,7 @@ def _fail(message: str) -> int:
 
 
 def _settings_for(arguments: argparse.Namespace) -> Settings:
-    names = ("storage", "secret_key", "allowed_networks", "connect_timeout")
+    names = ("storage", "secret_key", "allowed_networks", "connect_timeout", "max_copies")
     return Settings.from_sources(os.environ, {name: getattr(arguments, name, None) for name in names})
 
 
@@ -321,6 +336,48 @@ def machine_command(arguments: argparse.Namespace) -> int:
     return _with_user(arguments, act)
 
 
+def preflight_command(arguments: argparse.Namespace) -> int:
+    from adapters.ssh import SshMachines
+
+    def act(storage: Storage, owner_id: int) -> int:
+        settings = _settings_for(arguments)
+        machines = SshMachines(settings.allowed_networks, settings.connect_timeout)
+        clock = SystemClock()
+        try:
+            if arguments.wave is not None:
+                wave = wave_named(storage, owner_id, arguments.wave)
+                results = check_wave_readiness(
+                    storage, machines, owner_id, wave.id, at_once=settings.max_copies, clock=clock
+                ).migrations
+            else:
+                results = (check_readiness(storage, machines, owner_id, arguments.migration, clock=clock),)
+        except Conflict as error:
+            return _fail(error.message)
+        finally:
+            machines.close()
+        print(readiness_table(results))
+        ready = sum(1 for result in results if result.ready)
+        if ready < len(results):
+            logs.complain(PROG, f"{len(results) - ready} of {len(results)} migration(s) not ready")
+        return 0 if ready == len(results) else 1
+
+    return _with_user(arguments, act)
+
+
+def readiness_table(results: Sequence[MigrationReadiness]) -> str:
+    """One row a check: the migration, the check, ok or FAILED, the message;
+    then how many are ready."""
+    rows = [("MIGRATION", "CHECK", "RESULT", "MESSAGE")]
+    for result in results:
+        for check in result.checks:
+            rows.append((str(result.migration_id), check.check.value, "ok" if check.ok else "FAILED", check.message))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] for row in rows]
+    ready = sum(1 for result in results if result.ready)
+    lines.append(f"{ready} of {len(results)} ready")
+    return "\n".join(lines)
+
+
 def _field_errors(error: InvalidInput) -> str:
     return "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.errors.items())
 
@@ -350,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_command(arguments)
     if arguments.command in ("check", "discover"):
         return machine_command(arguments)
+    if arguments.command == "preflight":
+        return preflight_command(arguments)
     return 2  # argparse refuses unknown commands before this
 
 

@@ -111,6 +111,7 @@ from .waves import (
     list_waves,
     run_wave,
     update_wave,
+    wave_named,
     wave_state,
 )
 
@@ -225,6 +226,7 @@ __all__ = [
     "update_workload",
     "user_from_token",
     "user_named",
+    "wave_named",
     "wave_state",
     "workload_with_ip",
     "write_as_live_user",

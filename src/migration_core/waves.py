@@ -88,6 +88,15 @@ def list_waves(storage: Storage, owner_id: int, query: ListQuery) -> Page[Wave]:
     return Page(count, items)
 
 
+def wave_named(storage: Storage, owner_id: int, name: str) -> Wave:
+    """The owner's wave of this name (for tools that name one); NotFound otherwise."""
+    with storage.unit_of_work(write=False) as uow:
+        _, found = uow.waves.find(owner_id, ListQuery(filters={"name": name}, limit=1))
+    if not found:
+        raise NotFound(f"There is no wave {name!r}.")
+    return found[0]
+
+
 def update_wave(
     storage: Storage,
     owner_id: int,

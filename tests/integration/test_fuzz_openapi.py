@@ -85,6 +85,8 @@ EXPLAINED_OPERATION_ABSENCES: dict[tuple[str, str, int], str] = {
     # (unique per owner) and the members drawn: the examples move with the document.
     ("PUT", "/api/v1/waves/{id}/", 200): _WAVE_REPLACED,
     ("PUT", "/api/v1/waves/{id}/", 409): _WAVE_REPLACED,
+    ("POST", "/api/v1/migrations/{id}/preflight/", 409): "the fuzzer's targets have no host, so its"
+    " migrations reach no machine: test_http_readiness.py refuses one outside the allowed networks",
     ("POST", "/api/v1/migrations/{id}/sync/", 202): _RUNNING_WARM,
     ("POST", "/api/v1/migrations/{id}/cutover/", 202): _RUNNING_WARM,
     ("GET", STREAM, 200): _NEVER_ENDS,

@@ -142,7 +142,7 @@ async def test_a_workload_lists_its_fields_on_the_wire(alice: User) -> None:
         "POST", f"{API}/work_loads/", 201,
         json={"ip": "10.0.0.9", "credentials": credentials, "port": 2222, "os": "linux", "root": "//mnt/./snap/"},
     )
-    assert list(workload) == ["id", "ip", "credentials", "storage", "port", "os", "root", "host_key"]
+    assert list(workload) == ["id", "ip", "credentials", "storage", "port", "os", "root", "host_key", "last_check"]
     assert (workload["port"], workload["os"], workload["root"], workload["host_key"]) == (
         2222, "linux", "/mnt/snap", None,
     )

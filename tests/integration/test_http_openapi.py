@@ -78,6 +78,8 @@ async def test_every_path_and_method_of_the_spec_is_documented(document: dict[st
                  ("get", "/api/v1/waves/{id}/state/")}
     expected |= {("post", "/api/v1/inventory/import/"), ("get", "/api/v1/inventory/export/")}
     expected |= {("post", "/api/v1/work_loads/{id}/check/"), ("post", "/api/v1/work_loads/{id}/discover/")}
+    expected |= {("post", "/api/v1/migrations/{id}/preflight/"), ("post", "/api/v1/waves/{id}/preflight/"),
+                 ("post", "/api/v1/inventory/discover/")}
     assert {(method, path) for method, path, _ in _operations(document)} == expected
 
 
@@ -101,7 +103,7 @@ async def test_every_operation_documents_its_answers_bodies_and_security(documen
         else:
             assert "security" not in operation  # the document's default: bearer
             assert "WWW-Authenticate" in responses["401"]["headers"]
-        actions = ("/run/", "/cancel/", "/check/", "/discover/", "/sync/")  # bodiless
+        actions = ("/run/", "/cancel/", "/check/", "/discover/", "/sync/", "/preflight/")  # bodiless
         if method in ("post", "put", "patch") and not any(action in path for action in actions):
             assert operation["requestBody"]["required"] is True
             assert {"400", "413", "415"} <= set(responses)
@@ -143,11 +145,11 @@ async def test_wire_fields_are_documented_and_the_password_is_write_only(documen
     wire = {
         "Credentials": {"id", "username", "password", "domain", "private_key", "has_private_key"},
         "MountPoint": {"id", "name", "size"},
-        "Workload": {"id", "ip", "credentials", "storage", "port", "os", "root", "host_key"},
+        "Workload": {"id", "ip", "credentials", "storage", "port", "os", "root", "host_key", "last_check"},
         "MigrationTarget": {"id", "cloud_type", "cloud_credentials", "target_vm", "host", "root"},
         "Migration": {"id", "source", "migration_target", "selected_mount_points", "state", "progress",
                       "error", "started_at", "finished_at", "wave", "phase", "mode", "sync_interval",
-                      "cutover_at", "pre_cutover", "post_cutover"},
+                      "cutover_at", "pre_cutover", "post_cutover", "readiness"},
         "Wave": {"id", "name", "migrations"},
     }
     for name, fields in wire.items():

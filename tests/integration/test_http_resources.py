@@ -62,7 +62,7 @@ async def _workload_case(user: User) -> dict[str, Any]:
     second = (await user.credentials("second"))["id"]
     c = (await user.mount_point("C:\\"))["id"]
     d = (await user.mount_point("D:\\"))["id"]
-    machine = {"port": 22, "os": None, "root": "/", "host_key": None}
+    machine = {"port": 22, "os": None, "root": "/", "host_key": None, "last_check": None}
     return {
         "path": f"{API}/work_loads/",
         "create": {"ip": "10.0.0.7", "credentials": first, "storage": [c]},
@@ -103,6 +103,7 @@ async def _migration_case(user: User) -> dict[str, Any]:
     c, d = plan["mount_points"]
     fresh = {
         "state": "not_started", "progress": 0, "error": None, "started_at": None, "finished_at": None, "wave": None,
+        "readiness": None,
         "phase": None, "mode": "cold", "sync_interval": 3600, "cutover_at": None, "pre_cutover": None,
         "post_cutover": None,
     }
@@ -349,6 +350,7 @@ async def test_a_migration_lists_its_fields_on_the_wire(alice: User) -> None:
     assert list(migration) == [
         "id", "source", "migration_target", "selected_mount_points", "mode", "sync_interval", "cutover_at",
         "pre_cutover", "post_cutover", "state", "phase", "progress", "error", "started_at", "finished_at", "wave",
+        "readiness",
     ]
 
 

@@ -220,6 +220,20 @@ _HOST_KEY = (
 )
 
 
+class LastCheckSchema(Schema):
+    at = UtcDateTime(dump_only=True)
+    ok = fields.Boolean(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class ReadinessSummarySchema(Schema):
+    at = UtcDateTime(dump_only=True)
+    ready = fields.Boolean(dump_only=True)
+    failed = fields.List(
+        fields.String(), dump_only=True, metadata={"description": "The names of the checks that failed, in order."}
+    )
+
+
 class WorkloadSchema(Body):
     id = Id(dump_only=True)
     ip = Text(
@@ -260,6 +274,16 @@ class WorkloadSchema(Body):
         dump_only=True,
         allow_none=True,
         metadata={"description": _HOST_KEY, "type": "string"},
+    )
+    last_check = fields.Nested(
+        LastCheckSchema,
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "The last time the service reached the machine (a check, a discovery, a"
+            " readiness check or a copy's login): when, whether all was well, and what it found or what"
+            " failed. Null: never."
+        },
     )
 
 
@@ -404,6 +428,12 @@ class MigrationSchema(Body):
         allow_none=True,
         attribute="wave_id",
         metadata={"description": "The wave holding it (set through the wave), or null."},
+    )
+    readiness = fields.Nested(
+        ReadinessSummarySchema,
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The last readiness check (`preflight`): when, and which checks failed. Null: never."},
     )
 
 

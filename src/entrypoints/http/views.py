@@ -56,6 +56,9 @@ def workload_view(workload: Workload) -> View:
         "os": None if workload.os is None else workload.os.value,
         "root": workload.root,
         "host_key": None if workload.host_key is None else fingerprint(workload.host_key),
+        "last_check": None
+        if (check := workload.last_check) is None
+        else {"at": _utc(check.at), "ok": check.ok, "message": check.message},
     }
 
 
@@ -98,6 +101,9 @@ def migration_view(migration: Migration) -> View:
         "started_at": _utc(migration.started_at),
         "finished_at": _utc(migration.finished_at),
         "wave": migration.wave_id,
+        "readiness": None
+        if (readiness := migration.readiness) is None
+        else {"at": _utc(readiness.at), "ready": readiness.ready, "failed": list(readiness.failed)},
     }
 
 
