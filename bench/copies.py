@@ -7,7 +7,7 @@ drives the service only through its HTTP API: key credentials, a source
 workload at 127.0.0.1 whose root is a directory of test data, a host workload
 at 127.0.0.2, a target with that host and a root of its own for each copy, a
 migration of the source's volume "/", its run, and `/state/` polled until it
-succeeds. Five phases, figures only:
+succeeds. Six phases, figures only:
 
     copy       one volume of --gib, as --files files and as one large file,
                three ways, interleaved (the order turned each repetition):
@@ -65,6 +65,11 @@ succeeds. Five phases, figures only:
                s, each copy's time, the service's CPU), then one under the
                detail load (the API's p99 in windows of --seconds while it
                runs), against detail just before
+    preflight  a wave of --wave-copies migrations, each from its own source
+               machine (as the wave phase's), onto the one host: its
+               readiness check (`POST /api/v1/waves/{id}/preflight/`)
+               --repeat times: each one's time, the logins the sshd logs
+               show for it (one a machine: --wave-copies + 1), all ready
 
 Throughput is the volume's file bytes over the run's time (the migration's
 `started_at` to `finished_at`: logins, stream, verification and the move into
@@ -882,12 +887,9 @@ def start_source_servers(stack: contextlib.ExitStack, count: int) -> list[Any]:
     return servers
 
 
-def wave_phase(
-    service: Service, servers: list[Any], machines: Machines, origin: Path, size: int, files: int, workdir: Path,
-    args: argparse.Namespace,
-) -> None:
-    """Two waves of --wave-copies real copies onto the one host, in turn: one
-    alone, one under the detail load (detail just before it for reference)."""
+def fleet_sources(service: Service, servers: list[Any], origin: Path, size: int, count: int) -> list[tuple[int, int]]:
+    """(workload, volume "/") of `count` source machines, one an address of
+    the servers, each with root `origin`."""
     sources: list[tuple[int, int]] = []
     for server in servers:
         credentials = service.add_credentials(server)
@@ -899,7 +901,48 @@ def wave_phase(
                 "port": server.port,
             })["id"])
             sources.append((workload, volume))
-    sources = sources[:args.wave_copies]
+    return sources[:count]
+
+
+def logins(servers: list[Any]) -> int:
+    """The logins the servers have let in so far, as their logs say."""
+    return sum(server.log().count("Accepted publickey") for server in servers)
+
+
+def preflight_phase(
+    service: Service, server: Any, servers: list[Any], sources: list[tuple[int, int]], workdir: Path,
+    args: argparse.Namespace,
+) -> None:
+    """A wave of --wave-copies migrations, each from its own source machine,
+    all onto the one host: its readiness check (`POST
+    /api/v1/waves/{id}/preflight/`) --repeat times, each one's time, the
+    logins the servers' logs show for it, and how many were ready."""
+    migrations = [service.migration(workdir / f"preflight-{n:03d}", source=workload, volume=volume)
+                  for n, (workload, volume) in enumerate(sources)]
+    wave = int(service.api.ok("POST", "/api/v1/waves/",  # type: ignore[call-overload]
+                              {"name": "preflight", "migrations": migrations})["id"])
+    print(f"# preflight: a wave of {len(migrations)} migrations from {len(sources)} addresses onto {HOST};"
+          f" load {loadavg()}", flush=True)
+    times, counted = [], []
+    for _ in range(args.repeat):
+        before = logins([server, *servers])
+        began = time.monotonic()
+        answer = service.api.ok("POST", f"/api/v1/waves/{wave}/preflight/")
+        times.append(time.monotonic() - began)
+        counted.append(logins([server, *servers]) - before)
+        if answer["ready"] != len(migrations):  # type: ignore[index]
+            failed = [m for m in answer["migrations"] if not m["ready"]]  # type: ignore[index]
+            raise SystemExit(f"{len(failed)} migrations not ready, the first: {failed[0]}")
+    print(f"preflight: {len(migrations)} migrations, all ready: {rounds(times)} s (median {med(times):.2f} s); "
+          f"logins {', '.join(map(str, counted))} ({len(sources) + 1} machines)", flush=True)
+
+
+def wave_phase(
+    service: Service, servers: list[Any], sources: list[tuple[int, int]], machines: Machines, size: int, files: int,
+    workdir: Path, args: argparse.Namespace,
+) -> None:
+    """Two waves of --wave-copies real copies onto the one host, in turn: one
+    alone, one under the detail load (detail just before it for reference)."""
     count = len(sources)
     timeout = max(600.0, count * size / 1e6)
     listening = ", ".join(str(len(s.addresses)) for s in servers)
@@ -982,7 +1025,7 @@ def profile_phase(service: Service, shapes: dict[str, tuple[Path, int]], workdir
         summarise_profile(raw)
 
 
-PHASES = ("copy", "second", "four", "memory", "wave")
+PHASES = ("copy", "second", "four", "memory", "wave", "preflight")
 
 
 def main() -> None:
@@ -1067,10 +1110,10 @@ def run_phases(
     second = workdir / "source-second"
     second_size = make_tree(second, total, args.second_files) if "second" in phases else 0
     fleet = workdir / "source-wave"
-    wave_size = make_tree(fleet, args.wave_mib * MiB, args.wave_files) if "wave" in phases else 0
+    wave_size = make_tree(fleet, args.wave_mib * MiB, args.wave_files) if {"wave", "preflight"} & set(phases) else 0
     os.sync()
     print(f"# data written in {time.monotonic() - made:.1f} s under {workdir}", flush=True)
-    servers = start_source_servers(stack, args.wave_copies) if "wave" in phases else []
+    servers = start_source_servers(stack, args.wave_copies) if {"wave", "preflight"} & set(phases) else []
     ssh = Ssh(server, workdir)
     machines = Machines([server, *servers])
     services = [Service(workdir, server, label="this")]
@@ -1087,8 +1130,11 @@ def run_phases(
             four_phase(service, machines, *shapes["large"], workdir, four_args)
         if "memory" in phases:
             memory_phase(services, sizes, workdir, args)
+        sources = fleet_sources(service, servers, fleet, wave_size, args.wave_copies) if servers else []
+        if "preflight" in phases:
+            preflight_phase(service, server, servers, sources, workdir, args)
         if "wave" in phases:
-            wave_phase(service, servers, machines, fleet, wave_size, args.wave_files, workdir, args)
+            wave_phase(service, servers, sources, machines, wave_size, args.wave_files, workdir, args)
         if args.profile:
             profile_phase(service, {k: v for k, v in shapes.items() if k in ("files", "large")}, workdir)
     finally:
