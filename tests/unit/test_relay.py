@@ -4,6 +4,7 @@ bandwidth cap share it evenly and never exceed it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from adapters.copy_engine.relay import SHARED_CHUNK, Bandwidth, pipe, relay
+from adapters.copy_engine.relay import COPY_NICENESS, SHARED_CHUNK, Bandwidth, Relay, pipe, relay
 
 
 def _writer(descriptor: int, data: bytes) -> threading.Thread:
@@ -132,3 +133,28 @@ def test_two_relays_under_one_cap_share_it_evenly_and_never_exceed_it() -> None:
 def test_a_bandwidth_is_a_positive_rate() -> None:
     with pytest.raises(ValueError):
         Bandwidth(0)
+
+
+async def test_a_relay_thread_runs_below_the_service_s_priority_and_the_rest_keeps_its_own() -> None:
+    """The relay's thread runs at the copies' niceness, as their `ssh`
+    clients do; the thread that started it (the API's) keeps its own."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    source_out, source_in = pipe()
+    sink_out, sink_in = pipe()
+    received: list[bytes] = []
+    reader = _reader(sink_out, received)
+    carrying = Relay(source_out, sink_in)
+    try:
+        (thread,) = [t for t in threading.enumerate() if t.name == "copy-relay"]
+        assert thread.native_id is not None
+        deadline = time.monotonic() + 5
+        while os.getpriority(os.PRIO_PROCESS, thread.native_id) != max(own, COPY_NICENESS):
+            assert time.monotonic() < deadline, "the relay's thread kept the service's priority"
+            await asyncio.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    finally:
+        os.write(source_in, b"the stream")
+        os.close(source_in)
+        assert await carrying.wait() == len(b"the stream")
+    reader.join()
+    assert received == [b"the stream"]

@@ -38,13 +38,11 @@ import attrs
 from migration_core.machines import HostKeyChanged, MachineAddress, MachineUnreachable, fingerprint, key_blob, whole_key
 
 from ..ssh_library import asyncssh
-from .relay import Bandwidth
+from .relay import COPY_NICENESS, Bandwidth
 
 # AES-GCM first: with AES-NI it is the cheapest cipher for the master's
 # process to carry; the others for machines that offer no GCM.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr"
-# Below the service's own priority: the API answers first when cores are busy.
-NICENESS = 10
 SERVER_ALIVE_SECONDS = 15
 SERVER_ALIVE_COUNT = 4
 KEY_TYPES = "ed25519,ecdsa,rsa"
@@ -140,7 +138,7 @@ class Login:
 def _launcher() -> list[str]:
     """What starts each client: tied to the service's life, at a lower priority."""
     prefix = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-    return [*prefix, "nice", "-n", str(NICENESS)]
+    return [*prefix, "nice", "-n", str(COPY_NICENESS)]
 
 
 def ssh_command(login: Login, remote: str | None = None, *, master: bool = False) -> list[str]:

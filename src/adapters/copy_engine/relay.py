@@ -19,6 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 
+# Below the service's own priority, as the copies' `ssh` clients run: the
+# API answers first when the cores are busy.
+COPY_NICENESS = 10
 # What one splice may move when nothing caps the rate, and when a cap is shared.
 FREE_CHUNK = 1 << 20
 SHARED_CHUNK = 64 * 1024
@@ -116,6 +119,7 @@ class Relay:
 
     def _run(self) -> None:
         assert self._source is not None
+        lower_this_thread()
         try:
             relay(self._source, self._sink, bandwidth=self._bandwidth, stop=self._stop, counted=self._count)
         except OSError:  # EPIPE above all: the stream is cut at the sink
@@ -159,6 +163,7 @@ class Relay:
         drained = self._loop.create_future()
 
         def run() -> None:
+            lower_this_thread()
             moved = 0
             try:
                 with open(os.devnull, "wb") as sink:
@@ -185,3 +190,12 @@ class Relay:
             source, self._source = self._source, None
         if source is not None:
             os.close(source)
+
+
+def lower_this_thread() -> None:
+    """Run the calling thread at COPY_NICENESS, or lower where the service
+    already runs lower: Linux keeps a niceness per thread (the thread's id
+    names it to setpriority), so the rest of the service keeps its own."""
+    thread = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, thread, max(COPY_NICENESS, os.getpriority(os.PRIO_PROCESS, thread)))
