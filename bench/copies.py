@@ -71,6 +71,13 @@ succeeds. Six phases, figures only:
                --repeat times: each one's time, the logins the sshd logs
                show for it (one a machine: --wave-copies + 1), all ready
 
+The machines (the throwaway sshds, and the tar, sha256sum and ciphers they
+run for both ends of every copy) share the service's two cores here, where
+in a fleet each is a computer of its own; `--machines-nice 19` runs them
+below everything else, so that what the service's own processes leave the
+API is what is measured (the copies' `ssh` clients and relay threads run at
+niceness 10, the API at 0).
+
 Throughput is the volume's file bytes over the run's time (the migration's
 `started_at` to `finished_at`: logins, stream, verification and the move into
 place), in MB/s of 10^6 bytes; a pipeline's time is its wall time, logins
@@ -1039,6 +1046,9 @@ def main() -> None:
     parser.add_argument("--memory-repeat", type=int, default=1, help="rounds of the memory phase")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each detail measurement")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--machines-nice", type=int, default=0, metavar="N",
+                        help="run the throwaway sshds, the machines, and all they start at niceness N: in a fleet"
+                        " they are computers of their own, here they share the service's cores")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated: {', '.join(PHASES)}")
     parser.add_argument("--second-files", type=int, default=8_192,
                         help="files of the second phase's volume (--gib in all: 128 KiB each by default)")
@@ -1076,7 +1086,8 @@ def main() -> None:
           f"{total // args.second_files // 1024:,} KiB in the second phase), {args.repeat} interleaved repetitions; "
           f"wave of {args.wave_copies} copies of {args.wave_mib} MiB; "
           f"{'beside ' + str(args.beside) + '; ' if args.beside else ''}{os.cpu_count()} cores; detail load: "
-          f"{generator}, {args.connections} connections, {args.seconds:g} s", flush=True)
+          f"{generator}, {args.connections} connections, {args.seconds:g} s; the machines at niceness "
+          f"{args.machines_nice}", flush=True)
     print(f"# start {datetime.datetime.now().isoformat(timespec='seconds')}; uptime: {load_text()}", flush=True)
     began = time.monotonic()
     from tests.sshd_server import SshServer  # the repository is on sys.path once run is imported
@@ -1114,6 +1125,9 @@ def run_phases(
     os.sync()
     print(f"# data written in {time.monotonic() - made:.1f} s under {workdir}", flush=True)
     servers = start_source_servers(stack, args.wave_copies) if {"wave", "preflight"} & set(phases) else []
+    for machine in (server, *servers):
+        # Each connection's sshd and what it runs inherit the listener's niceness.
+        os.setpriority(os.PRIO_PROCESS, machine.pid, args.machines_nice)
     ssh = Ssh(server, workdir)
     machines = Machines([server, *servers])
     services = [Service(workdir, server, label="this")]
