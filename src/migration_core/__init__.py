@@ -28,6 +28,7 @@ from .entities import (
     Event,
     EventKind,
     Login,
+    MachineCheck,
     Migration,
     MigrationState,
     MigrationTarget,
@@ -35,6 +36,7 @@ from .entities import (
     MountPoint,
     OperatingSystem,
     Phase,
+    Readiness,
     Replication,
     TargetVm,
     User,
@@ -86,6 +88,15 @@ from .inventory import (
 )
 from .machines import CheckReport, Copier, DiscoveryReport, Machines, check_workload, discover_volumes, workload_with_ip
 from .ports import Clock, ListQuery, Page, PasswordHasher, Runner, Storage
+from .readiness import (
+    Check,
+    CheckResult,
+    MigrationReadiness,
+    WaveReadiness,
+    check_readiness,
+    check_wave_readiness,
+    discover_workloads,
+)
 from .runs import (
     CANCELLED,
     INTERRUPTED,
@@ -116,6 +127,15 @@ from .waves import (
 )
 
 __all__ = [
+    "MachineCheck",
+    "Readiness",
+    "Check",
+    "CheckResult",
+    "MigrationReadiness",
+    "WaveReadiness",
+    "check_readiness",
+    "check_wave_readiness",
+    "discover_workloads",
     "AuthenticationFailed",
     "CANCELLED",
     "CheckReport",
