@@ -80,3 +80,23 @@ export function table(caption, headings, rows) {
       h("thead", {}, h("tr", {}, headings.map((heading) => h("th", {scope: "col"}, heading)))),
       h("tbody", {}, rows)));
 }
+
+/**
+ * `work()` with `region` busy: its buttons disabled, aria-busy set and
+ * `status` saying `words`; then all as it was, the status empty, and the focus
+ * back on `button` when disabling it lost it. Answers what `work` answered.
+ */
+export async function busyWhile(region, status, words, button, work) {
+  const buttons = [...region.querySelectorAll("button")].filter((one) => !one.disabled);
+  for (const one of buttons) one.disabled = true;
+  region.setAttribute("aria-busy", "true");
+  fill(status, words);
+  try {
+    return await work();
+  } finally {
+    for (const one of buttons) one.disabled = false;
+    region.removeAttribute("aria-busy");
+    fill(status);
+    if (button.isConnected && (!document.activeElement || document.activeElement === document.body)) button.focus();
+  }
+}

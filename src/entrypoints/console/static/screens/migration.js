@@ -5,6 +5,7 @@ import {ApiError, all, byId, call, describe, get} from "../api.js";
 import {bar, bytes, fill, h, stateBadge, table, when} from "../dom.js";
 import {keepFresh, migrationOf} from "../live.js";
 import {named, targetLabel} from "../labels.js";
+import {migrationReadiness} from "./readiness.js";
 import {targetVm} from "./targets.js";
 import {hooksView, phaseLabel, warmSection} from "./warm.js";
 
@@ -111,9 +112,11 @@ export const migration = {
     const warm = warmSection(ctx, id, () => refresh());
     const hooks = h("div", {class: "hooks"});
     const warmArea = h("div");
+    const readiness = migrationReadiness(ctx, id, () => refresh());
     fill(ctx.root,
       h("h1", {tabindex: "-1"}, `Migration ${id}`),
       summary, actions, problem,
+      readiness.element,
       h("section", {"aria-labelledby": "progress-heading"}, h("h2", {id: "progress-heading"}, "Progress"), progress),
       warmArea,
       h("section", {"aria-labelledby": "vm-heading"}, h("h2", {id: "vm-heading"}, "Target VM"), vm),
@@ -162,6 +165,7 @@ export const migration = {
       ) : [];
       if (!ctx.alive) return;
       current = state.state;
+      readiness.update(item);
       fill(summary,
         `From ${named(refs.workloadsById, item.source, (workload) => workload.ip)} to ${named(refs.targetsById, item.migration_target, targetLabel)}.`,
         item.wave ? [" In ", h("a", {href: `#/waves/${item.wave}`}, `wave ${item.wave}`), "."] : null);

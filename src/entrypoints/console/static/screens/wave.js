@@ -1,10 +1,12 @@
-// One wave: run or cancel its migrations together, its counts by state and
-// its progress weighed by bytes, and each member's bar.
+// One wave: run or cancel its migrations together, check whether they are
+// ready, its counts by state and its progress weighed by bytes, and each
+// member's bar and last readiness.
 
 import {all, byId, call, describe, get} from "../api.js";
 import {bar, bytes, fill, h, stateBadge, table, uid} from "../dom.js";
 import {keepFresh, migrationOf} from "../live.js";
 import {STATES, named, targetLabel} from "../labels.js";
+import {readinessView, waveReadiness} from "./readiness.js";
 import {phaseLabel} from "./warm.js";
 
 export const wave = {
@@ -21,6 +23,7 @@ export const wave = {
     const outcome = h("div", {"aria-live": "polite"});
     const summary = h("div");
     const members = h("div");
+    let membersById = new Map();
     let memberIds = new Set(found.migrations);
     let runningCount = 0;
 
@@ -92,6 +95,7 @@ export const wave = {
         h("a", {class: "button-link", href: `#/waves?edit=${id}&back=${encodeURIComponent(`/waves/${id}`)}`}, "Edit"),
         h("a", {class: "button-link", href: "#/waves"}, "All waves")),
       problem, outcome,
+      waveReadiness(ctx, id, {workloadsById, targetsById, members: () => membersById}, () => refresh()),
       h("section", {"aria-labelledby": "wave-progress"}, h("h2", {id: "wave-progress"}, "Progress"), summary),
       h("section", {"aria-labelledby": "wave-members"}, h("h2", {id: "wave-members"}, "Migrations"), members));
 
@@ -100,7 +104,8 @@ export const wave = {
         get(`/api/v1/waves/${id}/state/`), get(`/api/v1/migrations/?wave=${id}&limit=1000`),
       ]);
       if (!ctx.alive) return;
-      memberIds = new Set(page.results.map((item) => item.id));
+      membersById = byId(page.results);
+      memberIds = new Set(membersById.keys());
       runningCount = state.counts.running || 0;
       fill(summary,
         h("ul", {class: "tiles"}, STATES.map((one) => h("li", {},
@@ -108,12 +113,13 @@ export const wave = {
         h("p", {class: "overall"}, bar(state.progress, "Wave progress")),
         h("p", {}, `${bytes(state.bytes_copied)} of ${bytes(state.bytes_total)} copied${state.finished ? ": finished" : ""}.`));
       fill(members, page.results.length
-        ? table("Migrations in this wave", ["Migration", "Source", "Target", "State", "Progress"], page.results.map((item) => h("tr", {},
+        ? table("Migrations in this wave", ["Migration", "Source", "Target", "State", "Readiness", "Progress"], page.results.map((item) => h("tr", {},
           h("td", {"data-label": "Migration"}, h("a", {href: `#/migrations/${item.id}`}, `Migration ${item.id}`)),
           h("td", {"data-label": "Source"}, named(workloadsById, item.source, (workload) => workload.ip)),
           h("td", {"data-label": "Target"}, named(targetsById, item.migration_target, targetLabel)),
           h("td", {"data-label": "State"}, stateBadge(item.state), item.phase ? ` ${phaseLabel(item.phase)}` : "",
             item.error ? ` ${item.error}` : ""),
+          h("td", {"data-label": "Readiness"}, readinessView(item.readiness)),
           h("td", {"data-label": "Progress"}, bar(item.progress, `Migration ${item.id} progress`)))))
         : h("p", {class: "empty"}, "This wave has no migrations yet: edit it to add some."));
     }
