@@ -2,6 +2,7 @@ import {all, byId} from "../api.js";
 import {bar, h, stateBadge} from "../dom.js";
 import {STATES, allIfOffered, named, targetLabel, volumeLabel} from "../labels.js";
 import {resourceScreen} from "../resource.js";
+import {readinessView} from "./readiness.js";
 
 export async function migrationRefs() {
   const [workloads, targets, mountPoints, waves] = await Promise.all([
@@ -77,6 +78,7 @@ export const migrations = resourceScreen({
     {label: "State", cell: (item) => h("span", {}, stateBadge(item.state), item.mode === "warm" ? " warm" : "",
       item.phase ? ` ${item.phase.replace(/_/g, " ")}` : "", item.error ? ` ${item.error}` : "")},
     {label: "Progress", cell: (item) => bar(item.progress, `Migration ${item.id} progress`)},
+    {label: "Readiness", cell: (item) => readinessView(item.readiness)},
   ],
   fields: (item, refs) => [
     {name: "source", label: "Source workload", type: "select", numeric: true, required: true, value: item?.source,

@@ -5,6 +5,7 @@
 import {all, byId, call, describe, get} from "../api.js";
 import {bytes, fill, h, table} from "../dom.js";
 import {login, named, osLabel} from "../labels.js";
+import {lastCheckView} from "./readiness.js";
 
 const BASE = "/api/v1/work_loads/";
 
@@ -193,6 +194,7 @@ export const workload = {
         ["Operating system", osLabel(item.os)],
         ["SSH port", String(item.port ?? 22)],
         ["Root", item.root ?? "/"],
+        ["Last check", lastCheckView(item.last_check)],
       ]));
       showKey();
       const rows = item.storage.map((mountPoint) => {

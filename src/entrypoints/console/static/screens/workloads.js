@@ -2,6 +2,7 @@ import {all, byId} from "../api.js";
 import {h} from "../dom.js";
 import {OPERATING_SYSTEMS, credentialsLabel, login, named, osLabel, volumeLabel} from "../labels.js";
 import {resourceScreen} from "../resource.js";
+import {lastCheckView} from "./readiness.js";
 
 async function loadRefs() {
   const [credentials, mountPoints, workloads] = await Promise.all([
@@ -28,6 +29,7 @@ export const workloads = resourceScreen({
     {label: "OS", cell: (item) => osLabel(item.os)},
     {label: "Login", cell: (item, refs) => named(refs.credentialsById, item.credentials, login)},
     {label: "Volumes", cell: (item, refs) => item.storage.map((id) => named(refs.mountPointsById, id, (volume) => volume.name)).join(", ") || "—"},
+    {label: "Last check", cell: (item) => lastCheckView(item.last_check)},
   ],
   fields: (item, refs) => [
     item
