@@ -105,9 +105,13 @@ class InventoryRow:
 
 @attrs.frozen
 class ImportReport:
+    """Rows by outcome, and the ids of the workloads the import created, in
+    row order (none for a dry run, which keeps nothing)."""
+
     created: int
     updated: int
     unchanged: int
+    created_workloads: tuple[int, ...] = ()
 
 
 class _RowFailed(Exception):
@@ -149,7 +153,9 @@ def import_inventory(
             default_sync_interval=default_sync_interval,
         )
 
-    return items_in_one_unit(storage, apply, commit=not dry_run)
+    report = items_in_one_unit(storage, apply, commit=not dry_run)
+    # What a dry run made was never kept: its ids name nothing.
+    return attrs.evolve(report, created_workloads=()) if dry_run else report
 
 
 def _apply(
@@ -168,6 +174,7 @@ def _apply(
         raise GaveUp
     repeated = {error.row for error in errors}
     outcomes = {"created": 0, "updated": 0, "unchanged": 0}
+    created_workloads: list[int] = []
     # Rows only name waves; the waves are written after the rows.
     wave_names = {wave.id: wave.name for wave in _everything(uow.waves, owner_id)}
     waves = _WaveMoves(wave_names)
@@ -176,7 +183,7 @@ def _apply(
         if row.row not in repeated:
             try:
                 with storage.unit_of_work() as savepoint:
-                    outcome, named = _apply_row(within, row)
+                    outcome, named, workload_id = _apply_row(within, row)
                     savepoint.commit()
             except _RowFailed as failed:
                 if not careful:
@@ -184,6 +191,8 @@ def _apply(
                 errors.append(RowError(row.row, failed.field, failed.message))
             else:
                 outcomes[outcome] += 1
+                if outcome == "created":
+                    created_workloads.append(workload_id)
                 for migration_id, wave, new in named:
                     waves.want(migration_id, row.row, wave, new=new)
         if progress is not None:
@@ -196,7 +205,7 @@ def _apply(
             f"{len({e.row for e in errors})} row(s) may not be imported; nothing was written.",
             sorted(errors, key=lambda e: e.row),
         )
-    return ImportReport(**outcomes)
+    return ImportReport(**outcomes, created_workloads=tuple(created_workloads))
 
 
 def _repeated_ips(rows: Sequence[InventoryRow]) -> list[RowError]:
@@ -308,8 +317,8 @@ class _RowImport:
 class _NewWorkloadRow(_RowImport):
     """A row of an ip the owner has no workload at: everything is created."""
 
-    def create(self, ip: str) -> None:
-        """A workload at `ip`, with its login, volumes and plan."""
+    def create(self, ip: str) -> int:
+        """A workload at `ip`, with its login, volumes and plan: its id."""
         row = self.row
         with _errors_as_column("username", _LOGIN):
             login = create_credentials(
@@ -328,6 +337,7 @@ class _NewWorkloadRow(_RowImport):
             )
         if row.plan is not None:
             self.new_plan(row.plan, workload, volumes)
+        return workload.id
 
 
 class _KnownWorkloadRow(_RowImport):
@@ -457,27 +467,28 @@ class _KnownWorkloadRow(_RowImport):
                 raise
 
 
-def _apply_row(within: _Import, row: InventoryRow) -> tuple[str, list[tuple[int, str, bool]]]:
-    """Apply a row: "created", "updated" or "unchanged", and the waves it names."""
+def _apply_row(within: _Import, row: InventoryRow) -> tuple[str, list[tuple[int, str, bool]], int]:
+    """Apply a row: "created", "updated" or "unchanged", the waves it names,
+    and its workload's id."""
     uow, owner_id = within.uow, within.owner_id
     with _errors_as_column("ip"):
         ip = canonical_ip(row.ip)
     _, found = uow.workloads.find(owner_id, ListQuery(filters={"ip": ip}, limit=1))
     if not found:
         created = _NewWorkloadRow(within, row)
-        created.create(ip)
-        return "created", created.waves
+        workload_id = created.create(ip)
+        return "created", created.waves, workload_id
     # Read again as a single entity, which storage may lock: the row rewrites it.
     workload = uow.workloads.get(owner_id, found[0].id)
     _, migrations = uow.migrations.find(owner_id, ListQuery(filters={"source_id": workload.id}, limit=1_000_000))
     known = _KnownWorkloadRow(within, row)
     known.update(workload, migrations[-1] if migrations else None)
     if not known.changed:
-        return "unchanged", known.waves
+        return "unchanged", known.waves, workload.id
     running = [m for m in migrations if m.state is MigrationState.RUNNING]
     if running:
         raise _RowFailed(None, running_not_editable(running[0].id).message)
-    return "updated", known.waves
+    return "updated", known.waves, workload.id
 
 
 def _selection(names: Sequence[str] | None, volumes: Sequence[MountPoint]) -> list[int]:

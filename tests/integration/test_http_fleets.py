@@ -47,7 +47,23 @@ async def alice(client: TestClient[Any, Any]) -> User:
 
 
 async def upload(user: User, body: bytes, expect: int, query: str = "", **headers: str) -> Any:
-    return await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers={**CSV, **headers})
+    answer = await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers={**CSV, **headers})
+    return await _counts(user, answer, expect, query)
+
+
+async def _counts(user: User, answer: Any, expect: int, query: str) -> Any:
+    """An import's counts; its `created_workloads` checked on the way: as
+    many as it created, each now the user's workload ([] for a dry run)."""
+    if expect != 200:
+        return answer
+    created = answer.pop("created_workloads")
+    if "dry_run=true" in query:
+        assert created == []
+    else:
+        assert len(created) == answer["created"]
+        owned = {w["id"] for w in (await user.call("GET", f"{API}/work_loads/?limit=1000", 200))["results"]}
+        assert set(created) <= owned
+    return answer
 
 
 def form(*parts: tuple[str, bytes], boundary: str = "", closed: bool = True) -> tuple[bytes, dict[str, str]]:
@@ -66,7 +82,8 @@ def file_part(data: bytes, name: str = "file", content_type: str = "text/csv") -
 
 async def upload_form(user: User, data: bytes, expect: int, query: str = "") -> Any:
     body, headers = form(file_part(data))
-    return await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers=headers)
+    answer = await user.call("POST", f"{API}/inventory/import/{query}", expect, data=body, headers=headers)
+    return await _counts(user, answer, expect, query)
 
 
 SENDS = {"text/csv": upload, "multipart/form-data": upload_form}
@@ -267,7 +284,7 @@ async def test_the_sample_imports_as_a_form_as_it_does_as_the_body(alice: User) 
     # As a client library writes a form (here aiohttp's own).
     written = FormData()
     written.add_field("file", SAMPLE, filename="inventory.csv", content_type="text/csv")
-    answer = await alice.call("POST", f"{API}/inventory/import/", 200, data=written)
+    answer = await _counts(alice, await alice.call("POST", f"{API}/inventory/import/", 200, data=written), 200, "")
     assert answer == {"created": 12, "updated": 0, "unchanged": 0}
     assert await upload(alice, SAMPLE, 200) == {"created": 0, "updated": 0, "unchanged": 12}
     exported = (await export(alice)).encode()
@@ -284,9 +301,7 @@ async def test_curl_sends_the_file_with_dash_f(client: TestClient[Any, Any], ali
     )
     out, err = await asyncio.wait_for(curl.communicate(), timeout=60)
     assert curl.returncode == 0, err
-    assert out == b'{"created":12,"updated":0,"unchanged":0}' or json.loads(out) == {
-        "created": 12, "updated": 0, "unchanged": 0
-    }
+    assert await _counts(alice, json.loads(out), 200, "") == {"created": 12, "updated": 0, "unchanged": 0}
     assert len((await everything(alice))["work_loads"]) == 12
 
 
@@ -612,3 +627,15 @@ async def test_a_warm_row_without_an_interval_gets_the_service_s_default(aiohttp
     bob = await User(client, "bob").sign_up()
     await upload(bob, warm_rows("10.0.0.1,u,p,C:\\=1,aws,c,s,warm,"), 200)
     assert await plans_by_ip(bob) == {"10.0.0.1": ("warm", 120)}
+
+
+async def test_an_import_names_the_workloads_it_created_in_row_order(alice: User) -> None:
+    await upload(alice, rows("10.0.0.2,root,p,,/=1,,,,,,"), 200)
+    body = rows("10.0.0.3,root,p,,/=1,,,,,,", "10.0.0.2,root,p,,/=1,,,,,,", "10.0.0.1,root,p,,/=1,,,,,,")
+
+    answer = await alice.call("POST", f"{API}/inventory/import/", 200, data=body, headers=CSV)
+
+    by_ip = {w["ip"]: w["id"] for w in (await alice.call("GET", f"{API}/work_loads/", 200))["results"]}
+    assert answer == {
+        "created": 2, "updated": 0, "unchanged": 1, "created_workloads": [by_ip["10.0.0.3"], by_ip["10.0.0.1"]],
+    }

@@ -133,9 +133,12 @@ async def import_inventory(request: web.Request) -> web.Response:
         import_csv, found.storage, found.clock, request[USER].id, data, dry_run=loaded["dry_run"],
         default_sync_interval=found.default_sync_interval,
     )
-    return json_answer(
-        {"created": report.created, "updated": report.updated, "unchanged": report.unchanged}
-    )
+    return json_answer({
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "created_workloads": list(report.created_workloads),
+    })
 
 
 @docs(

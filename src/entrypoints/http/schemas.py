@@ -625,6 +625,14 @@ class ImportReportSchema(Schema):
     created = fields.Integer(dump_only=True, metadata={"description": "Rows whose ip was new."})
     updated = fields.Integer(dump_only=True, metadata={"description": "Rows that changed what was stored."})
     unchanged = fields.Integer(dump_only=True, metadata={"description": "Rows identical to what was stored."})
+    created_workloads = fields.List(
+        Id(),
+        dump_only=True,
+        metadata={
+            "description": "The ids of the workloads the import created, in row order (to discover their"
+            " volumes next: POST /api/v1/inventory/discover/); [] for a dry run."
+        },
+    )
 
 
 class RowErrorSchema(Schema):

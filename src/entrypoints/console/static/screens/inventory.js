@@ -28,27 +28,17 @@ function rowErrors(error) {
   ];
 }
 
-/** The newest of the user's workload ids (0: none; null: not known, and no offer follows the import). */
-async function newestWorkload() {
-  try {
-    const page = await get(`${WORKLOADS}?ordering=-id&limit=1`);
-    return page.results.length ? page.results[0].id : 0;
-  } catch {
-    return null;
-  }
-}
-
-/** The workloads made since `newest` was the newest, at most `count`, oldest first. The import answers
- * counts only: its new workloads are those that appeared, since ids only grow. */
-async function createdSince(newest, count) {
-  const found = [];
-  for (let offset = 0; found.length < count; offset += PAGE) {
+/** The workloads of `ids` (an import's `created_workloads`), in that order. They are the newest,
+ * so the pages are read newest first until every one is found. */
+async function workloadsOf(ids) {
+  const wanted = new Set(ids);
+  const found = new Map();
+  for (let offset = 0; found.size < wanted.size; offset += PAGE) {
     const page = await get(`${WORKLOADS}?ordering=-id&limit=${PAGE}&offset=${offset}`);
-    const newer = page.results.filter((workload) => workload.id > newest);
-    found.push(...newer);
-    if (newer.length < page.results.length || !page.next) break;
+    for (const workload of page.results) if (wanted.has(workload.id)) found.set(workload.id, workload);
+    if (!page.next) break;
   }
-  return found.slice(0, count).reverse();
+  return ids.filter((id) => found.has(id)).map((id) => found.get(id));
 }
 
 /** What a discovery changed (or would), in a line. */
@@ -160,10 +150,10 @@ export const inventory = {
     }
 
     /** After an import that created workloads: the offer to discover them, when they are found. */
-    async function offerDiscovery(newest, count) {
+    async function offerDiscovery(ids) {
       let created;
       try {
-        created = await createdSince(newest, count);
+        created = await workloadsOf(ids);
       } catch {
         return; // the import is done; only the offer is missing
       }
@@ -179,7 +169,6 @@ export const inventory = {
       checkButton.disabled = true;
       importButton.disabled = true;
       try {
-        const newest = dryRun ? null : await newestWorkload();
         const {answer, body} = await send(dryRun);
         if (dryRun) {
           checked = body;
@@ -187,7 +176,7 @@ export const inventory = {
         } else {
           checked = null;
           fill(result, h("p", {class: "ok"}, `Imported: ${answer.created} created, ${answer.updated} updated, ${answer.unchanged} unchanged.`));
-          if (answer.created && newest !== null) await offerDiscovery(newest, answer.created);
+          if (answer.created_workloads.length) await offerDiscovery(answer.created_workloads);
         }
       } catch (error) {
         checked = null;
