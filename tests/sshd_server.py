@@ -355,6 +355,9 @@ LogLevel VERBOSE
 {limits}LoginGraceTime 30
 PrintMotd no
 PrintLastLog no
+# A login's PATH may be set by its key (authorize(path=...)): a machine whose
+# programs are few, as the readiness tests need. Only PATH, nothing else.
+PermitUserEnvironment PATH
 X11Forwarding no
 Subsystem sftp internal-sftp
 # A session's shell starts in an empty home of the server's own: bash run by
@@ -408,12 +411,19 @@ SetEnv HOME={tmp / "home"}
             except subprocess.TimeoutExpired:
                 pass
 
-    def authorize(self, public_key: str) -> None:
+    def authorize(self, public_key: str, *, path: str | None = None) -> None:
         """Let `public_key` (an authorized_keys line) log in as `username` too:
         servers of one fleet then take one client key. sshd reads the file at
-        each login."""
+        each login. With `path`, a login with that key gets it as its PATH
+        (the key's `environment="PATH=..."` option): a machine that has only
+        the programs of that directory."""
+        line = public_key.strip()
+        if path is not None:
+            if any(c in path for c in '"\\\n'):
+                raise ValueError(f"a PATH given to a key holds no quote, backslash or newline: {path!r}")
+            line = f'environment="PATH={path}" {line}'
         with open(self.directory / "authorized_keys" / self.username, "a") as keys:
-            keys.write(public_key.rstrip("\n") + "\n")
+            keys.write(line + "\n")
 
     def add_password_user(self) -> PasswordUser:
         """A new system user with a random password that sshd accepts, removed
