@@ -1,5 +1,7 @@
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -8,6 +10,19 @@ from hypothesis import HealthCheck, settings
 from adapters.postgres import PostgresStorage
 
 from .postgres_server import PostgresServer, PostgresUnavailable
+
+# The suite's temporary files on tmpfs, for the test processes and all they
+# start (sshd, PostgreSQL, services, copies): on this machine's disk, creating
+# a file costs half a millisecond of CPU and every commit waits for an fsync.
+# A TMPDIR given is kept. Others may pass through (PostgreSQL runs as nobody
+# under root), not list.
+_IN_MEMORY = Path("/dev/shm") / f"migration-tests-{os.getuid()}"
+if "TMPDIR" not in os.environ and os.access(_IN_MEMORY.parent, os.W_OK | os.X_OK):
+    _IN_MEMORY.mkdir(exist_ok=True)
+    if _IN_MEMORY.stat().st_uid == os.getuid():
+        _IN_MEMORY.chmod(0o711)
+        os.environ["TMPDIR"] = str(_IN_MEMORY)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 # The real sshd and the listeners of the SSH tests.
 pytest_plugins = ["tests.sshd_fixtures"]

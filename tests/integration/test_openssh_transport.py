@@ -178,6 +178,8 @@ def test_a_password_login_copies_and_the_password_never_shows_in_a_process(
         modes: set[int] = set()
         scans = [0]
         stop = threading.Event()
+        # Where the copy makes its private directory (copy_engine.openssh.private_directory).
+        private_base = Path(tempfile.gettempdir() if len(tempfile.gettempdir()) < 40 else "/tmp")
 
         def scan() -> None:
             while not stop.is_set():
@@ -194,7 +196,7 @@ def test_a_password_login_copies_and_the_password_never_shows_in_a_process(
                 listing = subprocess.run(["ps", "-ewwo", "pid,args"], capture_output=True).stdout
                 if secret in listing:
                     seen.append("ps")
-                for directory in Path("/tmp").glob(f"copy-{os.getpid()}-*"):
+                for directory in private_base.glob(f"copy-{os.getpid()}-*"):
                     try:
                         modes.add(directory.stat().st_mode & 0o777)
                     except OSError:
