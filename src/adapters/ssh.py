@@ -76,26 +76,32 @@ _USAGE = (
 _MOUNTS = "cat /proc/self/mounts"
 # A readiness survey (SPEC 2.11), every answer a NUL-ended field: the
 # kernel's name and the hostname; "yes" or "no" for each tool (the login's
-# own PATH); the used bytes of each directory ("-": none there, or
-# unreadable); for each place, the path examined (the place, or its nearest
-# existing ancestor), whether it is the place itself, a directory, writable
-# (find's -writable asks the kernel, which knows a read-only filesystem), and
-# the bytes free there ("-": unread); "ok" or "no" and the error of each hook
+# own PATH); the used bytes of each directory on its filesystem and that
+# filesystem's device number ("-" and "-": none there, or unreadable); for
+# each place, the path examined (the place, or its nearest existing
+# ancestor), whether it is the place itself, a directory, writable (find's
+# -writable asks the kernel, which knows a read-only filesystem), and the
+# bytes free there ("-": unread); "ok" or "no" and the error of each hook
 # parsed with `sh -n`. Each group comes after its count. It writes nothing.
-# Run by /bin/sh, so that a login whose PATH lacks `sh` still answers; once
-# the tools are found, the survey's own programs are looked for in the
-# usual places too.
+# Run by /bin/sh, so that a login whose PATH lacks `sh` still answers; the
+# tools are looked for on the login's PATH alone, the survey's own programs
+# in the usual places too.
 _SURVEY = r"""nul() { printf '%s\0' "$@"; }
+own=$PATH
+PATH=$PATH:/usr/local/bin:/usr/bin:/bin
 nul "$(uname -s 2>/dev/null)" "$(uname -n 2>/dev/null)"
 n=$1; shift
 while [ "$n" -gt 0 ]; do
-  if command -v "$1" >/dev/null 2>&1; then nul yes; else nul no; fi
+  if PATH=$own command -v "$1" >/dev/null 2>&1; then nul yes; else nul no; fi
   shift; n=$((n - 1))
 done
-PATH=$PATH:/usr/local/bin:/usr/bin:/bin
 n=$1; shift
 while [ "$n" -gt 0 ]; do
-  if [ -d "$1" ] && u=$(du -sxb -- "$1" 2>/dev/null); then nul "${u%%[!0-9]*}"; else nul -; fi
+  if [ -d "$1" ] && u=$(du -sxb -- "$1" 2>/dev/null) && d=$(stat -c %d -- "$1" 2>/dev/null); then
+    nul "${u%%[!0-9]*}" "$d"
+  else
+    nul - -
+  fi
   shift; n=$((n - 1))
 done
 n=$1; shift
@@ -450,7 +456,7 @@ class SshMachines:
         async with self.connection(address) as (connection, host_key):
             status, out = await self.output(connection, remote_command("/bin/sh", "-c", _SURVEY, "sh", *arguments))
         fields = out.split(b"\0")
-        expected = 2 + len(asked.tools) + len(asked.directories) + 5 * len(asked.places) + 2 * len(asked.hooks)
+        expected = 2 + len(asked.tools) + 2 * len(asked.directories) + 5 * len(asked.places) + 2 * len(asked.hooks)
         if status != 0 or fields[-1] != b"" or len(fields) - 1 != expected:
             raise MachineUnreachable(
                 f"Logged in, but the machine's answer to the readiness check could not be read (exit status {status})."
@@ -458,7 +464,13 @@ class SshMachines:
         answers = iter(_text(field) for field in fields[:-1])
         system, hostname = next(answers), next(answers)
         tools = {tool: next(answers) == "yes" for tool in asked.tools}
-        directories = {path: _count(next(answers)) for path in asked.directories}
+        directories: dict[str, int | None] = {}
+        devices: dict[str, int] = {}
+        for path in asked.directories:
+            used, device = _count(next(answers)), _count(next(answers))
+            directories[path] = used
+            if device is not None:
+                devices[path] = device
         places = {}
         for place in asked.places:
             examined, exists, directory, writable, free = (next(answers) for _ in range(5))
@@ -476,6 +488,7 @@ class SshMachines:
             directories=directories,
             places=places,
             hooks=hooks,
+            devices=devices,
         )
 
 

@@ -40,9 +40,9 @@ COPY_TOOLS = ("tar", "sha256sum")
 # Every program the copy engine's scripts run on each side, besides the
 # shell's own builtins: what a readiness check looks for on the login's PATH
 # (SPEC 2.11). A copy with a PATH holding just these succeeds (tested).
-SOURCE_TOOLS = ("sh", "find", "tar", "sha256sum", "xargs", "sleep")
-HOST_TOOLS = ("sh", "find", "tar", "sha256sum", "xargs", "cp", "mv", "rm", "mkdir", "chmod", "chown", "touch",
-              "cat", "id", "sleep")
+SOURCE_TOOLS = ("sh", "find", "tar", "sha256sum", "xargs", "date", "sleep")
+HOST_TOOLS = ("sh", "find", "tar", "sha256sum", "xargs", "date", "cp", "mv", "rm", "mkdir", "chmod", "chown",
+              "touch", "cat", "id", "sleep")
 
 
 def fingerprint(pin: str) -> str:
@@ -189,6 +189,9 @@ class Surveyed:
     directories: Mapping[str, int | None]
     places: Mapping[str, PlaceSeen]
     hooks: Mapping[str, str | None]
+    # The filesystem (device number) of each directory found: `du -x` of a
+    # directory counts a directory below it only when both share one.
+    devices: Mapping[str, int] = attrs.field(factory=dict)
 
 
 class Machines(Copier, Protocol):

@@ -287,6 +287,30 @@ def _source_os(plan: _Plan, answer: _Answer) -> CheckResult:
     return CheckResult(Check.SOURCE_OS, True, "The source runs Linux.")
 
 
+def _below(name: str, above: str) -> bool:
+    """Whether volume `name` lies below volume `above` (every other one below `/`)."""
+    return name != above and (above == "/" or name.startswith(above.rstrip("/") + "/"))
+
+
+def own_bytes(names: Sequence[str], root: str, seen: Surveyed) -> dict[str, int | None]:
+    """Each volume's used bytes without the volumes selected below it, as a
+    copy sends them (SPEC 2.8): `du -x` of a directory counts one below it
+    when both are on one filesystem, so the outermost of those are taken
+    off; one on a filesystem of its own was never counted. None: unread."""
+    own: dict[str, int | None] = {}
+    for name in names:
+        path = place_of(root, name)
+        used = seen.directories.get(path)
+        if used is not None:
+            nested = [other for other in names if _below(other, name)]
+            for outer in (n for n in nested if not any(_below(n, m) for m in nested)):
+                inner = place_of(root, outer)
+                if seen.directories.get(inner) is not None and seen.devices.get(inner) == seen.devices.get(path):
+                    used -= seen.directories[inner] or 0
+        own[name] = None if used is None else max(0, used)
+    return own
+
+
 def _volume_sizes(plan: _Plan, answer: _Answer) -> tuple[CheckResult, dict[str, int] | None]:
     """The `volumes` check, and each selected volume's used bytes when it passed."""
     if plan.gone:
@@ -301,8 +325,9 @@ def _volume_sizes(plan: _Plan, answer: _Answer) -> tuple[CheckResult, dict[str, 
         return _not_checked(Check.VOLUMES, "the source could not be logged in to"), None
     sizes: dict[str, int] = {}
     wrong = []
+    own = own_bytes(plan.volume_names, plan.source.root, answer.surveyed)
     for name in plan.volume_names:
-        used = answer.surveyed.directories.get(place_of(plan.source.root, name))
+        used = own[name]
         if used is None:
             wrong.append(f"{name} ({place_of(plan.source.root, name)})")
         else:
@@ -360,10 +385,10 @@ def _host_space(plan: _Plan, answer: _Answer, root: CheckResult, sizes: dict[str
         return CheckResult(
             Check.HOST_SPACE, False, f"The free space under {seen.examined} could not be read on the host."
         )
-    held = answer.surveyed.directories
+    held = own_bytes(list(sizes), plan.root, answer.surveyed)
     # What the places hold already is not sent again (an estimate: a file
     # that changed needs room for its new copy until the swap).
-    send = sum(max(0, used - (held.get(place_of(plan.root, name)) or 0)) for name, used in sizes.items())
+    send = sum(max(0, used - (held[name] or 0)) for name, used in sizes.items())
     needed = int(send * (1 + SPACE_MARGIN))
     words = (
         f"{size_text(seen.free)} free under {seen.examined},"
@@ -374,8 +399,13 @@ def _host_space(plan: _Plan, answer: _Answer, root: CheckResult, sizes: dict[str
     return CheckResult(Check.HOST_SPACE, True, f"{words[0].upper()}{words[1:]}.")
 
 
-def _system_volume(plan: _Plan, learnt: OperatingSystem | None = None) -> CheckResult:
-    """`learnt`: the os the source's login found, when storage knew none (as the run will then know it)."""
+def _system_volume(plan: _Plan, source: _Answer | None = None) -> CheckResult:
+    """`source`: what the source's login found, which says its os when
+    storage knows none (as the run will then know it); None for a simulated
+    copy, which reaches no machine and takes an unknown os for Windows."""
+    learnt = None if source is None or source.surveyed is None else source.surveyed.os
+    if plan.source.os is None and source is not None and source.surveyed is None:
+        return _not_checked(Check.SYSTEM_VOLUME, "the source's system is unknown, and it could not be logged in to")
     system = system_volume(plan.source.os or learnt)
     if any(volume_key(name) == volume_key(system) for name in plan.volume_names):
         return CheckResult(Check.SYSTEM_VOLUME, True, f"The system volume {system} is selected.")
@@ -435,7 +465,7 @@ def _checks(plan: _Plan, machines: Mapping[int, _Machine], answers: Mapping[int,
         _login(Check.HOST_LOGIN, "host", machines[plan.host.id], host),
         root,
         _host_space(plan, host, root, sizes),
-        _system_volume(plan, None if source.surveyed is None else source.surveyed.os),
+        _system_volume(plan, source),
         _target_free(plan),
     ]
     if plan.migration.mode is Mode.WARM:
@@ -451,9 +481,10 @@ def _survey_check(at: datetime, machine: _Machine, answer: _Answer) -> MachineCh
         return MachineCheck(at, False, answer.failure or "It could not be reached.")
     seen = answer.surveyed
     missing = [tool for tool in machine.questions.tools if not seen.tools.get(tool, False)]
+    name = seen.hostname or machine.address.ip
     if missing:
-        return MachineCheck(at, False, f"Logged in to {seen.hostname}, but it lacks {', '.join(missing)}.")
-    return MachineCheck(at, True, f"Logged in to {seen.hostname} as {machine.address.username} (readiness check).")
+        return MachineCheck(at, False, f"Logged in to {name}, but it lacks {', '.join(missing)}.")
+    return MachineCheck(at, True, f"Logged in to {name} as {machine.address.username} (readiness check).")
 
 
 def _keep(

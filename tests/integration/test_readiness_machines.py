@@ -408,9 +408,7 @@ def test_a_program_missing_from_the_login_s_path_fails_the_tools_checks_naming_i
     source, lean_host, stock_host = (make_machine(ip) for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"))
     _small_tree(source.root)
     wanted = [tool for tool in dict.fromkeys((*SOURCE_TOOLS, *HOST_TOOLS)) if tool != "sha256sum"]
-    # uname: the survey reads the system with the login's own PATH (see the
-    # xfail test below); here it is there, so that only sha256sum is missing.
-    lean_key = _key_with_path(sshd, _programs(tmp_path / "bin", [*wanted, "uname"]))
+    lean_key = _key_with_path(sshd, _programs(tmp_path / "bin", wanted))
     storage = _storage()
     lean = _login(storage, source, private_key=lean_key)
     src = _source(storage, source.ip, source.port, lean, source.root, ["/"])
@@ -438,14 +436,6 @@ def test_a_program_missing_from_the_login_s_path_fails_the_tools_checks_naming_i
     assert checked is not None and not checked.ok and "sha256sum" in checked.message, checked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src/adapters/ssh.py _SURVEY runs `uname -s` and `uname -n` (its 2nd line) with the login's own PATH,"
-    " before it adds /usr/local/bin:/usr/bin:/bin: a login whose PATH holds just the copy's programs answers"
-    " an empty system and hostname, so source_os fails ('The source runs an unknown system, not Linux') and,"
-    " the os unknown, system_volume too ('The system volume C:\\ is not selected').",
-)
 def test_a_login_whose_path_holds_just_the_listed_programs_passes_every_check(
     sshd: SshServer, make_machine: Callable[[str], Machine], machines: SshMachines, tmp_path: Path
 ) -> None:
@@ -462,13 +452,6 @@ def test_a_login_whose_path_holds_just_the_listed_programs_passes_every_check(
     assert _message(result, "source_login").startswith(f"Logged in to {socket.gethostname()} ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="`date` is missing from SOURCE_TOOLS and HOST_TOOLS (src/migration_core/machines.py): the copy runs"
-    " `date +%s%N` on both machines (src/adapters/ssh_copy.py, _clock, through _must), and fails"
-    " 'sh: 1: exec: date: not found (on the host)' where the PATH has just the listed programs.",
-)
 def test_a_real_copy_needs_no_program_beyond_the_listed_ones(
     sshd: SshServer, make_machine: Callable[[str], Machine], machines: SshMachines, tmp_path: Path
 ) -> None:
@@ -531,13 +514,6 @@ def test_a_host_without_room_fails_host_space_with_free_and_needed_bytes(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="src/adapters/ssh.py _SURVEY reads a volume's bytes with `du -sxb` of its directory, which counts the"
-    " selected volumes below it that share its filesystem; the copy leaves them out of it (SPEC 2.8), so"
-    " src/migration_core/readiness.py _host_space counts them twice and refuses a host with room enough.",
-)
 def test_a_selected_volume_below_another_on_its_filesystem_is_counted_once(
     make_machine: Callable[[str], Machine], machines: SshMachines
 ) -> None:

@@ -68,7 +68,8 @@ SECTIONS = [
     "## A warm migration",
     "## Readiness before a wave",
 ]
-SSH_SECTIONS = {"## Real machines", "### A real migration", "## A warm migration", "## Readiness before a wave"}  # where port 22 is the test sshd's
+# Where port 22 is the test sshd's.
+SSH_SECTIONS = {"## Real machines", "### A real migration", "## A warm migration", "## Readiness before a wave"}
 DEMO = "/tmp/migration-demo"
 RUN_SECONDS = 4  # long enough to watch and cancel a run before it ends
 PATIENCE = 120  # seconds a section may take: a bound, never an expectation
