@@ -720,7 +720,8 @@ def test_a_warm_migration_s_hooks_are_parsed_on_their_machines_and_a_cold_one_ha
     _small_tree(source.root)
     storage = _storage()
     pair = _pair(storage, source, host, host.root / "landing", ["/"], ["/"])
-    good_pre, good_post = "systemctl stop app && sync", "if [ -d /srv ]; then systemctl start app; fi"
+    ran_pre, ran_post = source.root / "pre-ran", host.root / "post-ran"
+    good_pre, good_post = f"touch {ran_pre} && sync", f"if [ -d /srv ]; then touch {ran_post}; fi; touch {ran_post}"
     bad_pre, bad_post = 'systemctl stop app && echo "stopped', "if [ -d /srv ]; then systemctl start app"
     bad_source, bad_host, parse = (
         _migration(storage, pair.source, pair.target, ["/"], mode="warm", pre=pre, post=post)
@@ -743,7 +744,7 @@ def test_a_warm_migration_s_hooks_are_parsed_on_their_machines_and_a_cold_one_ha
     _expect(results[2], [], WARM_ORDER)
     assert _message(results[2], "hooks") == "pre_cutover and post_cutover parse (sh -n)."
     _expect(results[3])  # cold: ten checks, no hooks
-    assert not (source.root / "stopped").exists()  # parsed, never run
+    assert not ran_pre.exists() and not ran_post.exists()  # parsed, never run
 
 
 # -- 10. a simulated migration -------------------------------------------
