@@ -19,23 +19,35 @@ from .real_plans import RealPlan, digest, remote_processes
 from .service_process import ServiceProcess, wait_for
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(f"sqlite:///{tmp_path / 'service.db'}", tmp_path, "service", "--access-log", "off")
+def _serving(tmp_path: Path, *flags: str) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(f"sqlite:///{tmp_path / 'service.db'}", tmp_path, "service", "--access-log", "off", *flags)
     yield process.start()
     process.kill()
 
 
-def _big_tree(root: Path, mebibytes: int = 384) -> None:
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    yield from _serving(tmp_path)
+
+
+@pytest.fixture
+def capped_service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    """Copies held to 8 MB/s: a big tree's copy lasts seconds, long enough to
+    act on mid-copy, at a fraction of the CPU of 384 MiB copied flat out."""
+    yield from _serving(tmp_path, "--max-bandwidth", "8MB")
+
+
+def _big_tree(root: Path, mebibytes: int = 24) -> None:
     (root / "etc").mkdir()
     (root / "etc" / "motd").write_text("hello\n")
-    (root / "huge").write_bytes(os.urandom(2**20) * mebibytes)  # long enough to act on mid-copy
+    (root / "huge").write_bytes(os.urandom(2**20) * mebibytes)  # long enough to act on mid-copy, under a cap
 
 
 def _copying_a_big_tree(
     service: ServiceProcess, make_machine: Callable[[str], Machine]
 ) -> tuple[RealPlan, Machine, Machine]:
-    """A real run of a tree big enough to act on mid-copy, just started."""
+    """A real run of a tree big enough to act on mid-copy (the service's
+    copies held to 8 MB/s: three seconds), just started."""
     source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
     _big_tree(source.root)
     plan = RealPlan(service, source, host, ["/"])
@@ -72,8 +84,9 @@ def test_a_real_run_copies_every_volume_verified_and_the_target_vm_holds_what_pa
 
 
 def test_cancel_mid_copy_stops_the_remote_processes_and_leaves_nothing_at_the_place(
-    service: ServiceProcess, make_machine: Callable[[str], Machine]
+    capped_service: ServiceProcess, make_machine: Callable[[str], Machine]
 ) -> None:
+    service = capped_service
     plan, source, host = _copying_a_big_tree(service, make_machine)
     wait_for("the copy's remote processes", lambda: remote_processes(source.root, host.root) or None)
 
@@ -90,8 +103,9 @@ def test_cancel_mid_copy_stops_the_remote_processes_and_leaves_nothing_at_the_pl
 
 
 def test_a_service_killed_mid_copy_is_interrupted_and_the_rerun_is_whole_and_leaves_no_staging(
-    service: ServiceProcess, make_machine: Callable[[str], Machine]
+    capped_service: ServiceProcess, make_machine: Callable[[str], Machine]
 ) -> None:
+    service = capped_service
     plan, source, host = _copying_a_big_tree(service, make_machine)
     copying = plan.until(lambda s: s["bytes_copied"] > 0)
     assert copying["volumes"][0]["files"] >= 1  # the files of the volume being copied, as they pass
