@@ -25,15 +25,15 @@ SECRET_KEY = "multi-instance-tests-secret-key-0123456789"
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T | None], patience: float = PATIENCE) -> T:
-    """Poll `check` until it returns something other than None or False."""
+def wait_for(what: str, check: Callable[[], T | None], patience: float = PATIENCE, every: float = 0.05) -> T:
+    """Poll `check` every `every` seconds until it returns something other than None or False."""
     deadline = time.monotonic() + patience
     while True:
         found = check()
         if found is not None and found is not False:
             return found
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 class ServiceProcess:

@@ -140,6 +140,7 @@ def test_a_wave_of_40_real_migrations_onto_one_host_copies_at_most_max_copies_at
                 # A bound, not an expectation: the copies' ssh clients run at a
                 # lower priority, and a suite that keeps both cores busy slows them.
                 patience=300,
+                every=0.5,  # the wave lasts many seconds; a wave's state costs the service 6 ms
             )
         finally:
             sampler.stop()
