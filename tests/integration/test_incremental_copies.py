@@ -28,6 +28,7 @@ from adapters.ssh import SshMachines
 from migration_core.machines import CopyFailed, CopyJob, CopyProgress, VolumeToCopy
 
 from ..sshd_fixtures import Machine
+from ..sshd_server import SshServer
 from .service_process import PATIENCE, ServiceProcess, wait_for
 from .test_real_runs_e2e import RealPlan
 from .test_ssh_copy import MIGRATION, OWNER, _address, _Copy, _leftovers, _own, _source_tree
@@ -546,18 +547,20 @@ class _Step:
     (this test's sshd) run them: a step is found in the act and stopped
     (SIGSTOP to its process group), so that the service is caught there."""
 
-    def __init__(self, source: Path, landing: Path) -> None:
+    def __init__(self, source: Path, landing: Path, sshd: int) -> None:
         self._roots = (os.fsencode(source), os.fsencode(landing))
         self._landing = landing
+        self._sshd = sshd
         self._big = 0  # the inode of the copy in place's big file, until the swap moves the new one in
 
     def _processes(self, step: str | None = None) -> Iterator[int]:
         """The processes at work below the two trees (those of `step` alone,
         on a machine: not the service's own `ssh` clients, whose arguments
-        carry the remote command). All of /proc, arguments first (the
-        quickest to read, and a step takes milliseconds): what a dead
-        connection leaves is no longer sshd's."""
-        for entry in os.listdir("/proc"):
+        carry the remote command), arguments first (the quickest to read,
+        and a step takes milliseconds). A step is sought among sshd's
+        descendants, while the service lives; the end, in all of /proc:
+        what a dead connection leaves is no longer sshd's."""
+        for entry in (os.listdir("/proc") if step is None else _below(self._sshd)):
             if not entry.isdigit():
                 continue
             try:
@@ -591,10 +594,29 @@ class _Step:
                     group = os.getpgid(pid)
                     os.killpg(group, signal.SIGSTOP)
                     return group
+            # A look at sshd's few descendants takes a fraction of a millisecond:
+            # one every millisecond or so, leaving the cores to the copy.
+            time.sleep(0.001)
         raise AssertionError(f"no {step} seen within {PATIENCE}s")
 
     def ended(self) -> bool:
         return not any(True for _ in self._processes())
+
+
+def _below(pid: int) -> Iterator[str]:
+    """The processes under `pid`, through each one's list of children (of its
+    main thread: sshd and what it runs fork from theirs): a few dozen files
+    to read where all of /proc is hundreds."""
+    todo = [str(pid)]
+    while todo:
+        parent = todo.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as file:
+                children = file.read().split()
+        except OSError:
+            continue  # ended meanwhile
+        todo.extend(children)
+        yield from children
 
 
 def _many_files(root: Path, count: int) -> None:
@@ -628,7 +650,7 @@ def service(tmp_path: Path) -> Iterator[ServiceProcess]:
 
 @pytest.mark.parametrize("step", ["listing", "stream", "hashing", "swap", "swap, and the host with it"])
 def test_a_service_killed_at_each_step_leaves_the_old_copy_or_the_new_and_the_rerun_is_whole(
-    step: str, service: ServiceProcess, make_machine: Callable[[str], Machine]
+    step: str, service: ServiceProcess, sshd: SshServer, make_machine: Callable[[str], Machine]
 ) -> None:
     """SIGKILL of the service while a step of the second copy onto a place
     runs: the place holds the old copy whole (before the swap) or the new
@@ -650,7 +672,7 @@ def test_a_service_killed_at_each_step_leaves_the_old_copy_or_the_new_and_the_re
     run = f"/api/v1/migrations/{plan.migration}/run/"
     changed = _changes(source.root)
     new = _walk(source.root)
-    remote = _Step(source.root, plan.landing)
+    remote = _Step(source.root, plan.landing, sshd.pid)
 
     plan.ok("POST", run, status=202)
     group = remote.catch(step.split(",")[0])
