@@ -76,7 +76,7 @@ run for both ends of every copy) share the service's two cores here, where
 in a fleet each is a computer of its own; `--machines-nice 19` runs them
 below everything else, so that what the service's own processes leave the
 API is what is measured (the copies' `ssh` clients and relay threads run at
-niceness 10, the API at 0).
+niceness 19, the API at 0).
 
 Throughput is the volume's file bytes over the run's time (the migration's
 `started_at` to `finished_at`: logins, stream, verification and the move into

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 # Below the service's own priority, as the copies' `ssh` clients run: the
 # API answers first when the cores are busy.
-COPY_NICENESS = 10
+COPY_NICENESS = 19
 # What one splice may move when nothing caps the rate, and when a cap is shared.
 FREE_CHUNK = 1 << 20
 SHARED_CHUNK = 64 * 1024
