@@ -33,10 +33,8 @@ $(TEST_VENV)/.installed: $(TEST_LOCK) pyproject.toml
 
 # The suite in TEST_WORKERS processes (pytest-xdist), each with its own
 # PostgreSQL server, browser and services; the tests of one xdist_group mark
-# run in one of them. The 15 slowest are listed at the end. Three on two cores:
-# the suite is CPU-bound, and a fourth worker added its own collection and
-# servers and slowed every test (measured: 2 workers 400 s, 3 370 s, 4 442 s).
-TEST_WORKERS ?= 3
+# run in one of them. The 15 slowest are listed at the end.
+TEST_WORKERS ?= 4
 # The venv the suite runs in: make test-latest points it elsewhere.
 SUITE_VENV ?= $(TEST_VENV)
 # Each worker and each service a test starts imports the project: compiled once
