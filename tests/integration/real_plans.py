@@ -1,11 +1,12 @@
 """A real migration planned through the API (a source with its volumes, a
 host, a target onto it), as the tests of real runs through a `serve` process
-set it up, and the digest that compares a landing tree with its source."""
+set it up, and the digests that compare a landing tree with its source."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,25 @@ def digest(root: Path) -> dict[str, tuple[str, int, str]]:
             info = path.lstat()
             contents = os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
             found[str(path.relative_to(root))] = (oct(info.st_mode), info.st_size, contents)
+    return found
+
+
+def tree(root: Path, leave_out: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
+    """What a copy must carry: type, mode, size, contents' hash or link target, mtime."""
+    found: dict[str, tuple[object, ...]] = {}
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not str((Path(directory) / d).relative_to(root)).startswith(leave_out)]
+        for name in dirs + files:
+            path = Path(directory) / name
+            relative = str(path.relative_to(root))
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                found[relative] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[relative] = ("dir", stat.S_IMODE(info.st_mode))
+            else:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                found[relative] = ("file", stat.S_IMODE(info.st_mode), info.st_size, digest, info.st_mtime_ns)
     return found
 
 

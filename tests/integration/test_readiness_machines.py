@@ -9,7 +9,6 @@ hook sh refuses) and reads the checks' names, flags, order and words."""
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -48,6 +47,7 @@ from ..ssh_keys import keygen, keys_directory
 from ..sshd_fixtures import Machine, Witness
 from ..sshd_fleet import SshFleet, fleet_addresses
 from ..sshd_server import PATIENCE, SshServer
+from .real_plans import tree
 
 OWNER = 1
 CLOCK = SystemClock()
@@ -248,25 +248,6 @@ def _used(root: Path) -> int:
                 kept.append(name)
         dirs[:] = kept
     return total
-
-
-def _tree(root: Path, leave_out: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
-    """What a copy must carry: type, mode, size, contents' hash or link target, mtime."""
-    found: dict[str, tuple[object, ...]] = {}
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not str((Path(directory) / d).relative_to(root)).startswith(leave_out)]
-        for name in dirs + files:
-            path = Path(directory) / name
-            relative = str(path.relative_to(root))
-            info = path.lstat()
-            if stat.S_ISLNK(info.st_mode):
-                found[relative] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                found[relative] = ("dir", stat.S_IMODE(info.st_mode))
-            else:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                found[relative] = ("file", stat.S_IMODE(info.st_mode), info.st_size, digest, info.st_mtime_ns)
-    return found
 
 
 @contextmanager
@@ -475,14 +456,14 @@ def test_a_real_copy_needs_no_program_beyond_the_listed_ones(
     first = core.run_migration(storage, CLOCK, runner, OWNER, pair.migration)
 
     assert (first.state, first.error) == (core.MigrationState.SUCCESS, None), first.error
-    assert _tree(landing) == _tree(source.root)
+    assert tree(landing) == tree(source.root)
 
     (source.root / "etc" / "hostname").write_text("changed\n")
     again = _migration(storage, pair.source, pair.target, ["/", "/var"])
     second = core.run_migration(storage, CLOCK, runner, OWNER, again)
 
     assert (second.state, second.error) == (core.MigrationState.SUCCESS, None), second.error
-    assert _tree(landing) == _tree(source.root)
+    assert tree(landing) == tree(source.root)
 
 
 # -- 3. a full host -----------------------------------------------------

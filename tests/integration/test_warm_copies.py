@@ -7,7 +7,6 @@ a hand-made CopyJob of its kind given to `SshMachines.start_copy`."""
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import os
@@ -34,6 +33,7 @@ from migration_core.machines import (
 )
 
 from ..sshd_fixtures import Machine
+from .real_plans import tree
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 MIGRATION = 11
@@ -101,24 +101,6 @@ def _synced(machines: SshMachines, source: Machine, host: Machine) -> CopyEnd:
     end = _carry(machines, _job(source, host, CopyKind.SYNC))
     assert end.failure is None, end.failure
     return end
-
-
-def _tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every entry below root: type, mode, size, contents' hash or link target, mtime."""
-    found: dict[str, tuple[object, ...]] = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(directory) / name
-            info = path.lstat()
-            relative = str(path.relative_to(root))
-            if stat.S_ISLNK(info.st_mode):
-                found[relative] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                found[relative] = ("dir", stat.S_IMODE(info.st_mode))
-            else:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                found[relative] = ("file", stat.S_IMODE(info.st_mode), info.st_size, digest, info.st_mtime_ns)
-    return found
 
 
 def _leftovers(place: Path) -> list[str]:
@@ -214,8 +196,8 @@ def test_a_sync_while_a_file_is_written_keeps_its_verified_version_and_says_so(
     assert (place / "new").is_dir() and not (place / "new" / "fresh.log").exists()
     # Everything else is the source as it is.
     still_written = ("var/log/app.log", "new/fresh.log")
-    expected = {path: entry for path, entry in _tree(source.root).items() if path not in still_written}
-    assert {path: entry for path, entry in _tree(place).items() if path not in still_written} == expected
+    expected = {path: entry for path, entry in tree(source.root).items() if path not in still_written}
+    assert {path: entry for path, entry in tree(place).items() if path not in still_written} == expected
     assert (place / "etc" / "motd").read_text() == "changed before the sync\n"
     assert _leftovers(place) == []
 
@@ -224,7 +206,7 @@ def test_a_sync_while_a_file_is_written_keeps_its_verified_version_and_says_so(
     fresh_writer.stop()
     last = _synced(machines, source, host)
     assert last.changing == 0
-    assert _tree(place) == _tree(source.root)
+    assert tree(place) == tree(source.root)
 
 
 def test_a_sync_after_changes_of_every_kind_leaves_the_source_s_tree_in_place(
@@ -249,7 +231,7 @@ def test_a_sync_after_changes_of_every_kind_leaves_the_source_s_tree_in_place(
 
     assert end.changing == 0
     place = _place(host)
-    assert _tree(place) == _tree(root)
+    assert tree(place) == tree(root)
     assert os.readlink(place / "current") == "etc/motd"
     assert stat.S_IMODE((place / "script").stat().st_mode) == 0o755
     assert not (place / "old").exists() and not (place / "name").exists()
@@ -271,7 +253,7 @@ def test_a_cutover_whose_pre_cutover_stops_the_writer_lands_the_source_exactly(
 
     assert end.failure is None, end.failure
     assert not writer.alive()
-    assert _tree(place) == _tree(source.root)
+    assert tree(place) == tree(source.root)
     lines = len((source.root / "var/log/app.log").read_bytes().splitlines())
     assert end.hooks == (HookRun("pre_cutover", 0, "quiesced\n"), HookRun("post_cutover", 0, f"post\n{lines}\n"))
     assert end.changing == 0
@@ -286,7 +268,7 @@ def test_a_cutover_whose_pre_cutover_leaves_the_writer_running_fails_and_swaps_n
     volumes = ("/", "/var/log")  # the first verified before the second fails: not swapped either
     assert _carry(machines, _job(source, host, CopyKind.SYNC, volumes=volumes)).failure is None
     (source.root / "etc" / "hostname").write_text("changed for the cutover\n")
-    before = _tree(place)
+    before = tree(place)
     writer = writers(source.root / "var/log/app.log")
     ran_after = tmp_path / "post-ran"
 
@@ -300,7 +282,7 @@ def test_a_cutover_whose_pre_cutover_leaves_the_writer_running_fails_and_swaps_n
         "The source was not quiesced: 1 file(s) of volume /var/log changed during the cutover's final sync, the"
         " first 'app.log'. The copy in place is the last verified sync."
     )
-    assert _tree(place) == before  # not even the file that changed before the cutover
+    assert tree(place) == before  # not even the file that changed before the cutover
     assert _leftovers(place) == []
     assert end.hooks == (HookRun("pre_cutover", 0, "not stopping anything\n"),)
     assert not ran_after.exists()
@@ -313,7 +295,7 @@ def test_one_change_during_the_cutover_s_final_sync_fails_it_with_no_catch_up(
     place = _place(host)
     _synced(machines, source, host)
     (source.root / "etc" / "hostname").write_text("changed for the cutover\n")
-    before = _tree(place)
+    before = tree(place)
 
     async def once(index: int, incoming: str) -> None:
         # After the final sync's stream, before its check: one write, never again (a sync would catch up).
@@ -325,7 +307,7 @@ def test_one_change_during_the_cutover_s_final_sync_fails_it_with_no_catch_up(
     assert end.failure is not None
     assert end.failure.startswith("The source was not quiesced: 1 file(s) of volume / changed during the cutover's"
                                   " final sync, the first 'etc/motd'.")
-    assert _tree(place) == before
+    assert tree(place) == before
     assert _leftovers(place) == []
 
 
@@ -337,7 +319,7 @@ def test_a_pre_cutover_that_exits_1_fails_before_anything_is_sent(
     _synced(machines, source, host)
     (source.root / "etc" / "hostname").write_text("changed for the cutover\n")
     (source.root / "added").write_text("new")
-    before = _tree(place)
+    before = tree(place)
     ran_after = tmp_path / "post-ran"
     pre = "echo stopping the app; echo 'app-7f3e refuses to stop' >&2; exit 1"
 
@@ -348,7 +330,7 @@ def test_a_pre_cutover_that_exits_1_fails_before_anything_is_sent(
 
     assert end.failure == "pre_cutover exited 1: app-7f3e refuses to stop"
     assert end.hooks == (HookRun("pre_cutover", 1, "stopping the app\napp-7f3e refuses to stop\n"),)
-    assert _tree(place) == before
+    assert tree(place) == before
     assert _leftovers(place) == []
     assert not ran_after.exists()
     # The copy's log line says the hook failed, never what it printed.
@@ -372,7 +354,7 @@ def test_a_failing_post_cutover_fails_the_cutover_with_the_verified_final_sync_i
     assert end.hooks == (
         HookRun("pre_cutover", 0, "ok\n"), HookRun("post_cutover", 3, "starting\nno such service\n"),
     )
-    assert _tree(place) == _tree(source.root)
+    assert tree(place) == tree(source.root)
     assert (place / "etc" / "hostname").read_text() == "changed for the cutover\n"
     assert _leftovers(place) == []
 
@@ -387,7 +369,7 @@ def test_a_hook_s_output_is_cut_to_its_last_4_kib(pair: tuple[Machine, Machine],
 
     assert end.failure is None, end.failure
     assert end.hooks == (HookRun("pre_cutover", 0, whole[-HOOK_OUTPUT_BYTES:]),)
-    assert _tree(_place(host)) == _tree(source.root)
+    assert tree(_place(host)) == tree(source.root)
 
 
 def _remote_processes(marker: str) -> list[str]:
