@@ -19,11 +19,13 @@ from pathlib import Path
 import attrs
 import pytest
 
+from adapters.copy_engine.openssh import Login, ssh_command
+from adapters.copy_engine.relay import COPY_NICENESS
 from adapters.ssh import SshMachines
 from migration_core.machines import CopyEnd, CopyFailed, CopyJob, VolumeToCopy
 
 from ..sshd_fixtures import ClosingListener, Listener, Witness
-from ..sshd_server import SshServer
+from ..sshd_server import SshServer, descendants
 from .test_ssh_copy import MIGRATION, OWNER, _address, _Copy, _job, _leftovers, _source_tree, _tree
 
 
@@ -59,6 +61,48 @@ def test_a_copy_logs_in_once_a_machine_and_reports_the_whole_keys_it_met(
     assert _logins(sshd) - before == 2
     assert dict(end.host_keys) == {"source": sshd.host_public_key(), "host": sshd.host_public_key()}
     assert _tree(target / "data") == _tree(source.root / "data")
+
+
+def test_a_master_logs_in_at_the_service_s_priority_and_carries_the_copy_at_the_copies_priority(
+    make_machine: object, machines: SshMachines
+) -> None:
+    """A busy service must not spend a login's time limit at the lowest
+    priority: each master starts at the service's niceness and is lowered
+    once logged in; every other client starts lowered."""
+    source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")  # type: ignore[operator]
+    (source.root / "big").write_bytes(os.urandom(24 * 2**20))
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    lowered = max(own, COPY_NICENESS)
+    seen: dict[str, set[int]] = {"master": set(), "client": set()}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for pid in descendants(os.getpid()):
+                try:
+                    arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    niceness = os.getpriority(os.PRIO_PROCESS, pid)
+                except OSError:
+                    continue
+                if arguments[0] == b"ssh":  # started: setpriv and nice have exec'd it
+                    seen["master" if b"ControlMaster=yes" in arguments else "client"].add(niceness)
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        end = _ended(machines, _job(source, host, host.root / "landing", ["/"], []))
+    finally:
+        stop.set()
+        sampler.join()
+
+    assert end.failure is None, end.failure
+    assert lowered in seen["master"] and seen["master"] <= {own, lowered}
+    assert seen["client"] == {lowered}
+    login = Login("source", _address(source, source.root), Path("/nonexistent"), 10, None)
+    assert "nice" not in ssh_command(login, master=True)
+    client = ssh_command(login, "true")
+    assert client[client.index("nice") + 1 : client.index("nice") + 3] == ["-n", str(COPY_NICENESS)]
 
 
 def test_a_fingerprint_pin_is_checked_against_the_machine_s_keys_before_the_login_and_completed(

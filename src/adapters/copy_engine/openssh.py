@@ -38,7 +38,7 @@ import attrs
 from migration_core.machines import HostKeyChanged, MachineAddress, MachineUnreachable, fingerprint, key_blob, whole_key
 
 from ..ssh_library import asyncssh
-from .relay import COPY_NICENESS, Bandwidth
+from .relay import COPY_NICENESS, Bandwidth, lower
 
 # AES-GCM first: with AES-NI it is the cheapest cipher for the master's
 # process to carry; the others for machines that offer no GCM.
@@ -135,10 +135,11 @@ class Login:
         return f"{self.address.ip} port {self.address.port}"
 
 
-def _launcher() -> list[str]:
-    """What starts each client: tied to the service's life, at a lower priority."""
+def _launcher(*, lowered: bool = True) -> list[str]:
+    """What starts each program: tied to the service's life and, if
+    `lowered`, at a lower priority from its start."""
     prefix = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-    return [*prefix, "nice", "-n", str(COPY_NICENESS)]
+    return [*prefix, "nice", "-n", str(COPY_NICENESS)] if lowered else prefix
 
 
 def ssh_command(login: Login, remote: str | None = None, *, master: bool = False) -> list[str]:
@@ -188,7 +189,9 @@ def ssh_command(login: Login, remote: str | None = None, *, master: bool = False
         # A client only ever goes through the master: were it gone, this
         # fails instead of connecting (and logging in) on its own.
         options.update(PermitLocalCommand="no", ProxyCommand="exit 255", LogLevel="ERROR")
-    argv = [*_launcher(), "ssh", "-F", "/dev/null", "-T", "-x", "-a"]
+    # A master logs in at the service's priority, so that a busy machine does
+    # not spend the login's time limit: it is lowered once logged in.
+    argv = [*_launcher(lowered=not master), "ssh", "-F", "/dev/null", "-T", "-x", "-a"]
     for name, value in options.items():
         argv += ["-o", f"{name}={value}"]
     if master:
@@ -202,7 +205,7 @@ def ssh_command(login: Login, remote: str | None = None, *, master: bool = False
 def keyscan_command(address: MachineAddress, timeout: float) -> list[str]:
     """`ssh-keyscan` asking a machine for its host keys, without logging in."""
     return [
-        *_launcher(), "ssh-keyscan", "-T", str(max(1, math.ceil(timeout))), "-t", KEY_TYPES,
+        *_launcher(lowered=False), "ssh-keyscan", "-T", str(max(1, math.ceil(timeout))), "-t", KEY_TYPES,
         "-p", str(address.port), "--", address.ip,
     ]
 
@@ -376,6 +379,7 @@ class Link:
             async with asyncio.timeout(self.login.connect_timeout):
                 line = await master.stdout.readline()
                 if line.strip() == READY.encode():
+                    lower(master.pid)  # it carries the bytes of every client from now on
                     return
                 await master.wait()
         except TimeoutError:
