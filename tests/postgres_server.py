@@ -22,6 +22,8 @@ that pytest tears down and atexit runs.
 from __future__ import annotations
 
 import atexit
+import fcntl
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -152,6 +154,38 @@ def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complet
     )
 
 
+def _initialized_cluster(bin_dir: Path) -> Path:
+    """A cluster fresh from initdb, made once for these binaries and kept in
+    the temporary directory for every server after it (of this process or
+    another): each server starts from a copy, which costs a tenth of initdb's
+    CPU. It is made aside and renamed into place, under a lock, so a reader
+    sees it whole or not at all."""
+    version = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(f"{bin_dir.resolve()}\0{version}".encode()).hexdigest()[:16]
+    cluster = Path(tempfile.gettempdir()) / f"pgcluster-{key}"
+    if cluster.is_dir():
+        return cluster
+    with open(f"{cluster}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cluster.is_dir():
+            return cluster
+        making = Path(tempfile.mkdtemp(prefix=f"{cluster.name}-making-", dir=cluster.parent))
+        try:
+            if os.geteuid() == 0:
+                os.chown(making, NOBODY, NOBODY)
+            init = _run(
+                [str(bin_dir / "initdb"), "-D", str(making / "data"), "-U", SUPERUSER,
+                 "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
+                cwd=making,
+            )
+            if init.returncode != 0:
+                raise PostgresUnavailable(f"initdb ({bin_dir}) failed:\n{init.stdout}")
+            os.rename(making / "data", cluster)
+        finally:
+            shutil.rmtree(making, ignore_errors=True)
+    return cluster
+
+
 def _kill_if_still_ours(pid: int, tmp: Path) -> None:
     """SIGKILL the postmaster if pg_ctl could not stop it; by its command line,
     since its pid may belong to another process by now."""
@@ -278,13 +312,9 @@ class PostgresServer:
             for tool in TOOLS:
                 _check_nobody_can_reach(bin_dir / tool, stat.S_IXOTH)
             _check_nobody_can_reach(tmp, stat.S_IRWXO)
-        init = _run(
-            [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-             "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
-            cwd=tmp,
-        )
-        if init.returncode != 0:
-            raise PostgresUnavailable(f"initdb ({bin_dir}) failed:\n{init.stdout}")
+        copied = _run(["cp", "-a", str(_initialized_cluster(bin_dir)), str(self.data_dir)], cwd=tmp)
+        if copied.returncode != 0:
+            raise PostgresUnavailable(f"copying the initialized cluster failed:\n{copied.stdout}")
         # Test only: anyone on this machine may connect as anyone, on 127.0.0.1
         # and the socket; nothing else is accepted.
         (self.data_dir / "pg_hba.conf").write_text(
