@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import posixpath
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from migration_core import Conflict, OperatingSystem
 from migration_core.machines import (
@@ -26,7 +25,6 @@ from migration_core.machines import (
     CopyProgress,
     Discovered,
     Filesystem,
-    HostKeyChanged,
     MachineAddress,
     MachineFacts,
     MachineUnreachable,
@@ -34,14 +32,14 @@ from migration_core.machines import (
     Surveyed,
     SurveyQuestions,
     SwapGate,
-    fingerprint,
-    whole_key,
 )
 
-from .copy_engine.openssh import MAX_STARTUPS, Transport, changed_key, closed_before_login
+from .copy_engine.openssh import Transport
 from .copy_engine.relay import Bandwidth
 from .remote_shell import remote_command, remote_script
-from .ssh_library import asyncssh
+
+if TYPE_CHECKING:
+    import asyncssh
 
 T = TypeVar("T")
 
@@ -172,87 +170,6 @@ class _IoThread:
             loop.close()
 
 
-class _PinningClient(asyncssh.SSHClient):
-    """Accepts the host key pinned (whole, or its fingerprint alone; any key
-    when none is), and remembers the whole key the server showed."""
-
-    def __init__(self, pinned: str | None) -> None:
-        self.pinned = pinned
-        self.seen: str | None = None
-
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        self.seen = " ".join(key.export_public_key("openssh").decode().split()[:2])
-        if self.pinned is None:
-            return True
-        whole = whole_key(self.pinned)
-        return self.seen == whole if whole is not None else fingerprint(self.seen) == self.pinned
-
-
-class _Heard(asyncio.Protocol):
-    """Between the socket and asyncssh's connection: keeps the first bytes
-    the machine said, so that a connection closed before the login can be
-    told from one that answered as something else than SSH."""
-
-    KEEP = 512
-
-    def __init__(self, inner: asyncio.Protocol) -> None:
-        self.inner = inner
-        self.heard = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if len(self.heard) < self.KEEP:
-            self.heard += data[: self.KEEP - len(self.heard)]
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-class _Listening:
-    """An asyncssh `tunnel`: a plain TCP connection through `_Heard`."""
-
-    def __init__(self) -> None:
-        self.heard = b""
-        self._protocol: _Heard | None = None
-
-    async def create_connection(
-        self, session_factory: Callable[[], asyncio.Protocol], host: str, port: int
-    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
-        loop = asyncio.get_running_loop()
-
-        def heard() -> _Heard:
-            self._protocol = _Heard(session_factory())
-            return self._protocol
-
-        transport, protocol = await loop.create_connection(heard, host, port)
-        return transport, protocol.inner
-
-    def said(self) -> bytes:
-        return self._protocol.heard if self._protocol is not None else b""
-
-
-def _closed_early(where: str, heard: bytes, reason: str) -> str:
-    """A connection closed before the login, in words: dropped (nothing said,
-    an SSH banner, or sshd's MaxStartups line), or not an SSH server."""
-    lines = [line.strip() for line in heard.decode("utf-8", "replace").splitlines()]
-    answer = [line for line in lines if line and not line.startswith("SSH-") and line != MAX_STARTUPS]
-    if not answer:
-        return closed_before_login(where)
-    return f"{where} did not answer as an SSH server ({reason})."
-
-
 class SshMachines:
     """Satisfies `migration_core.Machines`. `connect_timeout` bounds the
     connection and the login; `command_timeout` a check's or a discovery's
@@ -331,81 +248,18 @@ class SshMachines:
     async def connection(self, address: MachineAddress) -> AsyncIterator[tuple[asyncssh.SSHClientConnection, str]]:
         """A logged-in connection and the host key it met, whole (`type base64`)."""
         self.ensure_allowed(address.ip)
-        where = f"{address.ip} port {address.port}"
-        client = _PinningClient(address.host_key)
-        keys = None
-        if address.private_key:
-            try:
-                keys = [asyncssh.import_private_key(address.private_key)]
-            except (asyncssh.KeyImportError, ValueError) as error:
-                raise MachineUnreachable(f"The credentials' private key cannot be used: {error}.") from None
-        listening = _Listening()
-        whole = None if address.host_key is None else whole_key(address.host_key)
-        # A whole key pinned is asked for by its algorithms; a fingerprint alone names none.
-        algorithms = () if whole is None else asyncssh.import_public_key(whole).sig_algorithms
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                connection, _ = await asyncssh.create_connection(
-                    lambda: client,
-                    address.ip,
-                    address.port,
-                    tunnel=listening,
-                    server_host_key_algs=[alg.decode() for alg in algorithms] or (),
-                    username=address.username,
-                    password=address.password or None,
-                    client_keys=keys,
-                    known_hosts=([], [], []),
-                    agent_path=None,
-                    config=None,
-                    gss_auth=False,
-                    gss_kex=False,
-                    kbdint_auth=bool(address.password),
-                    ignore_encrypted=True,
-                    connect_timeout=None,
-                    login_timeout=self.connect_timeout,
-                    keepalive_interval=15,
-                    keepalive_count_max=4,
-                )
-        except TimeoutError:
-            raise MachineUnreachable(
-                f"Timed out after {self.connect_timeout:g} s connecting and logging in to {where}."
-            ) from None
-        except asyncssh.HostKeyNotVerifiable:
-            if client.seen is not None and address.host_key is not None:
-                raise HostKeyChanged(changed_key(where, fingerprint(client.seen), address.host_key)) from None
-            raise MachineUnreachable(f"The host key of {where} could not be verified.") from None
-        except asyncssh.PermissionDenied:
-            raise MachineUnreachable(f"Login refused for user {address.username!r} at {where}.") from None
-        except (asyncssh.ProtocolError, asyncssh.ConnectionLost) as error:
-            raise MachineUnreachable(_closed_early(where, listening.said(), error.reason)) from None
-        except asyncssh.Error as error:
-            raise MachineUnreachable(f"The SSH connection to {where} failed: {error.reason}.") from None
-        except (ConnectionResetError, BrokenPipeError):
-            # Closed on the service before the SSH greeting was done.
-            raise MachineUnreachable(_closed_early(where, listening.said(), "it closed the connection")) from None
-        except OSError as error:
-            raise MachineUnreachable(_socket_failure(where, error)) from None
-        except ValueError as error:  # a username or password SSH cannot carry (SASLprep)
-            raise MachineUnreachable(f"The login cannot be sent to {where}: {error}.") from None
-        assert client.seen is not None, "a logged-in connection has verified a host key"
-        try:
-            yield connection, client.seen
-        finally:
-            connection.close()
-            with contextlib.suppress(Exception):
-                await connection.wait_closed()
+        # Imported at the first machine: asyncssh's import is a tenth of a
+        # second of every start of a service that may never reach one.
+        from .ssh_session import logged_in
+
+        async with logged_in(address, self.connect_timeout) as connected:
+            yield connected
 
     async def output(self, connection: asyncssh.SSHClientConnection, command: str) -> tuple[int, bytes]:
         """Run a command, bounded by the command timeout: its exit status and output."""
-        try:
-            async with asyncio.timeout(self._command_timeout):
-                result = await connection.run(command, check=False, encoding=None, stdin=asyncssh.DEVNULL)
-        except TimeoutError:
-            raise MachineUnreachable(f"A command timed out after {self._command_timeout:g} s.") from None
-        except (asyncssh.Error, OSError) as error:
-            raise MachineUnreachable(f"The machine closed the connection: {error}.") from None
-        stdout = result.stdout if isinstance(result.stdout, bytes) else b""
-        return result.exit_status if result.exit_status is not None else -1, stdout
+        from .ssh_session import output
+
+        return await output(connection, command, self._command_timeout)
 
     # -- what a check and a discovery read ---------------------------------
 
@@ -499,14 +353,6 @@ def _count(text: str) -> int | None:
 def login_at(address: MachineAddress) -> str:
     """A machine as a log line names it: the login and where, never a secret."""
     return f"{address.username}@{address.ip} port {address.port}"
-
-
-def _socket_failure(where: str, error: OSError) -> str:
-    if error.errno == errno.ECONNREFUSED:
-        return f"Connection refused at {where}: nothing listens there."
-    if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return f"No route to {where}."
-    return f"Could not reach {where}: {error.strerror or error}."
 
 
 def _text(data: bytes) -> str:

@@ -4,7 +4,7 @@ asyncssh still names DSA keys, which cryptography deprecates: importing it
 warns five times, about code nobody running this service can change. Such a
 deprecation is logged once, at debug level; any other warning of the import
 goes on as warnings do. Every module of the SSH driver imports asyncssh from
-here."""
+here, and imports it at its first machine (a tenth of a second)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
+
+from migration_core.machines import MachineUnreachable
 
 log = logging.getLogger("adapters.ssh")
 
@@ -37,4 +39,13 @@ def deprecations_at_debug(what: str, logger: logging.Logger = log) -> Iterator[N
 with deprecations_at_debug("asyncssh's import"):
     import asyncssh
 
-__all__ = ["asyncssh", "deprecations_at_debug"]
+
+def private_key(text: str) -> asyncssh.SSHKey:
+    """The credentials' private key, or MachineUnreachable saying why it cannot be used."""
+    try:
+        return asyncssh.import_private_key(text)
+    except (asyncssh.KeyImportError, ValueError) as error:
+        raise MachineUnreachable(f"The credentials' private key cannot be used: {error}.") from None
+
+
+__all__ = ["asyncssh", "deprecations_at_debug", "private_key"]

@@ -55,7 +55,7 @@ def test_an_imports_deprecations_are_one_debug_line_each_and_other_warnings_go_o
 
 
 def test_the_ssh_driver_imports_without_a_word_even_when_every_warning_is_shown() -> None:
-    imported = _python("import adapters.ssh, adapters.ssh_copy", "-W", "always")
+    imported = _python("import adapters.ssh, adapters.ssh_session, adapters.ssh_copy", "-W", "always")
     assert (imported.returncode, imported.stdout, imported.stderr) == (0, "", "")
 
 

@@ -37,7 +37,6 @@ import attrs
 
 from migration_core.machines import HostKeyChanged, MachineAddress, MachineUnreachable, fingerprint, key_blob, whole_key
 
-from ..ssh_library import asyncssh
 from .relay import COPY_NICENESS, Bandwidth, lower
 
 # AES-GCM first: with AES-NI it is the cheapest cipher for the master's
@@ -473,11 +472,9 @@ class Link:
 
 def _openssh_key(text: str) -> str:
     """The credentials' key in OpenSSH's own format, which every `ssh` reads."""
-    try:
-        key = asyncssh.import_private_key(text)
-    except (asyncssh.KeyImportError, ValueError) as error:
-        raise MachineUnreachable(f"The credentials' private key cannot be used: {error}.") from None
-    return key.export_private_key("openssh").decode()
+    from ..ssh_library import private_key  # asyncssh, imported at the first copy
+
+    return private_key(text).export_private_key("openssh").decode()
 
 
 def _known_key(known_hosts: Path) -> str | None:
