@@ -47,6 +47,25 @@ MAX_LISTEN_ADDRESSES = 16  # sshd's MAX_LISTEN_SOCKS, one socket per address and
 PACKAGES = "Debian's openssh-server and openssh-client (apt-get install openssh-server openssh-client)"
 
 
+_made_client_keys: list[Path] = []
+
+
+def _client_keys() -> list[Path]:
+    """The logins' two private keys (Ed25519; RSA in PEM), made once per test
+    process and copied to each server's directory: an RSA key takes ssh-keygen
+    up to half a second, and a session starts many servers."""
+    if not _made_client_keys:
+        directory = Path(tempfile.mkdtemp(prefix="sshd-client-keys-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        comment = "migration-tests"
+        _checked(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(directory / "ed25519")])
+        # 2048 bits: quicker to make than the default, and still accepted.
+        _checked(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-C", comment,
+                  "-f", str(directory / "rsa.pem")])
+        _made_client_keys.extend([directory / "ed25519", directory / "rsa.pem"])
+    return _made_client_keys
+
+
 class SshdUnavailable(RuntimeError):
     """No sshd or ssh-keygen, or the server did not start: the tests fail with this."""
 
@@ -306,12 +325,9 @@ class SshServer:
             signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
         try:
             self._new_host_key()
-            comment = "migration-tests"
-            _checked(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                      "-f", str(self.private_key_path)])
-            # 2048 bits: quicker to make than the default, and still accepted.
-            _checked(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-C", comment,
-                      "-f", str(self.pem_private_key_path)])
+            for made, path in zip(_client_keys(), (self.private_key_path, self.pem_private_key_path), strict=True):
+                shutil.copy(made, path)
+                shutil.copy(f"{made}.pub", f"{path}.pub")
             authorized = self._tmp / "authorized_keys"
             authorized.mkdir()
             (authorized / self.username).write_text(
