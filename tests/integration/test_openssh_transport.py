@@ -63,12 +63,13 @@ def test_a_copy_logs_in_once_a_machine_and_reports_the_whole_keys_it_met(
     assert _tree(target / "data") == _tree(source.root / "data")
 
 
-def test_a_master_logs_in_at_the_service_s_priority_and_carries_the_copy_at_the_copies_priority(
+def test_every_ssh_of_a_copy_runs_at_the_copies_priority_from_its_start(
     make_machine: object, machines: SshMachines
 ) -> None:
-    """A busy service must not spend a login's time limit at the lowest
-    priority: each master starts at the service's niceness and is lowered
-    once logged in; every other client starts lowered."""
+    """The masters (which carry every byte) and the clients start at the
+    copies' niceness, so the API keeps its cores. Not lowered after their
+    login instead: a master reniced once logged in left the API's detail p99
+    under four copies at twice its figure (docs/benchmarks.md)."""
     source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")  # type: ignore[operator]
     (source.root / "big").write_bytes(os.urandom(24 * 2**20))
     own = os.getpriority(os.PRIO_PROCESS, 0)
@@ -97,12 +98,10 @@ def test_a_master_logs_in_at_the_service_s_priority_and_carries_the_copy_at_the_
         sampler.join()
 
     assert end.failure is None, end.failure
-    assert lowered in seen["master"] and seen["master"] <= {own, lowered}
-    assert seen["client"] == {lowered}
+    assert seen == {"master": {lowered}, "client": {lowered}}
     login = Login("source", _address(source, source.root), Path("/nonexistent"), 10, None)
-    assert "nice" not in ssh_command(login, master=True)
-    client = ssh_command(login, "true")
-    assert client[client.index("nice") + 1 : client.index("nice") + 3] == ["-n", str(COPY_NICENESS)]
+    for argv in (ssh_command(login, master=True), ssh_command(login, "true")):
+        assert argv[argv.index("nice") + 1 : argv.index("nice") + 3] == ["-n", str(COPY_NICENESS)]
 
 
 def test_a_fingerprint_pin_is_checked_against_the_machine_s_keys_before_the_login_and_completed(

@@ -37,7 +37,7 @@ import attrs
 
 from migration_core.machines import HostKeyChanged, MachineAddress, MachineUnreachable, fingerprint, key_blob, whole_key
 
-from .relay import COPY_NICENESS, Bandwidth, lower
+from .relay import COPY_NICENESS, Bandwidth
 
 # AES-GCM first: with AES-NI it is the cheapest cipher for the master's
 # process to carry; the others for machines that offer no GCM.
@@ -134,11 +134,10 @@ class Login:
         return f"{self.address.ip} port {self.address.port}"
 
 
-def _launcher(*, lowered: bool = True) -> list[str]:
-    """What starts each program: tied to the service's life and, if
-    `lowered`, at a lower priority from its start."""
+def _launcher() -> list[str]:
+    """What starts each client: tied to the service's life, at a lower priority."""
     prefix = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-    return [*prefix, "nice", "-n", str(COPY_NICENESS)] if lowered else prefix
+    return [*prefix, "nice", "-n", str(COPY_NICENESS)]
 
 
 def ssh_command(login: Login, remote: str | None = None, *, master: bool = False) -> list[str]:
@@ -188,9 +187,7 @@ def ssh_command(login: Login, remote: str | None = None, *, master: bool = False
         # A client only ever goes through the master: were it gone, this
         # fails instead of connecting (and logging in) on its own.
         options.update(PermitLocalCommand="no", ProxyCommand="exit 255", LogLevel="ERROR")
-    # A master logs in at the service's priority, so that a busy machine does
-    # not spend the login's time limit: it is lowered once logged in.
-    argv = [*_launcher(lowered=not master), "ssh", "-F", "/dev/null", "-T", "-x", "-a"]
+    argv = [*_launcher(), "ssh", "-F", "/dev/null", "-T", "-x", "-a"]
     for name, value in options.items():
         argv += ["-o", f"{name}={value}"]
     if master:
@@ -204,7 +201,7 @@ def ssh_command(login: Login, remote: str | None = None, *, master: bool = False
 def keyscan_command(address: MachineAddress, timeout: float) -> list[str]:
     """`ssh-keyscan` asking a machine for its host keys, without logging in."""
     return [
-        *_launcher(lowered=False), "ssh-keyscan", "-T", str(max(1, math.ceil(timeout))), "-t", KEY_TYPES,
+        *_launcher(), "ssh-keyscan", "-T", str(max(1, math.ceil(timeout))), "-t", KEY_TYPES,
         "-p", str(address.port), "--", address.ip,
     ]
 
@@ -378,7 +375,6 @@ class Link:
             async with asyncio.timeout(self.login.connect_timeout):
                 line = await master.stdout.readline()
                 if line.strip() == READY.encode():
-                    lower(master.pid)  # it carries the bytes of every client from now on
                     return
                 await master.wait()
         except TimeoutError:

@@ -193,14 +193,9 @@ class Relay:
 
 
 def lower_this_thread() -> None:
-    """Run the calling thread at COPY_NICENESS: Linux keeps a niceness per
-    thread (the thread's id names it to setpriority), so the rest of the
-    service keeps its own."""
-    lower(threading.get_native_id())
-
-
-def lower(task: int) -> None:
-    """Run a thread or a process at COPY_NICENESS, or lower where it already
-    runs lower."""
+    """Run the calling thread at COPY_NICENESS, or lower where the service
+    already runs lower: Linux keeps a niceness per thread (the thread's id
+    names it to setpriority), so the rest of the service keeps its own."""
+    thread = threading.get_native_id()
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, task, max(COPY_NICENESS, os.getpriority(os.PRIO_PROCESS, task)))
+        os.setpriority(os.PRIO_PROCESS, thread, max(COPY_NICENESS, os.getpriority(os.PRIO_PROCESS, thread)))
