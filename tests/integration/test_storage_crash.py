@@ -30,20 +30,32 @@ from pathlib import Path
 import migration_core as core
 from entrypoints.bootstrap import open_storage
 
+def acknowledge(*fields):
+    # One write per line: print() writes each field apart when output is unbuffered.
+    sys.stdout.write(" ".join(map(str, fields)) + "\\n")
+    sys.stdout.flush()
+
 storage = open_storage(sys.argv[1], bytes.fromhex(sys.argv[2]))
 with storage.unit_of_work() as uow:
     owner = uow.users.add(core.User("writer", "not-a-real-hash")).id
     uow.commit()
-print("owner", owner, owner, flush=True)
+acknowledge("owner", owner, owner)
 for i in itertools.count():
     c = core.create_credentials(storage, owner, username=f"user{i}", password=f"pw{i}")
-    print("credentials", c.id, i, flush=True)
+    acknowledge("credentials", c.id, i)
     m = core.create_mount_point(storage, owner, name=f"vol{i}", size=i)
-    print("mount_point", m.id, i, flush=True)
+    acknowledge("mount_point", m.id, i)
     ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
     w = core.create_workload(storage, owner, ip=ip, credentials_id=c.id, mount_point_ids=[m.id])
-    print("workload", w.id, i, flush=True)
+    acknowledge("workload", w.id, i)
 """
+
+
+def _acknowledgment(line: str) -> tuple[str, int, int]:
+    fields = line.split()
+    assert len(fields) == 3, f"the writer printed {line!r}, not an acknowledgment"
+    entity, entity_id, i = fields
+    return entity, int(entity_id), int(i)
 
 
 def _lines(stream: subprocess.IO[str], into: queue.Queue[str | None]) -> None:
@@ -71,15 +83,15 @@ def test_a_killed_writer_loses_no_acknowledged_object(
         while len(acknowledged) < ACKNOWLEDGED_BEFORE_KILL:
             line = lines.get(timeout=60)
             assert line is not None, f"the writer stopped on its own: {writer.stderr.read()}"  # type: ignore[union-attr]
-            kind, entity_id, i = line.split()
-            acknowledged.append((kind, int(entity_id), int(i)))
+            acknowledged.append(_acknowledgment(line))
     finally:
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait(timeout=30)
-    # Whatever it printed before dying was acknowledged too.
+    # Whatever it printed whole before dying was acknowledged too; a line the
+    # kill cut short (no newline) was not.
     while (line := lines.get(timeout=30)) is not None:
-        kind, entity_id, i = line.split()
-        acknowledged.append((kind, int(entity_id), int(i)))
+        if line.endswith("\n"):
+            acknowledged.append(_acknowledgment(line))
     assert writer.returncode == -signal.SIGKILL
 
     if kind == "sqlite":
@@ -91,11 +103,11 @@ def test_a_killed_writer_loses_no_acknowledged_object(
     storage = open_storage(url, SECRET)
     try:
         (_, owner, _), *objects = acknowledged
-        for kind, entity_id, i in objects:
-            if kind == "credentials":
+        for entity, entity_id, i in objects:
+            if entity == "credentials":
                 stored = core.get_credentials(storage, owner, entity_id)
                 assert (stored.username, stored.password) == (f"user{i}", f"pw{i}")
-            elif kind == "mount_point":
+            elif entity == "mount_point":
                 assert core.get_mount_point(storage, owner, entity_id).name == f"vol{i}"
             else:
                 workload = core.get_workload(storage, owner, entity_id)
