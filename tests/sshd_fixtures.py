@@ -81,8 +81,10 @@ def make_machine(sshd: SshServer, tmp_path: Path) -> Callable[[str], Machine]:
 
 @pytest.fixture
 def machines() -> Iterator[SshMachines]:
-    """The SSH driver of copies and checks, allowed onto loopback only."""
-    driver = SshMachines([ipaddress.ip_network("127.0.0.0/8")], connect_timeout=5)
+    """The SSH driver of copies and checks, allowed onto loopback only. A login
+    gets 30 s: a copy's ssh runs niced, and a busy test machine can hold it
+    back for seconds; the tests of timeouts make drivers of their own."""
+    driver = SshMachines([ipaddress.ip_network("127.0.0.0/8")], connect_timeout=30)
     yield driver
     driver.close()
 

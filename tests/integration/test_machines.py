@@ -26,7 +26,7 @@ LOOPBACK = [ipaddress.ip_network("127.0.0.0/8")]
 
 @pytest.fixture
 def machines() -> Iterator[SshMachines]:
-    driver = SshMachines(LOOPBACK, connect_timeout=3)
+    driver = SshMachines(LOOPBACK, connect_timeout=30)  # a bound on a busy machine, not an expectation
     yield driver
     driver.close()
 
