@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_apigami import docs
 
-from entrypoints.http.openapi import setup_openapi
+from entrypoints.http.openapi import openapi_document, setup_openapi
 
 from .http_client import make_app
 
@@ -234,15 +234,16 @@ def test_each_set_of_routes_has_its_own_document_built_once() -> None:
     async def second(_request: web.Request) -> web.Response:
         raise AssertionError("documented only")
 
-    def app_of(*paths: str) -> web.Application:
+    def document_of(*paths: str) -> dict[str, Any]:
         app = web.Application()
         for path, handler in zip(paths, (first, second), strict=False):
             app.router.add_get(path, handler, allow_head=False)
-        return app
+        setup_openapi(app)
+        return openapi_document(app)
 
-    one = setup_openapi(app_of("/kept-one/"))
-    both = setup_openapi(app_of("/kept-one/", "/kept-two/"))
+    one = document_of("/kept-one/")
+    both = document_of("/kept-one/", "/kept-two/")
     assert set(one["paths"]) == {"/kept-one/"}
     assert set(both["paths"]) == {"/kept-one/", "/kept-two/"}
     assert both["paths"]["/kept-two/"]["get"]["summary"] == "the second"
-    assert setup_openapi(app_of("/kept-one/")) is one
+    assert document_of("/kept-one/") is one

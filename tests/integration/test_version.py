@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from entrypoints.cli import main
-from entrypoints.http.console import API_INDEX
+from entrypoints.http.console import api_index_links
 from entrypoints.http.schema_file import served_document
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def test_the_command_line_and_the_openapi_document_show_the_version_of_pyproject
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"migration-api {expected}\n"
     assert served_document()["info"]["version"] == expected
-    assert API_INDEX["version"] == expected
+    assert api_index_links()["version"] == expected
 
 
 def test_the_changelogs_newest_release_is_pyprojects_version_and_nothing_is_dated_twice() -> None:

@@ -134,14 +134,17 @@ class ApiIndexSchema(Schema):
     metrics = fields.String(metadata={"example": "/metrics", "description": "Absent when metrics are off."})
 
 
-API_INDEX = {
-    "version": package_version(),
-    "console": "/",
+def api_index_links(*, metrics: bool = True) -> dict[str, str]:
+    """The index at /api/v1/, its version read when it is first asked for."""
+    links = {
+        "version": package_version(),
+        "console": "/",
     "swagger_ui": SWAGGER_PATH,
     "openapi": OPENAPI_PATH,
-    "health": "/health",
-    "metrics": "/metrics",
-}
+        "health": "/health",
+        "metrics": "/metrics",
+    }
+    return links if metrics else {k: v for k, v in links.items() if k != "metrics"}
 
 
 @docs(
@@ -152,17 +155,17 @@ API_INDEX = {
     responses=answers({200: (ApiIndexSchema, "The links, as paths on this service.")}),
 )
 async def api_index(request: web.Request) -> web.Response:
-    return json_answer(request.app[INDEX], headers=SECURITY_HEADERS)
+    return json_answer(api_index_links(metrics=request.app[INDEX_METRICS]), headers=SECURITY_HEADERS)
 
 
-INDEX = web.AppKey("api_index", dict)
+INDEX_METRICS = web.AppKey("api_index_metrics", bool)
 
 
 def setup_console(app: web.Application, *, metrics: bool = True) -> None:
     """Serve the console and the index of links (without /metrics when it is
     off); call it before `setup_openapi` so the index is documented."""
     app[CONSOLE] = load_console()
-    app[INDEX] = API_INDEX if metrics else {k: v for k, v in API_INDEX.items() if k != "metrics"}
+    app[INDEX_METRICS] = metrics
     app.router.add_get("/", _shell)
     app.router.add_get(STATIC_PREFIX + "{digest}/{name:.+}", _static)
     add_routes(app.router, [Route("GET", "/api/v1/", api_index, public=True)])

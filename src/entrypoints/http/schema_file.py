@@ -15,7 +15,7 @@ from typing import Any
 from entrypoints.bootstrap import Settings, bootstrap
 
 from .app import create_app
-from .openapi import OPENAPI
+from .openapi import openapi_document
 
 
 def served_document() -> dict[str, Any]:
@@ -23,7 +23,7 @@ def served_document() -> dict[str, Any]:
     share theirs); building it needs no database."""
     services = bootstrap(Settings(storage="memory://"))
     try:
-        return copy.deepcopy(create_app(services)[OPENAPI])
+        return copy.deepcopy(openapi_document(create_app(services)))
     finally:
         services.storage.close()
 
