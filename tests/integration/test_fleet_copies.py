@@ -130,7 +130,9 @@ def test_a_wave_of_40_real_migrations_onto_one_host_copies_at_most_max_copies_at
             copying_seen.append(phases.count("copying"))
             queued_seen.append(phases.count("queued"))
 
-        sampler = Sampler(sample, interval=0.1)  # copies last seconds; the service keeps its cores
+        # Copies last seconds; a look costs the service and the test some 15 ms,
+        # which ten looks a second over a wave slowed by a busy suite made 15 CPU-s.
+        sampler = Sampler(sample, interval=0.5)
         began = time.monotonic()
         try:
             started = service.ok("POST", f"/api/v1/waves/{wave}/run/", token=token, status=202)
@@ -162,7 +164,7 @@ def test_a_wave_of_40_real_migrations_onto_one_host_copies_at_most_max_copies_at
             f" and {max(queued_seen)} queued at once"
         )
         # Never past the cap, and the cap filled (copies last seconds, the
-        # poller looks ten times a second): the queue hands free slots out.
+        # poller looks twice a second): the queue hands free slots out.
         assert max(copying_seen) == MAX_COPIES, copying_seen
         assert max(queued_seen) >= WAVE - 2 * MAX_COPIES, queued_seen
 
@@ -385,7 +387,7 @@ def test_two_copies_share_the_bandwidth_cap_evenly_and_together_take_what_it_all
     def sample() -> None:
         samples.append(tuple(plan.state()["bytes_copied"] for plan in plans))
 
-    sampler = Sampler(sample, interval=0.05)
+    sampler = Sampler(sample, interval=0.5)
     began = time.monotonic()
     try:
         service.ok("POST", f"/api/v1/waves/{wave}/run/", token=token, status=202)
