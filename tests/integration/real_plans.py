@@ -137,7 +137,11 @@ class RealPlan:
         return self.ok("GET", f"/api/v1/migrations/{self.migration}/state/")
 
     def until(self, check: Callable[[Any], bool]) -> Any:
-        return wait_for("the run's state", lambda: (lambda s: s if check(s) else None)(self.state()), patience=60)
+        """The run's state once `check` holds: a state that stays once reached
+        (an end, bytes copied), so the looks thin out as the wait goes on."""
+        return wait_for(
+            "the run's state", lambda: (lambda s: s if check(s) else None)(self.state()), patience=60, longest=0.25
+        )
 
     def events(self, kind: str) -> list[Any]:
         return self.ok("GET", f"/api/v1/migrations/{self.migration}/events/?kind={kind}")["results"]  # type: ignore[no-any-return]

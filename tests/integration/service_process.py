@@ -25,15 +25,27 @@ SECRET_KEY = "multi-instance-tests-secret-key-0123456789"
 T = TypeVar("T")
 
 
-def wait_for(what: str, check: Callable[[], T | None], patience: float = PATIENCE, every: float = 0.05) -> T:
-    """Poll `check` every `every` seconds until it returns something other than None or False."""
+def wait_for(
+    what: str,
+    check: Callable[[], T | None],
+    patience: float = PATIENCE,
+    every: float = 0.05,
+    longest: float | None = None,
+) -> T:
+    """Poll `check` every `every` seconds until it returns something other than
+    None or False. With `longest`, the pause grows by half at each look up to
+    that: for a state that stays once reached (an end), so that a long wait
+    costs the service a few looks a second, not twenty."""
     deadline = time.monotonic() + patience
+    pause = every
     while True:
         found = check()
         if found is not None and found is not False:
             return found
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
+        time.sleep(pause)
+        if longest is not None:
+            pause = min(pause * 1.5, longest)
 
 
 class ServiceProcess:

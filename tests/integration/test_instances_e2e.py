@@ -64,7 +64,9 @@ def test_a_run_on_a_succeeds_while_b_stops_restarts_and_is_killed(
     time.sleep(2 * LEASE)  # B's leftovers, if it had any, would be found by now
     assert state(a, token, migration)["state"] == "running"
 
-    done = wait_for("the run on A to end", lambda: (s := state(a, token, migration))["finished_at"] and s)
+    done = wait_for(
+        "the run on A to end", lambda: (s := state(a, token, migration))["finished_at"] and s, longest=0.25
+    )
     assert (done["state"], done["error"], done["progress"]) == ("success", None, 100), done
     target = a.ok("GET", f"/api/v1/migration_targets/{done['migration_target']}/", token=token)
     assert [v["name"] for v in target["target_vm"]["storage"]] == ["C:\\", "D:\\"]
@@ -93,7 +95,9 @@ def test_a_killed_instance_s_run_is_interrupted_by_the_other_and_runs_again_ther
     assert noticed <= 2 * LEASE + 1.0, noticed
 
     b.ok("POST", f"/api/v1/migrations/{migration}/run/", token=token, status=202)
-    done = wait_for("the run on B to end", lambda: (s := state(b, token, migration))["finished_at"] and s)
+    done = wait_for(
+        "the run on B to end", lambda: (s := state(b, token, migration))["finished_at"] and s, longest=0.25
+    )
     assert done["state"] == "success", done
 
 
