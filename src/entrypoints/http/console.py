@@ -139,8 +139,8 @@ def api_index_links(*, metrics: bool = True) -> dict[str, str]:
     links = {
         "version": package_version(),
         "console": "/",
-    "swagger_ui": SWAGGER_PATH,
-    "openapi": OPENAPI_PATH,
+        "swagger_ui": SWAGGER_PATH,
+        "openapi": OPENAPI_PATH,
         "health": "/health",
         "metrics": "/metrics",
     }
