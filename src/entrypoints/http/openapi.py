@@ -4,6 +4,7 @@ CDN), and the answers each operation documents."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import warnings
@@ -197,7 +198,8 @@ def _document(routes: DocumentedRoutes) -> dict[str, Any]:
 
 
 async def _serve_document(request: web.Request) -> web.Response:
-    return json_answer(openapi_document(request.app))
+    # Off the loop: the first call in a process builds the document.
+    return json_answer(await asyncio.to_thread(openapi_document, request.app))
 
 
 @functools.cache
