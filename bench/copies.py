@@ -76,7 +76,11 @@ run for both ends of every copy) share the service's two cores here, where
 in a fleet each is a computer of its own; `--machines-nice 19` runs them
 below everything else, so that what the service's own processes leave the
 API is what is measured (the copies' `ssh` clients and relay threads run at
-niceness 19, the API at 0).
+niceness 19, the API at 0). Where the kernel shares the cores between
+sessions first (autogroup), a niceness counts only within a session, and
+sshd opens one for each connection: the machines then also go into a CPU
+cgroup of the same weight (`machines_group`; root, cgroup v1's cpu
+controller), and the benchmark prints which.
 
 Throughput is the volume's file bytes over the run's time (the migration's
 `started_at` to `finished_at`: logins, stream, verification and the move into
@@ -114,6 +118,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +179,52 @@ def reaped_cpu(pid: int) -> tuple[float, float]:
             raise SystemExit(f"the service still has child processes {left} after {REAP_SECONDS:.0f} s")
         time.sleep(0.02)
     return family_cpu(pid)
+
+
+# cgroup v1's cpu controller, where the kernel mounts it.
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")
+
+
+@contextlib.contextmanager
+def machines_group(pids: list[int], niceness: int) -> Iterator[str]:
+    """The machines' listeners (and all they start) in a CPU group of their
+    own, weighted as a process at `niceness` (CFS: 1024 / 1.25 per step).
+
+    A niceness alone does not put them below the service where the kernel
+    groups processes by session (`sched_autogroup_enabled`): sshd starts a
+    session for each connection, and the kernel shares the cores evenly
+    between sessions first, so eight busy sessions of tar, sha256sum and
+    ciphers would each weigh as much as the service's whole session. A cgroup
+    is outside the sessions' groups. What it says is printed: the group, or
+    why there is none (then the niceness holds only within each session)."""
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if not autogroup.exists() or autogroup.read_text().strip() == "0":
+        yield "none needed (the kernel does not group by session)"
+        return
+    group = CPU_CGROUPS / f"migration-copy-bench-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "cpu.shares").write_text(str(max(2, round(1024 / 1.25 ** niceness))))
+        for pid in pids:
+            (group / "cgroup.procs").write_text(str(pid))
+    except OSError as error:
+        release_group(group)
+        yield f"none ({error}): sessions share the cores evenly, so the machines' niceness holds only within each"
+        return
+    try:
+        yield f"{group}, cpu.shares {(group / 'cpu.shares').read_text().strip()}"
+    finally:
+        release_group(group)
+
+
+def release_group(group: Path) -> None:
+    """Move what is left in a cgroup back to the root group, and remove it."""
+    with contextlib.suppress(OSError):
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (group.parent / "cgroup.procs").write_text(pid)
+    with contextlib.suppress(OSError):
+        group.rmdir()
 
 
 class Machines:
@@ -1128,6 +1179,9 @@ def run_phases(
     for machine in (server, *servers):
         # Each connection's sshd and what it runs inherit the listener's niceness.
         os.setpriority(os.PRIO_PROCESS, machine.pid, args.machines_nice)
+    if args.machines_nice:
+        group = stack.enter_context(machines_group([m.pid for m in (server, *servers)], args.machines_nice))
+        print(f"# the machines' CPU group: {group}", flush=True)
     ssh = Ssh(server, workdir)
     machines = Machines([server, *servers])
     services = [Service(workdir, server, label="this")]
