@@ -1,9 +1,11 @@
 """The console in a real headless Chromium (Debian's, at /usr/bin/chromium: no
 browser is ever downloaded) against real service processes.
 
-One browser serves the whole session; each test gets a fresh context (so a
-fresh sessionStorage) and signs up its own users, so tests share a service
-without seeing each other's objects. Every test also fails when a page fires
+One browser serves the whole session, and one tab each package: a new tab
+is a new renderer process, which costs Chromium about a CPU-second here, and
+the package has dozens of tests. Each test gets the tab blank (its origin's
+storage and the cookies cleared, no route, no time zone set) and signs up
+its own users, so tests share a service without seeing each other's objects. Every test also fails when a page fires
 a dialog, throws, breaks its Content-Security-Policy, or gets a console file
 without the policy."""
 
@@ -16,7 +18,6 @@ from typing import Any
 import pytest
 from playwright.sync_api import (
     Browser,
-    BrowserContext,
     ConsoleMessage,
     Dialog,
     Page,
@@ -108,14 +109,26 @@ class Watch:
         self.unprotected: list[str] = []
         self.console_files: list[str] = []
 
-    def attach(self, context: BrowserContext) -> None:
-        context.on("page", self._page)
+    def attach(self, tab: Page) -> None:
+        """Watch the tab, and every page it opens."""
+        self._page(tab)
+        tab.context.on("page", self._page)
+
+    def detach(self, tab: Page) -> None:
+        tab.context.remove_listener("page", self._page)
+        for event, handler in self._handlers():
+            tab.remove_listener(event, handler)
+
+    def _handlers(self) -> list[tuple[str, Any]]:
+        return [("dialog", self._dialog), ("pageerror", self._uncaught), ("console", self._console),
+                ("response", self._response)]
 
     def _page(self, page: Page) -> None:
-        page.on("dialog", self._dialog)
-        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
-        page.on("console", self._console)
-        page.on("response", self._response)
+        for event, handler in self._handlers():
+            page.on(event, handler)
+
+    def _uncaught(self, error: Exception) -> None:
+        self.errors.append(f"uncaught: {error}")
 
     def _dialog(self, dialog: Dialog) -> None:
         self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -139,22 +152,49 @@ class Watch:
         assert self.unprotected == [], "console files served without the Content-Security-Policy"
 
 
-def _console_page(browser: Browser, service: Service, width: int, height: int) -> Iterator[Console]:
-    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+@pytest.fixture(scope="package")
+def tab(browser: Browser) -> Iterator[Page]:
+    """The tab every console of the package is shown in, in a context of its own."""
+    context = browser.new_context(accept_downloads=True)
     context.set_default_timeout(10_000)
-    watch = Watch(service.url)
-    watch.attach(context)
     page = context.new_page()
+    yield page
+    context.close()
+
+
+def _blank(tab: Page, origin: str) -> None:
+    """The tab as a new one would be for `origin`: its session and local
+    storage there cleared (they outlive navigations, in a tab), no cookie,
+    no route, the machine's own time zone, showing nothing."""
+    for page in tab.context.pages:
+        if page != tab:
+            page.close()
+    tab.unroute_all(behavior="ignoreErrors")
+    devtools = tab.context.new_cdp_session(tab)
+    devtools.send("Emulation.setTimezoneOverride", {"timezoneId": ""})
+    devtools.detach()
+    tab.context.clear_cookies()
+    tab.goto(f"{origin}/health")
+    tab.evaluate("sessionStorage.clear(); localStorage.clear()")
+    tab.goto("about:blank")
+
+
+def _console_page(tab: Page, service: Service, width: int, height: int) -> Iterator[Console]:
+    _blank(tab, service.url)
+    tab.set_viewport_size({"width": width, "height": height})
+    watch = Watch(service.url)
+    watch.attach(tab)
     try:
-        yield Console(page, service.url, service.api, SCREENSHOTS, watch.console_files)
+        yield Console(tab, service.url, service.api, SCREENSHOTS, watch.console_files)
         watch.check()
     finally:
-        context.close()
+        watch.detach(tab)
+        tab.goto("about:blank")  # the console's timers and its stream end here
 
 
 def _console_fixture(service: str, width: int, height: int, doc: str) -> Any:
-    def console_at(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Console]:
-        yield from _console_page(browser, request.getfixturevalue(service), width, height)
+    def console_at(tab: Page, request: pytest.FixtureRequest) -> Iterator[Console]:
+        yield from _console_page(tab, request.getfixturevalue(service), width, height)
 
     console_at.__doc__ = doc
     return pytest.fixture(console_at)
