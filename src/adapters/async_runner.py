@@ -256,7 +256,7 @@ class AsyncRunner:
             raise
         with self._table_lock:
             run.copy = copy
-            self._plan(run)
+            self._plan(run, copy.next_due())
         # Perhaps due before the next regular tick: let the ticker plan its sleep
         # again. A loop closed meanwhile was stopped, and stop() interrupted this run.
         with contextlib.suppress(RuntimeError):
@@ -348,10 +348,8 @@ class AsyncRunner:
         with self._table_lock:
             return self._due[0][0] if self._due else None
 
-    def _plan(self, run: _Run) -> None:
+    def _plan(self, run: _Run, due: float | None) -> None:
         """When `run` is next asked for news, if its copy names a moment (under _table_lock)."""
-        assert run.copy is not None
-        due = run.copy.next_due()
         if due is not None:
             heapq.heappush(self._due, (due, next(self._order), run))
 
@@ -381,8 +379,12 @@ class AsyncRunner:
             return False
         reports: dict[_Run, CopyProgress] = {}
         ends: list[tuple[_Run, CopyEnd]] = []
+        # The next report is due a step after this one, not after the write:
+        # time read once the write is done may already be past its own step.
+        dues = {}
         for run in ready:
             assert run.copy is not None
+            dues[run] = run.copy.next_due()
             end, progress = run.copy.ended(), run.copy.progress()
             if end is not None:
                 ends.append((run, end))
@@ -397,7 +399,7 @@ class AsyncRunner:
             self._again += [run for run in ready if run in again]
             for run in ready:
                 if run not in ended and run not in again:
-                    self._plan(run)
+                    self._plan(run, dues[run])
         return outcome.unfinished
 
     async def _take_copies(self) -> None:

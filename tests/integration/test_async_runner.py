@@ -91,6 +91,8 @@ class WatchedStorage:
         self.refused = 0
         self.target_update_error: str | None = None
         self.refused_target_updates: list[float] = []  # time.monotonic() of each
+        # Called with each progress a committed unit of work wrote, after the commit.
+        self.progress_written: Callable[[int], None] | None = None
 
     def unit_of_work(self, *, write: bool = True, undo_nested: bool = True) -> _WatchedUnitOfWork:
         if self.unavailable:
@@ -111,10 +113,12 @@ class _WatchedUnitOfWork:
         self._storage = storage
         self._inner = inner
         self._succeeded: list[int] = []
+        self._progress: list[int] = []
 
     def __enter__(self) -> _WatchedUnitOfWork:
         self._uow = self._inner.__enter__()
         self._succeeded.clear()
+        self._progress.clear()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -127,6 +131,9 @@ class _WatchedUnitOfWork:
                 self._storage.successes[migration_id] = (
                     self._storage.successes.get(migration_id, 0) + 1
                 )
+        if self._storage.progress_written is not None:
+            for progress in self._progress:
+                self._storage.progress_written(progress)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._uow, name)
@@ -152,6 +159,7 @@ class _WatchedMigrations:
         stored: core.Migration = self._inner.update_if(migration, expected)
         if migration.state is MigrationState.SUCCESS:
             self._uow._succeeded.append(migration.id)
+        self._uow._progress.append(migration.progress)
         return stored
 
 
@@ -369,6 +377,24 @@ async def test_a_run_succeeds_with_the_selected_volumes_in_source_order(
         (Volume("C:\\", 100), Volume("E:\\", 600)),
     )
     assert harness.storage.successes == {migration.id: 2}
+
+
+async def test_the_next_report_is_due_a_step_after_the_last_was_taken_not_after_its_write(
+    harness: Harness, runner: AsyncRunner
+) -> None:
+    """Time that passes while a report is written (a slow write; here the
+    fake clock, moved as the write of 10% commits) does not put the next
+    report a step past the write's end: at 50% of the copy, 50% is written."""
+    migration = await harness.migration("C:\\", "D:\\", "E:\\")
+
+    def move_on(progress: int) -> None:
+        if progress == 10:
+            harness.time.value = LAUNCHED_AT + 0.5 * DURATION
+
+    harness.storage.progress_written = move_on
+    await harness.run(runner, migration.id)
+    harness.time.value = LAUNCHED_AT + 0.1 * DURATION
+    await harness.until(migration.id, lambda m: m.progress == 50, "at 50%")
 
 
 async def test_progress_follows_time_never_decreases_and_is_100_only_at_success(
