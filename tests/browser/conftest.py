@@ -5,9 +5,9 @@ One browser serves the whole session, and one tab each package: a new tab
 is a new renderer process, which costs Chromium about a CPU-second here, and
 the package has dozens of tests. Each test gets the tab blank (its origin's
 storage and the cookies cleared, no route, no time zone set) and signs up
-its own users, so tests share a service without seeing each other's objects. Every test also fails when a page fires
-a dialog, throws, breaks its Content-Security-Policy, or gets a console file
-without the policy."""
+its own users, so tests share a service without seeing each other's objects.
+Every test also fails when a page fires a dialog, throws, breaks its
+Content-Security-Policy, or gets a console file without the policy."""
 
 from __future__ import annotations
 
