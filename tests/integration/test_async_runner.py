@@ -411,11 +411,16 @@ async def test_progress_follows_time_never_decreases_and_is_100_only_at_success(
             observed.append(await harness.get(migration.id))
             await asyncio.sleep(0.005)
 
+    async def watched(percent: int) -> bool:
+        return any(m.progress == percent for m in observed)
+
     watcher = asyncio.create_task(watch())
     await harness.run(runner, migration.id)
     for fraction, percent in [(0.1, 10), (0.5, 50), (0.99, 99)]:
         harness.time.value = LAUNCHED_AT + fraction * DURATION
-        await harness.until(migration.id, lambda m, p=percent: m.progress == p, f"at {percent}%")
+        # The clock moves on only once the watcher itself read the report,
+        # however late its reads come on a busy machine.
+        await eventually(lambda p=percent: watched(p), f"the watcher to read {percent}%")
     harness.time.advance(DURATION)
     await harness.until(migration.id, succeeded, "succeeds")
     finished.set()
@@ -424,7 +429,6 @@ async def test_progress_follows_time_never_decreases_and_is_100_only_at_success(
 
     progress = [m.progress for m in observed if m.state is not MigrationState.NOT_STARTED]
     assert progress == sorted(progress)
-    assert {10, 50, 99} <= set(progress)
     assert all((m.progress == 100) == succeeded(m) for m in observed)
 
 
