@@ -941,7 +941,7 @@ def start_source_servers(stack: contextlib.ExitStack, count: int) -> list[Any]:
     for n in range(0, count, SSHD_ADDRESSES):
         server_number = n // SSHD_ADDRESSES + 1
         addresses = [f"127.0.{server_number}.{k}" for k in range(1, min(SSHD_ADDRESSES, count - n) + 1)]
-        servers.append(stack.enter_context(SshServer(addresses=addresses)))
+        servers.append(stack.enter_context(SshServer(addresses=addresses, stock_key_exchange=True)))
     return servers
 
 
@@ -1145,7 +1145,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="migration-copy-bench-", dir="/tmp") as tmp, \
             contextlib.ExitStack() as stack:
-        server = stack.enter_context(SshServer())
+        server = stack.enter_context(SshServer(stock_key_exchange=True))
         run_phases(Path(tmp), server, stack, args, total, phases)
     print(f"# done in {time.monotonic() - began:.0f} s, {datetime.datetime.now().isoformat(timespec='seconds')}; "
           f"uptime: {load_text()}")

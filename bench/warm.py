@@ -122,7 +122,7 @@ def cutover_phase(workdir: Path, args: argparse.Namespace) -> None:
     files = make_tree(tree, total, args.files)
     cold_times, downtimes = [], []
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(SshServer())
+        server = stack.enter_context(SshServer(stock_key_exchange=True))
         service = Service(workdir, "cutover")
         stack.callback(service.stop)
         key = {"username": server.username, "private_key": server.private_key}

@@ -207,15 +207,22 @@ def _stop_orphans() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# The key exchange of the tests' servers (SshServer's stock_key_exchange).
+CHEAP_KEY_EXCHANGE = "curve25519-sha256,curve25519-sha256@libssh.org"
+
+
 class SshServer:
     """One sshd of our own: start/stop, or `with`."""
 
     def __init__(
-        self, sshd: Path = SSHD, addresses: Sequence[str] = ADDRESSES, *, default_limits: bool = False
+        self, sshd: Path = SSHD, addresses: Sequence[str] = ADDRESSES, *, default_limits: bool = False,
+        stock_key_exchange: bool = False,
     ) -> None:
         """`default_limits`: OpenSSH's own MaxSessions, MaxStartups and
         MaxAuthTries, as a stock server has them, instead of the raised ones
-        that let the other tests open many sessions at once. One sshd listens
+        that let the other tests open many sessions at once.
+        `stock_key_exchange`: the server's own choice of key exchange (the
+        benchmarks'), instead of the cheap one the tests log in with. One sshd listens
         on at most 16 addresses (its MAX_LISTEN_SOCKS: "Too many listen
         sockets"): a fleet of more is several servers (tests/sshd_fleet.py)."""
         if len(addresses) > MAX_LISTEN_ADDRESSES:
@@ -223,6 +230,7 @@ class SshServer:
         self._sshd = sshd
         self.addresses = tuple(addresses)
         self.default_limits = default_limits
+        self.stock_key_exchange = stock_key_exchange
         self._tmp: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._fingerprint = ""
@@ -351,6 +359,10 @@ class SshServer:
         listen = "".join(f"ListenAddress {address}\n" for address in self.addresses)
         # OpenSSH's defaults otherwise: MaxSessions 10, MaxStartups 10:30:100, MaxAuthTries 6.
         limits = "" if self.default_limits else "MaxSessions 30\nMaxStartups 100\nMaxAuthTries 10\n"
+        # OpenSSH 9.2's first choice, sntrup761x25519, costs each `ssh` 0.1
+        # CPU-s a login on this kind of machine, and the suite's copies log in
+        # some 300 times. The clients offer what they always do.
+        key_exchange = "" if self.stock_key_exchange else f"KexAlgorithms {CHEAP_KEY_EXCHANGE}\n"
         (tmp / "home").mkdir(exist_ok=True)
         # UsePAM no: Debian's PAM stack wants pam_loginuid, which fails in many
         # containers; without PAM, sshd checks passwords against /etc/shadow.
@@ -368,11 +380,7 @@ KbdInteractiveAuthentication no
 UsePAM no
 UseDNS no
 LogLevel VERBOSE
-# The key exchange only: OpenSSH 9.2's first choice, sntrup761x25519, costs
-# each `ssh` 0.1 CPU-s a login on this kind of machine, and the suite's copies
-# log in some 300 times. The clients offer what they always do.
-KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
-{limits}LoginGraceTime 30
+{key_exchange}{limits}LoginGraceTime 30
 PrintMotd no
 PrintLastLog no
 # A login's PATH may be set by its key (authorize(path=...)): a machine whose
