@@ -165,7 +165,8 @@ def tab(browser: Browser) -> Iterator[Page]:
 def _blank(tab: Page, origin: str) -> None:
     """The tab as a new one would be for `origin`: its session and local
     storage there cleared (they outlive navigations, in a tab), no cookie,
-    no route, the machine's own time zone, showing nothing."""
+    no route, the machine's own time zone, showing the service's /health (no
+    script: the test's first page is the console's first document)."""
     for page in tab.context.pages:
         if page != tab:
             page.close()
@@ -174,9 +175,9 @@ def _blank(tab: Page, origin: str) -> None:
     devtools.send("Emulation.setTimezoneOverride", {"timezoneId": ""})
     devtools.detach()
     tab.context.clear_cookies()
+    # Session storage is cleared from a page of its origin alone.
     tab.goto(f"{origin}/health")
     tab.evaluate("sessionStorage.clear(); localStorage.clear()")
-    tab.goto("about:blank")
 
 
 def _console_page(tab: Page, service: Service, width: int, height: int) -> Iterator[Console]:
