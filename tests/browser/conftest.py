@@ -1,7 +1,8 @@
 """The console in a real headless Chromium (Debian's, at /usr/bin/chromium: no
 browser is ever downloaded) against real service processes.
 
-One browser serves the whole session, and one tab each package: a new tab
+One worker (make test's --dist loadgroup) runs the whole package, so that one
+browser, one driver and one pair of services serve it all, and one tab: a new tab
 is a new renderer process, which costs Chromium about a CPU-second here, and
 the package has dozens of tests. Each test gets the tab blank (its origin's
 storage and the cookies cleared, no route, no time zone set) and signs up
@@ -209,3 +210,12 @@ slow_console = _console_fixture("slow_service", 1280, 800, "A laptop's screen, a
 
 def pytest_configure(config: Any) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Each worker that ran even one of these tests started its own Chromium,
+    # Playwright driver and services: some 5 CPU-s before the first page.
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.xdist_group("browser"))
