@@ -23,9 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from aiohttp import web
-from aiohttp.log import access_logger
-
 from adapters.clock import SystemClock
 from entrypoints import logs, package_version
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap, configured_storage
@@ -160,6 +157,10 @@ def serve(flags: dict[str, str | None]) -> int:
         _close(sockets)
         logs.complain(PROG, f"bad setting: {error}")
         return 2
+
+    # The HTTP stack only here: the other commands start without it.
+    from aiohttp import web
+    from aiohttp.log import access_logger
 
     from entrypoints.http import create_app
     from entrypoints.http.access_log import AccessLog

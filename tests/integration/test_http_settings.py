@@ -103,12 +103,12 @@ def test_a_port_taken_between_the_check_and_listening_is_said_in_one_line(
     that listens second says so as the check would, not with a traceback."""
     import errno
 
-    from entrypoints import cli
+    from aiohttp import web
 
     def taken(*_args: object, **_options: object) -> None:
         raise OSError(errno.EADDRINUSE, "Address already in use")
 
-    monkeypatch.setattr(cli.web, "run_app", taken)
+    monkeypatch.setattr(web, "run_app", taken)  # serve's, which it imports when it runs
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
