@@ -220,11 +220,11 @@ class SshServer:
     ) -> None:
         """`default_limits`: OpenSSH's own MaxSessions, MaxStartups and
         MaxAuthTries, as a stock server has them, instead of the raised ones
-        that let the other tests open many sessions at once.
-        `stock_key_exchange`: the server's own choice of key exchange (the
-        benchmarks'), instead of the cheap one the tests log in with. One sshd listens
+        that let the other tests open many sessions at once. One sshd listens
         on at most 16 addresses (its MAX_LISTEN_SOCKS: "Too many listen
-        sockets"): a fleet of more is several servers (tests/sshd_fleet.py)."""
+        sockets"): a fleet of more is several servers (tests/sshd_fleet.py).
+        `stock_key_exchange`: the server's own choice of key exchange (the
+        benchmarks'), instead of the cheap one the tests log in with."""
         if len(addresses) > MAX_LISTEN_ADDRESSES:
             raise ValueError(f"one sshd listens on at most {MAX_LISTEN_ADDRESSES} addresses, not {len(addresses)}")
         self._sshd = sshd

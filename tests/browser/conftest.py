@@ -214,7 +214,7 @@ def pytest_configure(config: Any) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Each worker that ran even one of these tests started its own Chromium,
-    # Playwright driver and services: some 5 CPU-s before the first page.
+    # services and Playwright driver (the driver alone took some 5 CPU-s).
     here = Path(__file__).parent
     for item in items:
         if item.path.is_relative_to(here):
