@@ -1,14 +1,14 @@
 """A real `serve` process on a free loopback port, as tests of whole processes
 need it: started on any storage URL, called over HTTP, stopped by any signal.
-Every wait is bounded."""
+Every wait is bounded. The process is forked from one that has imported the
+service already (service_forks.py); it runs the command line's `main` all the
+same."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..ports import reserved_port
+from .service_forks import ForkedProcess, service_forks
 
 PATIENCE = 30.0  # seconds: a bound on every wait, never an expectation
 STARTS = 5  # attempts at a start whose port someone else took all the same
@@ -62,7 +63,7 @@ class ServiceProcess:
         self.directory = directory
         self.name = name
         self.args = list(args)
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ForkedProcess | None = None
         self.port = 0
         self.starts = 0
 
@@ -94,16 +95,15 @@ class ServiceProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
         if self.secret_key is not None:
             environ["MIGRATION_SECRET_KEY"] = self.secret_key
-        command = [
-            sys.executable, "-m", "entrypoints", "serve",
+        argv = [
+            "serve",
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--storage", self.storage,
             *self.args,
             *args,
         ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ)
+        self.process = service_forks().spawn(argv, environ, self.log_path)
 
     def _healthy_or_ended(self) -> str | None:
         assert self.process is not None
