@@ -282,11 +282,15 @@ class CancelledCopies:
         answered_by = _answered_by(service, cancel, cancels_before)
         ended = plan.until(lambda s: s["finished"])
         # Once the run is over, nothing of it stays on the host: wait for it.
-        wait_for(
-            "the staging and the copy's processes to go",
-            lambda: not [name for name in os.listdir(plan.landing) if name.startswith(".migration-")]
-            and remote_processes(self.source.root, self.host.root) == [],
-        )
+        def left() -> list[str]:
+            return [name for name in os.listdir(plan.landing) if name.startswith(".migration-")] + remote_processes(
+                self.source.root, self.host.root
+            )
+
+        try:
+            wait_for("the staging and the copy's processes to go", lambda: not left())
+        except AssertionError as late:
+            raise AssertionError(f"{late} {step}: {left()}\n{service.log()[-3000:]}") from None
         self.seen.append((
             step, status, answer.get("error"), "carrier" if answered_by == carrier else "other worker",
             round(time.monotonic() - answered, 2),  # until the host was clean
