@@ -171,7 +171,7 @@ def bootstrap(
     return Services(
         storage=storage,
         clock=clock,
-        hasher=hasher or ScryptHasher(),
+        hasher=hasher or ScryptHasher(n=2**settings.password_cost),
         tokens=tokens,
         runner=runner,
         throttle=LoginThrottle(storage, clock),

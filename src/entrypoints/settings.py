@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from adapters.jwt_tokens import MIN_KEY_BYTES
+from adapters.passwords import PASSWORD_COST, PASSWORD_COSTS
 from adapters.ssh import IpNetwork, parse_networks
 from entrypoints.inventory_csv import parse_size
 from entrypoints.logs import LOG_FORMATS
@@ -76,6 +77,10 @@ SETTINGS = [
     Setting("max_bandwidth", "MIGRATION_MAX_BANDWIDTH", "--max-bandwidth", "unlimited",
             "bytes per second this instance's copies send in all, shared fairly among them: unlimited,"
             " bytes, or a number with KB MB GB KiB MiB GiB (50MB)"),
+    Setting("password_cost", "MIGRATION_PASSWORD_COST", "--password-cost", str(PASSWORD_COST),
+            "scrypt's work factor for the password hashes made from now on, as the power of two of its N"
+            f" ({PASSWORD_COSTS[0]} to {PASSWORD_COSTS[1]}; each hash keeps its own, so a change never locks"
+            " anyone out). Below the default, a stolen database's passwords are cheaper to guess"),
     Setting("secret_key", "MIGRATION_SECRET_KEY", "--secret-key", None,
             f"key that signs tokens and encrypts stored passwords, at least {MIN_KEY_BYTES} bytes;"
             f" default: generated once and kept in {SECRET_KEY_FILE} beside the database"
@@ -198,6 +203,7 @@ class Settings:
     max_copies_per_machine: int = 4
     max_bandwidth: int | None = None  # bytes per second; None: unlimited
     sync_interval: int = 3600
+    password_cost: int = PASSWORD_COST
     secret_key: str | None = attrs.field(default=None, repr=False)
 
     @classmethod
@@ -258,6 +264,8 @@ class Settings:
             max_copies_per_machine=_integer("max_copies_per_machine", text("max_copies_per_machine"), low=1, high=1000),
             max_bandwidth=_bandwidth(text("max_bandwidth")),
             sync_interval=_integer("sync_interval", text("sync_interval"), low=60, high=604800),
+            password_cost=_integer("password_cost", text("password_cost"), low=PASSWORD_COSTS[0],
+                                   high=PASSWORD_COSTS[1]),
             secret_key=secret_key,
         )
 

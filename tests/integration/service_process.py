@@ -22,6 +22,9 @@ from .service_forks import ForkedProcess, service_forks
 PATIENCE = 30.0  # seconds: a bound on every wait, never an expectation
 STARTS = 5  # attempts at a start whose port someone else took all the same
 SECRET_KEY = "multi-instance-tests-secret-key-0123456789"
+# scrypt's lowest work factor (README, "Configuration"): a test signs up and
+# logs in again and again, at a tenth of a CPU-second each by default.
+PASSWORD_COST = "10"
 
 T = TypeVar("T")
 
@@ -53,13 +56,16 @@ class ServiceProcess:
     """One `serve` process on `storage`; it can be started again (on a new
     port) as often as a test asks. Its output goes to a log file per start.
     Every instance shares one secret key, given in the environment; with
-    `secret_key=None` the service keeps its own beside an SQLite database."""
+    `secret_key=None` the service keeps its own beside an SQLite database.
+    With `password_cost=None` it hashes passwords at its default cost."""
 
     def __init__(
-        self, storage: str, directory: Path, name: str, *args: str, secret_key: str | None = SECRET_KEY
+        self, storage: str, directory: Path, name: str, *args: str, secret_key: str | None = SECRET_KEY,
+        password_cost: str | None = PASSWORD_COST,
     ) -> None:
         self.storage = storage
         self.secret_key = secret_key
+        self.password_cost = password_cost
         self.directory = directory
         self.name = name
         self.args = list(args)
@@ -95,6 +101,8 @@ class ServiceProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATION_")}
         if self.secret_key is not None:
             environ["MIGRATION_SECRET_KEY"] = self.secret_key
+        if self.password_cost is not None:
+            environ["MIGRATION_PASSWORD_COST"] = self.password_cost
         argv = [
             "serve",
             "--host", "127.0.0.1",

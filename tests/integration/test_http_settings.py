@@ -12,12 +12,13 @@ import pytest
 
 from entrypoints.bootstrap import SETTINGS, BadSetting, Settings, bootstrap, load_or_create_secret_key
 from entrypoints.cli import main
+from migration_core import PasswordHasher
 
 
 def test_defaults_are_those_of_the_spec() -> None:
     assert Settings.from_sources({}, {}) == Settings(
         storage="sqlite:///./data/migration.db", host="127.0.0.1", port=8080, run_seconds=60,
-        access_ttl=86400, refresh_ttl=604800, secret_key=None,
+        access_ttl=86400, refresh_ttl=604800, secret_key=None, password_cost=15,
     )
 
 
@@ -52,6 +53,7 @@ def test_each_variable_is_read_and_each_flag_wins_over_it() -> None:
         ("MIGRATION_ACCESS_LOG", "yes"), ("MIGRATION_WORKERS", "0"), ("MIGRATION_WORKERS", "65"),
         ("MIGRATION_LEASE_SECONDS", "0"), ("MIGRATION_LEASE_SECONDS", "soon"),
         ("MIGRATION_METRICS", "1"), ("MIGRATION_LOG_FORMAT", "xml"),
+        ("MIGRATION_PASSWORD_COST", "9"), ("MIGRATION_PASSWORD_COST", "18"), ("MIGRATION_PASSWORD_COST", "fast"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_setting(variable: str, value: str) -> None:
@@ -136,6 +138,22 @@ def test_sqlite_storage_keeps_its_key_beside_the_database(tmp_path: Path) -> Non
     services = bootstrap(settings)
     services.storage.close()
     assert (tmp_path / "db" / "secret.key").read_text() == first
+
+
+def test_the_password_cost_is_that_of_new_hashes_and_a_hash_made_at_another_still_verifies() -> None:
+    """Each hash keeps its own factor: lowering or raising the setting locks no one out."""
+
+    def hasher(**cost: str) -> PasswordHasher:
+        services = bootstrap(Settings.from_sources({"MIGRATION_STORAGE": "memory://", "MIGRATION_SECRET_KEY": "k" * 32},
+                                                   cost))
+        services.storage.close()
+        return services.hasher
+
+    by_default, cheap = hasher(), hasher(password_cost="10")
+    made_by_default = by_default.hash("long enough")
+    assert made_by_default.startswith("scrypt$32768$8$1$")
+    assert cheap.hash("long enough").startswith("scrypt$1024$8$1$")
+    assert cheap.verify(made_by_default, "long enough") and not cheap.verify(made_by_default, "long enougH")
 
 
 def test_a_database_written_with_another_key_is_a_bad_setting(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The real service as a user runs it: `python -m entrypoints serve` on a free
 loopback port with an SQLite file. Register, log in, create one object of each
 kind, stop it with SIGTERM, start it again: the objects are there and the same
-access token still works."""
+access token still works. The password is hashed at the default cost."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,9 @@ def test_objects_and_tokens_survive_a_restart(fresh_service: ServiceProcess, tmp
     assert "Traceback" not in output
     assert "pw-SECRET" not in output and access not in output
     assert (tmp_path / "data" / "secret.key").exists()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "migration.db")) as database:
+        (stored,) = database.execute("SELECT password_hash FROM users WHERE username = 'alice'").fetchone()
+    assert stored.startswith("scrypt$32768$8$1$")  # MIGRATION_PASSWORD_COST's default, 15
 
     fresh_service.start()
     for path, expected in [
