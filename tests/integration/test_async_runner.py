@@ -125,15 +125,25 @@ class _WatchedUnitOfWork:
         self._inner.__exit__(*exc_info)
 
     def commit(self) -> None:
-        self._uow.commit()
-        with self._storage.lock:
-            for migration_id in self._succeeded:
-                self._storage.successes[migration_id] = (
-                    self._storage.successes.get(migration_id, 0) + 1
-                )
+        # Counted before the commit lets other readers see the success, so that
+        # a test that has seen it finds it counted; taken back if the commit fails.
+        self._count_successes(1)
+        try:
+            self._uow.commit()
+        except BaseException:
+            self._count_successes(-1)
+            raise
         if self._storage.progress_written is not None:
             for progress in self._progress:
                 self._storage.progress_written(progress)
+
+    def _count_successes(self, change: int) -> None:
+        with self._storage.lock:
+            successes = self._storage.successes
+            for migration_id in self._succeeded:
+                successes[migration_id] = successes.get(migration_id, 0) + change
+                if not successes[migration_id]:
+                    del successes[migration_id]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._uow, name)
