@@ -34,8 +34,8 @@ $(TEST_VENV)/.installed: $(TEST_LOCK) pyproject.toml
 # The suite in TEST_WORKERS processes (pytest-xdist), each with its own
 # PostgreSQL server, browser and services; the tests of one xdist_group mark
 # run in one of them. The 15 slowest are listed at the end. Five on two cores:
-# while tests wait on a lease or a timeout, a fifth keeps the cores busy
-# (idle core-seconds over a whole run: 28 to 42 with four, 15 and 16 with five).
+# while tests wait on a lease or a timeout, a fifth can keep the cores busy
+# (idle core-seconds over whole runs: 28 to 42 with four; 15, 16 and 34 with five).
 TEST_WORKERS ?= 5
 # The venv the suite runs in: make test-latest points it elsewhere.
 SUITE_VENV ?= $(TEST_VENV)
