@@ -10,8 +10,8 @@ import hmac
 import os
 
 _SCHEME = "scrypt"
-# scrypt's N as a power of two. 2**15 (32 MiB, a tenth of a second a hash on
-# two cores) by default, above RFC 7914's 2**14 for interactive logins; up to
+# scrypt's N as a power of two. 2**15 (32 MiB, an eighth of a CPU-second a hash
+# here) by default, above RFC 7914's 2**14 for interactive logins; up to
 # OWASP's 2**17. 2**10 is for tests and demonstrations, where logins abound.
 PASSWORD_COST = 15
 PASSWORD_COSTS = (10, 17)
