@@ -11,7 +11,8 @@ source's `tar -c` to the host's `tar -x` from pipe to pipe in the kernel
 **The check, now that the service does not see the bytes.** After a stream,
 both machines hash the files it sent, at once: the host what it wrote in the
 new copy, the source the same files at their origin. Then the source is
-listed again. A file is then one of three:
+listed again (each machine's hashing and listing are one remote command). A
+file is then one of three:
 - its two hashes are equal: the new copy holds what the source held when it
   was hashed; the listing after that says whether it changed since (its
   change time moves with every write), and a file changed since is sent
@@ -99,12 +100,12 @@ from .ssh import login_at
 from .volume_place import (
     ABANDON,
     BEGIN,
-    CAN_SET_OWNERS,
     CLEAR,
-    HASHES,
-    JOURNAL,
+    HASHES_THEN_LIST,
+    JOURNAL_AND_SWAP,
     LINK_BACK,
     LIST,
+    OWNERS_AND_CLOCK,
     RECOVER,
     SWAP,
     glob_escaped,
@@ -114,6 +115,7 @@ from .volume_place import (
     nul_list,
     parse_listing,
     place_patterns,
+    split_hashes,
 )
 
 log = logging.getLogger(__name__)
@@ -318,8 +320,9 @@ class SshCopy:
                     for outcome in opened:
                         if isinstance(outcome, BaseException):
                             raise outcome
-                    owners = (await self._must("host", ("sh", "-c", CAN_SET_OWNERS), "")).strip() == b"1"
-                    host_ahead, source_ahead = await asyncio.gather(self._clock("host"), self._clock("source"))
+                    (owners, host_ahead), (_, source_ahead) = await asyncio.gather(
+                        self._meet("host"), self._meet("source")
+                    )
                     self._clock_offset = host_ahead - source_ahead
                     await self._recover()
                     if job.kind is CopyKind.CUTOVER:
@@ -389,16 +392,18 @@ class SshCopy:
         last = _last_line(output)
         raise _HookFailed(how + (f": {last}" if last else ""), how + " (its output is in its hook_ran event)")
 
-    async def _clock(self, side: str) -> int:
-        """How far a machine's clock is ahead of the service's, in nanoseconds
-        (half the round trip allowed for); 0 where `date` cannot say."""
+    async def _meet(self, side: str) -> tuple[bool, int]:
+        """Whether the login on a machine may set owners (root), and how far
+        its clock is ahead of the service's, in nanoseconds (half the round
+        trip allowed for; 0 where `date` cannot say)."""
         before = time.time_ns()
-        said = await self._must(side, ("date", "+%s%N"), "")
+        said = (await self._must(side, ("sh", "-c", OWNERS_AND_CLOCK), "")).split()
         after = time.time_ns()
         try:
-            return int(said.strip()) - (before + after) // 2
-        except ValueError:
-            return 0
+            ahead = int(said[1]) - (before + after) // 2
+        except (IndexError, ValueError):
+            ahead = 0
+        return said[:1] == [b"1"], ahead
 
     async def _recover(self) -> None:
         """Before anything else: finish the swaps an earlier run of this
@@ -409,8 +414,8 @@ class SshCopy:
             target = place(self._host.root, _volume_path(volume.name))
             triples += [target, incoming_of(target, migration_id), journal_of(target, migration_id)]
         # Untracked, as the swap itself: a cancel must not stop a swap half-way.
-        await self._must("host", ("sh", "-c", RECOVER, SWAP, *triples), self._host.root, tracked=False)
-        await self._must("host", ("rm", "-rf", "--", staging_of(self._host.root, migration_id)), "")
+        leftovers = (*triples, staging_of(self._host.root, migration_id))
+        await self._must("host", ("sh", "-c", RECOVER, SWAP, *leftovers), self._host.root, tracked=False)
 
     async def _stop_remote(self) -> None:
         """Kill what still runs of this copy on both machines (through their
@@ -523,9 +528,9 @@ class SshCopy:
                 await _blocking(gate.leave, at.index, swapped)
 
     async def _swap(self, at: _Volume, journal: bytes) -> None:
-        await self._must("host", ("sh", "-c", JOURNAL, "sh", at.journal), at.target, stdin=journal)
-        await self._must("host", ("sh", "-c", SWAP, "sh", at.target, at.incoming, at.journal), at.target,
-                         tracked=False)
+        # Untracked: a stop never kills a swap, not even while its journal is written.
+        swap = ("sh", "-c", JOURNAL_AND_SWAP, "sh", at.target, at.incoming, at.journal)
+        await self._must("host", swap, at.target, stdin=journal, tracked=False)
 
     async def _send_and_check(
         self, at: _Volume, plan: VolumePlan, theirs: Listing, ours: Listing, sent: _Sent, *, owners: bool
@@ -545,8 +550,12 @@ class SshCopy:
             warnings = await self._stream(at, paths, sent, [theirs[path].size for path in tree_order(files)])
             if catch_up == 0 and self._after_stream is not None:
                 await self._after_stream(at.index, at.incoming)
-            differing = await self._differing(at, files)
-            now, held = await asyncio.gather(self._list_source(at), self._list("host", at.incoming, []))
+            # Both machines hash what was sent, at once, and each is then listed in the same command.
+            (on_source, now), (on_host, held) = await asyncio.gather(
+                self._hashes_then_list("source", at.origin, files, self._nested_patterns(at)),
+                self._hashes_then_list("host", at.incoming, files, []),
+            )
+            differing = {path for path in files if on_host.get(path) is None or on_host[path] != on_source.get(path)}
             sent.add(files, held)
             wrong = sorted(path for path in differing if now.get(path) == theirs[path])
             if wrong:
@@ -615,34 +624,33 @@ class SshCopy:
         self.changing += len(changing)
         return settled, frozenset(kept)
 
-    async def _differing(self, at: _Volume, files: Sequence[bytes]) -> set[bytes]:
-        """The files sent whose SHA-256 differs between the new copy on the
-        host and their origin on the source (or that one side lacks); both
-        machines hash at once."""
-        if not files:
-            return set()
-        on_host, on_source = await asyncio.gather(
-            self._hashes("host", at.incoming, files), self._hashes("source", at.origin, files)
-        )
-        return {path for path in files if on_host.get(path) is None or on_host.get(path) != on_source.get(path)}
-
-    async def _hashes(self, side: str, directory: str, files: Sequence[bytes]) -> dict[bytes, bytes]:
-        said = await self._must(side, ("sh", "-c", HASHES, "sh", directory), directory, stdin=nul_list(files))
-        hashes = {}
-        for record in said.split(b"\0"):
-            if len(record) > 66:
-                hashes[record[66:]] = record[:64]
-        return hashes
-
     async def _list_source(self, at: _Volume) -> Listing:
-        return await self._list("source", at.origin, [glob_escaped(path) for path in at.nested])
+        return await self._list("source", at.origin, self._nested_patterns(at))
+
+    @staticmethod
+    def _nested_patterns(at: _Volume) -> list[str]:
+        return [glob_escaped(path) for path in at.nested]
 
     async def _list(self, side: str, directory: str, patterns: list[str], *, missing_ok: bool = False) -> Listing:
         """A tree's listing; empty for a place not there yet (`missing_ok`)."""
         status, out, err = await self._run(side, ("sh", "-c", LIST, "sh", directory, *patterns))
+        if status == 3 and missing_ok:
+            return {}
+        return self._listing(side, directory, status, out, err)
+
+    async def _hashes_then_list(
+        self, side: str, directory: str, files: Sequence[bytes], patterns: list[str]
+    ) -> tuple[dict[bytes, bytes], Listing]:
+        """The SHA-256 of `files` below `directory` (none for a file not
+        there), and the tree's listing after the hashing: one command."""
+        argv = ("sh", "-c", HASHES_THEN_LIST, "sh", directory, *patterns)
+        status, out, err = await self._run(side, argv, stdin=nul_list(files))
+        hashes, listed = split_hashes(out) if status == 0 else ({}, b"")
+        return hashes, self._listing(side, directory, status, listed, err)
+
+    @staticmethod
+    def _listing(side: str, directory: str, status: int, out: bytes, err: bytes) -> Listing:
         if status == 3:
-            if missing_ok:
-                return {}
             raise CopyFailed(f"{directory} on the {side} is not a directory the login may enter.")
         if status != 0:
             failure = _why(err, directory, f"listing {directory} failed")

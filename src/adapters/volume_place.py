@@ -56,8 +56,9 @@ LIST = (
 )
 LIST_FIELDS = 10
 
-# Whether this login may set owners (root): "1" or "0".
-CAN_SET_OWNERS = '[ "$(id -u)" = 0 ] && echo 1 || echo 0'
+# Whether this login may set owners (root), "1" or "0", then the machine's
+# clock in nanoseconds: what a copy asks each machine first, in one command.
+OWNERS_AND_CLOCK = '[ "$(id -u)" = 0 ] && echo 1 || echo 0; date +%s%N'
 
 # A fresh new copy "$2" beside the place "$1" (made if missing), then the
 # unchanged entries (NUL-separated paths on standard input) hard-linked from it.
@@ -75,12 +76,13 @@ LINK_BACK = 'cd -- "$1" && xargs -0r cp -Pl --parents -t "$2" --'
 CLEAR = 'cd -- "$1" && xargs -0r rm -rf --one-file-system --'
 
 # The SHA-256 of the files on standard input, below "$1", as sha256sum -z
-# prints them; a file that is not there (gone from the source, never written
-# on the host) has none, and the comparison of both sides' hashes says so.
-HASHES = 'cd -- "$1" || exit 1; xargs -0r sha256sum -z -- 2>/dev/null; exit 0'
+# prints them (a file that is not there, gone from the source or never
+# written on the host, has none, and the comparison of both sides' hashes
+# says so); then an empty record, which no record of sha256sum's is; then the
+# tree listed as LIST lists it, after the hashing. One command a machine runs
+# after each stream. Exit 3: no directory.
+HASHES_THEN_LIST = 'cd -- "$1" 2>/dev/null || exit 3; xargs -0r sha256sum -z -- 2>/dev/null; printf "\\0"; ' + LIST
 
-# Write the journal "$1" whole from a tar on standard input.
-JOURNAL = 'j=$1; rm -rf -- "$j.new" && mkdir -- "$j.new" && tar -C "$j.new" -xf - && mv -- "$j.new" "$j"'
 
 # Carry out the journal "$3": the new copy "$2" into the place "$1".
 SWAP = r"""place=$1 incoming=$2 journal=$3 lock=$3.lock
@@ -128,13 +130,22 @@ rm -rf -- "$incoming" && rm -rf -- "$journal" || exit 1
 rm -rf -- "$lock" && trap - EXIT && touch -h -d "@$top" -- .
 """
 
+# The journal "$3" written whole from a tar on standard input (its rename is
+# the commit: a journal half-written is no journal), then SWAP carries it out:
+# one command, as nothing may come between them.
+JOURNAL_AND_SWAP = (
+    'j=$3; rm -rf -- "$j.new" && mkdir -- "$j.new" && tar -C "$j.new" -xf - && mv -- "$j.new" "$j" || exit 1\n'
+    + SWAP
+)
+
 # Before anything else, for each place, new copy and journal given (three
 # arguments a place): a swap whose journal stands is carried out (the SWAP
-# script is "$0"), then what is left of a new copy goes.
+# script is "$0"), then what is left of a new copy goes; then what is left of
+# the paths given after the triples.
 RECOVER = (
     'while [ "$#" -ge 3 ]; do place=$1 i=$2 j=$3; shift 3; '
     'if [ -d "$j" ]; then sh -c "$0" sh "$place" "$i" "$j" || exit 1; fi; '
-    'rm -rf -- "$i" "$j.new" || exit 1; done'
+    'rm -rf -- "$i" "$j.new" || exit 1; done; rm -rf -- "$@"'
 )
 
 # A stopped copy: its new copy goes, unless its swap was committed (then the swap finishes it).
@@ -145,6 +156,19 @@ def nanoseconds(text: bytes) -> int:
     """`find -printf %T@` as nanoseconds: "1704164645.1234567890"."""
     seconds, _, fraction = text.partition(b".")
     return int(seconds) * SECOND + int((fraction + b"000000000")[:9])
+
+
+def split_hashes(data: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    """A HASHES_THEN_LIST output: the hex SHA-256 of each file hashed, and
+    the listing that follows (for parse_listing); ValueError for anything else."""
+    if data.startswith(b"\0"):
+        return {}, data[1:]
+    end = data.index(b"\0\0") + 1
+    hashes = {}
+    for record in data[:end].split(b"\0"):
+        if len(record) > 66:
+            hashes[record[66:]] = record[:64]
+    return hashes, data[end + 1:]
 
 
 def parse_listing(data: bytes, *, one_device: bool = False) -> dict[bytes, Entry]:
