@@ -83,7 +83,6 @@ CLEAR = 'cd -- "$1" && xargs -0r rm -rf --one-file-system --'
 # after each stream. Exit 3: no directory.
 HASHES_THEN_LIST = 'cd -- "$1" 2>/dev/null || exit 3; xargs -0r sha256sum -z -- 2>/dev/null; printf "\\0"; ' + LIST
 
-
 # Carry out the journal "$3": the new copy "$2" into the place "$1".
 SWAP = r"""place=$1 incoming=$2 journal=$3 lock=$3.lock
 trap '' HUP PIPE INT TERM
