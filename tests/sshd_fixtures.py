@@ -6,6 +6,7 @@ shows nothing was sent)."""
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,9 +17,20 @@ import pytest
 
 from adapters.ssh import SshMachines
 
+from .ssh_keys import keygen, keys_directory
 from .sshd_server import PasswordUser, SshdUnavailable, SshServer
 
 NOT_SSH = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+# A Debian login's PATH, where a machine's stock programs are.
+STOCK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def key_with_path(server: SshServer, path: str) -> str:
+    """A new private key that logs in to `server` as its user with `path` as the PATH."""
+    name = f"path-{secrets.token_hex(6)}"
+    private_key = keygen(name, "-t", "ed25519")
+    server.authorize((keys_directory() / f"{name}.pub").read_text(), path=path)
+    return private_key
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 from adapters.ssh import SshMachines
 from migration_core.machines import CopyFailed, CopyJob, CopyProgress, VolumeToCopy
 
-from ..sshd_fixtures import Machine
+from ..sshd_fixtures import STOCK_PATH, Machine, key_with_path
 from ..sshd_server import SshServer
 from .service_process import PATIENCE, ServiceProcess, wait_for
 from .test_real_runs_e2e import RealPlan
@@ -548,10 +550,12 @@ class _Step:
     (this test's sshd) run them: a step is found in the act and stopped
     (SIGSTOP to its process group), so that the service is caught there."""
 
-    def __init__(self, source: Path, landing: Path, sshd: int) -> None:
+    def __init__(self, source: Path, landing: Path, sshd: int, holding: Path) -> None:
         self._roots = (os.fsencode(source), os.fsencode(landing))
         self._landing = landing
         self._sshd = sshd
+        # How the held listing's find shows (see _holding_listings): its script, then find's arguments.
+        self._held_find = os.fsencode(holding / "find") + b"\0.\0-xdev\0"
         self._big = 0  # the inode of the copy in place's big file, until the swap moves the new one in
 
     def _processes(self, step: str | None = None) -> Iterator[int]:
@@ -576,8 +580,8 @@ class _Step:
                 yield int(entry)
 
     def _is(self, step: str, args: bytes) -> bool:
-        if step == "listing":  # the shell that becomes find, or find
-            return b"exec find . -xdev" in args or args.startswith(b"find\0.\0-xdev\0")
+        if step == "listing":  # the source's find that holds itself (_holding_listings)
+            return self._held_find in args
         if step == "stream":
             return args.startswith(b"tar\0") and b"\0-cpf\0" in args
         if step == "hashing":
@@ -591,6 +595,8 @@ class _Step:
         deadline = time.monotonic() + PATIENCE
         while time.monotonic() < deadline:
             for pid in self._processes(step):
+                if step == "listing" and not _stopped(pid):
+                    continue  # not held yet
                 with contextlib.suppress(ProcessLookupError):  # too late: the next one
                     group = os.getpgid(pid)
                     os.killpg(group, signal.SIGSTOP)
@@ -602,6 +608,14 @@ class _Step:
 
     def ended(self) -> bool:
         return not any(True for _ in self._processes())
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            return file.read().rpartition(b")")[2].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
 
 
 def _below(pid: int) -> Iterator[str]:
@@ -618,6 +632,27 @@ def _below(pid: int) -> Iterator[str]:
             continue  # ended meanwhile
         todo.extend(children)
         yield from children
+
+
+def _holding_listings(sshd: SshServer, directory: Path, source: Path) -> tuple[str, Path]:
+    """A key whose logins find `find` first in `directory`: a script that, run
+    below `source` once the file it names is there, takes it away and stops
+    itself (SIGSTOP) before it becomes the stock find. The source's next
+    listing is then held for the test to catch, as no look at /proc on a
+    loaded machine could be sure to catch a listing of milliseconds. The
+    key, and the file that holds the next listing."""
+    directory.mkdir()
+    hold = directory / "hold the next listing"
+    stock = shutil.which("find", path=STOCK_PATH)
+    assert stock is not None, "this machine has no find"
+    below = shlex.quote(str(source))
+    (directory / "find").write_text(
+        "#!/bin/sh\n"
+        f'case $PWD/ in {below}/*) rm -- {shlex.quote(str(hold))} 2>/dev/null && kill -STOP $$;; esac\n'
+        f'exec {shlex.quote(stock)} "$@"\n'
+    )
+    os.chmod(directory / "find", 0o755)
+    return key_with_path(sshd, f"{directory}:{STOCK_PATH}"), hold
 
 
 def _many_files(root: Path, count: int) -> None:
@@ -658,9 +693,12 @@ def test_a_service_killed_at_each_step_leaves_the_old_copy_or_the_new_and_the_re
     one (the swap goes on alone; a host that died with it leaves a journal
     the next run carries out first), and the re-run makes it whole."""
     source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
-    # A listing of 2,000 files takes milliseconds, and a loaded machine's look at
-    # /proc can miss every one of a copy's four: ten times as many are caught.
-    _many_files(source.root, 20_000 if step == "listing" else 2000)
+    holding = source.root.parent / "holding"
+    hold = None
+    if step == "listing":
+        key, hold = _holding_listings(sshd, holding, source.root)
+        source = attrs.evolve(source, private_key=key)  # the host's login too: the plan's one key
+    _many_files(source.root, 2000)
     (source.root / "big").write_bytes(os.urandom(2**20))
     plan = RealPlan(service, source, host, ["/"])
     plan.ok("POST", f"/api/v1/migrations/{plan.migration}/run/", status=202)
@@ -673,7 +711,9 @@ def test_a_service_killed_at_each_step_leaves_the_old_copy_or_the_new_and_the_re
     run = f"/api/v1/migrations/{plan.migration}/run/"
     changed = _changes(source.root)
     new = _walk(source.root)
-    remote = _Step(source.root, plan.landing, sshd.pid)
+    remote = _Step(source.root, plan.landing, sshd.pid, holding)
+    if hold is not None:
+        hold.touch()
 
     plan.ok("POST", run, status=202)
     group = remote.catch(step.split(",")[0])

@@ -43,8 +43,8 @@ from migration_core.readiness import (
     discover_workloads,
 )
 
-from ..ssh_keys import keygen, keys_directory
-from ..sshd_fixtures import Machine, Witness
+from ..ssh_keys import keygen
+from ..sshd_fixtures import STOCK_PATH, Machine, Witness, key_with_path
 from ..sshd_fleet import SshFleet, fleet_addresses
 from ..sshd_server import PATIENCE, SshServer
 from .real_plans import tree
@@ -58,7 +58,6 @@ ORDER = (
 )
 WARM_ORDER = (*ORDER, "hooks")
 # Where the programs of a stock Debian login are.
-STOCK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KiB, MiB = 2**10, 2**20
 
 
@@ -291,14 +290,6 @@ def _programs(directory: Path, names: Sequence[str]) -> Path:
     return directory
 
 
-def _key_with_path(server: SshServer, path: Path) -> str:
-    """A new private key that logs in to `server` as its user with `path` as the PATH."""
-    name = f"path-{secrets.token_hex(6)}"
-    private_key = keygen(name, "-t", "ed25519")
-    server.authorize((keys_directory() / f"{name}.pub").read_text(), path=str(path))
-    return private_key
-
-
 def _stranger_key() -> str:
     """A private key no server authorizes."""
     return keygen(f"stranger-{secrets.token_hex(6)}", "-t", "ed25519")
@@ -389,7 +380,7 @@ def test_a_program_missing_from_the_login_s_path_fails_the_tools_checks_naming_i
     source, lean_host, stock_host = (make_machine(ip) for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"))
     _small_tree(source.root)
     wanted = [tool for tool in dict.fromkeys((*SOURCE_TOOLS, *HOST_TOOLS)) if tool != "sha256sum"]
-    lean_key = _key_with_path(sshd, _programs(tmp_path / "bin", wanted))
+    lean_key = key_with_path(sshd, str(_programs(tmp_path / "bin", wanted)))
     storage = _storage()
     lean = _login(storage, source, private_key=lean_key)
     src = _source(storage, source.ip, source.port, lean, source.root, ["/"])
@@ -422,7 +413,7 @@ def test_a_login_whose_path_holds_just_the_listed_programs_passes_every_check(
 ) -> None:
     source, host = make_machine("127.0.0.1"), make_machine("127.0.0.2")
     _small_tree(source.root)
-    key = _key_with_path(sshd, _programs(tmp_path / "bin", [*SOURCE_TOOLS, *HOST_TOOLS]))
+    key = key_with_path(sshd, str(_programs(tmp_path / "bin", [*SOURCE_TOOLS, *HOST_TOOLS])))
     storage = _storage()
     lean = _login(storage, source, private_key=key)
     pair = _pair(storage, source, host, host.root / "landing", ["/"], ["/"], source_key=key, host_credentials=lean)
@@ -444,7 +435,7 @@ def test_a_real_copy_needs_no_program_beyond_the_listed_ones(
     _small_tree(source.root, payload=300 * KiB)
     (source.root / "var").mkdir()
     (source.root / "var" / "data").write_bytes(os.urandom(70_000))
-    key = _key_with_path(sshd, _programs(tmp_path / "bin", [*SOURCE_TOOLS, *HOST_TOOLS]))
+    key = key_with_path(sshd, str(_programs(tmp_path / "bin", [*SOURCE_TOOLS, *HOST_TOOLS])))
     storage = _storage()
     lean = _login(storage, source, private_key=key)
     landing = host.root / "landing"
